@@ -1,0 +1,90 @@
+"""Orbweaver: fault-tolerant distributed task graphs for Python, with a Rust core.
+
+    import orbweaver as ow
+
+    @ow.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    g = ow.TaskGraph()
+    a, b = g.add(double), g.add(double)
+    g.add(add, a, b)
+    with ow.LocalCluster(workers=2) as cluster:
+        print(cluster.client().submit(g, [3, 4]).result(timeout=60))
+"""
+
+from __future__ import annotations
+
+from orbweaver._core import __version__
+from orbweaver.client import Client, Job, JobInfo, Progress, ResourceGroup
+from orbweaver.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidInput,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    MessageTooLarge,
+    NotFound,
+    OrbweaverError,
+    Unauthenticated,
+    Unavailable,
+)
+from orbweaver.graph import OutputRef, TaskGraph, TaskHandle
+from orbweaver.local import LocalCluster
+from orbweaver.states import JobState
+from orbweaver.tdl import (
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    TaskContext,
+    TaskFunction,
+    TaskPolicy,
+    task,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "Client",
+    "FailedPrecondition",
+    "Float32",
+    "Float64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidGraph",
+    "InvalidInput",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobInfo",
+    "JobNotFound",
+    "JobState",
+    "JobTimeout",
+    "LocalCluster",
+    "MessageTooLarge",
+    "NotFound",
+    "OrbweaverError",
+    "OutputRef",
+    "Progress",
+    "ResourceGroup",
+    "TaskContext",
+    "TaskFunction",
+    "TaskGraph",
+    "TaskHandle",
+    "TaskPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+    "task",
+]

@@ -1,0 +1,3 @@
+from orbweaver.cli import main
+
+raise SystemExit(main())

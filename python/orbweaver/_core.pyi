@@ -1,0 +1,280 @@
+"""Type stub for the private Rust extension `orbweaver._core` (crate `rust/py`).
+
+The extension is a thin binding over the sans-IO engine in `rust/core`. Nothing here does I/O:
+the storage service (Python) persists first and then applies the matching transition here.
+
+Conventions:
+* ids are plain `int`s (u64);
+* a task id is an `int`: ``>= 0`` is a regular task index, `TASK_COMMIT` / `TASK_CLEANUP` are the
+  termination tasks;
+* job states are the numeric values of the protobuf `JobState` enum (`JOB_READY` ... );
+* times are milliseconds supplied by the caller (`now_ms`), the engine never reads a clock.
+"""
+
+from collections.abc import Sequence
+from typing import Final, final
+
+__version__: str
+
+TASK_COMMIT: Final[int]
+TASK_CLEANUP: Final[int]
+
+JOB_READY: Final[int]
+JOB_RUNNING: Final[int]
+JOB_COMMIT_READY: Final[int]
+JOB_CLEANUP_READY: Final[int]
+JOB_SUCCEEDED: Final[int]
+JOB_FAILED: Final[int]
+JOB_CANCELLED: Final[int]
+
+LANE_TASK: Final[int]
+LANE_COMMIT: Final[int]
+LANE_CLEANUP: Final[int]
+
+OUTCOME_JOB_COMPLETED: Final[int]
+OUTCOME_JOB_FAILED: Final[int]
+OUTCOME_COMMIT_SUCCEEDED: Final[int]
+OUTCOME_CLEANUP_SUCCEEDED: Final[int]
+
+# ---------------------------------------------------------------------------------------------
+# Errors. `kind` is the machine-readable variant name (e.g. "TaskInstanceLimitExceeded").
+# ---------------------------------------------------------------------------------------------
+
+class CoreError(Exception):
+    kind: str
+
+class InvalidGraphError(CoreError, ValueError):
+    """A submitted graph or its inputs break a validation rule; the message names the task and
+    position at fault."""
+
+class CodecError(CoreError, ValueError):
+    """Malformed wire frame, self-describing outputs or zstd stream."""
+
+class InvalidRequestError(CoreError, ValueError):
+    """A request that does not fit the job: unknown task index, wrong output count, ..."""
+
+class JobNotFoundError(CoreError, LookupError):
+    """The job is not in the cache."""
+
+class StaleError(CoreError):
+    """An expected race (instance limit reached, task already terminal, job no longer running,
+    job already started/terminated, ...): reject the caller, nothing is wrong."""
+
+class RecoveryError(CoreError):
+    """A persisted job cannot be rebuilt (CommitReady without outputs, unrecoverable state, ...)."""
+
+class InternalError(CoreError):
+    """A broken invariant of the engine."""
+
+# ---------------------------------------------------------------------------------------------
+# Codecs
+# ---------------------------------------------------------------------------------------------
+
+def wire_encode(payloads: Sequence[bytes]) -> bytes:
+    """`u32 LE count` then `u32 LE len + bytes` per payload."""
+
+def wire_decode(data: bytes) -> list[bytes]: ...
+def encode_outputs(payloads: Sequence[bytes]) -> bytes:
+    """Self-describing outputs: option byte (0 plain, 1 zstd when payloads exceed 1 KiB)."""
+
+def decode_outputs(data: bytes, max_size: int = ...) -> list[bytes]:
+    """Inverse of `encode_outputs`; raises CodecError on malformed input or when the decompressed
+    frame would exceed `max_size` bytes (default 1 GiB)."""
+
+def compress(data: bytes) -> bytes:
+    """zstd, library default level."""
+
+def decompress(data: bytes, max_size: int = ...) -> bytes:
+    """zstd; raises CodecError when the output would exceed `max_size` bytes (default 1 GiB)."""
+
+def is_valid_transition(from_state: int, to_state: int) -> bool:
+    """The job transition table of storage spec 1.3."""
+
+def is_terminal(state: int) -> bool: ...
+def validate_task_name(package: str, task_func: str) -> None:
+    """Raise InvalidGraphError unless `package` is an identifier and `task_func` a dotted
+    identifier path (no `..`, `/`, absolute paths or empty parts)."""
+
+# ---------------------------------------------------------------------------------------------
+# Task graph
+# ---------------------------------------------------------------------------------------------
+
+@final
+class TaskGraph:
+    """A validated task graph in the Spider JSON schema (`schema_version` 0.1.x)."""
+
+    @staticmethod
+    def from_json(data: str | bytes) -> TaskGraph: ...
+    @staticmethod
+    def from_compressed(data: bytes) -> TaskGraph: ...
+    def to_json(self) -> str: ...
+    def to_compressed(self) -> bytes: ...
+    @property
+    def num_tasks(self) -> int: ...
+    @property
+    def num_graph_inputs(self) -> int: ...
+    @property
+    def num_graph_outputs(self) -> int: ...
+    @property
+    def has_commit(self) -> bool: ...
+    @property
+    def has_cleanup(self) -> bool: ...
+    def graph_input_types(self) -> list[str]:
+        """JSON of each graph input's type descriptor, in graph-input order."""
+
+    def graph_output_types(self) -> list[str]: ...
+    def tdl_contexts(self) -> list[tuple[str, str]]:
+        """Distinct `(package, task_func)` pairs, termination tasks included."""
+
+@final
+class Submission:
+    """A validated job submission: zstd(JSON graph) + zstd(wire frame of inputs), checked by every
+    rule of storage spec 2.3 plus task-name validation."""
+
+    def __new__(cls, compressed_graph: bytes, compressed_inputs: bytes) -> Submission: ...
+    @property
+    def graph(self) -> TaskGraph: ...
+    @property
+    def num_inputs(self) -> int: ...
+
+# ---------------------------------------------------------------------------------------------
+# Job cache: job control blocks, inbound queue and task-instance table.
+# ---------------------------------------------------------------------------------------------
+
+@final
+class ExecutionContext:
+    instance_id: int
+    job_id: int
+    task_id: int
+    resource_group_id: int
+    package: str
+    task_func: str
+    soft_timeout_ms: int
+    hard_timeout_ms: int
+    task_io: bytes
+    """Regular: wire frame of the inputs. Commit: self-describing job outputs. Cleanup: wire frame
+    of the graph inputs."""
+
+@final
+class Outcome:
+    """A job-level consequence of a report that the caller must persist and then apply."""
+
+    kind: int
+    job_id: int
+    outputs: bytes | None
+    """OUTCOME_JOB_COMPLETED: self-describing job outputs to persist before `complete`."""
+    message: str | None
+    """OUTCOME_JOB_FAILED: the failure message to persist before `fail`."""
+    has_commit: bool
+
+@final
+class InstanceGcReport:
+    removed_terminal: int
+    removed_dead: int
+    requeued_dead: int
+    requeued_soft_timeout: int
+
+@final
+class JobCache:
+    def __init__(
+        self,
+        *,
+        task_capacity: int = 65536,
+        commit_capacity: int = 1024,
+        cleanup_capacity: int = 1024,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, job_id: int) -> bool: ...
+    def job_ids(self) -> list[int]: ...
+
+    # Insertion and recovery (nothing is enqueued).
+    def insert(self, job_id: int, resource_group_id: int, submission: Submission) -> None: ...
+    def recover(
+        self,
+        job_id: int,
+        resource_group_id: int,
+        submission: Submission,
+        state: int,
+        outputs: bytes | None,
+    ) -> None:
+        """Dedicated shapes of storage spec 7.1: READY and RUNNING get a fresh graph, COMMIT_READY
+        only the job outputs and a fresh commit task, CLEANUP_READY only a fresh cleanup task."""
+
+    # Queries.
+    def state(self, job_id: int) -> int: ...
+    def resource_group(self, job_id: int) -> int: ...
+    def has_commit(self, job_id: int) -> bool: ...
+    def has_cleanup(self, job_id: int) -> bool: ...
+    def outputs(self, job_id: int) -> bytes:
+        """Self-describing job outputs; StaleError unless SUCCEEDED (or COMMIT_READY)."""
+
+    def error(self, job_id: int) -> str | None: ...
+    def progress(self, job_id: int) -> tuple[int, int, int, int, int, int]:
+        """Task counts: pending, ready, running, succeeded, failed, cancelled."""
+
+    def total_tasks(self, job_id: int) -> int: ...
+    def explain(self, job_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """Why non-terminal tasks are not running: `(task_id, reason, detail)`, reason one of
+        "pending_parents", "queued", "instance_limit", "retrying", "running"."""
+
+    # Job-level transitions. The caller validates with `check_transition`, persists, then applies.
+    def check_transition(self, job_id: int, target: int) -> int:
+        """Return the current state; StaleError if `target` is not reachable from it now."""
+
+    def start(self, job_id: int) -> int:
+        """READY -> RUNNING; enqueues the input tasks; returns how many."""
+
+    def complete(self, job_id: int, now_ms: int) -> int:
+        """After OUTCOME_JOB_COMPLETED was persisted: -> COMMIT_READY (commit enqueued) or
+        SUCCEEDED. Releases the task graph, keeps the outputs."""
+
+    def cancel(self, job_id: int, now_ms: int) -> int:
+        """-> CLEANUP_READY (cleanup enqueued) or CANCELLED; cancels every non-terminal task."""
+
+    def fail(self, job_id: int, message: str, now_ms: int) -> None:
+        """-> FAILED; cancels the other tasks and releases the graph."""
+
+    def finish(self, job_id: int, now_ms: int) -> int:
+        """After a termination task's success was persisted: COMMIT_READY -> SUCCEEDED,
+        CLEANUP_READY -> CANCELLED."""
+
+    # Task-instance lifecycle.
+    def register(self, job_id: int, task_id: int, em_id: int, now_ms: int) -> ExecutionContext: ...
+    def register_batch(
+        self, items: Sequence[tuple[int, int]], em_id: int, now_ms: int
+    ) -> list[ExecutionContext | CoreError]: ...
+    def report_success(
+        self, job_id: int, task_id: int, instance_id: int, outputs: bytes
+    ) -> Outcome | None: ...
+    def report_failure(
+        self, job_id: int, task_id: int, instance_id: int, message: str
+    ) -> Outcome | None: ...
+    def report_batch(
+        self, items: Sequence[tuple[int, int, int, bytes | str]]
+    ) -> list[Outcome | CoreError | None]:
+        """`bytes` reports a success (wire frame of outputs), `str` a failure message."""
+
+    def gc_instances(self, now_ms: int, dead_ems: Sequence[int]) -> InstanceGcReport: ...
+    def live_instances(self) -> int: ...
+
+    # Inbound queue.
+    def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
+        """Up to `max_items` `(resource_group_id, job_id, task_id)` entries; returns as soon as
+        `max_items` are collected or the shared deadline passes. Releases the GIL while waiting."""
+
+    def poll_all(
+        self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """Poll the three lanes at once; returns when any lane yields work or the wait elapses."""
+
+    def queue_depths(self) -> tuple[int, int, int]: ...
+    def resend_ready(self) -> int:
+        """Re-offer every Ready task / commit / cleanup of the cached jobs (after a restart or a
+        scheduler change); returns the number of entries offered."""
+
+    def close(self) -> None:
+        """Wake every poller; later polls return immediately."""
+
+    # Eviction.
+    def evict_terminated(self, now_ms: int, retention_ms: int) -> list[int]: ...
+    def remove(self, job_ids: Sequence[int]) -> int: ...

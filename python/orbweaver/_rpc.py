@@ -1,0 +1,348 @@
+"""gRPC plumbing shared by every component: channels, servers, auth, size limits, retries and
+the mapping between gRPC status codes and `orbweaver.errors`.
+
+Every server gets the standard health service and (optionally) TLS and a shared cluster token;
+every client channel gets the same message-size limits so an oversized message fails with a clear
+`MessageTooLarge` instead of an opaque transport error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from orbweaver import errors
+
+log = logging.getLogger("orbweaver.rpc")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TOKEN_METADATA_KEY = "authorization"
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """PEM files. A server needs cert+key (and a CA to require client certificates); a client
+    needs the CA that signed the server certificate (and cert+key for mutual TLS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How components authenticate each other: an optional shared token and optional TLS."""
+
+    token: str | None = None
+    tls: TlsConfig | None = None
+
+    @staticmethod
+    def from_env(env: dict[str, str]) -> Security:
+        token = env.get("ORBWEAVER_TOKEN") or None
+        cert, key, ca = (env.get(f"ORBWEAVER_TLS_{n}") for n in ("CERT", "KEY", "CA"))
+        tls = None
+        if cert or key or ca:
+            tls = TlsConfig(
+                Path(cert) if cert else None, Path(key) if key else None, Path(ca) if ca else None
+            )
+        return Security(token=token, tls=tls)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+# ---------------------------------------------------------------------------------------------
+
+
+class _TokenClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, token: str) -> None:
+        self._metadata = (TOKEN_METADATA_KEY, f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        metadata = list(client_call_details.metadata or [])
+        metadata.append(self._metadata)
+        return continuation(client_call_details._replace(metadata=metadata), request)
+
+
+def make_channel(
+    target: str,
+    security: Security | None = None,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
+    """Open a channel to `host:port` with the cluster's security settings."""
+    security = security or Security()
+    options = _options(max_message_bytes)
+    if security.tls is not None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(security.tls.ca_file),
+            private_key=_read(security.tls.key_file),
+            certificate_chain=_read(security.tls.cert_file),
+        )
+        channel = grpc.secure_channel(target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    if security.token:
+        channel = grpc.intercept_channel(channel, _TokenClientInterceptor(security.token))
+    return channel
+
+
+def wait_for_ready(channel: grpc.Channel, timeout: float) -> None:
+    """Block until the channel connects; raise `Unavailable` after `timeout` seconds."""
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError as exc:
+        raise errors.Unavailable(f"could not connect within {timeout:g} s") from exc
+
+
+def _call_details_name(details: Any) -> str:
+    method = getattr(details, "method", "")
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side
+# ---------------------------------------------------------------------------------------------
+
+
+class _TokenServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid cluster token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        if _call_details_name(handler_call_details).startswith(_HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == TOKEN_METADATA_KEY and _constant_time_eq(value, self._expected):
+                return continuation(handler_call_details)
+        return self._deny
+
+
+def _constant_time_eq(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@dataclass(slots=True)
+class Server:
+    """A started-or-startable gRPC server with its health servicer and bound port."""
+
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def set_serving(self, service: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set(service, status)
+
+    def stop(self, grace: float) -> None:
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait(grace + 5)
+
+
+def make_server(
+    listen: str,
+    security: Security | None = None,
+    *,
+    max_workers: int = 32,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Server:
+    """Create a server bound to `listen` (`host:port`, port 0 picks a free port)."""
+    security = security or Security()
+    interceptors = [_TokenServerInterceptor(security.token)] if security.token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        options=[*_options(max_message_bytes), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=None,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    tls = security.tls
+    if tls is not None:
+        if tls.cert_file is None or tls.key_file is None:
+            raise ValueError("TLS on a server needs both a certificate and a key file")
+        creds = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=_read(tls.ca_file),
+            require_client_auth=tls.ca_file is not None,
+        )
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise errors.Unavailable(f"cannot listen on {listen}")
+    return Server(server, health_servicer, port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors <-> status codes
+# ---------------------------------------------------------------------------------------------
+
+_CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.OrbweaverError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.Unauthenticated,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.MessageTooLarge,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.INTERNAL: errors.InternalError,
+}
+
+_ERROR_TO_CODE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (errors.MessageTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code a servicer answers for `exc`; INTERNAL for anything unexpected."""
+    for cls, code in _ERROR_TO_CODE:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.OrbweaverError:
+    """Translate a failed call into the matching `orbweaver.errors` exception."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" not in (details or "").lower():
+        cls: type[errors.OrbweaverError] = errors.Unavailable
+    else:
+        cls = _CODE_TO_ERROR.get(code, errors.InternalError)
+    message = details or code.name
+    return cls(message)
+
+
+def servicer_method(fn: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a servicer method: typed errors become their status code with the error's message;
+    anything else is logged and answered INTERNAL, so no request can take the server down."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return fn(self, request, context)
+        except errors.OrbweaverError as exc:
+            code = code_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.error("internal error in %s: %s", fn.__name__, exc, exc_info=True)
+            context.abort(code, str(exc))
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            log.exception("unexpected error in %s", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc raises a bare Exception from context.abort(); let it through untouched.
+    return type(exc) is Exception and not exc.args
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+# ---------------------------------------------------------------------------------------------
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: `base * 2**attempt`, capped at `cap` seconds."""
+
+    base: float = 0.05
+    cap: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        attempt = 0
+        while True:
+            yield random.uniform(0, min(self.cap, self.base * (2**attempt)))
+            attempt += 1
+
+
+def call_with_retry(
+    call: Callable[[], T],
+    *,
+    deadline: float | None = 30.0,
+    backoff: Backoff = Backoff(),
+    retryable: Iterable[grpc.StatusCode] = RETRYABLE,
+    stop: threading.Event | None = None,
+    what: str = "call",
+) -> T:
+    """Run `call`, retrying transient gRPC failures with backoff until `deadline` seconds pass
+    (None: forever, until `stop` is set). Non-transient failures are raised as typed errors."""
+    retry_codes = frozenset(retryable)
+    end = None if deadline is None else time.monotonic() + deadline
+    delays = backoff.delays()
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in retry_codes:
+                raise error_from_rpc(exc) from exc
+            delay = next(delays)
+            if end is not None and time.monotonic() + delay > end:
+                raise errors.Unavailable(f"{what}: {exc.details() or code}") from exc
+            log.debug("%s failed with %s, retrying in %.3f s", what, code, delay)
+            if stop is not None:
+                if stop.wait(delay):
+                    raise errors.Unavailable(f"{what}: stopped while retrying") from exc
+            else:
+                time.sleep(delay)

@@ -1,0 +1,40 @@
+"""Running a long-lived component in the foreground: start it, announce readiness, stop cleanly
+on SIGTERM/SIGINT (or when the component stops by itself), and return its exit code."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+log = logging.getLogger("orbweaver")
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the service has stopped."""
+
+
+def run_until_signal(service: Service, on_ready: Callable[[], None] | None = None) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping on signal", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    if on_ready is not None:
+        on_ready()
+    while not stop.wait(0.2):
+        if service.wait(0):
+            break
+    service.stop()
+    code = getattr(service, "exit_code", 0)
+    return int(code() if callable(code) else code)

@@ -1,0 +1,348 @@
+"""The `orbweaver` command line: run the services, submit and inspect jobs, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from orbweaver import __version__, errors
+from orbweaver._log import setup_logging
+from orbweaver._rpc import Security
+from orbweaver.states import JobState
+
+DEFAULT_STORAGE = "127.0.0.1:50051"
+
+
+def _write_ready(path: str | None, port: int) -> None:
+    """Tell a supervising process (LocalCluster) the bound port, atomically."""
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+    tmp.replace(target)
+
+
+def _security(args: argparse.Namespace) -> Security:
+    security = Security.from_env(dict(os.environ))
+    token = getattr(args, "token", None)
+    return Security(token=token, tls=security.tls) if token else security
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    from orbweaver.storage.config import StorageConfig
+    from orbweaver._service import run_until_signal
+    from orbweaver.storage.server import StorageRuntime
+
+    setup_logging("storage", args.log_level)
+    config = StorageConfig.load(
+        Path(args.config) if args.config else None,
+        db_url=args.db, listen=args.listen, metrics_port=args.metrics_port)
+    if args.token:
+        config = config.replace(security=Security(token=args.token, tls=config.security.tls))
+    runtime = StorageRuntime(config)
+    return run_until_signal(runtime, lambda: _write_ready(args.ready_file, runtime.port))
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from orbweaver.scheduler.runtime import SchedulerConfig, SchedulerRuntime
+
+    setup_logging("scheduler", args.log_level)
+    config = SchedulerConfig(storage=args.storage, listen=args.listen,
+                             security=_security(args), metrics_port=args.metrics_port,
+                             **({"advertised_host": args.advertise} if args.advertise else {}))
+    runtime = SchedulerRuntime(config)
+    from orbweaver._service import run_until_signal
+
+    return run_until_signal(runtime, lambda: _write_ready(args.ready_file, runtime.port))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from orbweaver._service import run_until_signal
+    from orbweaver.worker.manager import ExecutionManager, WorkerConfig
+
+    setup_logging("worker", args.log_level)
+    tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")
+    if not tasks_dir:
+        raise errors.InvalidArgument("worker: give --tasks-dir (or ORBWEAVER_TASKS_DIR)")
+    config = WorkerConfig(storage=args.storage, scheduler=args.scheduler,
+                          tasks_dir=Path(tasks_dir).resolve(),
+                          processes=args.processes or (os.cpu_count() or 1),
+                          security=_security(args), metrics_port=args.metrics_port,
+                          ip_address=args.ip or "")
+    em = ExecutionManager(config)
+    return run_until_signal(em, lambda: _write_ready(args.ready_file, em.em_id))
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from orbweaver.local import LocalCluster
+
+    setup_logging("local", args.log_level)
+    tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR") or os.getcwd()
+    db = args.db or "sqlite:///orbweaver.db"
+    cluster = LocalCluster(workers=args.workers, db=db, tasks_dir=tasks_dir,
+                           listen=args.listen, token=args.token or os.environ.get(
+                               "ORBWEAVER_TOKEN") or None, log_dir=args.log_dir)
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with cluster:
+        print(f"orbweaver local cluster: storage {cluster.address}, scheduler"
+              f" {cluster.scheduler_address}, {args.workers} executor processes", flush=True)
+        print(f"  database {db}; tasks from {tasks_dir}", flush=True)
+        print(f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
+              flush=True)
+        stop.wait()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Client commands
+# ---------------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from orbweaver.client import Client
+
+    return Client(args.storage, security=_security(args))
+
+
+def _load_graph(spec: str, tasks_dir: str | None) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise errors.InvalidArgument(f"expected MODULE:GRAPH, got {spec!r}")
+    sys.path.insert(0, str(Path(tasks_dir).resolve()) if tasks_dir else os.getcwd())
+    module = importlib.import_module(module_name)
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part)
+    graph = target() if callable(target) and not hasattr(target, "compressed") else target
+    if not hasattr(graph, "compressed"):
+        raise errors.InvalidArgument(f"{spec} is not an orbweaver TaskGraph")
+    return graph
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from orbweaver.client import ResourceGroup
+
+    graph = _load_graph(args.graph, args.tasks_dir)
+    try:
+        inputs = json.loads(args.inputs)
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidArgument(f"--inputs is not valid JSON: {exc}") from exc
+    if not isinstance(inputs, list):
+        raise errors.InvalidArgument("--inputs must be a JSON list")
+    password = os.environ.get("ORBWEAVER_PASSWORD", "").encode()
+    with _client(args) as client:
+        group: ResourceGroup = client.resource_group(args.resource_group, password)
+        job = client.submit(graph, inputs, resource_group=group)
+        print(f"job {job.id} submitted", flush=True)
+        if not args.wait:
+            return 0
+        state = _wait_with_progress(job)
+        return _print_final(job, state)
+
+
+def _wait_with_progress(job: Any) -> JobState:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("job {task.fields[job]} [bold]{task.fields[state]}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("job", total=None, job=job.id, state="")
+        while True:
+            p = job.progress()
+            done = p.succeeded + p.failed + p.cancelled
+            bar.update(task, total=p.total or None, completed=done, state=p.state.name)
+            if p.state.is_terminal:
+                return JobState(p.state)
+            job.wait(timeout=0.5)
+
+
+def _print_final(job: Any, state: JobState) -> int:
+    if state == JobState.SUCCEEDED:
+        print(json.dumps(job.outputs(), default=_jsonable))
+        return 0
+    if state == JobState.FAILED:
+        print(f"job {job.id} FAILED: {job.error()}", file=sys.stderr)
+        return 1
+    print(f"job {job.id} {state.name}", file=sys.stderr)
+    return 1
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.job_id is None:
+        return cmd_jobs(args)
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(args) as client:
+        job = client.get_job(args.job_id)
+        p = job.progress(explain=10)
+        table = Table(title=f"job {job.id}: {p.state.name}")
+        for col in ("total", "pending", "ready", "running", "succeeded", "failed", "cancelled"):
+            table.add_column(col, justify="right")
+        table.add_row(*(str(v) for v in (p.total, p.pending, p.ready, p.running, p.succeeded,
+                                         p.failed, p.cancelled)))
+        console = Console()
+        console.print(table)
+        for task, reason, detail in p.waiting:
+            console.print(f"  {task}: {reason} {detail}")
+        if p.state == JobState.FAILED:
+            console.print(f"[red]error:[/red] {job.error()}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(args) as client:
+        jobs = client.jobs(limit=getattr(args, "limit", 50))
+    table = Table(title="jobs")
+    for col in ("id", "group", "state", "created", "error"):
+        table.add_column(col)
+    for j in jobs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at_ms / 1000))
+        table.add_row(str(j.id), str(j.resource_group_id), j.state.name, created,
+                      (j.error or "")[:80])
+    Console().print(table)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        state = client.get_job(args.job_id).cancel()
+    print(f"job {args.job_id} {state.name}")
+    return 0
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.get_job(args.job_id).outputs(), default=_jsonable))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orbweaver.demo import run_demo
+
+    return run_demo(workers=args.workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orbweaver",
+        description="Fault-tolerant distributed task graphs for Python, with a Rust core.")
+    parser.add_argument("--version", action="version", version=f"orbweaver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def service(name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+        p.add_argument("--log-level", help="debug, info (default), warning, error")
+        p.add_argument("--token", help="shared cluster token (default: $ORBWEAVER_TOKEN)")
+        p.add_argument("--ready-file", help=argparse.SUPPRESS)
+        return p
+
+    def client_cmd(name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+                   ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        p.add_argument("--storage", default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
+                       help="storage address host:port (default: $ORBWEAVER_STORAGE or"
+                            f" {DEFAULT_STORAGE})")
+        p.add_argument("--token", help="cluster token (default: $ORBWEAVER_TOKEN)")
+        return p
+
+    p = sub.add_parser("demo", help="run a built-in example job on an embedded local cluster")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(fn=cmd_demo)
+
+    p = service("local", "run storage, scheduler and a worker on this machine", cmd_local)
+    p.add_argument("--db", help="database URL (default: sqlite:///orbweaver.db)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--tasks-dir", help="directory of task modules (default: current directory)")
+    p.add_argument("--listen", default=DEFAULT_STORAGE, help="storage address to listen on")
+    p.add_argument("--log-dir", help="where component logs go (default: a temporary directory)")
+
+    p = service("storage", "run the storage service", cmd_storage)
+    p.add_argument("--db", help="sqlite:///path.db or mariadb://user:pass@host:port/db")
+    p.add_argument("--listen", help=f"host:port to listen on (default {DEFAULT_STORAGE})")
+    p.add_argument("--config", help="TOML file with a [storage] table")
+
+    p = service("scheduler", "run the scheduler", cmd_scheduler)
+    p.add_argument("--storage", required=True, help="storage address host:port")
+    p.add_argument("--listen", default="0.0.0.0:50052", help="host:port to listen on")
+    p.add_argument("--advertise", help="host the storage should record for this scheduler")
+
+    p = service("worker", "run an execution manager with a pool of executors", cmd_worker)
+    p.add_argument("--storage", required=True, help="storage address host:port")
+    p.add_argument("--scheduler", required=True, help="scheduler address host:port")
+    p.add_argument("--tasks-dir", help="directory of task modules (or $ORBWEAVER_TASKS_DIR)")
+    p.add_argument("--processes", type=int, help="executor processes (default: CPU count)")
+    p.add_argument("--ip", help="address to register with (default: the outbound address)")
+
+    p = client_cmd("submit", "submit a task graph", cmd_submit)
+    p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")
+    p.add_argument("--inputs", default="[]", help="graph inputs as a JSON list")
+    p.add_argument("--tasks-dir", help="where MODULE lives (default: current directory)")
+    p.add_argument("--resource-group", default="default",
+                   help="resource group name (password from $ORBWEAVER_PASSWORD)")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the result")
+
+    p = client_cmd("status", "show a job's progress (or list jobs)", cmd_status)
+    p.add_argument("job_id", type=int, nargs="?")
+    p = client_cmd("jobs", "list recent jobs", cmd_jobs)
+    p.add_argument("--limit", type=int, default=50)
+    p = client_cmd("cancel", "cancel a job", cmd_cancel)
+    p.add_argument("job_id", type=int)
+    p = client_cmd("outputs", "print a succeeded job's outputs as JSON", cmd_outputs)
+    p.add_argument("job_id", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except errors.OrbweaverError as exc:
+        print(f"orbweaver: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

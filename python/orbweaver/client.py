@@ -1,0 +1,268 @@
+"""The client: submit task graphs, wait for jobs, fetch their outputs.
+
+Every call retries transient transport errors with backoff; submissions carry an idempotency key
+so a retried submission never creates a second job.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgpack
+
+from orbweaver import _core, _taskid, errors
+from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Security,
+    call_with_retry,
+    make_channel,
+)
+from orbweaver.states import JobState
+
+if TYPE_CHECKING:
+    from orbweaver.graph import TaskGraph
+
+T = TypeVar("T")
+
+# Server-side waits are cut into chunks so a dead connection is noticed and retried.
+_WAIT_CHUNK_MS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceGroup:
+    """A tenant: jobs are submitted under a resource group, with its password."""
+
+    id: int
+    name: str
+    password: bytes = field(repr=False, default=b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    state: JobState
+    total: int
+    pending: int
+    ready: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    waiting: list[tuple[str, str, str]]
+    """For tasks not running: (task, reason, detail); reason is pending_parents, queued,
+    instance_limit, retrying or running."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    id: int
+    resource_group_id: int
+    state: JobState
+    created_at_ms: int
+    ended_at_ms: int | None
+    error: str | None
+
+
+def _decode_plain(payloads: list[bytes]) -> list[Any]:
+    return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in payloads]
+
+
+class Client:
+    """A connection to a running Orbweaver cluster (its storage service)."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        resource_group: ResourceGroup | None = None,
+        token: str | None = None,
+        security: Security | None = None,
+        timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if security is None:
+            security = Security(token=token)
+        elif token is not None:
+            security = Security(token=token, tls=security.tls)
+        self.address = address
+        self.default_resource_group = resource_group
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._channel = make_channel(address, security, max_message_bytes=max_message_bytes)
+        self._jobs = pb_grpc.JobOrchestrationServiceStub(self._channel)
+        self._groups = pb_grpc.ResourceGroupManagementServiceStub(self._channel)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], request: Any,
+              timeout: float | None = None) -> T:
+        per_call = timeout if timeout is not None else self.timeout
+        return call_with_retry(lambda: fn(request, timeout=per_call), deadline=self.timeout,
+                               what=what)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resource groups ------------------------------------------------------------------------
+
+    def add_resource_group(self, name: str, password: str | bytes) -> ResourceGroup:
+        pw = password.encode() if isinstance(password, str) else password
+        reply = self._call("add resource group", self._groups.AddResourceGroup,
+                           pb.AddResourceGroupRequest(external_resource_group_id=name,
+                                                      password=pw))
+        return ResourceGroup(reply.resource_group_id, name, pw)
+
+    def resource_group(self, name: str, password: str | bytes = b"") -> ResourceGroup:
+        """An existing resource group, with its password checked by the server."""
+        pw = password.encode() if isinstance(password, str) else password
+        reply = self._call("verify resource group", self._groups.VerifyResourceGroup,
+                           pb.VerifyResourceGroupRequest(external_resource_group_id=name,
+                                                         password=pw))
+        return ResourceGroup(reply.resource_group_id, reply.external_resource_group_id, pw)
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        graph: TaskGraph,
+        inputs: Sequence[Any] = (),
+        *,
+        resource_group: ResourceGroup | None = None,
+        start: bool = True,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit `graph` with its graph inputs (flattened in task order, then position)."""
+        group = resource_group or self.default_resource_group
+        if group is None:
+            raise errors.InvalidArgument(
+                "no resource group: pass resource_group= or create the client with one")
+        compressed_graph = graph.compressed()
+        compressed_inputs = graph.encode_inputs(inputs)
+        size = len(compressed_graph) + len(compressed_inputs)
+        if size > self.max_message_bytes:
+            raise errors.MessageTooLarge(
+                f"the submission is {size} bytes compressed, above the {self.max_message_bytes}"
+                " byte message limit; raise max_message_bytes on the client and the storage")
+        request = pb.RegisterJobRequest(
+            resource_group_id=group.id, password=group.password,
+            compressed_serialized_task_graph=compressed_graph,
+            compressed_serialized_inputs=compressed_inputs,
+            idempotency_key=idempotency_key or uuid.uuid4().hex, start=start)
+        reply = self._call("submit job", self._jobs.RegisterJob, request)
+        return Job(self, reply.job_id, graph)
+
+    def get_job(self, job_id: int, graph: TaskGraph | None = None) -> Job:
+        """A handle to an existing job; with its `graph`, outputs are decoded to typed values."""
+        job = Job(self, job_id, graph)
+        job.state  # noqa: B018 - raises JobNotFound for an unknown id
+        return job
+
+    def jobs(self, states: Sequence[JobState] = (), limit: int = 100,
+             before: int | None = None) -> list[JobInfo]:
+        reply = self._call("list jobs", self._jobs.ListJobs, pb.ListJobsRequest(
+            states=[int(s) for s in states], limit=limit, before_job_id=before or 0))
+        return [JobInfo(j.job_id, j.resource_group_id, JobState(j.state), j.created_at_ms,
+                        j.ended_at_ms or None, j.error_message or None) for j in reply.jobs]
+
+    # used by Job
+    def _job_call(self, what: str, method: str, job_id: int, timeout: float | None = None
+                  ) -> Any:
+        fn = getattr(self._jobs, method)
+        try:
+            return self._call(what, fn, pb.JobIdRequest(job_id=job_id), timeout)
+        except errors.NotFound as exc:
+            raise errors.JobNotFound(str(exc)) from exc
+
+
+class Job:
+    """A submitted job."""
+
+    def __init__(self, client: Client, job_id: int, graph: TaskGraph | None = None) -> None:
+        self.client = client
+        self.id = job_id
+        self.graph = graph
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id})"
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.client._job_call("get job state", "GetJobState", self.id).state)
+
+    def start(self) -> JobState:
+        return JobState(self.client._job_call("start job", "StartJob", self.id).state)
+
+    def cancel(self) -> JobState:
+        return JobState(self.client._job_call("cancel job", "CancelJob", self.id).state)
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Wait (server-side, no polling loop) until the job is terminal or `timeout` seconds
+        pass; returns the state either way."""
+        end = None if timeout is None else time.monotonic() + timeout
+        stub = self.client._jobs
+        while True:
+            remaining_ms = (_WAIT_CHUNK_MS if end is None
+                            else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000))))
+            request = pb.WaitJobRequest(job_id=self.id, timeout_ms=remaining_ms)
+            try:
+                reply = call_with_retry(
+                    lambda r=request, t=remaining_ms: stub.WaitJob(r, timeout=t / 1000 + 10),
+                    deadline=self.client.timeout, what="wait for job")
+            except errors.NotFound as exc:
+                raise errors.JobNotFound(str(exc)) from exc
+            state = JobState(reply.state)
+            if state.is_terminal or (end is not None and time.monotonic() >= end):
+                return state
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """Wait for the job and return its outputs; raise `JobFailed`, `JobCancelled` or
+        `JobTimeout`."""
+        state = self.wait(timeout)
+        if state == JobState.SUCCEEDED:
+            return self.outputs()
+        if state == JobState.FAILED:
+            raise errors.JobFailed(self.id, self.error() or "unknown error")
+        if state == JobState.CANCELLED:
+            raise errors.JobCancelled(self.id)
+        raise errors.JobTimeout(self.id, timeout or 0.0, state.name)
+
+    def outputs(self) -> list[Any]:
+        """The job outputs (all outputs of the tasks without children, in task order)."""
+        reply = self.client._job_call("get job outputs", "GetJobOutputs", self.id)
+        payloads = _core.decode_outputs(reply.serialized_outputs)
+        if self.graph is not None:
+            return self.graph.decode_outputs(payloads)
+        return _decode_plain(payloads)
+
+    def error(self) -> str | None:
+        """The failure message of a FAILED job, None otherwise."""
+        try:
+            reply = self.client._job_call("get job error", "GetJobError", self.id)
+        except errors.FailedPrecondition:
+            return None
+        return str(reply.error_message)
+
+    def progress(self, explain: int = 0) -> Progress:
+        reply = self.client._call("get job progress", self.client._jobs.GetJobProgress,
+                                  pb.JobProgressRequest(job_id=self.id, max_explanations=explain))
+        c = reply.counts
+        state = JobState(reply.state)
+        total = reply.total_tasks
+        succeeded = c.succeeded
+        if not reply.live and state == JobState.SUCCEEDED:
+            succeeded = total
+        return Progress(state, total, c.pending, c.ready, c.running, succeeded, c.failed,
+                        c.cancelled,
+                        [(_taskid.describe(_taskid.from_proto(w.task_id)), w.reason, w.detail)
+                         for w in reply.waiting])

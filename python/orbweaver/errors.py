@@ -1,0 +1,77 @@
+"""The public exception hierarchy: every error Orbweaver raises derives from `OrbweaverError`."""
+
+from __future__ import annotations
+
+
+class OrbweaverError(Exception):
+    """Base class of every Orbweaver error."""
+
+
+class InvalidArgument(OrbweaverError, ValueError):
+    """A request was malformed or does not fit the target (bad value, bad index, ...)."""
+
+
+class InvalidGraph(InvalidArgument):
+    """A task graph breaks a validation rule; the message names the task and position."""
+
+
+class InvalidInput(InvalidArgument):
+    """A job input does not match the graph input it is bound to."""
+
+
+class MessageTooLarge(InvalidArgument):
+    """A message exceeds the configured gRPC size limit."""
+
+
+class NotFound(OrbweaverError, LookupError):
+    """The requested object does not exist."""
+
+
+class JobNotFound(NotFound):
+    """No job with that id exists (it may also have been deleted after its retention period)."""
+
+
+class Unauthenticated(OrbweaverError):
+    """Missing or wrong resource-group password or cluster token."""
+
+
+class AlreadyExists(OrbweaverError):
+    """The object already exists (e.g. a resource group with that name)."""
+
+
+class FailedPrecondition(OrbweaverError):
+    """The request is valid but the current state does not allow it."""
+
+
+class Unavailable(OrbweaverError, ConnectionError):
+    """A service could not be reached, even after retries."""
+
+
+class InternalError(OrbweaverError):
+    """A broken invariant inside a service; please report it."""
+
+
+class JobFailed(OrbweaverError):
+    """The job ended in the FAILED state."""
+
+    def __init__(self, job_id: int, message: str) -> None:
+        super().__init__(f"job {job_id} failed: {message}")
+        self.job_id = job_id
+        self.message = message
+
+
+class JobCancelled(OrbweaverError):
+    """The job was cancelled."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+class JobTimeout(OrbweaverError, TimeoutError):
+    """The job did not reach a terminal state within the given timeout."""
+
+    def __init__(self, job_id: int, timeout: float, state: str) -> None:
+        super().__init__(f"job {job_id} still {state} after {timeout:g} s")
+        self.job_id = job_id
+        self.timeout = timeout

@@ -1,0 +1,247 @@
+"""`LocalCluster`: a whole Orbweaver cluster on this machine, as real processes.
+
+It starts the storage service (embedded SQLite unless `db=` names another database), a scheduler
+and one execution manager with `workers` executor processes, each as its own child process
+running the same code as `orbweaver storage|scheduler|worker`. The components authenticate each
+other with a random cluster token, which the cluster's client carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+from orbweaver import errors
+from orbweaver.client import Client, ResourceGroup
+
+log = logging.getLogger("orbweaver.local")
+
+Component = Literal["storage", "scheduler", "worker"]
+DEFAULT_GROUP = "default"
+
+
+@dataclass(slots=True)
+class _Process:
+    name: Component
+    args: list[str]
+    popen: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: IO[bytes]
+    port: int = 0
+
+
+def _caller_dir() -> Path:
+    """The directory of the module that created the cluster: where its tasks usually live."""
+    for frame in inspect.stack()[2:]:
+        module = inspect.getmodule(frame.frame)
+        name = module.__name__ if module is not None else ""
+        if name.startswith("orbweaver") or name.startswith("contextlib"):
+            continue
+        filename = frame.frame.f_globals.get("__file__")
+        if filename:
+            return Path(filename).resolve().parent
+        break
+    return Path.cwd()
+
+
+class LocalCluster:
+    """Run storage, scheduler and an execution manager locally.
+
+    >>> with LocalCluster(workers=2) as cluster:
+    ...     job = cluster.client().submit(graph, [3, 4])
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        db: str | None = None,
+        tasks_dir: str | Path | None = None,
+        listen: str = "127.0.0.1:0",
+        token: str | None = None,
+        start_timeout: float = 60.0,
+        log_dir: str | Path | None = None,
+        storage_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("LocalCluster needs at least one worker process")
+        self.workers = workers
+        self.tasks_dir = Path(tasks_dir).resolve() if tasks_dir else _caller_dir()
+        self.listen = listen
+        self.token = token or secrets.token_urlsafe(24)
+        self.start_timeout = start_timeout
+        self._tmp = Path(tempfile.mkdtemp(prefix="orbweaver-local-"))
+        self.db_url = db or f"sqlite:///{self._tmp / 'jobs.db'}"
+        self.log_dir = Path(log_dir) if log_dir else self._tmp / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._storage_args = list(storage_args or [])
+        self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
+        # Children import orbweaver exactly as this process does.
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(Path(__file__).resolve().parent.parent),
+                        self._env.get("PYTHONPATH", "")] if p)
+        self._procs: dict[Component, _Process] = {}
+        self._client: Client | None = None
+        self._group: ResourceGroup | None = None
+        self._storage_port = 0
+        self._scheduler_port = 0
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """`host:port` of the storage service (what clients connect to)."""
+        return f"127.0.0.1:{self._storage_port}"
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"127.0.0.1:{self._scheduler_port}"
+
+    @property
+    def resource_group(self) -> ResourceGroup:
+        if self._group is None:
+            raise RuntimeError("the cluster is not started")
+        return self._group
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self.start_component("storage")
+            self.start_component("scheduler")
+            self.start_component("worker")
+            self._client = self.new_client()
+            self._group = self._default_group(self._client)
+            self._client.default_resource_group = self._group
+        except BaseException:
+            self.stop()
+            raise
+
+    def _default_group(self, client: Client) -> ResourceGroup:
+        try:
+            return client.add_resource_group(DEFAULT_GROUP, b"")
+        except errors.AlreadyExists:
+            return client.resource_group(DEFAULT_GROUP, b"")
+
+    def new_client(self, **kwargs: object) -> Client:
+        client = Client(self.address, token=self.token, **kwargs)  # type: ignore[arg-type]
+        if self._group is not None:
+            client.default_resource_group = self._group
+        return client
+
+    def client(self) -> Client:
+        """The cluster's client, carrying the cluster token and the default resource group."""
+        if self._client is None:
+            raise RuntimeError("the cluster is not started")
+        return self._client
+
+    def _command(self, name: Component, ready_file: Path) -> list[str]:
+        py = [sys.executable, "-m", "orbweaver"]
+        if name == "storage":
+            listen = (f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen)
+            return [*py, "storage", "--db", self.db_url, "--listen", listen,
+                    "--ready-file", str(ready_file), *self._storage_args]
+        if name == "scheduler":
+            listen = f"127.0.0.1:{self._scheduler_port}"
+            return [*py, "scheduler", "--storage", self.address, "--listen", listen,
+                    "--ready-file", str(ready_file)]
+        return [*py, "worker", "--storage", self.address, "--scheduler", self.scheduler_address,
+                "--tasks-dir", str(self.tasks_dir), "--processes", str(self.workers),
+                "--ready-file", str(ready_file)]
+
+    def start_component(self, name: Component) -> None:
+        """Start (or restart, on the same port) one component and wait until it is ready."""
+        old = self._procs.get(name)
+        if old is not None and old.popen.poll() is None:
+            raise RuntimeError(f"{name} is already running")
+        ready_file = self._tmp / f"{name}.ready"
+        ready_file.unlink(missing_ok=True)
+        log_file = (self.log_dir / f"{name}.log").open("ab")
+        args = self._command(name, ready_file)
+        popen = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                 env=self._env, start_new_session=True)
+        proc = _Process(name, args, popen, ready_file, log_file)
+        self._procs[name] = proc
+        proc.port = self._wait_ready(proc)
+        if name == "storage":
+            self._storage_port = proc.port
+        elif name == "scheduler":
+            self._scheduler_port = proc.port
+
+    def _wait_ready(self, proc: _Process) -> int:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc.ready_file.exists():
+                with contextlib.suppress(json.JSONDecodeError):
+                    return int(json.loads(proc.ready_file.read_text()).get("port", 0))
+            code = proc.popen.poll()
+            if code is not None:
+                raise errors.Unavailable(
+                    f"{proc.name} exited with code {code} during start-up:\n"
+                    f"{self.logs(proc.name)[-4000:]}")
+            time.sleep(0.02)
+        raise errors.Unavailable(f"{proc.name} was not ready within {self.start_timeout:g} s:\n"
+                                 f"{self.logs(proc.name)[-4000:]}")
+
+    def logs(self, name: Component) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pid(self, name: Component) -> int:
+        return self._procs[name].popen.pid
+
+    def kill(self, name: Component, sig: int = signal.SIGKILL) -> None:
+        """Kill a component (and its executors) the hard way, for fault-injection tests."""
+        proc = self._procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, sig)
+        proc.popen.wait(30)
+        proc.log_file.close()
+
+    def restart(self, name: Component) -> None:
+        self.start_component(name)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        for name in ("worker", "scheduler", "storage"):
+            proc = self._procs.pop(name, None)  # type: ignore[call-overload]
+            if proc is None:
+                continue
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.send_signal(signal.SIGTERM)
+                try:
+                    proc.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop on SIGTERM; killing it", name)
+            # Reap the whole process group (executors included).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(5)
+            proc.log_file.close()
+        if not os.environ.get("ORBWEAVER_KEEP_LOCAL"):
+            shutil.rmtree(self._tmp, ignore_errors=True)

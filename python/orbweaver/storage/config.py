@@ -1,0 +1,90 @@
+"""Storage-service configuration: defaults, a TOML config file, and command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security, TlsConfig
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Every knob of the storage service. Times are seconds unless the name says otherwise."""
+
+    db_url: str = "sqlite:///orbweaver.db"
+    listen: str = "127.0.0.1:50051"
+    security: Security = field(default_factory=Security)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grpc_workers: int = 64
+    # Inbound queue lane capacities (spec 3.1).
+    task_capacity: int = 1 << 20
+    commit_capacity: int = 1024
+    cleanup_capacity: int = 1024
+    # Task-instance pool (spec 4): EMs silent for longer than the cutoff are declared dead.
+    em_stale_cutoff: float = 60.0
+    instance_gc_interval: float = 5.0
+    # Job cache (spec 5): terminated jobs stay cached for `job_cache_retention`.
+    job_cache_retention: float = 300.0
+    job_cache_gc_interval: float = 30.0
+    # Terminated jobs are deleted from the database after `job_retention` (None: kept forever).
+    job_retention: float | None = 7 * 24 * 3600.0
+    db_gc_interval: float = 3600.0
+    # Recovery reads recoverable jobs in pages of this many rows.
+    recovery_page_size: int = 500
+    # Longest server-side wait of WaitJob / polls, whatever the client asks for.
+    max_wait: float = 60.0
+    metrics_port: int | None = None
+    # Seconds to keep retrying a transient database error inside a job transition before the
+    # service gives up and exits (a restart then recovers from the database).
+    db_retry_deadline: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("task_capacity", "commit_capacity", "cleanup_capacity", "grpc_workers",
+                     "recovery_page_size", "max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"storage config: {name} must be > 0")
+        for name in ("em_stale_cutoff", "instance_gc_interval", "job_cache_retention",
+                     "job_cache_gc_interval", "db_gc_interval", "max_wait", "db_retry_deadline"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"storage config: {name} must be > 0 seconds")
+        if self.job_retention is not None and self.job_retention <= 0:
+            raise ValueError("storage config: job_retention must be > 0 seconds (or unset)")
+
+    def replace(self, **changes: Any) -> StorageConfig:
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def load(path: Path | None = None, env: dict[str, str] | None = None,
+             **overrides: Any) -> StorageConfig:
+        """Defaults, then the `[storage]` table of a TOML file, then the environment
+        (`ORBWEAVER_TOKEN`, `ORBWEAVER_TLS_*`), then explicit overrides (None values ignored)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+            table = data.get("storage", data)
+            known = {f.name for f in dataclasses.fields(StorageConfig)}
+            for key, value in table.items():
+                if key == "tls" or key == "token":
+                    continue
+                if key not in known:
+                    raise ValueError(f"{path}: unknown storage setting {key!r}")
+                values[key] = value
+            security = Security.from_env(env)
+            token = table.get("token") or security.token
+            tls_table = table.get("tls")
+            tls = security.tls
+            if isinstance(tls_table, dict):
+                tls = TlsConfig(*(Path(tls_table[k]) if tls_table.get(k) else None
+                                  for k in ("cert_file", "key_file", "ca_file")))
+            values["security"] = Security(token=token, tls=tls)
+        else:
+            values["security"] = Security.from_env(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return StorageConfig(**values)

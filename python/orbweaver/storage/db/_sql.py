@@ -1,0 +1,808 @@
+"""Dialect-independent implementation of :class:`~.protocol.Database` over DB-API cursors.
+
+Both backends use the ``?`` parameter style, so every DML statement is written once here; the few
+dialect differences (current time, time arithmetic, row locking, index hints, ``INSERT IGNORE``)
+are filled in from a :class:`Dialect`. A backend only provides the schema DDL, the connection
+handling and :meth:`SqlDatabase._transaction`, which runs a function in one transaction and maps
+driver errors to :mod:`.errors` (plus the two private integrity errors below).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from .errors import (
+    CorruptedDbState,
+    DbError,
+    DbUnavailable,
+    ExecutionManagerAlreadyDead,
+    IllegalExecutionManagerId,
+    InvalidJobStateTransition,
+    InvalidPassword,
+    JobNotFound,
+    ResourceGroupAlreadyExists,
+    ResourceGroupNotFound,
+    UnexpectedJobState,
+)
+from .passwords import PasswordVerifier, hash_password
+from .protocol import JobRow, RecoverableJobRow, SchedulerRow
+from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BATCH_SIZE = 1000
+"""Rows per batch for deleting expired jobs and for locking dead EMs (as in the reference)."""
+
+MAX_ID = 2**63 - 1
+MAX_EXTERNAL_ID_LEN = 256
+MAX_IDEMPOTENCY_KEY_LEN = 255
+MAX_HOST_LEN = 255
+MAX_IP_ADDRESS_LEN = 45
+
+
+class Cursor(Protocol):
+    """The subset of a DB-API cursor the shared code uses."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class DuplicateKeyError(DbError):
+    """Driver-independent unique-key violation; translated by the operation that caused it."""
+
+
+class ForeignKeyViolationError(DbError):
+    """Driver-independent foreign-key violation; translated by the operation that caused it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    now: str
+    """SQL expression for the current time, in the unit the timestamp columns use."""
+    cutoff: str
+    """SQL expression, with one ``?``, for "now minus the bound duration"."""
+    cutoff_scale: float
+    """Multiplier turning seconds into the bound duration's unit."""
+    epoch_ms: str
+    """Template (``{col}``) turning a timestamp column into integer epoch milliseconds."""
+    for_update: str
+    force_primary: str
+    insert_ignore: str
+
+    def cutoff_param(self, seconds: float) -> int:
+        return round(seconds * self.cutoff_scale)
+
+
+_TERMINAL_SQL = ", ".join(f"'{s.db_name}'" for s in sorted(TERMINAL_STATES))
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class Statements:
+    """The DML, rendered once per dialect."""
+
+    def __init__(self, d: Dialect) -> None:
+        now = d.now
+        ms = d.epoch_ms.format
+        self.insert_session = f"INSERT INTO sessions (started_at) VALUES ({now})"
+        self.max_schema_version = "SELECT MAX(version) FROM schema_migrations"
+        self.insert_schema_version = (
+            f"{d.insert_ignore} INTO schema_migrations (version, applied_at) VALUES (?, {now})"
+        )
+
+        # -- jobs
+        self.find_idempotent_job = (
+            "SELECT id FROM jobs WHERE resource_group_id = ? AND idempotency_key = ?"
+        )
+        self.insert_job = (
+            "INSERT INTO jobs (resource_group_id, state, compressed_serialized_task_graph, "
+            "compressed_serialized_job_inputs, idempotency_key, created_at, updated_at) "
+            f"VALUES (?, '{DbJobState.READY.db_name}', ?, ?, ?, {now}, {now})"
+        )
+        self.lock_job = f"SELECT state FROM jobs WHERE id = ?{d.for_update}"
+        self.get_state = "SELECT state FROM jobs WHERE id = ?"
+        self.get_outputs = "SELECT state, serialized_job_outputs FROM jobs WHERE id = ?"
+        self.get_error = "SELECT state, error_message FROM jobs WHERE id = ?"
+        self.job_columns = (
+            f"id, resource_group_id, state, {ms(col='created_at')}, {ms(col='ended_at')}, "
+            "error_message"
+        )
+        self.get_job = f"SELECT {self.job_columns} FROM jobs WHERE id = ?"
+        self.count_by_state = "SELECT state, COUNT(*) FROM jobs GROUP BY state"
+        per_state = " UNION ALL ".join(
+            f"SELECT id FROM (SELECT id FROM jobs WHERE state = '{s.db_name}' AND id > ? "
+            f"ORDER BY id LIMIT ?) r{int(s)}"
+            for s in RECOVERABLE_STATES
+        )
+        # Each branch is an ordered range scan of the (state, id) index; only the first `limit`
+        # ids overall are then joined to the blobs.
+        self.recoverable_jobs = (
+            "SELECT j.id, j.resource_group_id, j.state, j.compressed_serialized_task_graph, "
+            "j.compressed_serialized_job_inputs, j.serialized_job_outputs "
+            f"FROM (SELECT id FROM ({per_state}) u ORDER BY id LIMIT ?) c "
+            "JOIN jobs j ON j.id = c.id ORDER BY j.id"
+        )
+        self.expired_job_ids = (
+            f"SELECT id FROM jobs WHERE state IN ({_TERMINAL_SQL}) AND ended_at IS NOT NULL "
+            f"AND ended_at < {d.cutoff} AND id > ? ORDER BY id LIMIT {BATCH_SIZE}"
+        )
+        self.delete_jobs_prefix = "DELETE FROM jobs WHERE id IN ("
+        self.delete_jobs_suffix = f") AND state IN ({_TERMINAL_SQL})"
+
+        # -- resource groups
+        self.insert_resource_group = (
+            f"INSERT INTO resource_groups (external_id, password, created_at) VALUES (?, ?, {now})"
+        )
+        self.resource_group_by_id = (
+            "SELECT id, external_id, password FROM resource_groups WHERE id = ?"
+        )
+        self.resource_group_by_external_id = (
+            "SELECT id, external_id, password FROM resource_groups WHERE external_id = ?"
+        )
+
+        # -- execution managers
+        self.insert_em = (
+            "INSERT INTO execution_managers (ip_address, state, last_heartbeat_at, created_at) "
+            f"VALUES (?, 'Alive', {now}, {now})"
+        )
+        self.lock_em = f"SELECT state FROM execution_managers WHERE id = ?{d.for_update}"
+        self.get_em_state = "SELECT state FROM execution_managers WHERE id = ?"
+        self.heartbeat_em = (
+            f"UPDATE execution_managers SET last_heartbeat_at = {now} "
+            "WHERE id = ? AND state = 'Alive'"
+        )
+        self.stale_em_candidates = (
+            "SELECT id FROM execution_managers "
+            f"WHERE state = 'Alive' AND last_heartbeat_at < {d.cutoff} ORDER BY id"
+        )
+        self.lock_stale_ems_prefix = (
+            f"SELECT id FROM execution_managers{d.force_primary} WHERE id IN ("
+        )
+        self.lock_stale_ems_suffix = (
+            f") AND state = 'Alive' AND last_heartbeat_at < {d.cutoff} ORDER BY id{d.for_update}"
+        )
+        self.mark_ems_dead_prefix = (
+            f"UPDATE execution_managers SET state = 'Dead', death_confirmed_at = {now} "
+            "WHERE id IN ("
+        )
+
+        # -- schedulers
+        self.delete_schedulers = "DELETE FROM schedulers"
+        self.insert_scheduler = (
+            f"INSERT INTO schedulers (host, port, created_at) VALUES (?, ?, {now})"
+        )
+        self.get_schedulers = "SELECT id, host, port FROM schedulers ORDER BY id"
+        self.scheduler_exists = "SELECT 1 FROM schedulers WHERE id = ?"
+
+        self._now = now
+
+    def update_job(self, *, terminal: bool, outputs: bool = False, error: bool = False) -> str:
+        sets = ["state = ?"]
+        if outputs:
+            sets.append("serialized_job_outputs = ?")
+        if error:
+            sets.append("error_message = ?")
+        sets.append(f"updated_at = {self._now}")
+        if terminal:
+            sets.append(f"ended_at = {self._now}")
+        return f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?"
+
+    @staticmethod
+    def list_jobs(
+        job_columns: str, n_states: int | None, before: bool, resource_group: bool
+    ) -> str:
+        where = []
+        if n_states is not None:
+            where.append(f"state IN ({_placeholders(n_states)})")
+        if before:
+            where.append("id < ?")
+        if resource_group:
+            where.append("resource_group_id = ?")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return f"SELECT {job_columns} FROM jobs{clause} ORDER BY id DESC LIMIT ?"
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+
+def _valid_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _in_range(value: int) -> bool:
+    return 0 < value <= MAX_ID
+
+
+def _check_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
+
+
+def _check_text(value: object, what: str, max_len: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def _state_arg(state: object) -> DbJobState:
+    if isinstance(state, bool) or not isinstance(state, int):
+        raise TypeError(f"job state must be an int, got {type(state).__name__}")
+    try:
+        return DbJobState(state)
+    except ValueError:
+        raise ValueError(f"unknown job state {state}") from None
+
+
+def _db_state(name: object, job_id: int) -> DbJobState:
+    try:
+        return DbJobState.from_db_name(str(name))
+    except ValueError:
+        raise CorruptedDbState(f"job {job_id}: unknown state {name!r} in the database") from None
+
+
+def _as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+# -- the shared implementation --------------------------------------------------------------------
+
+
+class SqlDatabase(abc.ABC):
+    """Implements every :class:`~.protocol.Database` method on top of :meth:`_transaction`."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._sql = Statements(dialect)
+        self._verifier = PasswordVerifier()
+        self._session_id = 0
+        self._list_sql_cache: dict[tuple[int | None, bool, bool], str] = {}
+        self._cache_lock = threading.Lock()
+
+    # -- backend hooks --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _transaction(
+        self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
+    ) -> T:
+        """Run ``fn`` in one transaction and commit it (roll back if ``fn`` raises).
+
+        Raises :class:`DuplicateKeyError` / :class:`ForeignKeyViolationError` for integrity errors,
+        :class:`DbUnavailable` for transient failures and :class:`DbError` for other driver
+        errors; exceptions raised by ``fn`` itself propagate unchanged.
+        """
+
+    @abc.abstractmethod
+    def _schema_ddl(self) -> Sequence[str]:
+        """``CREATE TABLE IF NOT EXISTS`` / ``CREATE INDEX IF NOT EXISTS`` statements."""
+
+    @abc.abstractmethod
+    def _run_ddl(self, statements: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- connect --------------------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        """Create the schema idempotently, check its version, and open a new session."""
+        self._run_ddl(self._schema_ddl())
+        sql = self._sql
+
+        def migrate(cur: Cursor) -> None:
+            cur.execute(sql.max_schema_version)
+            row = cur.fetchone()
+            version = None if row is None or row[0] is None else int(row[0])
+            if version is None:
+                cur.execute(sql.insert_schema_version, (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise DbError(
+                    f"the database schema is version {version}, newer than the version "
+                    f"{SCHEMA_VERSION} this Orbweaver understands; upgrade Orbweaver"
+                )
+
+        self._transaction(migrate, write=True)
+
+        def new_session(cur: Cursor) -> int:
+            cur.execute(sql.insert_session)
+            return int(cur.lastrowid or 0)
+
+        self._session_id = self._transaction(new_session, write=True)
+        if self._session_id <= 0:
+            raise CorruptedDbState("the database returned no session id")
+
+    @property
+    def session_id(self) -> int:
+        return self._session_id
+
+    def __enter__(self) -> SqlDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def register_job(
+        self,
+        resource_group_id: int,
+        compressed_graph: bytes,
+        compressed_inputs: bytes,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, bool]:
+        rg = _valid_id(resource_group_id, "resource_group_id")
+        graph = _check_bytes(compressed_graph, "compressed_graph")
+        inputs = _check_bytes(compressed_inputs, "compressed_inputs")
+        key = (
+            None
+            if idempotency_key is None
+            else _check_text(idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY_LEN)
+        )
+        if not _in_range(rg):
+            raise ResourceGroupNotFound(resource_group_id=rg)
+        sql = self._sql
+
+        def find_existing(cur: Cursor) -> int | None:
+            cur.execute(sql.find_idempotent_job, (rg, key))
+            row = cur.fetchone()
+            return None if row is None else int(row[0])
+
+        def insert(cur: Cursor) -> tuple[int, bool]:
+            if key is not None:
+                existing = find_existing(cur)
+                if existing is not None:
+                    return existing, True
+            cur.execute(sql.insert_job, (rg, graph, inputs, key))
+            return int(cur.lastrowid or 0), False
+
+        try:
+            return self._transaction(insert, write=True)
+        except ForeignKeyViolationError:
+            raise ResourceGroupNotFound(resource_group_id=rg) from None
+        except DuplicateKeyError:
+            if key is None:
+                raise
+            # A concurrent submission with the same key committed first.
+            existing = self._transaction(find_existing, write=False)
+            if existing is None:
+                raise DbUnavailable(
+                    "idempotency key collided with a job that is gone; retry"
+                ) from None
+            return existing, True
+
+    def _lock_job(self, cur: Cursor, job_id: int) -> DbJobState:
+        cur.execute(self._sql.lock_job, (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _db_state(row[0], job_id)
+
+    def _transition(
+        self,
+        job_id: int,
+        target_for: Callable[[DbJobState], DbJobState],
+        *,
+        check: Callable[[DbJobState, DbJobState], None] | None = None,
+        outputs: bytes | None = None,
+        error: str | None = None,
+    ) -> DbJobState:
+        """One locked, validated state change (the shape of every job state change)."""
+        jid = _valid_id(job_id, "job_id")
+        if not _in_range(jid):
+            raise JobNotFound(jid)
+
+        def default_check(current: DbJobState, target: DbJobState) -> None:
+            if not is_valid_transition(current, target):
+                raise InvalidJobStateTransition(current, target, job_id=jid)
+
+        validate = check or default_check
+
+        def tx(cur: Cursor) -> DbJobState:
+            current = self._lock_job(cur, jid)
+            target = target_for(current)
+            validate(current, target)
+            params: list[Any] = [target.db_name]
+            if outputs is not None:
+                params.append(outputs)
+            if error is not None:
+                params.append(error)
+            params.append(jid)
+            cur.execute(
+                self._sql.update_job(
+                    terminal=target.is_terminal,
+                    outputs=outputs is not None,
+                    error=error is not None,
+                ),
+                params,
+            )
+            return target
+
+        return self._transaction(tx, write=True)
+
+    def start_job(self, job_id: int) -> None:
+        def check(current: DbJobState, target: DbJobState) -> None:
+            if current != DbJobState.READY:
+                raise UnexpectedJobState(current, [DbJobState.READY], job_id=job_id)
+
+        self._transition(job_id, lambda _: DbJobState.RUNNING, check=check)
+
+    def commit_outputs(self, job_id: int, serialized_outputs: bytes, has_commit: bool) -> int:
+        outputs = _check_bytes(serialized_outputs, "serialized_outputs")
+        target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
+        return self._transition(job_id, lambda _: target, outputs=outputs)
+
+    def set_state(self, job_id: int, state: int) -> None:
+        target = _state_arg(state)
+        if target == DbJobState.FAILED:
+            raise ValueError("use fail_job() to fail a job: a Failed job needs an error message")
+        self._transition(job_id, lambda _: target)
+
+    def cancel_job(self, job_id: int, has_cleanup: bool) -> int:
+        cleanup_from = (DbJobState.RUNNING, DbJobState.COMMIT_READY, DbJobState.CLEANUP_READY)
+
+        def target_for(current: DbJobState) -> DbJobState:
+            # From CleanupReady with a cleanup task the target stays CleanupReady, which the
+            # table rejects: a repeated cancel must not skip the pending cleanup task.
+            if has_cleanup and current in cleanup_from:
+                return DbJobState.CLEANUP_READY
+            return DbJobState.CANCELLED
+
+        return self._transition(job_id, target_for)
+
+    def fail_job(self, job_id: int, message: str) -> None:
+        msg = _check_text(message, "message", 2**31, allow_empty=True)
+        self._transition(job_id, lambda _: DbJobState.FAILED, error=msg)
+
+    def fail_unrecoverable(self, job_id: int, reason: str) -> None:
+        msg = _check_text(reason, "reason", 2**31, allow_empty=True)
+
+        def check(current: DbJobState, target: DbJobState) -> None:
+            if current.is_terminal:
+                raise InvalidJobStateTransition(current, target, job_id=job_id)
+
+        self._transition(job_id, lambda _: DbJobState.FAILED, check=check, error=msg)
+
+    def _read_job(self, job_id: int, sql: str) -> tuple[Any, ...]:
+        jid = _valid_id(job_id, "job_id")
+        if not _in_range(jid):
+            raise JobNotFound(jid)
+
+        def tx(cur: Cursor) -> tuple[Any, ...] | None:
+            cur.execute(sql, (jid,))
+            row = cur.fetchone()
+            return None if row is None else tuple(row)
+
+        row = self._transaction(tx, write=False)
+        if row is None:
+            raise JobNotFound(jid)
+        return row
+
+    def get_state(self, job_id: int) -> DbJobState:
+        (state,) = self._read_job(job_id, self._sql.get_state)
+        return _db_state(state, job_id)
+
+    def get_outputs(self, job_id: int) -> bytes:
+        state_name, outputs = self._read_job(job_id, self._sql.get_outputs)
+        state = _db_state(state_name, job_id)
+        if state != DbJobState.SUCCEEDED:
+            raise UnexpectedJobState(state, [DbJobState.SUCCEEDED], job_id=job_id)
+        if outputs is None:
+            raise CorruptedDbState(f"job {job_id} is Succeeded but has no stored outputs")
+        return _as_bytes(outputs)
+
+    def get_error(self, job_id: int) -> str:
+        state_name, message = self._read_job(job_id, self._sql.get_error)
+        state = _db_state(state_name, job_id)
+        if state != DbJobState.FAILED:
+            raise UnexpectedJobState(state, [DbJobState.FAILED], job_id=job_id)
+        if message is None:
+            raise CorruptedDbState(f"job {job_id} is Failed but has no error message")
+        return str(message)
+
+    @staticmethod
+    def _job_row(row: Sequence[Any]) -> JobRow:
+        job_id = int(row[0])
+        return JobRow(
+            id=job_id,
+            resource_group_id=int(row[1]),
+            state=_db_state(row[2], job_id),
+            created_at_ms=int(row[3]),
+            ended_at_ms=_opt_int(row[4]),
+            error_message=None if row[5] is None else str(row[5]),
+        )
+
+    def get_job(self, job_id: int) -> JobRow:
+        return self._job_row(self._read_job(job_id, self._sql.get_job))
+
+    def list_jobs(
+        self,
+        states: Sequence[int] | None = None,
+        limit: int = 100,
+        before_job_id: int | None = None,
+        *,
+        resource_group_id: int | None = None,
+    ) -> list[JobRow]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        state_names = None if states is None else sorted({_state_arg(s).db_name for s in states})
+        if limit == 0 or state_names == []:
+            return []
+        params: list[Any] = list(state_names or [])
+        if before_job_id is not None:
+            params.append(_valid_id(before_job_id, "before_job_id"))
+        if resource_group_id is not None:
+            params.append(_valid_id(resource_group_id, "resource_group_id"))
+        params.append(limit)
+        shape = (
+            None if state_names is None else len(state_names),
+            before_job_id is not None,
+            resource_group_id is not None,
+        )
+        with self._cache_lock:
+            sql = self._list_sql_cache.get(shape)
+            if sql is None:
+                sql = Statements.list_jobs(self._sql.job_columns, *shape)
+                self._list_sql_cache[shape] = sql
+
+        def tx(cur: Cursor) -> list[Any]:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+        return [self._job_row(row) for row in self._transaction(tx, write=False)]
+
+    def count_jobs_by_state(self) -> dict[int, int]:
+        def tx(cur: Cursor) -> list[Any]:
+            cur.execute(self._sql.count_by_state)
+            return list(cur.fetchall())
+
+        counts: dict[int, int] = dict.fromkeys(DbJobState, 0)
+        for name, count in self._transaction(tx, write=False):
+            counts[_db_state(name, 0)] = int(count)
+        return counts
+
+    def recoverable_jobs(self, after_job_id: int, limit: int) -> list[RecoverableJobRow]:
+        after = _valid_id(after_job_id, "after_job_id")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        after = max(after, 0)
+        params: list[Any] = []
+        for _ in RECOVERABLE_STATES:
+            params += [after, limit]
+        params.append(limit)
+
+        def tx(cur: Cursor) -> list[Any]:
+            cur.execute(self._sql.recoverable_jobs, params)
+            return list(cur.fetchall())
+
+        rows = []
+        for row in self._transaction(tx, write=False):
+            job_id = int(row[0])
+            rows.append(
+                RecoverableJobRow(
+                    id=job_id,
+                    resource_group_id=int(row[1]),
+                    state=_db_state(row[2], job_id),
+                    compressed_graph=_as_bytes(row[3]),
+                    compressed_inputs=_as_bytes(row[4]),
+                    serialized_outputs=None if row[5] is None else _as_bytes(row[5]),
+                )
+            )
+        return rows
+
+    def delete_expired_terminated_jobs(self, retention_sec: float) -> int:
+        if isinstance(retention_sec, bool) or not isinstance(retention_sec, (int, float)):
+            raise TypeError("retention_sec must be a number")
+        if retention_sec < 0:
+            raise ValueError(f"retention_sec must be >= 0, got {retention_sec}")
+        cutoff = self._dialect.cutoff_param(retention_sec)
+        sql = self._sql
+        deleted = 0
+        after = 0
+        while True:
+
+            def batch(cur: Cursor, after: int = after) -> tuple[list[int], int]:
+                # Non-locking scan, then a delete that re-checks the terminal state.
+                cur.execute(sql.expired_job_ids, (cutoff, after))
+                ids = [int(r[0]) for r in cur.fetchall()]
+                if not ids:
+                    return ids, 0
+                cur.execute(
+                    sql.delete_jobs_prefix + _placeholders(len(ids)) + sql.delete_jobs_suffix,
+                    ids,
+                )
+                return ids, max(cur.rowcount, 0)
+
+            ids, n = self._transaction(batch, write=True)
+            deleted += n
+            if len(ids) < BATCH_SIZE:
+                return deleted
+            after = ids[-1]
+
+    # -- resource groups ------------------------------------------------------------------------
+
+    def add_resource_group(self, external_id: str, password: bytes) -> int:
+        name = _check_text(external_id, "external_id", MAX_EXTERNAL_ID_LEN)
+        record = hash_password(_check_bytes(password, "password"))
+
+        def tx(cur: Cursor) -> int:
+            cur.execute(self._sql.insert_resource_group, (name, record))
+            return int(cur.lastrowid or 0)
+
+        try:
+            return self._transaction(tx, write=True)
+        except DuplicateKeyError:
+            raise ResourceGroupAlreadyExists(name) from None
+
+    def verify_resource_group(
+        self,
+        password: bytes,
+        *,
+        resource_group_id: int | None = None,
+        external_id: str | None = None,
+    ) -> tuple[int, str]:
+        pw = _check_bytes(password, "password")
+        if (resource_group_id is None) == (external_id is None):
+            raise ValueError("give exactly one of resource_group_id and external_id")
+        if resource_group_id is not None:
+            rg = _valid_id(resource_group_id, "resource_group_id")
+            if not _in_range(rg):
+                raise ResourceGroupNotFound(resource_group_id=rg)
+            sql, key = self._sql.resource_group_by_id, rg
+        else:
+            name = _check_text(external_id, "external_id", 10**6, allow_empty=True)
+            sql, key = self._sql.resource_group_by_external_id, name  # type: ignore[assignment]
+
+        def tx(cur: Cursor) -> tuple[Any, ...] | None:
+            cur.execute(sql, (key,))
+            row = cur.fetchone()
+            return None if row is None else tuple(row)
+
+        row = self._transaction(tx, write=False)
+        if row is None:
+            raise ResourceGroupNotFound(
+                resource_group_id=resource_group_id, external_id=external_id
+            )
+        rg_id, rg_name, record = int(row[0]), str(row[1]), _as_bytes(row[2])
+        try:
+            ok = self._verifier.verify(pw, record)
+        except ValueError as e:
+            raise CorruptedDbState(f"resource group {rg_id}: {e}") from None
+        if not ok:
+            raise InvalidPassword(rg_id)
+        return rg_id, rg_name
+
+    # -- execution managers ---------------------------------------------------------------------
+
+    def register_execution_manager(self, ip_address: str) -> int:
+        ip = _check_text(ip_address, "ip_address", MAX_IP_ADDRESS_LEN)
+
+        def tx(cur: Cursor) -> int:
+            cur.execute(self._sql.insert_em, (ip,))
+            return int(cur.lastrowid or 0)
+
+        return self._transaction(tx, write=True)
+
+    def update_execution_manager_heartbeat(self, execution_manager_id: int) -> None:
+        em = _valid_id(execution_manager_id, "execution_manager_id")
+        if not _in_range(em):
+            raise IllegalExecutionManagerId(em)
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(self._sql.lock_em, (em,))
+            row = cur.fetchone()
+            if row is None:
+                raise IllegalExecutionManagerId(em)
+            if row[0] != "Alive":
+                raise ExecutionManagerAlreadyDead(em)
+            cur.execute(self._sql.heartbeat_em, (em,))
+
+        self._transaction(tx, write=True)
+
+    def is_execution_manager_alive(self, execution_manager_id: int) -> bool:
+        em = _valid_id(execution_manager_id, "execution_manager_id")
+        if not _in_range(em):
+            raise IllegalExecutionManagerId(em)
+
+        def tx(cur: Cursor) -> Any:
+            cur.execute(self._sql.get_em_state, (em,))
+            return cur.fetchone()
+
+        row = self._transaction(tx, write=False)
+        if row is None:
+            raise IllegalExecutionManagerId(em)
+        return bool(row[0] == "Alive")
+
+    def get_dead_execution_managers(self, stale_cutoff_sec: float) -> list[int]:
+        if isinstance(stale_cutoff_sec, bool) or not isinstance(stale_cutoff_sec, (int, float)):
+            raise TypeError("stale_cutoff_sec must be a number")
+        if stale_cutoff_sec < 0:
+            raise ValueError(f"stale_cutoff_sec must be >= 0, got {stale_cutoff_sec}")
+        cutoff = self._dialect.cutoff_param(stale_cutoff_sec)
+        sql = self._sql
+
+        def tx(cur: Cursor) -> list[int]:
+            # Scan without locks (secondary index), then lock by primary key only, re-checking
+            # the predicate: locking through the liveness index deadlocked against heartbeats.
+            cur.execute(sql.stale_em_candidates, (cutoff,))
+            candidates = [int(r[0]) for r in cur.fetchall()]
+            dead: list[int] = []
+            for i in range(0, len(candidates), BATCH_SIZE):
+                chunk = candidates[i : i + BATCH_SIZE]
+                marks = _placeholders(len(chunk))
+                cur.execute(
+                    sql.lock_stale_ems_prefix + marks + sql.lock_stale_ems_suffix,
+                    [*chunk, cutoff],
+                )
+                locked = [int(r[0]) for r in cur.fetchall()]
+                if locked:
+                    cur.execute(sql.mark_ems_dead_prefix + _placeholders(len(locked)) + ")", locked)
+                    dead.extend(locked)
+            return dead
+
+        return self._transaction(tx, write=True, read_committed=True)
+
+    # -- schedulers -----------------------------------------------------------------------------
+
+    def register_scheduler(self, host: str, port: int) -> int:
+        h = _check_text(host, "host", MAX_HOST_LEN)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int in [1, 65535], got {port!r}")
+
+        def tx(cur: Cursor) -> int:
+            cur.execute(self._sql.delete_schedulers)
+            cur.execute(self._sql.insert_scheduler, (h, port))
+            return int(cur.lastrowid or 0)
+
+        return self._transaction(tx, write=True)
+
+    def get_schedulers(self) -> list[SchedulerRow]:
+        def tx(cur: Cursor) -> list[Any]:
+            cur.execute(self._sql.get_schedulers)
+            return list(cur.fetchall())
+
+        rows = []
+        for sid, host, port in self._transaction(tx, write=False):
+            if not host:
+                raise CorruptedDbState(f"scheduler {sid} has an empty host")
+            rows.append(SchedulerRow(id=int(sid), host=str(host), port=int(port)))
+        return rows
+
+    def is_scheduler_registered(self, scheduler_id: int) -> bool:
+        sid = _valid_id(scheduler_id, "scheduler_id")
+        if not _in_range(sid):
+            return False
+
+        def tx(cur: Cursor) -> bool:
+            cur.execute(self._sql.scheduler_exists, (sid,))
+            return cur.fetchone() is not None
+
+        return self._transaction(tx, write=False)

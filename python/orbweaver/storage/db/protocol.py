@@ -1,0 +1,186 @@
+"""The DB-layer protocol shared by the SQLite and MariaDB implementations, and its row types."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .states import DbJobState
+
+__all__ = ["Database", "JobRow", "RecoverableJobRow", "SchedulerRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """Job-level facts (no blobs). Timestamps are milliseconds since the Unix epoch."""
+
+    id: int
+    resource_group_id: int
+    state: DbJobState
+    created_at_ms: int
+    ended_at_ms: int | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverableJobRow:
+    """Everything needed to rebuild a non-terminal job's cache entry after a restart."""
+
+    id: int
+    resource_group_id: int
+    state: DbJobState
+    compressed_graph: bytes
+    compressed_inputs: bytes
+    serialized_outputs: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerRow:
+    id: int
+    host: str
+    port: int
+
+
+@runtime_checkable
+class Database(Protocol):
+    """Persistence of job-level facts, resource groups, EM liveness, schedulers and sessions.
+
+    Every method is synchronous and thread-safe. Every job state change is one transaction that
+    locks the job row, raises :class:`~.errors.JobNotFound` for a missing row, validates the
+    transition (:func:`~.states.is_valid_transition`) and updates the row. Transient failures raise
+    :class:`~.errors.DbUnavailable`; everything else raised is a definite answer.
+    """
+
+    @property
+    def session_id(self) -> int:
+        """This connection's session id: strictly increasing across connects to one database."""
+        ...
+
+    def close(self) -> None: ...
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def register_job(
+        self,
+        resource_group_id: int,
+        compressed_graph: bytes,
+        compressed_inputs: bytes,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, bool]:
+        """Insert a Ready job; returns ``(job_id, deduplicated)``.
+
+        With an ``idempotency_key`` that already exists for the resource group, nothing is inserted
+        and the existing job's id is returned with ``deduplicated=True``. Unknown resource group
+        => ``ResourceGroupNotFound``.
+        """
+        ...
+
+    def start_job(self, job_id: int) -> None:
+        """Ready -> Running, else ``UnexpectedJobState(current, [Ready])``."""
+        ...
+
+    def commit_outputs(self, job_id: int, serialized_outputs: bytes, has_commit: bool) -> int:
+        """Running -> CommitReady (``has_commit``) or Succeeded; stores the outputs.
+
+        Returns the new state; a forbidden transition => ``InvalidJobStateTransition``.
+        """
+        ...
+
+    def set_state(self, job_id: int, state: int) -> None:
+        """Validated transition to ``state`` (``ended_at`` set when terminal).
+
+        Failed is reached through :meth:`fail_job` only (it needs a message).
+        """
+        ...
+
+    def cancel_job(self, job_id: int, has_cleanup: bool) -> int:
+        """Cancel: CleanupReady when ``has_cleanup`` and the job is Running or CommitReady, else
+        Cancelled; validated. Returns the new state."""
+        ...
+
+    def fail_job(self, job_id: int, message: str) -> None:
+        """Validated transition to Failed with ``message``."""
+        ...
+
+    def fail_unrecoverable(self, job_id: int, reason: str) -> None:
+        """Recovery only: force Failed from any non-terminal state (even Ready) with ``reason``."""
+        ...
+
+    def get_state(self, job_id: int) -> DbJobState: ...
+
+    def get_outputs(self, job_id: int) -> bytes:
+        """Outputs of a Succeeded job (else ``UnexpectedJobState``)."""
+        ...
+
+    def get_error(self, job_id: int) -> str:
+        """Error message of a Failed job (else ``UnexpectedJobState``)."""
+        ...
+
+    def get_job(self, job_id: int) -> JobRow: ...
+
+    def list_jobs(
+        self,
+        states: Sequence[int] | None = None,
+        limit: int = 100,
+        before_job_id: int | None = None,
+        *,
+        resource_group_id: int | None = None,
+    ) -> list[JobRow]:
+        """Jobs newest first, optionally filtered; page with ``before_job_id`` = last id seen."""
+        ...
+
+    def count_jobs_by_state(self) -> dict[int, int]:
+        """Number of jobs per state, keyed by ``DbJobState`` (every state present, zeros too)."""
+        ...
+
+    def recoverable_jobs(self, after_job_id: int, limit: int) -> list[RecoverableJobRow]:
+        """One page of non-terminal jobs with ``id > after_job_id``, ordered by id."""
+        ...
+
+    def delete_expired_terminated_jobs(self, retention_sec: float) -> int:
+        """Delete terminal jobs that ended more than ``retention_sec`` ago; returns the count."""
+        ...
+
+    # -- resource groups ------------------------------------------------------------------------
+
+    def add_resource_group(self, external_id: str, password: bytes) -> int:
+        """Create a resource group storing a salted scrypt hash of ``password``."""
+        ...
+
+    def verify_resource_group(
+        self,
+        password: bytes,
+        *,
+        resource_group_id: int | None = None,
+        external_id: str | None = None,
+    ) -> tuple[int, str]:
+        """Check ``password`` for the group named by exactly one of id / external id.
+
+        Returns ``(resource_group_id, external_id)``; missing => ``ResourceGroupNotFound``,
+        mismatch => ``InvalidPassword``.
+        """
+        ...
+
+    # -- execution managers ---------------------------------------------------------------------
+
+    def register_execution_manager(self, ip_address: str) -> int: ...
+
+    def update_execution_manager_heartbeat(self, execution_manager_id: int) -> None: ...
+
+    def is_execution_manager_alive(self, execution_manager_id: int) -> bool: ...
+
+    def get_dead_execution_managers(self, stale_cutoff_sec: float) -> list[int]:
+        """Mark Alive EMs without a heartbeat for ``stale_cutoff_sec`` Dead; each is returned by
+        exactly one call."""
+        ...
+
+    # -- schedulers -----------------------------------------------------------------------------
+
+    def register_scheduler(self, host: str, port: int) -> int:
+        """Replace the registered scheduler (there is at most one); returns its id."""
+        ...
+
+    def get_schedulers(self) -> list[SchedulerRow]: ...
+
+    def is_scheduler_registered(self, scheduler_id: int) -> bool: ...

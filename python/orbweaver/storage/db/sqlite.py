@@ -1,0 +1,204 @@
+"""SQLite implementation of :class:`~.protocol.Database` (the embedded default).
+
+One ``sqlite3`` connection guarded by a lock serves every thread (``check_same_thread=False``).
+Write transactions start with ``BEGIN IMMEDIATE``, which takes SQLite's write lock up front and so
+serialises state changes exactly like ``SELECT ... FOR UPDATE`` does on MariaDB, also against other
+processes using the same file (they wait up to ``busy_timeout``). Timestamps are INTEGER epoch
+milliseconds produced by the ``orbweaver_now_ms()`` SQL function, i.e. by ``clock()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
+
+from ._sql import Cursor, Dialect, DuplicateKeyError, ForeignKeyViolationError, SqlDatabase
+from .errors import DbError, DbUnavailable
+from .states import DbJobState
+
+__all__ = ["SqliteDatabase"]
+
+T = TypeVar("T")
+
+DIALECT = Dialect(
+    name="sqlite",
+    now="orbweaver_now_ms()",
+    cutoff="(orbweaver_now_ms() - ?)",
+    cutoff_scale=1000.0,
+    epoch_ms="{col}",
+    for_update="",
+    force_primary="",
+    insert_ignore="INSERT OR IGNORE",
+)
+
+_JOB_STATES = ", ".join(f"'{s.db_name}'" for s in DbJobState)
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS resource_groups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        external_id TEXT NOT NULL,
+        password BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        CONSTRAINT external_resource_group_id UNIQUE (external_id)
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        resource_group_id INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'Ready' CHECK (state IN ({_JOB_STATES})),
+        compressed_serialized_task_graph BLOB NOT NULL,
+        compressed_serialized_job_inputs BLOB NOT NULL,
+        serialized_job_outputs BLOB NULL,
+        error_message TEXT NULL,
+        idempotency_key TEXT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        ended_at INTEGER NULL DEFAULT NULL,
+        max_num_retries INTEGER NOT NULL DEFAULT 0,
+        num_retries INTEGER NOT NULL DEFAULT 0,
+        CONSTRAINT job_idempotency_key UNIQUE (resource_group_id, idempotency_key),
+        CONSTRAINT job_resource_group FOREIGN KEY (resource_group_id)
+            REFERENCES resource_groups (id) ON UPDATE RESTRICT ON DELETE RESTRICT
+    )""",
+    "CREATE INDEX IF NOT EXISTS job_state ON jobs (state)",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        session_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS execution_managers (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ip_address TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'Alive' CHECK (state IN ('Alive', 'Dead')),
+        last_heartbeat_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        death_confirmed_at INTEGER NULL DEFAULT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS execution_manager_liveness "
+    "ON execution_managers (state, last_heartbeat_at)",
+    """CREATE TABLE IF NOT EXISTS schedulers (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS schema_migrations (
+        version INTEGER PRIMARY KEY,
+        applied_at INTEGER NOT NULL
+    )""",
+)
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+class SqliteDatabase(SqlDatabase):
+    """``path`` is a file path or ``":memory:"``.
+
+    ``clock`` (seconds since the epoch, default :func:`time.time`) can be replaced in tests.
+    ``synchronous`` is the ``PRAGMA synchronous`` level: ``NORMAL`` (the default) is durable
+    across process crashes in WAL mode, ``FULL`` also across power loss.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        super().__init__(DIALECT)
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"invalid synchronous level {synchronous!r}")
+        if isinstance(busy_timeout_ms, bool) or not isinstance(busy_timeout_ms, int):
+            raise TypeError("busy_timeout_ms must be an int")
+        self._path = path
+        self._lock = threading.RLock()
+        self._clock = clock
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ValueError(f"SQLite database directory {parent!r} does not exist")
+        try:
+            conn = sqlite3.connect(
+                path,
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise DbError(f"cannot open SQLite database {path!r}: {e}") from e
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.create_function("orbweaver_now_ms", 0, self._now_ms)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self._initialize()
+        except BaseException:
+            self.close()
+            raise
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _schema_ddl(self) -> Sequence[str]:
+        return SCHEMA
+
+    def _run_ddl(self, statements: Sequence[str]) -> None:
+        def tx(cur: Cursor) -> None:
+            for statement in statements:
+                cur.execute(statement)
+
+        self._transaction(tx, write=True)
+
+    def _transaction(
+        self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
+    ) -> T:
+        del read_committed  # SQLite transactions are serializable.
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise DbError("the database connection is closed")
+            cur = conn.cursor()
+            try:
+                # Reads use a deferred transaction: a consistent snapshot without the write lock.
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                result = fn(cast(Cursor, cur))
+                cur.execute("COMMIT")
+                return result
+            except BaseException as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                if isinstance(e, sqlite3.Error):
+                    raise _translate(e) from e
+                raise
+            finally:
+                cur.close()
+
+
+def _translate(e: sqlite3.Error) -> DbError:
+    message = str(e)
+    if isinstance(e, sqlite3.IntegrityError):
+        if "FOREIGN KEY" in message:
+            return ForeignKeyViolationError(message)
+        if "UNIQUE" in message:
+            return DuplicateKeyError(message)
+        return DbError(f"SQLite integrity error: {message}")
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return DbUnavailable(f"SQLite database is busy: {message}")
+    return DbError(f"SQLite error: {message}")

@@ -1,0 +1,93 @@
+"""Background loops of the storage service, each one owned thread with a clear stop path:
+
+* instance GC: declare silent EMs dead, force-remove their instances and re-offer the tasks,
+  re-offer soft-timed-out tasks once (spec 4.3);
+* cache GC: evict terminated jobs after the retention period (spec 5.2);
+* DB GC: delete terminated jobs older than the configured job retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from orbweaver.storage.service import StorageService, now_ms
+
+log = logging.getLogger("orbweaver.storage.gc")
+
+
+class _Loop:
+    def __init__(self, name: str, interval: float, body: Callable[[], None],
+                 stop: threading.Event) -> None:
+        self.name = name
+        self._interval = interval
+        self._body = body
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("background loop did not stop in time", extra={"loop": self.name})
+
+    def _run(self) -> None:
+        # First tick after one interval, as in the reference (startup already did the work).
+        while not self._stop.wait(self._interval):
+            try:
+                self._body()
+            except Exception:
+                # A failing pass (e.g. the DB is briefly unreachable) is retried next interval.
+                log.exception("background loop pass failed", extra={"loop": self.name})
+
+
+class BackgroundLoops:
+    def __init__(self, service: StorageService) -> None:
+        self.service = service
+        self._stop = threading.Event()
+        cfg = service.config
+        self._loops = [
+            _Loop("instance-gc", cfg.instance_gc_interval, self.instance_gc_pass, self._stop),
+            _Loop("cache-gc", cfg.job_cache_gc_interval, self.cache_gc_pass, self._stop),
+        ]
+        if cfg.job_retention is not None:
+            self._loops.append(_Loop("db-gc", cfg.db_gc_interval, self.db_gc_pass, self._stop))
+
+    def start(self) -> None:
+        for loop in self._loops:
+            loop.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for loop in self._loops:
+            loop.join(timeout)
+
+    def instance_gc_pass(self) -> None:
+        svc = self.service
+        dead = svc.db.get_dead_execution_managers(svc.config.em_stale_cutoff)
+        if dead:
+            svc.mark_dead(dead)
+            svc.metrics.dead_ems.inc(len(dead))
+            log.warning("execution managers declared dead", extra={"em_ids": dead})
+        report = svc.cache.gc_instances(now_ms(), dead)
+        svc.metrics.requeued.labels("dead_em").inc(report.requeued_dead)
+        svc.metrics.requeued.labels("soft_timeout").inc(report.requeued_soft_timeout)
+
+    def cache_gc_pass(self) -> None:
+        svc = self.service
+        evicted = svc.cache.evict_terminated(now_ms(), int(svc.config.job_cache_retention * 1000))
+        if evicted:
+            svc.metrics.evicted.inc(len(evicted))
+            log.debug("evicted terminated jobs", extra={"count": len(evicted)})
+
+    def db_gc_pass(self) -> None:
+        svc = self.service
+        retention = svc.config.job_retention
+        if retention is None:
+            return
+        deleted = svc.db.delete_expired_terminated_jobs(retention)
+        if deleted:
+            log.info("deleted expired jobs", extra={"count": deleted})

@@ -1,0 +1,64 @@
+"""Rebuild the job cache from the database when the storage service starts (spec section 7).
+
+Recoverable jobs are read in id-ordered pages and turned into cache entries as they arrive, so
+peak memory does not depend on the number of rows. A job that cannot be rebuilt (corrupt graph,
+CommitReady without outputs, ...) is marked FAILED with the reason and startup continues. Nothing
+is enqueued here: the server resends ready work once it is serving (spec 7.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from orbweaver import _core
+from orbweaver.states import JobState
+from orbweaver.storage.db import Database
+
+log = logging.getLogger("orbweaver.storage.recovery")
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    recovered: Counter[JobState] = field(default_factory=Counter)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    pages: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.recovered.values())
+
+
+def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> RecoveryReport:
+    report = RecoveryReport()
+    started = time.perf_counter()
+    after = 0
+    while True:
+        rows = db.recoverable_jobs(after, page_size)
+        if not rows:
+            break
+        report.pages += 1
+        for row in rows:
+            after = row.job_id
+            try:
+                submission = _core.Submission(row.compressed_graph, row.compressed_inputs)
+                cache.recover(row.job_id, row.resource_group_id, submission, int(row.state),
+                              row.serialized_outputs)
+            except _core.CoreError as exc:
+                reason = f"cannot be recovered after a storage restart: {exc}"
+                log.error("job %d %s", row.job_id, reason, extra={"job_id": row.job_id})
+                db.fail_unrecoverable(row.job_id, reason)
+                report.failed.append((row.job_id, reason))
+                continue
+            report.recovered[JobState(row.state)] += 1
+        del rows  # release the page's blobs before reading the next one
+        if report.pages % 20 == 0:
+            log.info("recovery in progress", extra={"jobs": report.total, "pages": report.pages})
+    report.seconds = time.perf_counter() - started
+    log.info("job cache recovered", extra={
+        "jobs": report.total, "failed": len(report.failed), "seconds": round(report.seconds, 3),
+        **{f"state_{s.name.lower()}": n for s, n in report.recovered.items()}})
+    return report

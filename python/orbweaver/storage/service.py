@@ -1,0 +1,505 @@
+"""The storage service's application logic: job orchestration, task instances, the inbound
+queue, resource groups and EM liveness, on top of the Rust job cache and the database.
+
+Ordering rule for every job-level transition (start, completion, cancel, failure, termination):
+under the job's transition lock, validate against the cache, persist to the database, then apply
+to the cache. The database is the source of truth, so a crash between the two steps is repaired by
+recovery; the lock keeps the cache's order of transitions equal to the database's.
+Task-level operations (register, report) never take that lock and never touch the database unless
+they complete, fail or terminate a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from orbweaver import _core, errors
+from orbweaver._rpc import Backoff
+from orbweaver.states import JobState
+from orbweaver.storage.config import StorageConfig
+from orbweaver.storage.db import Database
+from orbweaver.storage.db import errors as db_errors
+from orbweaver.storage.errors import ServiceFailure, translate
+from orbweaver.storage.metrics import StorageMetrics
+
+log = logging.getLogger("orbweaver.storage")
+
+T = TypeVar("T")
+_LOCK_STRIPES = 256
+
+
+def now_ms() -> int:
+    """The engine's clock: monotonic milliseconds (only differences matter)."""
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    state: JobState
+    total_tasks: int
+    counts: tuple[int, int, int, int, int, int]  # pending ready running succeeded failed cancelled
+    waiting: list[tuple[int, str, str]]
+    live: bool
+
+
+class _CredentialCache:
+    """Remembers verified resource-group passwords (as keyed digests, never in clear) so a
+    submission does not pay a scrypt verification each time."""
+
+    def __init__(self) -> None:
+        self._key = os.urandom(32)
+        self._verified: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _digest(self, password: bytes) -> bytes:
+        return hmac.new(self._key, password, hashlib.sha256).digest()
+
+    def check(self, rg_id: int, password: bytes) -> bool:
+        with self._lock:
+            known = self._verified.get(rg_id)
+        return known is not None and hmac.compare_digest(known, self._digest(password))
+
+    def remember(self, rg_id: int, password: bytes) -> None:
+        with self._lock:
+            self._verified[rg_id] = self._digest(password)
+
+
+class StorageService:
+    """Thread-safe; every public method may be called from any gRPC worker thread."""
+
+    def __init__(self, config: StorageConfig, db: Database, cache: _core.JobCache,
+                 metrics: StorageMetrics, *, on_fatal: Callable[[str], None]) -> None:
+        self.config = config
+        self.db = db
+        self.cache = cache
+        self.metrics = metrics
+        self.session_id = db.session_id
+        self._on_fatal = on_fatal
+        self._job_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._terminal = threading.Condition()
+        self._alive_ems: set[int] = set()
+        self._alive_lock = threading.Lock()
+        self._credentials = _CredentialCache()
+        self._scheduler_lock = threading.Lock()
+        self._scheduler_registered = False
+        self._max_wait_ms = int(config.max_wait * 1000)
+
+    # -----------------------------------------------------------------------------------------
+    # Helpers
+    # -----------------------------------------------------------------------------------------
+
+    def _job_lock(self, job_id: int) -> threading.Lock:
+        return self._job_locks[job_id % _LOCK_STRIPES]
+
+    def _fatal(self, message: str) -> ServiceFailure:
+        log.critical("storage must restart: %s", message)
+        self._on_fatal(message)
+        return ServiceFailure(message)
+
+    def _persist(self, what: str, op: Callable[[], T]) -> T:
+        """Run a DB write of a job transition, retrying transient errors. A transition the cache
+        already decided must reach the DB; if it cannot, the service stops (and recovers)."""
+        deadline = time.monotonic() + self.config.db_retry_deadline
+        delays = Backoff(base=0.05, cap=1.0).delays()
+        while True:
+            try:
+                return op()
+            except db_errors.DbUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise self._fatal(f"{what}: database unavailable: {exc}") from exc
+                log.warning("%s: database unavailable, retrying: %s", what, exc)
+                time.sleep(next(delays))
+
+    def _notify_terminal(self) -> None:
+        with self._terminal:
+            self._terminal.notify_all()
+
+    # -----------------------------------------------------------------------------------------
+    # Resource groups
+    # -----------------------------------------------------------------------------------------
+
+    def add_resource_group(self, external_id: str, password: bytes) -> int:
+        if not external_id or len(external_id) > 256:
+            raise errors.InvalidArgument("resource group name must be 1 to 256 characters")
+        try:
+            return self.db.add_resource_group(external_id, password)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+
+    def verify_resource_group(self, password: bytes, *, resource_group_id: int = 0,
+                              external_id: str = "") -> tuple[int, str]:
+        if not resource_group_id and not external_id:
+            raise errors.InvalidArgument("give a resource group id or name")
+        try:
+            rg_id, name = self.db.verify_resource_group(
+                password, resource_group_id=resource_group_id or None,
+                external_id=external_id or None)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+        self._credentials.remember(rg_id, password)
+        return rg_id, name
+
+    def _authorize(self, rg_id: int, password: bytes, token_authenticated: bool) -> None:
+        if token_authenticated and not password:
+            return
+        if self._credentials.check(rg_id, password):
+            return
+        self.verify_resource_group(password, resource_group_id=rg_id)
+
+    # -----------------------------------------------------------------------------------------
+    # Job orchestration
+    # -----------------------------------------------------------------------------------------
+
+    def register_job(self, rg_id: int, password: bytes, graph: bytes, inputs: bytes, *,
+                     idempotency_key: str = "", start: bool = False,
+                     token_authenticated: bool = False) -> tuple[int, JobState, bool]:
+        if len(idempotency_key) > 128:
+            raise errors.InvalidArgument("idempotency key longer than 128 characters")
+        self._authorize(rg_id, password, token_authenticated)
+        try:
+            submission = _core.Submission(graph, inputs)
+        except _core.CoreError as exc:
+            raise translate(exc) from exc
+        try:
+            job_id, deduplicated = self.db.register_job(rg_id, graph, inputs,
+                                                        idempotency_key or None)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+        if deduplicated:
+            return job_id, self.get_state(job_id), True
+        self.cache.insert(job_id, rg_id, submission)
+        self.metrics.jobs_registered.inc()
+        state = JobState.READY
+        if start:
+            state = self.start_job(job_id)
+        return job_id, state, False
+
+    def start_job(self, job_id: int) -> JobState:
+        with self._job_lock(job_id):
+            try:
+                self.cache.check_transition(job_id, _core.JOB_RUNNING)
+            except _core.JobNotFoundError:
+                state = self._db_state(job_id)
+                raise errors.FailedPrecondition(
+                    f"job {job_id} is {state.name}; only READY jobs can be started") from None
+            except _core.StaleError as exc:
+                raise translate(exc, job_id=job_id) from exc
+            try:
+                self._persist(f"start job {job_id}", lambda: self.db.start_job(job_id))
+            except db_errors.DbError as exc:
+                raise translate(exc, job_id=job_id) from exc
+            self.cache.start(job_id)
+        return JobState.RUNNING
+
+    def cancel_job(self, job_id: int) -> JobState:
+        with self._job_lock(job_id):
+            if job_id not in self.cache:
+                state = self._db_state(job_id)
+                return self._cancel_result_for_terminal(job_id, state)
+            current = JobState(self.cache.state(job_id))
+            if current in (JobState.CANCELLED, JobState.CLEANUP_READY):
+                return current  # cancelling again is a no-op
+            if current.is_terminal:
+                return self._cancel_result_for_terminal(job_id, current)
+            has_cleanup = current != JobState.READY and self.cache.has_cleanup(job_id)
+            target = JobState.CLEANUP_READY if has_cleanup else JobState.CANCELLED
+            try:
+                self.cache.check_transition(job_id, int(target))
+            except _core.StaleError as exc:
+                if current == JobState.COMMIT_READY:
+                    raise errors.FailedPrecondition(
+                        f"job {job_id} is committing its outputs and has no cleanup task, so it"
+                        " can no longer be cancelled") from exc
+                raise translate(exc, job_id=job_id) from exc
+            try:
+                self._persist(f"cancel job {job_id}",
+                              lambda: self.db.cancel_job(job_id, has_cleanup))
+            except db_errors.DbError as exc:
+                raise self._fatal(f"job {job_id}: cache allowed cancel, DB refused: {exc}") from exc
+            new_state = JobState(self.cache.cancel(job_id, now_ms()))
+        if new_state.is_terminal:
+            self.metrics.job_terminated(new_state)
+            self._notify_terminal()
+        return new_state
+
+    def _cancel_result_for_terminal(self, job_id: int, state: JobState) -> JobState:
+        if state in (JobState.CANCELLED, JobState.CLEANUP_READY):
+            return state
+        if state.is_terminal:
+            raise errors.FailedPrecondition(
+                f"job {job_id} already {state.name}; only unfinished jobs can be cancelled")
+        raise self._fatal(f"job {job_id} is {state.name} in the database but not cached")
+
+    def _db_state(self, job_id: int) -> JobState:
+        try:
+            return JobState(self.db.get_state(job_id))
+        except db_errors.DbError as exc:
+            raise translate(exc, job_id=job_id) from exc
+
+    def get_state(self, job_id: int) -> JobState:
+        try:
+            return JobState(self.cache.state(job_id))
+        except _core.JobNotFoundError:
+            return self._db_state(job_id)
+
+    def get_outputs(self, job_id: int) -> bytes:
+        try:
+            state = JobState(self.cache.state(job_id))
+        except _core.JobNotFoundError:
+            try:
+                return self.db.get_outputs(job_id)
+            except db_errors.UnexpectedJobState:
+                state = self._db_state(job_id)
+            except db_errors.DbError as exc:
+                raise translate(exc, job_id=job_id) from exc
+        else:
+            if state == JobState.SUCCEEDED:
+                return self.cache.outputs(job_id)
+        raise errors.FailedPrecondition(
+            f"job {job_id} is {state.name}; outputs are available once it has SUCCEEDED")
+
+    def get_error(self, job_id: int) -> str:
+        try:
+            message = self.cache.error(job_id)
+            state = JobState(self.cache.state(job_id))
+        except _core.JobNotFoundError:
+            try:
+                return self.db.get_error(job_id)
+            except db_errors.UnexpectedJobState:
+                state = self._db_state(job_id)
+                message = None
+            except db_errors.DbError as exc:
+                raise translate(exc, job_id=job_id) from exc
+        if state == JobState.FAILED and message is not None:
+            return message
+        if state == JobState.FAILED:
+            return self.db.get_error(job_id)
+        raise errors.FailedPrecondition(
+            f"job {job_id} is {state.name}; an error message exists only for FAILED jobs")
+
+    def wait_job(self, job_id: int, timeout_ms: int) -> JobState:
+        """Block until the job is terminal or the (capped) timeout passes."""
+        deadline = time.monotonic() + min(timeout_ms, self._max_wait_ms) / 1000
+        while True:
+            state = self.get_state(job_id)
+            remaining = deadline - time.monotonic()
+            if state.is_terminal or remaining <= 0:
+                return state
+            with self._terminal:
+                # Re-check under the condition so a transition between the read and the wait
+                # is not missed; cap each wait so evicted-then-deleted jobs are re-read.
+                self._terminal.wait(min(remaining, 1.0))
+
+    def progress(self, job_id: int, max_explanations: int) -> JobProgress:
+        try:
+            state = JobState(self.cache.state(job_id))
+            counts = self.cache.progress(job_id)
+            total = self.cache.total_tasks(job_id)
+            waiting = self.cache.explain(job_id, max_explanations) if max_explanations else []
+            return JobProgress(state, total, counts, waiting, live=True)
+        except _core.JobNotFoundError:
+            state = self._db_state(job_id)
+            return JobProgress(state, 0, (0, 0, 0, 0, 0, 0), [], live=False)
+
+    def list_jobs(self, states: Sequence[int], limit: int, before_job_id: int) -> list[object]:
+        try:
+            return list(self.db.list_jobs(list(states) or None, min(max(limit, 1), 10_000),
+                                          before_job_id or None))
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+
+    # -----------------------------------------------------------------------------------------
+    # Task instances (hot path)
+    # -----------------------------------------------------------------------------------------
+
+    def check_session(self, session_id: int) -> None:
+        if session_id != self.session_id:
+            raise errors.NotFound(f"stale session; current storage session is {self.session_id}")
+
+    def _check_em(self, em_id: int) -> None:
+        with self._alive_lock:
+            if em_id in self._alive_ems:
+                return
+        try:
+            alive = self.db.is_execution_manager_alive(em_id)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+        if not alive:
+            raise errors.FailedPrecondition(
+                f"execution manager {em_id} was declared dead; it must register again")
+        with self._alive_lock:
+            self._alive_ems.add(em_id)
+
+    def register_instances(self, em_id: int, session_id: int,
+                           items: Sequence[tuple[int, int]]
+                           ) -> list[_core.ExecutionContext | errors.OrbweaverError]:
+        self.check_session(session_id)
+        self._check_em(em_id)
+        results = self.cache.register_batch(items, em_id, now_ms())
+        out: list[_core.ExecutionContext | errors.OrbweaverError] = []
+        registered = 0
+        for (job_id, _task), result in zip(items, results, strict=True):
+            if isinstance(result, _core.CoreError):
+                out.append(self._task_error(result, job_id))
+            else:
+                registered += 1
+                out.append(result)
+        self.metrics.instances_registered.inc(registered)
+        return out
+
+    def _task_error(self, exc: _core.CoreError, job_id: int) -> errors.OrbweaverError:
+        err = translate(exc, job_id=job_id, task_rpc=True)
+        if isinstance(err, ServiceFailure):
+            raise self._fatal(str(err))
+        return err
+
+    def report_outcomes(self, em_id: int, session_id: int,
+                        items: Sequence[tuple[int, int, int, bytes | str]]
+                        ) -> list[errors.OrbweaverError | None]:
+        """Apply reported successes (`bytes` outputs) and failures (`str` message)."""
+        self.check_session(session_id)
+        results = self.cache.report_batch(items)
+        out: list[errors.OrbweaverError | None] = []
+        succeeded = failed = 0
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, _core.CoreError):
+                out.append(self._task_error(result, item[0]))
+                continue
+            if isinstance(item[3], str):
+                failed += 1
+            else:
+                succeeded += 1
+            if result is not None:
+                self._apply_outcome(result)
+            out.append(None)
+        self.metrics.task_successes.inc(succeeded)
+        self.metrics.task_failures.inc(failed)
+        return out
+
+    def _apply_outcome(self, outcome: _core.Outcome) -> None:
+        """Persist and apply the job-level consequence of a report."""
+        job_id = outcome.job_id
+        kind = outcome.kind
+        with self._job_lock(job_id):
+            try:
+                current = JobState(self.cache.state(job_id))
+            except _core.JobNotFoundError:
+                return
+            try:
+                if kind == _core.OUTCOME_JOB_COMPLETED:
+                    if current != JobState.RUNNING:
+                        return  # cancelled or failed meanwhile; the completion is moot
+                    outputs = outcome.outputs or b""
+                    self._persist(f"commit outputs of job {job_id}", lambda: self.db.commit_outputs(
+                        job_id, outputs, outcome.has_commit))
+                    new_state = JobState(self.cache.complete(job_id, now_ms()))
+                elif kind == _core.OUTCOME_JOB_FAILED:
+                    if current.is_terminal:
+                        return
+                    message = outcome.message or "task failed"
+                    self._persist(f"fail job {job_id}",
+                                  lambda: self.db.fail_job(job_id, message))
+                    self.cache.fail(job_id, message, now_ms())
+                    new_state = JobState.FAILED
+                elif kind in (_core.OUTCOME_COMMIT_SUCCEEDED, _core.OUTCOME_CLEANUP_SUCCEEDED):
+                    expected = (JobState.COMMIT_READY if kind == _core.OUTCOME_COMMIT_SUCCEEDED
+                                else JobState.CLEANUP_READY)
+                    if current != expected:
+                        return
+                    final = (JobState.SUCCEEDED if kind == _core.OUTCOME_COMMIT_SUCCEEDED
+                             else JobState.CANCELLED)
+                    self._persist(f"finish job {job_id}",
+                                  lambda: self.db.set_state(job_id, int(final)))
+                    new_state = JobState(self.cache.finish(job_id, now_ms()))
+                else:
+                    raise self._fatal(f"unknown outcome kind {kind} for job {job_id}")
+            except db_errors.DbError as exc:
+                raise self._fatal(f"job {job_id}: cache and database disagree: {exc}") from exc
+            except _core.CoreError as exc:
+                raise self._fatal(f"job {job_id}: {exc}") from exc
+        if new_state.is_terminal:
+            self.metrics.job_terminated(new_state)
+            self._notify_terminal()
+
+    # -----------------------------------------------------------------------------------------
+    # Inbound queue
+    # -----------------------------------------------------------------------------------------
+
+    def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
+        return self.cache.poll(lane, min(max_items, 1 << 20), min(wait_ms, self._max_wait_ms))
+
+    def poll_all(self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]],
+                            list[tuple[int, int, int]]]:
+        cap = 1 << 20
+        return self.cache.poll_all(min(max_tasks, cap), min(max_commit, cap),
+                                   min(max_cleanup, cap), min(wait_ms, self._max_wait_ms))
+
+    # -----------------------------------------------------------------------------------------
+    # Execution managers and schedulers
+    # -----------------------------------------------------------------------------------------
+
+    def register_execution_manager(self, ip_address: str) -> int:
+        try:
+            ipaddress.ip_address(ip_address)
+        except ValueError:
+            raise errors.InvalidArgument(f"not an IP address: {ip_address!r}") from None
+        try:
+            em_id = self.db.register_execution_manager(ip_address)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+        with self._alive_lock:
+            self._alive_ems.add(em_id)
+        log.info("execution manager registered", extra={"em_id": em_id, "ip": ip_address})
+        return em_id
+
+    def heartbeat(self, em_id: int) -> None:
+        try:
+            self.db.update_execution_manager_heartbeat(em_id)
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+
+    def mark_dead(self, em_ids: Sequence[int]) -> None:
+        with self._alive_lock:
+            self._alive_ems.difference_update(em_ids)
+
+    def register_scheduler(self, host: str, port: int) -> int:
+        if not host:
+            raise errors.InvalidArgument("scheduler host is empty")
+        if not 0 < port <= 65535:
+            raise errors.InvalidArgument(f"scheduler port {port} is out of range")
+        with self._scheduler_lock:
+            try:
+                scheduler_id = self.db.register_scheduler(host, port)
+            except db_errors.DbError as exc:
+                raise translate(exc) from exc
+            replacing = self._scheduler_registered
+            self._scheduler_registered = True
+        if replacing:
+            # The previous scheduler may have held ready work in memory: offer it again.
+            threading.Thread(target=self._resend, name="resend-ready", daemon=True).start()
+        log.info("scheduler registered", extra={"scheduler_id": scheduler_id,
+                                                "address": f"{host}:{port}"})
+        return scheduler_id
+
+    def _resend(self) -> None:
+        try:
+            count = self.cache.resend_ready()
+            log.info("re-offered ready work", extra={"entries": count})
+        except Exception as exc:
+            self._fatal(f"resend of ready work failed: {exc}")
+
+    def get_schedulers(self) -> list[tuple[int, str, int]]:
+        try:
+            return [(s.scheduler_id, s.host, s.port) for s in self.db.get_schedulers()]
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc

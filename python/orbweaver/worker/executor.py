@@ -1,0 +1,531 @@
+"""The task executor process: ``python -m orbweaver.worker.executor --tasks-dir DIR``.
+
+It speaks the protocol of `orbweaver.worker.protocol` on its stdin/stdout, runs the requested
+tasks one after the other and streams one response per task. Its real stdout is kept private for
+frames: fd 1 and `sys.stdout` point at stderr, so a task's `print()` ends up in the log instead of
+corrupting the stream, and stdin is replaced by /dev/null.
+
+Trust boundary: a request names a task as ``(package, task_func)``. The executor imports
+`package` only from the tasks directory (never from `sys.path`, so ``os`` or ``subprocess``
+cannot be named), checks that every module it loads on the request's behalf lives inside the
+canonical tasks directory (symlinks resolved), rejects names that are not plain identifiers or
+that touch dunder attributes, and runs only functions registered with ``@orbweaver.task``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, Final
+
+from orbweaver import _core
+from orbweaver.tdl.context import TaskContext
+from orbweaver.tdl.task import TaskFunction, registered_task
+from orbweaver.tdl.types import ValueMismatch, decode_plain, describe_value
+from orbweaver.worker.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    FrameReader,
+    FrameTooLarge,
+    ProtocolError,
+    encode_frame,
+)
+
+log = logging.getLogger("orbweaver.executor")
+
+TRACEBACK_FRAMES: Final = 8
+MAX_MESSAGE_CHARS: Final = 16 * 1024
+_ORBWEAVER_DIR: Final = str(Path(__file__).resolve().parents[1]) + os.sep
+EXIT_OK: Final = 0
+EXIT_BAD_SETUP: Final = 2
+EXIT_PROTOCOL: Final = 3
+EXIT_PIPE: Final = 4
+
+
+class ExecutorError(Exception):
+    """A failure of the executor itself (not raised by the task); reported by its class name."""
+
+
+class TaskNotFound(ExecutorError):
+    """The requested task cannot be resolved (bad name, outside the tasks dir, not a task)."""
+
+
+class PackageImportError(ExecutorError):
+    """Importing the task's package raised an exception."""
+
+
+class TaskInputError(ExecutorError):
+    """The task's inputs or context do not fit the function."""
+
+
+class TaskOutputError(ExecutorError):
+    """The task's return value does not fit its declared outputs."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Resolution
+# -------------------------------------------------------------------------------------------------
+
+
+class Executor:
+    """Resolves and runs tasks from one tasks directory (in-process; `main` adds the I/O)."""
+
+    def __init__(self, tasks_dir: Path | str) -> None:
+        self.tasks_dir = Path(tasks_dir).resolve(strict=True)
+        if not self.tasks_dir.is_dir():
+            raise NotADirectoryError(f"tasks directory {self.tasks_dir} is not a directory")
+        self._packages: dict[str, ModuleType] = {}
+        self._tasks: dict[tuple[str, str], TaskFunction[Any, Any]] = {}
+
+    # -- names and paths -------------------------------------------------------------------------
+
+    def _inside(self, location: str | os.PathLike[str]) -> bool:
+        try:
+            return Path(location).resolve().is_relative_to(self.tasks_dir)
+        except (OSError, RuntimeError):
+            return False
+
+    def _check_locations(self, name: str, spec: importlib.machinery.ModuleSpec) -> None:
+        locations: list[str] = []
+        if spec.origin and spec.has_location:
+            locations.append(spec.origin)
+        locations.extend(spec.submodule_search_locations or ())
+        if not locations:
+            raise TaskNotFound(f"module `{name}` has no location inside the tasks directory")
+        for loc in locations:
+            if not self._inside(loc):
+                raise TaskNotFound(
+                    f"module `{name}` resolves to {Path(loc).resolve()}, outside the tasks "
+                    f"directory {self.tasks_dir}"
+                )
+
+    @staticmethod
+    def check_names(package: object, task_func: object) -> list[str]:
+        """Validate a task address; returns the parts of `task_func`."""
+        if not isinstance(package, str) or not isinstance(task_func, str):
+            raise TaskNotFound(
+                f"package and task names must be strings, got {describe_value(package)} and "
+                f"{describe_value(task_func)}"
+            )
+        try:
+            _core.validate_task_name(package, task_func)
+        except _core.InvalidGraphError as exc:
+            raise TaskNotFound(f"invalid task address {package!r} / {task_func!r}: {exc}") from None
+        parts = task_func.split(".")
+        for part in (package, *parts):
+            if part.startswith("__"):
+                raise TaskNotFound(
+                    f"invalid task address {package!r} / {task_func!r}: "
+                    f"`{part}` is a dunder/private name"
+                )
+        return parts
+
+    # -- imports ---------------------------------------------------------------------------------
+
+    def _load(self, name: str, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        self._check_locations(name, spec)
+        if spec.loader is None:  # a namespace package: nothing to execute
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            return module
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:
+            sys.modules.pop(name, None)
+            if not isinstance(exc, Exception):
+                raise
+            raise PackageImportError(
+                f"importing `{name}` failed: {_exc_type(exc)}: {_exc_message(exc)}"
+            ) from exc
+        return module
+
+    def _existing(self, name: str) -> ModuleType | None:
+        module = sys.modules.get(name)
+        if module is None:
+            return None
+        spec = getattr(module, "__spec__", None)
+        if spec is None:
+            raise TaskNotFound(f"`{name}` is an already-imported module outside the tasks directory")
+        try:
+            self._check_locations(name, spec)
+        except TaskNotFound:
+            raise TaskNotFound(
+                f"`{name}` names an already-imported module ({spec.origin}), not a module of the "
+                f"tasks directory {self.tasks_dir}"
+            ) from None
+        return module
+
+    def import_package(self, package: str) -> ModuleType:
+        """Import a top-level module or package from the tasks directory only."""
+        cached = self._packages.get(package)
+        if cached is not None:
+            return cached
+        module = self._existing(package)
+        if module is None:
+            spec = importlib.machinery.PathFinder.find_spec(package, [str(self.tasks_dir)])
+            if spec is None:
+                raise TaskNotFound(
+                    f"no module or package `{package}` in the tasks directory {self.tasks_dir}"
+                )
+            module = self._load(package, spec)
+        self._packages[package] = module
+        return module
+
+    def _import_submodule(self, parent: ModuleType, part: str) -> ModuleType | None:
+        paths = list(getattr(parent, "__path__", None) or ())
+        if not paths or not all(self._inside(p) for p in paths):
+            return None
+        fullname = f"{parent.__name__}.{part}"
+        module = self._existing(fullname)
+        if module is None:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, paths)
+            if spec is None:
+                return None
+            module = self._load(fullname, spec)
+            setattr(parent, part, module)
+        return module
+
+    def resolve(self, package: object, task_func: object) -> TaskFunction[Any, Any]:
+        """The registered task at ``(package, task_func)``; raises `TaskNotFound` otherwise."""
+        parts = self.check_names(package, task_func)
+        assert isinstance(package, str) and isinstance(task_func, str)
+        key = (package, task_func)
+        cached = self._tasks.get(key)
+        if cached is not None:
+            return cached
+        address = f"`{package}.{task_func}`"
+        module = self.import_package(package)
+        fn = registered_task(package, task_func)
+        if fn is None:
+            obj: object = module
+            for i, part in enumerate(parts):
+                nxt = getattr(obj, part, None) if isinstance(obj, ModuleType) else None
+                if nxt is None and isinstance(obj, ModuleType):
+                    nxt = self._import_submodule(obj, part)
+                if nxt is None:
+                    missing = ".".join([package, *parts[: i + 1]])
+                    raise TaskNotFound(f"{address}: `{missing}` does not exist")
+                obj = nxt
+            fn = registered_task(package, task_func)  # the walk may have imported its module
+            if fn is None:
+                if isinstance(obj, TaskFunction):
+                    raise TaskNotFound(
+                        f"{address} is the task `{obj.qualified_name}` imported under another "
+                        "name; address it by its own package and name"
+                    )
+                raise TaskNotFound(
+                    f"{address} is not an @orbweaver.task function (it is {_kind(obj)})"
+                )
+        defining = sys.modules.get(fn.__module__)
+        file = getattr(defining, "__file__", None)
+        if not file or not self._inside(file):
+            raise TaskNotFound(f"{address} is defined outside the tasks directory ({file})")
+        self._tasks[key] = fn
+        return fn
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one task request; returns the response message (never raises for task errors)."""
+        start = time.perf_counter()
+        tid = request.get("id")
+        try:
+            outputs = self._run(request)
+            response: dict[str, Any] = {"id": tid, "ok": True, "outputs": outputs}
+        except (Exception, SystemExit) as exc:
+            response = {"id": tid, "ok": False, "error": error_info(exc)}
+        response["elapsed_us"] = int((time.perf_counter() - start) * 1e6)
+        return response
+
+    def _run(self, request: dict[str, Any]) -> bytes:
+        fn = self.resolve(request.get("package"), request.get("func"))
+        name = f"`{fn.qualified_name}`"
+        raw_ctx = request.get("ctx")
+        io = request.get("io")
+        if not isinstance(raw_ctx, dict) or not isinstance(io, bytes):
+            raise TaskInputError(f"malformed request for {name}: `ctx` map and `io` bytes needed")
+        try:
+            ids = [
+                int(raw_ctx[k]) for k in ("job_id", "task_id", "instance_id", "resource_group_id")
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TaskInputError(f"malformed task context for {name}: {exc!r}") from None
+        job_id, task_id, instance_id, rg_id = ids
+
+        job_outputs: list[Any] | None = None
+        graph_inputs: list[Any] | None = None
+        args: list[Any] = []
+        if task_id in (_core.TASK_COMMIT, _core.TASK_CLEANUP):
+            kind = "commit" if task_id == _core.TASK_COMMIT else "cleanup"
+            if fn.params:
+                raise TaskInputError(
+                    f"{name} takes {len(fn.params)} parameters, so it cannot run as the {kind} "
+                    "task (termination tasks take only the optional TaskContext)"
+                )
+            try:
+                if kind == "commit":
+                    payloads = _core.decode_outputs(io)
+                else:  # an empty buffer means "no graph inputs"
+                    payloads = _core.wire_decode(io) if io else []
+                values = [decode_plain(p) for p in payloads]
+            except (_core.CodecError, ValueMismatch) as exc:
+                what = "job outputs" if kind == "commit" else "graph inputs"
+                raise TaskInputError(f"cannot decode the {what} for {name}: {exc}") from None
+            if kind == "commit":
+                job_outputs = values
+            else:
+                graph_inputs = values
+        else:
+            try:
+                payloads = _core.wire_decode(io)
+            except _core.CodecError as exc:
+                raise TaskInputError(f"malformed inputs for {name}: {exc}") from None
+            if len(payloads) != len(fn.params):
+                names = ", ".join(p.name for p in fn.params) or "none"
+                raise TaskInputError(
+                    f"{name} takes {len(fn.params)} inputs ({names}) but received {len(payloads)}"
+                )
+            for pos, (param, data) in enumerate(zip(fn.params, payloads, strict=True)):
+                try:
+                    args.append(param.type.decode(data))
+                except ValueMismatch as exc:
+                    raise TaskInputError(
+                        f"{name} input {pos} (parameter `{param.name}` of type "
+                        f"{param.type.name}): {exc}"
+                    ) from None
+
+        if fn.takes_context:
+            ctx = TaskContext(job_id, task_id, instance_id, rg_id, job_outputs, graph_inputs)
+            result = fn.fn(ctx, *args)
+        else:
+            result = fn.fn(*args)
+        return encode_result(fn, result)
+
+
+def encode_result(fn: TaskFunction[Any, Any], result: Any) -> bytes:
+    """The wire frame of the task's outputs; raises `TaskOutputError` when they do not fit."""
+    name = f"`{fn.qualified_name}`"
+    n = len(fn.outputs)
+    if n == 0:
+        if result is not None:
+            raise TaskOutputError(
+                f"{name} declares no outputs but returned {describe_value(result)}"
+            )
+        values: Sequence[Any] = ()
+    elif n == 1:
+        values = (result,)
+    else:
+        if not isinstance(result, (tuple, list)) or len(result) != n:
+            types = ", ".join(vt.name for vt in fn.outputs)
+            raise TaskOutputError(
+                f"{name} declares {n} outputs ({types}) but returned {describe_value(result)}"
+            )
+        values = result
+    payloads = []
+    for pos, (vt, value) in enumerate(zip(fn.outputs, values, strict=True)):
+        try:
+            payloads.append(vt.encode(value))
+        except ValueMismatch as exc:
+            raise TaskOutputError(f"{name} output {pos} (type {vt.name}): {exc}") from None
+    return _core.wire_encode(payloads)
+
+
+# -------------------------------------------------------------------------------------------------
+# Errors
+# -------------------------------------------------------------------------------------------------
+
+
+def _kind(obj: object) -> str:
+    if isinstance(obj, ModuleType):
+        return f"the module `{obj.__name__}`"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    module = getattr(obj, "__module__", None)
+    what = type(obj).__qualname__
+    if name and module:
+        return f"a {what} `{module}.{name}`"
+    return f"a {what}"
+
+
+def _exc_type(exc: BaseException) -> str:
+    cls = type(exc)
+    if isinstance(exc, ExecutorError) or cls.__module__ in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _exc_message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<unprintable {type(exc).__qualname__}>"
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + f"... ({len(text) - MAX_MESSAGE_CHARS} chars truncated)"
+    return text
+
+
+def _user_frame(filename: str) -> bool:
+    return not (filename.startswith(_ORBWEAVER_DIR) or filename.startswith("<frozen "))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The last `TRACEBACK_FRAMES` user frames of the exception (executor frames left out)."""
+    source = exc.__cause__ if isinstance(exc, PackageImportError) and exc.__cause__ else exc
+    frames = [f for f in traceback.extract_tb(source.__traceback__) if _user_frame(f.filename)]
+    if not frames:
+        return ""
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames[-TRACEBACK_FRAMES:])
+    lines.append(f"{_exc_type(source)}: {_exc_message(source)}\n")
+    return "".join(lines)
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """`{"type", "message", "traceback"}` of an exception raised while running a task."""
+    return {
+        "type": _exc_type(exc),
+        "message": _exc_message(exc),
+        "traceback": format_traceback(exc),
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+# Process
+# -------------------------------------------------------------------------------------------------
+
+
+def _private_streams() -> tuple[IO[bytes], IO[bytes]]:
+    """Keep the protocol streams private: returns (requests in, responses out)."""
+    sys.stdout.flush()
+    proto_out = os.fdopen(os.dup(1), "wb")
+    proto_in = os.fdopen(os.dup(0), "rb")
+    os.dup2(2, 1)  # fd 1 is now stderr: print() and child processes log there
+    sys.stdout = sys.stderr
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return proto_in, proto_out
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the parent (the pool) goes away, even in the middle of a long task."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(EXIT_PIPE)
+
+
+def _setup_logging() -> None:
+    try:
+        from orbweaver._log import setup_logging
+
+        setup_logging("executor")
+    except Exception:  # pragma: no cover - logging must never stop the executor
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orbweaver.worker.executor",
+        description="Run Orbweaver tasks from a tasks directory over a stdin/stdout protocol.",
+    )
+    parser.add_argument(
+        "--tasks-dir",
+        default=os.environ.get("ORBWEAVER_TASKS_DIR"),
+        help="directory holding the task packages (default: $ORBWEAVER_TASKS_DIR)",
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help=f"largest protocol frame accepted or sent (default {DEFAULT_MAX_FRAME_BYTES})",
+    )
+    args = parser.parse_args(argv)
+    proto_in, proto_out = _private_streams()
+    _setup_logging()
+    if not args.tasks_dir:
+        log.error("no tasks directory: pass --tasks-dir or set ORBWEAVER_TASKS_DIR")
+        return EXIT_BAD_SETUP
+    try:
+        executor = Executor(args.tasks_dir)
+    except OSError as exc:
+        log.error("unusable tasks directory %s: %s", args.tasks_dir, exc)
+        return EXIT_BAD_SETUP
+    # `python -m` put the working directory first on sys.path; tasks import their siblings from
+    # the tasks directory instead, as they did in the script that defined them.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    sys.path.insert(0, str(executor.tasks_dir))
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
+
+    max_bytes = args.max_frame_bytes
+
+    def send(message: dict[str, Any]) -> None:
+        try:
+            frame = encode_frame(message, max_bytes)
+        except FrameTooLarge as exc:
+            frame = encode_frame(
+                {
+                    "id": message.get("id"),
+                    "ok": False,
+                    "error": {
+                        "type": "TaskOutputError",
+                        "message": f"the task's response is too large: {exc}",
+                        "traceback": "",
+                    },
+                    "elapsed_us": message.get("elapsed_us", 0),
+                },
+                max_bytes,
+            )
+        proto_out.write(frame)
+        proto_out.flush()
+
+    reader = FrameReader(proto_in, max_bytes)
+    try:
+        send(
+            {
+                "op": "hello",
+                "pid": os.getpid(),
+                "version": getattr(_core, "__version__", "0"),
+                "protocol": PROTOCOL_VERSION,
+            }
+        )
+        while True:
+            try:
+                message = reader.read()
+            except ProtocolError as exc:
+                log.error("protocol error: %s", exc)
+                return EXIT_PROTOCOL
+            if message is None:
+                return EXIT_OK
+            op = message.get("op")
+            if op == "shutdown":
+                return EXIT_OK
+            if op != "run" or not isinstance(message.get("tasks"), list):
+                log.error("protocol error: unexpected message %r", {"op": op})
+                return EXIT_PROTOCOL
+            for request in message["tasks"]:
+                if not isinstance(request, dict):
+                    log.error("protocol error: a task request must be a map")
+                    return EXIT_PROTOCOL
+                send(executor.run(request))
+    except (BrokenPipeError, ConnectionResetError):
+        return EXIT_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

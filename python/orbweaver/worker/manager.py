@@ -1,0 +1,487 @@
+"""The execution manager (EM): fetches assignments from the scheduler, registers them as task
+instances with storage, runs them on a pool of executor processes and reports the outcomes.
+
+Threads, each with one job:
+
+* fetcher: `NextTasks` (batch, long poll) -> `RegisterTaskInstances` (batch) -> work queue.
+  Acknowledgements ride on the next `NextTasks` and are kept until a call succeeds, so they are
+  never lost; an assignment is acknowledged only once storage accepted it or definitively
+  rejected it (workers spec 1.7: responsibility moves from scheduler to storage at registration).
+* runners (one per executor process): take a batch of queued tasks, run it on the pool.
+* reporter: `ReportTaskOutcomes` (batch), retried with backoff until accepted or definitively
+  stale — never silently dropped.
+* liveness: heartbeats to storage and scheduler; follows storage sessions; re-registers when
+  storage declares this EM dead (and tells the scheduler to reschedule what the old id held).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from orbweaver import _taskid, errors
+from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
+from orbweaver.worker.pool import ExecutorPool, ResultKind, TaskRequest, TaskResult
+
+log = logging.getLogger("orbweaver.worker")
+
+_CODE_NAMES = {code.value[0]: code.name.lower() for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    storage: str
+    scheduler: str
+    tasks_dir: Path
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    security: Security = field(default_factory=Security)
+    ip_address: str = ""
+    # Tasks registered ahead of a free executor, per executor process.
+    prefetch: int = 4
+    # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks).
+    executor_batch: int = 8
+    poll_wait: float = 1.0
+    heartbeat_interval: float = 1.0
+    report_batch: int = 512
+    drain_timeout: float = 30.0
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError("worker: --processes must be at least 1")
+        if not self.tasks_dir.is_dir():
+            raise ValueError(f"worker: tasks directory {self.tasks_dir} does not exist")
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    session_id: int
+    request: TaskRequest
+    label: str
+
+
+@dataclass(slots=True)
+class _Outcome:
+    session_id: int
+    job_id: int
+    task_id: int
+    instance_id: int
+    value: bytes | str
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tasks = Counter("orbweaver_worker_tasks", "Tasks run, by result", ["result"],
+                             registry=r)
+        self.in_flight = Gauge("orbweaver_worker_tasks_in_flight",
+                               "Registered tasks not yet reported", registry=r)
+        self.rejected = Counter("orbweaver_worker_assignments_rejected",
+                                "Assignments storage refused to register", ["reason"],
+                                registry=r)
+        self.reports_dropped = Counter("orbweaver_worker_reports_dropped",
+                                       "Outcomes dropped because storage moved on", ["reason"],
+                                       registry=r)
+
+
+def _default_ip() -> str:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outbound address
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+class ExecutionManager:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.metrics = _Metrics()
+        self._stop = threading.Event()
+        self._stop_fetching = threading.Event()
+        self._storage_channel = make_channel(config.storage, config.security)
+        self._scheduler_channel = make_channel(config.scheduler, config.security)
+        self._liveness = pb_grpc.ExecutionManagerLivenessServiceStub(self._storage_channel)
+        self._instances = pb_grpc.TaskInstanceManagementServiceStub(self._storage_channel)
+        self._scheduler = pb_grpc.SchedulerServiceStub(self._scheduler_channel)
+        self._pool = ExecutorPool(config.tasks_dir, config.processes)
+        self._work: queue.Queue[_Work | None] = queue.Queue()
+        self._reports: queue.Queue[_Outcome | None] = queue.Queue()
+        self._acks: deque[pb.TaskAssignmentRecord] = deque()
+        self._acks_lock = threading.Lock()
+        self._capacity = threading.Semaphore(config.processes * max(1, config.prefetch))
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._session = 0
+        self._session_lock = threading.Lock()
+        self._em_id = 0
+        self._register_lock = threading.Lock()
+        self._refresh = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- identity and session -------------------------------------------------------------------
+
+    @property
+    def em_id(self) -> int:
+        return self._em_id
+
+    @property
+    def session_id(self) -> int:
+        with self._session_lock:
+            return self._session
+
+    def _advance_session(self, session_id: int) -> None:
+        with self._session_lock:
+            if session_id > self._session:
+                if self._session:
+                    log.warning("storage restarted: new session",
+                                extra={"old": self._session, "new": session_id})
+                self._session = session_id
+
+    def _register(self, stale_id: int | None = None) -> None:
+        with self._register_lock:
+            if stale_id is not None and stale_id != self._em_id:
+                return  # another thread already registered again
+            self._register_locked()
+
+    def _register_locked(self) -> None:
+        request = pb.RegisterExecutionManagerRequest(
+            ip_address=self.config.ip_address or _default_ip(), processes=self.config.processes)
+        reply = call_with_retry(lambda: self._liveness.RegisterExecutionManager(request,
+                                                                               timeout=10),
+                                deadline=None, stop=self._stop, what="register with storage")
+        old = self._em_id
+        self._em_id = reply.execution_manager_id
+        self._advance_session(reply.session_id)
+        log.info("registered with storage", extra={"em_id": self._em_id,
+                                                    "session_id": reply.session_id})
+        if old:
+            # The scheduler still holds assignments under the old id: have it reschedule them.
+            try:
+                self._scheduler.Shutdown(pb.ShutdownRequest(execution_manager_id=old), timeout=5)
+            except grpc.RpcError as exc:
+                log.info("scheduler did not take the old id's shutdown: %s", exc.details())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._pool.start()
+            self._register()
+            if self.config.metrics_port is not None:
+                start_http_server(self.config.metrics_port, registry=self.metrics.registry)
+            self._spawn("liveness", self._liveness_loop)
+            self._spawn("reporter", self._report_loop)
+            for i in range(self.config.processes):
+                self._spawn(f"runner-{i}", self._run_loop)
+            self._spawn("fetcher", self._fetch_loop)
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        log.info("execution manager running", extra={
+            "em_id": self._em_id, "processes": self.config.processes,
+            "tasks_dir": str(self.config.tasks_dir)})
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        self._threads.append(thread)
+        thread.start()
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop fetching, let registered tasks finish and report (up to `drain_timeout`), tell
+        the scheduler, and shut the executors down."""
+        if self._stop.is_set():
+            return
+        self._stop_fetching.set()
+        fetcher = next((t for t in self._threads if t.name == "fetcher"), None)
+        if fetcher is not None:
+            fetcher.join(self.config.poll_wait + 15)
+        if drain:
+            deadline = time.monotonic() + self.config.drain_timeout
+            while time.monotonic() < deadline:
+                with self._in_flight_lock:
+                    if self._in_flight == 0:
+                        break
+                time.sleep(0.05)
+        self._send_shutdown()
+        self._stop.set()
+        for _ in range(self.config.processes):
+            self._work.put(None)
+        self._reports.put(None)
+        for thread in self._threads:
+            if thread.name != "fetcher":
+                thread.join(10)
+        self._pool.close()
+        self._storage_channel.close()
+        self._scheduler_channel.close()
+        log.info("execution manager stopped", extra={"em_id": self._em_id})
+
+    def _send_shutdown(self) -> None:
+        if not self._em_id:
+            return
+        with self._acks_lock:
+            acks = list(self._acks)
+            self._acks.clear()
+        try:
+            self._scheduler.Shutdown(pb.ShutdownRequest(execution_manager_id=self._em_id,
+                                                        prev_assignments=acks), timeout=5)
+        except grpc.RpcError as exc:
+            log.info("scheduler shutdown call failed: %s", exc.details())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    # -- liveness -------------------------------------------------------------------------------
+
+    def _liveness_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while not self._stop.is_set():
+            self._beat()
+            self._refresh.wait(interval)
+            self._refresh.clear()
+
+    def _beat(self) -> None:
+        em_id = self._em_id
+        try:
+            reply = self._liveness.UpdateExecutionManagerHeartbeat(
+                pb.HeartbeatRequest(execution_manager_id=em_id), timeout=5)
+            self._advance_session(reply.session_id)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+                        grpc.StatusCode.INVALID_ARGUMENT):
+                log.warning("storage no longer knows this execution manager (%s); registering"
+                            " again", exc.details(), extra={"em_id": em_id})
+                self._register(stale_id=em_id)
+            else:
+                log.info("storage heartbeat failed: %s", exc.details())
+        try:
+            self._scheduler.Heartbeat(
+                pb.SchedulerHeartbeatRequest(execution_manager_id=self._em_id), timeout=5)
+        except grpc.RpcError as exc:
+            log.debug("scheduler heartbeat failed: %s", exc.details())
+
+    # -- fetching and registration ---------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        delays = Backoff(base=0.05, cap=2.0).delays()
+        wait_ms = int(self.config.poll_wait * 1000)
+        batch = max(1, self.config.processes * max(1, self.config.prefetch))
+        while not self._stop_fetching.is_set():
+            # Reserve capacity first so registered tasks never pile up beyond the prefetch.
+            if not self._capacity.acquire(timeout=0.2):
+                continue
+            free = 1
+            while free < batch and self._capacity.acquire(blocking=False):
+                free += 1
+            with self._acks_lock:
+                acks = list(self._acks)
+            try:
+                reply = self._scheduler.NextTasks(
+                    pb.NextTasksRequest(execution_manager_id=self._em_id, acks=acks,
+                                        max_items=free, wait_time_ms=wait_ms),
+                    timeout=self.config.poll_wait + 10)
+            except grpc.RpcError as exc:
+                self._release(free)
+                delay = next(delays)
+                log.warning("scheduler unreachable (%s), retrying in %.2f s",
+                            exc.code().name, delay)
+                self._stop_fetching.wait(delay)
+                continue
+            delays = Backoff(base=0.05, cap=2.0).delays()
+            with self._acks_lock:
+                for _ in acks:
+                    self._acks.popleft()
+            assignments = list(reply.assignments)
+            self._release(free - len(assignments))
+            if assignments:
+                self._register_assignments(assignments)
+
+    def _release(self, n: int) -> None:
+        for _ in range(max(0, n)):
+            self._capacity.release()
+
+    def _ack(self, assignment: pb.TaskAssignment) -> None:
+        with self._acks_lock:
+            self._acks.append(pb.TaskAssignmentRecord(assignment_id=assignment.assignment_id,
+                                                      scheduler_id=assignment.scheduler_id))
+
+    def _register_assignments(self, assignments: list[pb.TaskAssignment]) -> None:
+        current = self.session_id
+        by_session: dict[int, list[pb.TaskAssignment]] = {}
+        for a in assignments:
+            if a.session_id < current:
+                # Polled before storage restarted; storage re-offers the task itself.
+                self._ack(a)
+                self._release(1)
+                self.metrics.rejected.labels("stale_session").inc()
+                continue
+            if a.session_id > current:
+                self._refresh.set()
+            by_session.setdefault(a.session_id, []).append(a)
+        for session_id, group in by_session.items():
+            self._register_group(session_id, group)
+
+    def _register_group(self, session_id: int, group: list[pb.TaskAssignment]) -> None:
+        request = pb.RegisterTaskInstancesRequest(
+            execution_manager_id=self._em_id, session_id=session_id,
+            items=[pb.RegisterTaskInstancesRequest.Item(job_id=a.job_id, task_id=a.task_id)
+                   for a in group])
+        try:
+            reply = call_with_retry(
+                lambda: self._instances.RegisterTaskInstances(request, timeout=30),
+                deadline=None, stop=self._stop, what="register task instances")
+        except errors.NotFound:
+            # Stale session: storage restarted and re-offers these tasks itself.
+            self._refresh.set()
+            for a in group:
+                self._ack(a)
+            self._release(len(group))
+            self.metrics.rejected.labels("stale_session").inc(len(group))
+            return
+        except errors.FailedPrecondition as exc:
+            # This EM was declared dead. Do not acknowledge: re-registering tells the scheduler
+            # to reschedule everything the old id held, these assignments included.
+            log.warning("storage refused registration: %s", exc)
+            self._release(len(group))
+            self._register(stale_id=request.execution_manager_id)
+            return
+        except errors.OrbweaverError as exc:
+            log.error("cannot register task instances: %s", exc)
+            self._release(len(group))
+            return
+        for a, item in zip(group, reply.items, strict=True):
+            self._ack(a)
+            if item.WhichOneof("result") == "error":
+                self._release(1)
+                self.metrics.rejected.labels(_CODE_NAMES.get(item.error.code, "unknown")).inc()
+                log.debug("assignment rejected: %s", item.error.message,
+                          extra={"job_id": a.job_id})
+                continue
+            ctx = item.context
+            task_id = _taskid.from_proto(ctx.task_id)
+            request_ = TaskRequest(
+                job_id=ctx.job_id, task_id=task_id, instance_id=ctx.task_instance_id,
+                resource_group_id=ctx.resource_group_id, package=ctx.tdl_context.package,
+                task_func=ctx.tdl_context.task_func, task_io=ctx.serialized_task_io,
+                hard_timeout_ms=ctx.timeout_policy.hard_timeout_ms)
+            label = (f"{ctx.tdl_context.package}.{ctx.tdl_context.task_func}"
+                     f" (job {ctx.job_id}, {_taskid.describe(task_id)})")
+            with self._in_flight_lock:
+                self._in_flight += 1
+                self.metrics.in_flight.set(self._in_flight)
+            self._work.put(_Work(session_id, request_, label))
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        limit = max(1, self.config.executor_batch)
+        while True:
+            first = self._work.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < limit:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._work.put(None)  # leave the stop marker for this runner's next turn
+                    break
+                batch.append(item)
+            try:
+                results = self._pool.run_batch([w.request for w in batch])
+            except Exception as exc:
+                log.exception("executor pool failure")
+                results = [TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}",
+                                      0.0) for _ in batch]
+            for work, result in zip(batch, results, strict=True):
+                self._finish(work, result)
+
+    def _finish(self, work: _Work, result: TaskResult) -> None:
+        self.metrics.tasks.labels(result.kind.name.lower()).inc()
+        req = work.request
+        value: bytes | str
+        if result.kind == ResultKind.SUCCESS:
+            value = result.outputs or b""
+        else:
+            value = f"{work.label}: {result.error or result.kind.name.lower()}"
+        self._reports.put(_Outcome(work.session_id, req.job_id, req.task_id, req.instance_id,
+                                   value))
+        self._release(1)
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def _report_loop(self) -> None:
+        limit = self.config.report_batch
+        stopping = False
+        while not stopping:
+            first = self._reports.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < limit:
+                try:
+                    item = self._reports.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            by_session: dict[int, list[_Outcome]] = {}
+            for o in batch:
+                by_session.setdefault(o.session_id, []).append(o)
+            for session_id, group in by_session.items():
+                self._send_reports(session_id, group)
+            with self._in_flight_lock:
+                self._in_flight -= len(batch)
+                self.metrics.in_flight.set(self._in_flight)
+
+    def _send_reports(self, session_id: int, group: list[_Outcome]) -> None:
+        if session_id < self.session_id:
+            # Storage restarted while these ran; it has re-offered the tasks (spec 2.2 step 6).
+            self.metrics.reports_dropped.labels("stale_session").inc(len(group))
+            return
+        outcomes = []
+        for o in group:
+            outcome = pb.TaskOutcome(job_id=o.job_id, task_id=_taskid.to_proto(o.task_id),
+                                     task_instance_id=o.instance_id)
+            if isinstance(o.value, bytes):
+                outcome.serialized_outputs = o.value
+            else:
+                outcome.error_message = o.value
+            outcomes.append(outcome)
+        request = pb.ReportTaskOutcomesRequest(execution_manager_id=self._em_id,
+                                               session_id=session_id, outcomes=outcomes)
+        try:
+            reply = call_with_retry(lambda: self._instances.ReportTaskOutcomes(request,
+                                                                              timeout=60),
+                                    deadline=None, stop=self._stop, what="report outcomes")
+        except errors.NotFound:
+            self._refresh.set()
+            self.metrics.reports_dropped.labels("stale_session").inc(len(group))
+            return
+        except errors.OrbweaverError as exc:
+            log.error("outcomes rejected: %s", exc, extra={"count": len(group)})
+            self.metrics.reports_dropped.labels("rejected").inc(len(group))
+            return
+        for o, status in zip(group, reply.statuses, strict=True):
+            if status.code:
+                self.metrics.reports_dropped.labels("stale").inc()
+                log.debug("outcome not accepted: %s", status.message,
+                          extra={"job_id": o.job_id, "task": o.task_id})

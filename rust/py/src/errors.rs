@@ -1,0 +1,152 @@
+//! The exception hierarchy of `_core.pyi`, built at import with `type(...)` so classes can also
+//! derive from ValueError / LookupError (a `#[pyclass]` cannot multiply inherit). Every class has
+//! a `kind` class attribute (its own name); raised instances carry the precise variant in `kind`.
+
+use orbweaver_core::CoreError;
+use pyo3::exceptions::{PyException, PyLookupError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+
+pub struct ErrorTypes {
+    pub core: Py<PyType>,
+    pub invalid_graph: Py<PyType>,
+    pub codec: Py<PyType>,
+    pub invalid_request: Py<PyType>,
+    pub job_not_found: Py<PyType>,
+    pub stale: Py<PyType>,
+    pub recovery: Py<PyType>,
+    pub internal: Py<PyType>,
+}
+
+static TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+fn make(
+    py: Python<'_>,
+    name: &str,
+    bases: &[Bound<'_, PyAny>],
+    doc: &str,
+) -> PyResult<Py<PyType>> {
+    let dict = PyDict::new(py);
+    dict.set_item("__module__", "orbweaver._core")?;
+    dict.set_item("__doc__", doc)?;
+    dict.set_item("kind", name)?;
+    let ty = py
+        .get_type::<PyType>()
+        .call1((name, PyTuple::new(py, bases)?, dict))?;
+    Ok(ty.cast_into::<PyType>()?.unbind())
+}
+
+pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
+    TYPES.get_or_try_init(py, || {
+        let core = make(
+            py,
+            "CoreError",
+            &[py.get_type::<PyException>().into_any()],
+            "Base class of every error raised by the Orbweaver core; `kind` names the variant.",
+        )?;
+        let c = || core.bind(py).clone().into_any();
+        let value = || py.get_type::<PyValueError>().into_any();
+        Ok(ErrorTypes {
+            invalid_graph: make(
+                py,
+                "InvalidGraphError",
+                &[c(), value()],
+                "A submitted graph or its inputs break a validation rule; the message names the \
+                 task and position at fault.",
+            )?,
+            codec: make(
+                py,
+                "CodecError",
+                &[c(), value()],
+                "Malformed wire frame, self-describing outputs or zstd stream.",
+            )?,
+            invalid_request: make(
+                py,
+                "InvalidRequestError",
+                &[c(), value()],
+                "A request that does not fit the job: unknown task index, wrong output count, ...",
+            )?,
+            job_not_found: make(
+                py,
+                "JobNotFoundError",
+                &[c(), py.get_type::<PyLookupError>().into_any()],
+                "The job is not in the cache.",
+            )?,
+            stale: make(
+                py,
+                "StaleError",
+                &[c()],
+                "An expected race (instance limit reached, task already terminal, job no longer \
+                 running, job already started/terminated, ...): reject the caller, nothing is wrong.",
+            )?,
+            recovery: make(
+                py,
+                "RecoveryError",
+                &[c()],
+                "A persisted job cannot be rebuilt (CommitReady without outputs, unrecoverable \
+                 state, ...).",
+            )?,
+            internal: make(py, "InternalError", &[c()], "A broken invariant of the engine.")?,
+            core,
+        })
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let t = types(m.py())?;
+    for (name, ty) in [
+        ("CoreError", &t.core),
+        ("InvalidGraphError", &t.invalid_graph),
+        ("CodecError", &t.codec),
+        ("InvalidRequestError", &t.invalid_request),
+        ("JobNotFoundError", &t.job_not_found),
+        ("StaleError", &t.stale),
+        ("RecoveryError", &t.recovery),
+        ("InternalError", &t.internal),
+    ] {
+        m.add(name, ty.clone_ref(m.py()))?;
+    }
+    Ok(())
+}
+
+/// The exception *instance* for `e` (batch calls return these instead of raising).
+pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAny>> {
+    let t = types(py)?;
+    let ty = match e {
+        CoreError::InvalidGraph { .. } => &t.invalid_graph,
+        CoreError::Codec { .. } => &t.codec,
+        CoreError::InvalidRequest { .. } => &t.invalid_request,
+        CoreError::JobNotFound(_) => &t.job_not_found,
+        CoreError::Stale { .. } => &t.stale,
+        CoreError::Recovery { .. } => &t.recovery,
+        CoreError::Internal { .. } => &t.internal,
+    };
+    let obj = ty.bind(py).call1((e.to_string(),))?;
+    obj.setattr("kind", e.kind())?;
+    Ok(obj)
+}
+
+/// Convert a core error into a raisable `PyErr`.
+pub fn to_pyerr(e: &CoreError) -> PyErr {
+    Python::attach(|py| match instance(py, e) {
+        Ok(obj) => PyErr::from_value(obj),
+        Err(err) => err,
+    })
+}
+
+/// `?`-friendly conversion for core results.
+pub trait IntoPyResult<T> {
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for Result<T, CoreError> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(|e| to_pyerr(&e))
+    }
+}
+
+/// An `InvalidRequestError` for binding-level argument problems (bad lane, bad task id, ...).
+pub fn invalid_request(kind: &'static str, message: String) -> PyErr {
+    to_pyerr(&CoreError::InvalidRequest { kind, message })
+}

@@ -1,0 +1,139 @@
+//! `TaskGraph` and `Submission`.
+
+use std::sync::Arc;
+
+use orbweaver_core::codec::DEFAULT_MAX_DECOMPRESSED_SIZE;
+use orbweaver_core::graph::TaskGraph as CoreGraph;
+use orbweaver_core::Submission as CoreSubmission;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::errors::IntoPyResult;
+
+#[pyclass(frozen, module = "orbweaver._core", name = "TaskGraph")]
+pub struct TaskGraph {
+    pub inner: Arc<CoreGraph>,
+}
+
+#[pymethods]
+impl TaskGraph {
+    #[staticmethod]
+    fn from_json(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let g = if let Ok(s) = data.cast::<PyString>() {
+            let s = s.to_str()?;
+            py.detach(|| CoreGraph::from_json(s.as_bytes()))
+        } else if let Ok(b) = data.cast::<PyBytes>() {
+            let b = b.as_bytes();
+            py.detach(|| CoreGraph::from_json(b))
+        } else {
+            return Err(PyTypeError::new_err("TaskGraph.from_json expects str or bytes"));
+        };
+        Ok(Self {
+            inner: Arc::new(g.py()?),
+        })
+    }
+
+    #[staticmethod]
+    fn from_compressed(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let g = py
+            .detach(|| CoreGraph::from_compressed(data, DEFAULT_MAX_DECOMPRESSED_SIZE))
+            .py()?;
+        Ok(Self { inner: Arc::new(g) })
+    }
+
+    fn to_json(&self) -> String {
+        self.inner.to_json()
+    }
+
+    fn to_compressed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let out = py.detach(|| self.inner.to_compressed()).py()?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    #[getter]
+    fn num_tasks(&self) -> usize {
+        self.inner.num_tasks()
+    }
+
+    #[getter]
+    fn num_graph_inputs(&self) -> usize {
+        self.inner.graph_inputs().len()
+    }
+
+    #[getter]
+    fn num_graph_outputs(&self) -> usize {
+        self.inner.graph_outputs().len()
+    }
+
+    #[getter]
+    fn has_commit(&self) -> bool {
+        self.inner.commit().is_some()
+    }
+
+    #[getter]
+    fn has_cleanup(&self) -> bool {
+        self.inner.cleanup().is_some()
+    }
+
+    fn graph_input_types(&self) -> Vec<String> {
+        let g = &self.inner;
+        g.graph_inputs()
+            .iter()
+            .filter_map(|&d| g.dep_type(d).map(|t| t.to_json()))
+            .collect()
+    }
+
+    fn graph_output_types(&self) -> Vec<String> {
+        let g = &self.inner;
+        g.graph_outputs()
+            .iter()
+            .filter_map(|&d| g.dep_type(d).map(|t| t.to_json()))
+            .collect()
+    }
+
+    fn tdl_contexts(&self) -> Vec<(String, String)> {
+        self.inner
+            .contexts()
+            .iter()
+            .map(|c| (c.package.to_string(), c.task_func.to_string()))
+            .collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "TaskGraph(num_tasks={}, num_graph_inputs={}, num_graph_outputs={})",
+            self.inner.num_tasks(),
+            self.inner.graph_inputs().len(),
+            self.inner.graph_outputs().len()
+        )
+    }
+}
+
+#[pyclass(frozen, module = "orbweaver._core", name = "Submission")]
+pub struct Submission {
+    pub inner: CoreSubmission,
+}
+
+#[pymethods]
+impl Submission {
+    #[new]
+    fn new(py: Python<'_>, compressed_graph: &[u8], compressed_inputs: &[u8]) -> PyResult<Self> {
+        let inner = py
+            .detach(|| CoreSubmission::parse(compressed_graph, compressed_inputs))
+            .py()?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn graph(&self) -> TaskGraph {
+        TaskGraph {
+            inner: Arc::clone(&self.inner.graph),
+        }
+    }
+
+    #[getter]
+    fn num_inputs(&self) -> usize {
+        self.inner.inputs.len()
+    }
+}
