@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,16 +78,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGKILL the server if pytest dies without running its finalizers."""
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` that makes the server get SIGKILL if pytest dies without running
+    its finalizers. Everything is resolved here, in the parent, so the child only makes one libc
+    call (no imports or locks between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except Exception:
-        pass
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    sigkill = int(signal.SIGKILL)
+
+    def hook() -> None:  # pragma: no cover - runs in the child
+        prctl(pr_set_pdeathsig, sigkill)
+
+    return hook
 
 
 @dataclass
@@ -161,8 +170,7 @@ def _wait_until_ready(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"mariadbd exited with status {proc.returncode} during startup; "
-                f"log:\n{_tail(log)}"
+                f"mariadbd exited with status {proc.returncode} during startup; log:\n{_tail(log)}"
             )
         try:
             server.connect().close()
@@ -246,10 +254,13 @@ def _start_private_server() -> Iterator[MariaDBServer]:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 (one libc call)
                 )
             server = MariaDBServer(
-                host="127.0.0.1", port=port, socket=str(sock), datadir=str(datadir),
+                host="127.0.0.1",
+                port=port,
+                socket=str(sock),
+                datadir=str(datadir),
                 log_path=str(log),
             )
             try:

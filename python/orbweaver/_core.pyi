@@ -176,15 +176,15 @@ class InstanceGcReport:
 
 @final
 class JobCache:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         task_capacity: int = 65536,
         commit_capacity: int = 1024,
         cleanup_capacity: int = 1024,
-    ) -> None: ...
+    ) -> JobCache: ...
     def __len__(self) -> int: ...
-    def __contains__(self, job_id: int) -> bool: ...
+    def __contains__(self, job_id: int, /) -> bool: ...
     def job_ids(self) -> list[int]: ...
 
     # Insertion and recovery (nothing is enqueued).

@@ -75,6 +75,8 @@ class LocalCluster:
         start_timeout: float = 60.0,
         log_dir: str | Path | None = None,
         storage_args: list[str] | None = None,
+        scheduler_args: list[str] | None = None,
+        worker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         if workers < 1:
@@ -88,7 +90,11 @@ class LocalCluster:
         self.db_url = db or f"sqlite:///{self._tmp / 'jobs.db'}"
         self.log_dir = Path(log_dir) if log_dir else self._tmp / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._storage_args = list(storage_args or [])
+        self._extra_args: dict[Component, list[str]] = {
+            "storage": list(storage_args or []),
+            "scheduler": list(scheduler_args or []),
+            "worker": list(worker_args or []),
+        }
         self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
         # Children import orbweaver exactly as this process does.
         self._env["PYTHONPATH"] = os.pathsep.join(
@@ -160,15 +166,15 @@ class LocalCluster:
         py = [sys.executable, "-m", "orbweaver"]
         if name == "storage":
             listen = (f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen)
-            return [*py, "storage", "--db", self.db_url, "--listen", listen,
-                    "--ready-file", str(ready_file), *self._storage_args]
-        if name == "scheduler":
+            args = [*py, "storage", "--db", self.db_url, "--listen", listen]
+        elif name == "scheduler":
             listen = f"127.0.0.1:{self._scheduler_port}"
-            return [*py, "scheduler", "--storage", self.address, "--listen", listen,
-                    "--ready-file", str(ready_file)]
-        return [*py, "worker", "--storage", self.address, "--scheduler", self.scheduler_address,
-                "--tasks-dir", str(self.tasks_dir), "--processes", str(self.workers),
-                "--ready-file", str(ready_file)]
+            args = [*py, "scheduler", "--storage", self.address, "--listen", listen]
+        else:
+            args = [*py, "worker", "--storage", self.address, "--scheduler",
+                    self.scheduler_address, "--tasks-dir", str(self.tasks_dir),
+                    "--processes", str(self.workers)]
+        return [*args, "--ready-file", str(ready_file), *self._extra_args[name]]
 
     def start_component(self, name: Component) -> None:
         """Start (or restart, on the same port) one component and wait until it is ready."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-
 from orbweaver.storage.db import (
     RECOVERABLE_STATES,
     CorruptedDbState,
@@ -31,6 +32,7 @@ from orbweaver.storage.db import (
 from orbweaver.storage.db.url import MariaDbConfig, SqliteConfig, parse_url
 
 S = DbJobState
+T = TypeVar("T")
 
 # Short but safe margins for the time-based tests (sleep well past the cutoff).
 CUTOFF_SEC = 0.25
@@ -448,14 +450,7 @@ def test_idempotency_key_concurrent_submissions(db_url: str) -> None:
     database = open_database(with_pool(db_url, 10))
     try:
         group = database.add_resource_group("g", b"pw")
-        barrier = threading.Barrier(8)
-
-        def submit(_: int) -> tuple[int, bool]:
-            barrier.wait(timeout=30)
-            return database.register_job(group, b"graph", b"inputs", "same-key")
-
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(submit, range(8)))
+        results = _race(8, lambda _: database.register_job(group, b"g", b"i", "same-key"))
         assert len({job_id for job_id, _ in results}) == 1
         assert sorted(dedup for _, dedup in results) == [False] + [True] * 7
     finally:
@@ -598,7 +593,7 @@ def test_passwords_are_not_stored_in_clear(db: Database, db_url: str) -> None:
     for record in (record_a, record_b):
         assert b"hunter2" not in record
         assert record.hex().encode() != b"hunter2-password".hex().encode()
-        assert record.startswith(b"scrypt$")
+        assert record.startswith(b"scrypt-sha256$")
     assert record_a != record_b  # salted
 
 
@@ -686,64 +681,70 @@ def test_get_dead_execution_managers_concurrent_sweeps_report_each_once(db_url: 
     try:
         ems = [database.register_execution_manager("10.0.0.1") for _ in range(50)]
         time.sleep(PAST_CUTOFF_SEC)
-        barrier = threading.Barrier(4)
-
-        def sweep(_: int) -> list[int]:
-            barrier.wait(timeout=30)
-            return database.get_dead_execution_managers(CUTOFF_SEC)
-
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(sweep, range(4)))
+        results = _race(4, lambda _: database.get_dead_execution_managers(CUTOFF_SEC))
         reported = [em for result in results for em in result]
         assert sorted(reported) == sorted(ems)
     finally:
         database.close()
 
 
+def _liveness_round(database: Database, round_no: int, survivors: set[int]) -> set[int]:
+    """16 heartbeats race one sweep; returns the EMs still alive afterwards."""
+    ems = [database.register_execution_manager("10.1.1.1") for _ in range(16)]
+    time.sleep(PAST_CUTOFF_SEC)
+    barrier = threading.Barrier(17)
+    outcomes: dict[int, str] = {}
+    unexpected: list[BaseException] = []
+    swept: list[int] = []
+    # Odd rounds let the sweep start first, even rounds the heartbeats.
+    sweep_delay, heartbeat_delay = (0.0, 0.003) if round_no % 2 else (0.003, 0.0)
+
+    def heartbeat(em: int) -> None:
+        barrier.wait(timeout=30)
+        time.sleep(random.random() * heartbeat_delay)
+        try:
+            database.update_execution_manager_heartbeat(em)
+            outcomes[em] = "ok"
+        except ExecutionManagerAlreadyDead:
+            outcomes[em] = "dead"
+        except BaseException as e:
+            unexpected.append(e)
+
+    def sweeper() -> None:
+        barrier.wait(timeout=30)
+        time.sleep(sweep_delay)
+        try:
+            swept.extend(database.get_dead_execution_managers(CUTOFF_SEC))
+        except BaseException as e:
+            unexpected.append(e)
+
+    threads = [threading.Thread(target=heartbeat, args=(em,)) for em in ems]
+    threads.append(threading.Thread(target=sweeper))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "liveness operations hung"
+    assert unexpected == []
+    assert len(outcomes) == 16
+    assert len(swept) == len(set(swept))
+    # Survivors of earlier rounds went stale during this round's sleep.
+    assert set(swept) - set(ems) <= survivors
+    for em in ems:
+        # A heartbeat that lost the race sees the EM dead; one that won kept it alive.
+        if outcomes[em] == "dead":
+            assert em in swept
+        assert database.is_execution_manager_alive(em) == (em not in swept)
+    return (survivors | set(ems)) - set(swept)
+
+
 def test_liveness_operations_no_deadlock_under_concurrency(db_url: str) -> None:
     """10 rounds of 16 concurrent heartbeats racing one dead-EM sweep (reference #371)."""
     database = open_database(with_pool(db_url, 20))
     try:
-        for _round in range(10):
-            ems = [database.register_execution_manager("10.1.1.1") for _ in range(16)]
-            time.sleep(PAST_CUTOFF_SEC)
-            barrier = threading.Barrier(17)
-            outcomes: dict[int, str] = {}
-            unexpected: list[BaseException] = []
-            swept: list[int] = []
-
-            def heartbeat(em: int) -> None:
-                barrier.wait(timeout=30)
-                try:
-                    database.update_execution_manager_heartbeat(em)
-                    outcomes[em] = "ok"
-                except ExecutionManagerAlreadyDead:
-                    outcomes[em] = "dead"
-                except BaseException as e:
-                    unexpected.append(e)
-
-            def sweeper() -> None:
-                barrier.wait(timeout=30)
-                try:
-                    swept.extend(database.get_dead_execution_managers(CUTOFF_SEC))
-                except BaseException as e:
-                    unexpected.append(e)
-
-            threads = [threading.Thread(target=heartbeat, args=(em,)) for em in ems]
-            threads.append(threading.Thread(target=sweeper))
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=60)
-            assert not any(t.is_alive() for t in threads), "liveness operations hung"
-            assert unexpected == []
-            assert len(outcomes) == 16
-            assert set(swept) <= set(ems) and len(swept) == len(set(swept))
-            for em in ems:
-                # A heartbeat that lost the race sees the EM dead; one that won kept it alive.
-                if outcomes[em] == "dead":
-                    assert em in swept
-                assert database.is_execution_manager_alive(em) == (em not in swept)
+        survivors: set[int] = set()
+        for round_no in range(10):
+            survivors = _liveness_round(database, round_no, survivors)
     finally:
         database.close()
 
@@ -769,6 +770,13 @@ def test_register_scheduler_replaces_previous_scheduler(db: Database) -> None:
 
 def test_session_id_returned_after_connect(db: Database) -> None:
     assert db.session_id > 0
+
+
+def test_context_manager(db_url: str) -> None:
+    with open_database(db_url) as database:
+        assert database.session_id > 0
+    with pytest.raises(DbError):
+        database.get_state(1)
 
 
 def test_session_id_bumps_on_reconnect(db_url: str) -> None:
@@ -820,16 +828,26 @@ def test_closed_database_raises(db_url: str) -> None:
 # -- concurrency ----------------------------------------------------------------------------------
 
 
+def _race(n: int, fn: Callable[[int], T]) -> list[T]:
+    """Run ``fn(0..n-1)`` on ``n`` threads released together."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T:
+        barrier.wait(timeout=30)
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
 def test_concurrent_start_exactly_one_wins(db_url: str) -> None:
     database = open_database(with_pool(db_url, 8))
     try:
         group = database.add_resource_group("g", b"pw")
         for _ in range(5):
             job_id, _ = database.register_job(group, b"graph", b"inputs", None)
-            barrier = threading.Barrier(8)
 
             def start(_: int, job_id: int = job_id) -> str:
-                barrier.wait(timeout=30)
                 try:
                     database.start_job(job_id)
                     return "started"
@@ -837,9 +855,7 @@ def test_concurrent_start_exactly_one_wins(db_url: str) -> None:
                     assert e.current == S.RUNNING
                     return "rejected"
 
-            with ThreadPoolExecutor(8) as pool:
-                results = list(pool.map(start, range(8)))
-            assert sorted(results) == ["rejected"] * 7 + ["started"]
+            assert sorted(_race(8, start)) == ["rejected"] * 7 + ["started"]
             assert database.get_state(job_id) == S.RUNNING
     finally:
         database.close()
@@ -852,27 +868,70 @@ def test_concurrent_mixed_transitions_stay_consistent(db_url: str) -> None:
         group = database.add_resource_group("g", b"pw")
         for _ in range(5):
             job_id = new_job(database, group, S.RUNNING)
-            barrier = threading.Barrier(6)
-            ops: list[Callable[[], object]] = [
-                lambda: database.cancel_job(job_id, False),
-                lambda: database.commit_outputs(job_id, b"o", False),
-                lambda: database.fail_job(job_id, "f"),
-            ] * 2
 
-            def run(op: Callable[[], object]) -> bool:
-                barrier.wait(timeout=30)
+            def attempt(i: int, job_id: int = job_id) -> bool:
                 try:
-                    op()
+                    if i % 3 == 0:
+                        database.cancel_job(job_id, False)
+                    elif i % 3 == 1:
+                        database.commit_outputs(job_id, b"o", False)
+                    else:
+                        database.fail_job(job_id, "f")
                     return True
                 except InvalidJobStateTransition:
                     return False
 
-            with ThreadPoolExecutor(6) as pool:
-                wins = list(pool.map(run, ops))
-            assert wins.count(True) == 1
+            assert _race(6, attempt).count(True) == 1
             assert database.get_state(job_id).is_terminal
     finally:
         database.close()
+
+
+def test_lock_timeout_is_unavailable(db_url: str) -> None:
+    """A job row locked elsewhere for too long gives DbUnavailable, never a wrong answer."""
+    if db_url.startswith("sqlite"):
+        database = open_database(db_url, busy_timeout_ms=200)
+    else:
+        database = open_database(db_url, lock_wait_timeout=1, max_retries=1)
+    try:
+        group = database.add_resource_group("g", b"pw")
+        job_id = new_job(database, group)
+        with _hold_job_lock(db_url, job_id):
+            with pytest.raises(DbUnavailable):
+                database.start_job(job_id)
+            assert database.get_state(job_id) == S.READY
+        database.start_job(job_id)
+        assert database.get_state(job_id) == S.RUNNING
+    finally:
+        database.close()
+
+
+@contextlib.contextmanager
+def _hold_job_lock(url: str, job_id: int) -> Iterator[None]:
+    config = parse_url(url)
+    if isinstance(config, SqliteConfig):
+        conn = sqlite3.connect(config.path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+            conn.close()
+        return
+    assert isinstance(config, MariaDbConfig)
+    import mariadb
+
+    mconn = mariadb.connect(
+        host=config.host, port=config.port, user=config.user, database=config.database
+    )
+    try:
+        cur = mconn.cursor()
+        cur.execute("SELECT state FROM jobs WHERE id = ? FOR UPDATE", (job_id,))
+        cur.fetchall()
+        yield
+    finally:
+        mconn.rollback()
+        mconn.close()
 
 
 # -- URLs and options -----------------------------------------------------------------------------
@@ -1035,11 +1094,26 @@ def test_mariadb_survives_killed_connections(mariadb_server: Any, mariadb_url: s
                 "CONNECTION_ID()",
                 (mariadb_url.rsplit("/", 1)[1],),
             )
-            for (thread_id,) in cur.fetchall():
-                cur.execute(f"KILL {int(thread_id)}")
+            victims = [int(thread_id) for (thread_id,) in cur.fetchall()]
+            assert victims, "the pool should hold an idle connection"
+            for thread_id in victims:
+                cur.execute(f"KILL {thread_id}")
         finally:
             conn.close()
         database.start_job(job_id)
+        assert database.get_state(job_id) == S.RUNNING
+    finally:
+        database.close()
+
+
+def test_mariadb_oversized_outputs_are_a_definite_error(mariadb_url: str) -> None:
+    database = open_database(mariadb_url)
+    try:
+        group = database.add_resource_group("g", b"pw")
+        job_id = new_job(database, group, S.RUNNING)
+        with pytest.raises(DbError) as info:  # beyond the server's max_allowed_packet (16 MiB)
+            database.commit_outputs(job_id, b"x" * (17 * 1024 * 1024), False)
+        assert not isinstance(info.value, DbUnavailable)
         assert database.get_state(job_id) == S.RUNNING
     finally:
         database.close()

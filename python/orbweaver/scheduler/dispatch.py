@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -100,6 +101,21 @@ class DispatchQueue(Generic[T]):
                 if remaining is not None and remaining <= 0:
                     return False
                 self._not_full.wait(remaining)
+
+    def enqueue_many(self, items: Sequence[T], session_id: int) -> int:
+        """Append as many of `items` as fit right now, in order, without waiting; returns how
+        many were taken. Same session and closed rules as `enqueue`."""
+        with self._lock:
+            if self._closed:
+                raise DispatchQueueClosed()
+            if session_id != self._session:
+                raise InvalidSessionId(session_id, self._session)
+            count = min(len(items), self._capacity - len(self._items))
+            for index in range(count):
+                self._items.append(Delivery(session_id, items[index]))
+            if count:
+                self._not_empty.notify(count)
+            return count
 
     def wait_for_space(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until at least one slot is free (or the queue closes)."""

@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from types import FrameType
@@ -356,10 +357,13 @@ class SchedulerRuntime:
                 if self._stop.is_set() or self._server is None:
                     raise errors.Unavailable("scheduler stopped during startup")
                 self._serve(registration, host, port, self._server)
-        except BaseException:
-            if not self._stop.is_set():
+        except BaseException as exc:
+            stopped = self._stop.is_set()
+            if not stopped:
                 log.error("scheduler startup failed; stopping what was started")
             self._teardown(grace=0.0)
+            if stopped and isinstance(exc, Exception) and not isinstance(exc, errors.Unavailable):
+                raise errors.Unavailable("scheduler stopped during startup") from exc
             raise
         log.info(
             "scheduler serving",
@@ -450,6 +454,8 @@ class SchedulerRuntime:
                 pool = getattr(getattr(server.grpc_server, "_state", None), "thread_pool", None)
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
+            if storage is not None:
+                storage.close()  # also cancels a poll the core loop may be waiting on
             if thread is not None:
                 thread.join(self.config.stop_timeout_s)
                 if thread.is_alive():
@@ -461,8 +467,6 @@ class SchedulerRuntime:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
-            if storage is not None:
-                storage.close()
             self._torn_down = True
             self._stopped.set()
 
@@ -511,6 +515,8 @@ class SchedulerRuntime:
                     },
                 )
             except Exception as exc:
+                if self._stop.is_set():
+                    break
                 self.metrics.storage_poll_errors.inc()
                 if delays is None:
                     delays = self.config.retry_backoff.delays()
@@ -588,13 +594,16 @@ class SchedulerRuntime:
         if free <= 0:
             return
         decided = core.decide(free)
-        for index, assignment in enumerate(decided):
-            # Only this thread enqueues, so the free slots counted above are still free.
-            if not queue.enqueue(assignment, assignment.session_id, timeout=1.0):
-                core.reschedule(decided[index:], now=self._clock())
-                log.warning("dispatch queue unexpectedly full; assignments re-buffered")
-                break
-            self.metrics.assignments_enqueued.labels(lane=_LANE_NAMES[assignment.lane]).inc()
+        if not decided:
+            return
+        # Only this thread enqueues or bumps, so the free slots counted above are still free.
+        taken = queue.enqueue_many(decided, core.session_id)
+        if taken < len(decided):
+            core.reschedule(decided[taken:], now=self._clock())
+            log.warning("dispatch queue unexpectedly full; assignments re-buffered")
+        per_lane = Counter(a.lane for a in decided[:taken])
+        for lane, count in per_lane.items():
+            self.metrics.assignments_enqueued.labels(lane=_LANE_NAMES[lane]).inc(count)
 
     def _update_gauges(self) -> None:
         core, m = self._core, self.metrics

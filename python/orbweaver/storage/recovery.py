@@ -42,16 +42,16 @@ def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> Recove
             break
         report.pages += 1
         for row in rows:
-            after = row.job_id
+            after = row.id
             try:
                 submission = _core.Submission(row.compressed_graph, row.compressed_inputs)
-                cache.recover(row.job_id, row.resource_group_id, submission, int(row.state),
+                cache.recover(row.id, row.resource_group_id, submission, int(row.state),
                               row.serialized_outputs)
             except _core.CoreError as exc:
                 reason = f"cannot be recovered after a storage restart: {exc}"
-                log.error("job %d %s", row.job_id, reason, extra={"job_id": row.job_id})
-                db.fail_unrecoverable(row.job_id, reason)
-                report.failed.append((row.job_id, reason))
+                log.error("job %d %s", row.id, reason, extra={"job_id": row.id})
+                db.fail_unrecoverable(row.id, reason)
+                report.failed.append((row.id, reason))
                 continue
             report.recovered[JobState(row.state)] += 1
         del rows  # release the page's blobs before reading the next one

@@ -11,11 +11,8 @@ they complete, fail or terminate a job.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +23,7 @@ from orbweaver import _core, errors
 from orbweaver._rpc import Backoff
 from orbweaver.states import JobState
 from orbweaver.storage.config import StorageConfig
-from orbweaver.storage.db import Database
+from orbweaver.storage.db import Database, JobRow
 from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.metrics import StorageMetrics
@@ -51,28 +48,6 @@ class JobProgress:
     live: bool
 
 
-class _CredentialCache:
-    """Remembers verified resource-group passwords (as keyed digests, never in clear) so a
-    submission does not pay a scrypt verification each time."""
-
-    def __init__(self) -> None:
-        self._key = os.urandom(32)
-        self._verified: dict[int, bytes] = {}
-        self._lock = threading.Lock()
-
-    def _digest(self, password: bytes) -> bytes:
-        return hmac.new(self._key, password, hashlib.sha256).digest()
-
-    def check(self, rg_id: int, password: bytes) -> bool:
-        with self._lock:
-            known = self._verified.get(rg_id)
-        return known is not None and hmac.compare_digest(known, self._digest(password))
-
-    def remember(self, rg_id: int, password: bytes) -> None:
-        with self._lock:
-            self._verified[rg_id] = self._digest(password)
-
-
 class StorageService:
     """Thread-safe; every public method may be called from any gRPC worker thread."""
 
@@ -88,7 +63,6 @@ class StorageService:
         self._terminal = threading.Condition()
         self._alive_ems: set[int] = set()
         self._alive_lock = threading.Lock()
-        self._credentials = _CredentialCache()
         self._scheduler_lock = threading.Lock()
         self._scheduler_registered = False
         self._max_wait_ms = int(config.max_wait * 1000)
@@ -145,14 +119,12 @@ class StorageService:
                 external_id=external_id or None)
         except db_errors.DbError as exc:
             raise translate(exc) from exc
-        self._credentials.remember(rg_id, password)
         return rg_id, name
 
     def _authorize(self, rg_id: int, password: bytes, token_authenticated: bool) -> None:
         if token_authenticated and not password:
-            return
-        if self._credentials.check(rg_id, password):
-            return
+            return  # cluster members hold the token; the group id is still checked by the DB
+        # The DB layer remembers recent successful checks, so this is cheap after the first.
         self.verify_resource_group(password, resource_group_id=rg_id)
 
     # -----------------------------------------------------------------------------------------
@@ -310,7 +282,7 @@ class StorageService:
             state = self._db_state(job_id)
             return JobProgress(state, 0, (0, 0, 0, 0, 0, 0), [], live=False)
 
-    def list_jobs(self, states: Sequence[int], limit: int, before_job_id: int) -> list[object]:
+    def list_jobs(self, states: Sequence[int], limit: int, before_job_id: int) -> list[JobRow]:
         try:
             return list(self.db.list_jobs(list(states) or None, min(max(limit, 1), 10_000),
                                           before_job_id or None))
@@ -500,6 +472,6 @@ class StorageService:
 
     def get_schedulers(self) -> list[tuple[int, str, int]]:
         try:
-            return [(s.scheduler_id, s.host, s.port) for s in self.db.get_schedulers()]
+            return [(s.id, s.host, s.port) for s in self.db.get_schedulers()]
         except db_errors.DbError as exc:
             raise translate(exc) from exc

@@ -98,10 +98,9 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
         rows = self.svc.list_jobs(list(request.states), request.limit or 100,
                                   request.before_job_id)
         return pb.ListJobsReply(jobs=[
-            pb.JobSummary(job_id=r.job_id, resource_group_id=r.resource_group_id,  # type: ignore[attr-defined]
-                          state=int(r.state), created_at_ms=r.created_at_ms,  # type: ignore[attr-defined]
-                          ended_at_ms=r.ended_at_ms or 0,  # type: ignore[attr-defined]
-                          error_message=r.error_message or "")  # type: ignore[attr-defined]
+            pb.JobSummary(job_id=r.id, resource_group_id=r.resource_group_id, state=int(r.state),
+                          created_at_ms=r.created_at_ms, ended_at_ms=r.ended_at_ms or 0,
+                          error_message=r.error_message or "")
             for r in rows])
 
 

@@ -424,7 +424,11 @@ class _StructType(ValueType):
         self.annotation = cls
         self.cls = cls
         self.name = cls.__qualname__
-        self.struct_name = f"{module_name(cls.__module__)}.{cls.__qualname__}"
+        try:
+            module = module_name(cls.__module__)
+        except ValueError:  # an interactive session: executors cannot import it anyway
+            module = cls.__module__
+        self.struct_name = f"{module}.{cls.__qualname__}"
         self.fields: list[tuple[str, ValueType]] = []
 
     def value_descriptor(self) -> Any:

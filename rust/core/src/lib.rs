@@ -4,19 +4,30 @@
 //! ready, outputs to persist, a job that reached a terminal state). No database, no network, no
 //! clock: times are passed in by the caller (the only wait is the inbound queue's bounded poll).
 
+pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod graph;
 pub mod ids;
+pub mod instances;
+pub mod job;
 pub mod names;
 pub mod policy;
+pub mod queue;
 pub mod session;
+pub mod slot;
 pub mod state;
 pub mod submission;
+pub mod tcb;
 pub mod types;
+pub mod workloads;
 
+pub use cache::{JobCache, Report};
 pub use error::{CoreError, Result, StaleKind};
 pub use graph::{GraphBuilder, TaskDescriptor, TaskGraph, TaskOutputRef, TdlContext};
+pub use instances::InstanceGcReport;
+pub use job::{ExecutionContext, Job, Outcome, OutcomeKind, Progress, TaskIo};
+pub use queue::{Entry, Lane};
 pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 pub use state::{JobState, TaskState};
 pub use submission::Submission;

@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 
+mod cache;
 mod codec;
 mod errors;
 mod graph;
@@ -45,5 +46,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec::validate_task_name, m)?)?;
     m.add_class::<graph::TaskGraph>()?;
     m.add_class::<graph::Submission>()?;
+    m.add_class::<cache::ExecutionContext>()?;
+    m.add_class::<cache::Outcome>()?;
+    m.add_class::<cache::InstanceGcReport>()?;
+    m.add_class::<cache::JobCache>()?;
+    // PyO3 maintains `__all__`; the checked stub is the source of truth for the public names.
+    if m.hasattr("__all__")? {
+        m.delattr("__all__")?;
+    }
     Ok(())
 }

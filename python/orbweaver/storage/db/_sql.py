@@ -558,9 +558,15 @@ class SqlDatabase(abc.ABC):
             return []
         params: list[Any] = list(state_names or [])
         if before_job_id is not None:
-            params.append(_valid_id(before_job_id, "before_job_id"))
+            before = _valid_id(before_job_id, "before_job_id")
+            if before <= 1:
+                return []
+            params.append(min(before, MAX_ID))
         if resource_group_id is not None:
-            params.append(_valid_id(resource_group_id, "resource_group_id"))
+            rg = _valid_id(resource_group_id, "resource_group_id")
+            if not _in_range(rg):
+                return []
+            params.append(rg)
         params.append(limit)
         shape = (
             None if state_names is None else len(state_names),
@@ -593,6 +599,8 @@ class SqlDatabase(abc.ABC):
         after = _valid_id(after_job_id, "after_job_id")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
+        if after >= MAX_ID:
+            return []
         after = max(after, 0)
         params: list[Any] = []
         for _ in RECOVERABLE_STATES:

@@ -127,13 +127,6 @@ _TRANSIENT_ERRNOS = frozenset(
         4031,  # disconnected by the server (inactivity)
     }
 )
-_FATAL_CONNECT_ERRNOS = frozenset(
-    {
-        1044,  # access denied to the database
-        1045,  # access denied (user / password)
-        1049,  # unknown database
-    }
-)
 _PING_AFTER_IDLE_SEC = 30.0
 
 
@@ -336,9 +329,9 @@ class MariaDbDatabase(SqlDatabase):
                     raise ForeignKeyViolationError(str(e)) from e
                 # Any other driver error: do not reuse the connection.
                 discard = True
+                # Without an error number, fall back on the exception class.
                 transient = errno in _TRANSIENT_ERRNOS or (
-                    isinstance(e, (mariadb.InterfaceError, mariadb.OperationalError))
-                    and errno not in _FATAL_CONNECT_ERRNOS
+                    errno == 0 and isinstance(e, (mariadb.InterfaceError, mariadb.OperationalError))
                 )
                 outcome_unknown = write and committing
                 if transient and not outcome_unknown and attempt < self._max_retries:

@@ -2,12 +2,16 @@
 
 Stored format (ASCII bytes, fits the ``VARBINARY(2048)`` column)::
 
-    scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>
+    scrypt-sha256$<n>$<r>$<p>$<salt hex>$<hash hex>
 
-Passwords are never stored. Because scrypt is deliberately slow (tens of ms) and every job
-submission verifies its group's password, :class:`PasswordVerifier` remembers recent successful
-verifications as a keyed BLAKE2b digest of the password bound to the exact stored record; a changed
-record or a different password misses the cache and takes the slow path.
+scrypt is applied to SHA-256 of the password, not to the password itself: scrypt's inner HMAC
+zero-pads short keys, so ``b"pw"`` and ``b"pw\\x00"`` would otherwise hash alike; a fixed-length
+input rules that out. Passwords are never stored.
+
+Because scrypt is deliberately slow (tens of ms) and every job submission verifies its group's
+password, :class:`PasswordVerifier` remembers recent successful verifications as a keyed BLAKE2b
+digest of the password bound to the exact stored record; a changed record or a different password
+misses the cache and takes the slow path.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from collections import OrderedDict
 
 __all__ = ["PasswordVerifier", "hash_password", "verify_password"]
 
-_SCHEME = "scrypt"
+_SCHEME = "scrypt-sha256"
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 HASH_BYTES = 32
 _MAXMEM = 64 * 1024 * 1024
+
+
+def _prehash(password: bytes) -> bytes:
+    return hashlib.sha256(bytes(password)).digest()
 
 
 def hash_password(
@@ -37,7 +45,7 @@ def hash_password(
         raise TypeError("password must be bytes")
     salt = os.urandom(SALT_BYTES)
     digest = hashlib.scrypt(
-        bytes(password), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=HASH_BYTES
+        _prehash(password), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=HASH_BYTES
     )
     return f"{_SCHEME}${n}${r}${p}${salt.hex()}${digest.hex()}".encode("ascii")
 
@@ -56,7 +64,7 @@ def verify_password(password: bytes, record: bytes) -> bool:
     except (UnicodeDecodeError, ValueError):
         raise ValueError("stored password record is not a recognised scrypt hash") from None
     actual = hashlib.scrypt(
-        bytes(password), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=len(expected)
+        _prehash(password), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=len(expected)
     )
     return hmac.compare_digest(actual, expected)
 

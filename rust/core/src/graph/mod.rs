@@ -182,6 +182,22 @@ impl TaskGraph {
         })
     }
 
+    /// Position of task `t`'s inputs in the flat per-edge arrays (parallel arrays such as a job's
+    /// slot readers use the same layout).
+    #[must_use]
+    pub fn task_inputs_span(&self, t: TaskIndex) -> Range<usize> {
+        self.task(t).map_or(0..0, |e| {
+            let end = self.next_task(t).map_or(self.inputs.len(), |n| n.inputs_start as usize);
+            e.inputs_start as usize..end
+        })
+    }
+
+    /// All task inputs, flat (see [`Self::task_inputs_span`]).
+    #[must_use]
+    pub fn all_task_inputs(&self) -> &[DepIndex] {
+        &self.inputs
+    }
+
     /// Output dependency indices of task `t` (contiguous).
     #[must_use]
     pub fn task_outputs(&self, t: TaskIndex) -> Range<DepIndex> {

@@ -1,0 +1,1 @@
+"""Workers: the execution manager, the executor process pool and the executor process."""

@@ -1,0 +1,694 @@
+"""`ExecutorPool`: N executor processes, each running one batch of tasks at a time.
+
+    pool = ExecutorPool(tasks_dir, processes=4)
+    pool.start()
+    result = pool.run(TaskRequest(...))          # blocks; thread-safe
+    results = pool.run_batch([req1, req2, ...])  # one round trip to one executor
+    pool.close()
+
+Every task gets its own hard timeout, counted from the moment it starts (for the tasks of a batch:
+when the previous task's result arrived). When a task times out or its executor dies, the
+executor is killed (SIGKILL) and replaced before the result is returned; the rest of the batch
+continues on the new executor. Executor stderr is forwarded line by line to the
+``orbweaver.executor`` logger.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final
+
+from orbweaver import errors
+from orbweaver.worker.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    HEADER_BYTES,
+    FrameReader,
+    FrameTooLarge,
+    ProtocolError,
+    encode_frame,
+)
+
+__all__ = [
+    "ExecutorPool",
+    "ExecutorPoolError",
+    "ResultKind",
+    "TaskRequest",
+    "TaskResult",
+]
+
+log = logging.getLogger("orbweaver.worker.pool")
+executor_log = logging.getLogger("orbweaver.executor")
+
+DEFAULT_START_TIMEOUT_S: Final = 60.0
+DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
+MAX_LOG_LINE_BYTES: Final = 64 * 1024
+_STDERR_TAIL_LINES: Final = 20
+# Python's package root, so executors import the same orbweaver as the pool.
+_PYTHON_ROOT: Final = str(Path(__file__).resolve().parents[2])
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class ExecutorPoolError(errors.OrbweaverError, RuntimeError):
+    """The pool cannot run tasks: executors failed to start or respawn, or it is closed."""
+
+
+class ResultKind(enum.Enum):
+    SUCCESS = "success"
+    TASK_ERROR = "task_error"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One task instance to run. `task_io`: see `orbweaver.worker.protocol`. A
+    `hard_timeout_ms` of 0 or less means no timeout."""
+
+    job_id: int
+    task_id: int
+    instance_id: int
+    resource_group_id: int
+    package: str
+    task_func: str
+    task_io: bytes
+    hard_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """`outputs` (a wire frame) on SUCCESS; otherwise `error`, a readable text such as
+    ``"ValueError: bad input\\n<traceback>"`` or ``"hard timeout (200 ms) exceeded"``."""
+
+    kind: ResultKind
+    outputs: bytes | None
+    error: str | None
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is ResultKind.SUCCESS
+
+
+class _Eof:
+    """The executor closed its stdout."""
+
+
+class _ReadFailed:
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+
+_EOF: Final = _Eof()
+
+
+class _Slot:
+    """One of the pool's `processes` places; `executor` is None after a failed respawn."""
+
+    __slots__ = ("executor",)
+
+    def __init__(self, executor: _Executor | None) -> None:
+        self.executor = executor
+_Message = dict[str, Any] | _Eof | _ReadFailed
+
+
+class _Executor:
+    """One executor process with its reader, stderr forwarder and writer threads."""
+
+    def __init__(self, pool: ExecutorPool, serial: int) -> None:
+        self.serial = serial
+        self.pool = pool
+        self.messages: queue.Queue[_Message] = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._next_id = 0
+        cmd = [
+            pool.python,
+            "-m",
+            "orbweaver.worker.executor",
+            "--tasks-dir",
+            str(pool.tasks_dir),
+            "--max-frame-bytes",
+            str(pool.max_frame_bytes),
+        ]
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=pool.child_env,
+                start_new_session=True,  # a terminal's Ctrl-C goes to the pool, not the tasks
+                bufsize=0,
+            )
+        except OSError as exc:
+            raise ExecutorPoolError(
+                f"cannot start an executor with python {pool.python!r}: {exc}"
+            ) from exc
+        self.pid = self.proc.pid
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self._threads = [
+            threading.Thread(
+                target=self._read_frames, args=(self.proc.stdout,), daemon=True,
+                name=f"executor-{self.pid}-out",
+            ),
+            threading.Thread(
+                target=self._read_stderr, args=(self.proc.stderr,), daemon=True,
+                name=f"executor-{self.pid}-err",
+            ),
+            threading.Thread(
+                target=self._write_frames, args=(self.proc.stdin,), daemon=True,
+                name=f"executor-{self.pid}-in",
+            ),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- threads ---------------------------------------------------------------------------------
+
+    def _read_frames(self, stream: IO[bytes]) -> None:
+        reader = FrameReader(stream, self.pool.max_frame_bytes + HEADER_BYTES)
+        try:
+            while True:
+                message = reader.read()
+                if message is None:
+                    break
+                self.messages.put(message)
+        except ProtocolError as exc:
+            self.messages.put(_ReadFailed(exc))
+        except (OSError, ValueError):  # the stream was closed under us (kill)
+            pass
+        self.messages.put(_EOF)
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        extra = {"executor_pid": self.pid}
+        skipping = False
+        try:
+            while True:
+                line = stream.readline(MAX_LOG_LINE_BYTES)
+                if not line:
+                    return
+                complete = line.endswith(b"\n")
+                if skipping:
+                    skipping = not complete
+                    continue
+                text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+                if not complete and len(line) >= MAX_LOG_LINE_BYTES:
+                    text += " ...[line truncated]"
+                    skipping = True
+                self.stderr_tail.append(text)
+                _forward(text, extra)
+        except (OSError, ValueError):
+            return
+
+    def _write_frames(self, stream: IO[bytes]) -> None:
+        while True:
+            frame = self._outbox.get()
+            if frame is None:
+                break
+            try:
+                stream.write(frame)
+                stream.flush()
+            except (OSError, ValueError):
+                break  # the process is gone; the reader reports the EOF
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._outbox.put(encode_frame(message, self.pool.max_frame_bytes))
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close_stdin(self) -> None:
+        self._outbox.put(None)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.reap(5.0)
+
+    def reap(self, timeout: float) -> int | None:
+        """Wait for the process and its threads; returns the exit status (None if alive)."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.close_stdin()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=1.0)
+        for s in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                if s is not None:
+                    s.close()
+        return code
+
+    def exit_description(self) -> str:
+        """Why the process ended, e.g. ``killed by signal 9`` or ``exit code 3``."""
+        code = self.proc.poll()
+        if code is None:
+            code = self.reap(2.0)
+        if code is None:
+            self.kill()
+            return "closed its output but kept running; killed"
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
+def _forward(text: str, extra: dict[str, Any]) -> None:
+    """Log an executor's stderr line, keeping the level of the executor's JSON log lines."""
+    level = logging.INFO
+    if text.startswith("{"):
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("msg"), str):
+            level = _LEVELS.get(str(entry.get("level")), logging.INFO)
+            text = entry["msg"]
+            if entry.get("exc"):
+                text += "\n" + str(entry["exc"])
+    executor_log.log(level, "%s", text, extra=extra)
+
+
+class ExecutorPool:
+    """A pool of `processes` executor processes serving tasks from `tasks_dir`.
+
+    `env` adds variables to the inherited environment of the executors; `python` is the
+    interpreter they run with; `max_frame_bytes` bounds every protocol frame (both ways).
+    """
+
+    def __init__(
+        self,
+        tasks_dir: Path | str,
+        processes: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
+    ) -> None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise errors.InvalidArgument(f"processes must be an int >= 1, got {processes!r}")
+        if max_frame_bytes < 1024:
+            raise errors.InvalidArgument(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
+        self.tasks_dir = Path(tasks_dir)
+        self.processes = processes
+        self.python = python
+        self.max_frame_bytes = max_frame_bytes
+        self.start_timeout = start_timeout
+        self.close_timeout = close_timeout
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        paths = [_PYTHON_ROOT, *filter(None, child_env.get("PYTHONPATH", "").split(os.pathsep))]
+        child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        child_env["PYTHONUNBUFFERED"] = "1"
+        self.child_env = child_env
+        self._lock = threading.Lock()
+        self._idle: queue.Queue[_Slot | None] = queue.Queue()  # None: closed
+        self._all: list[_Executor] = []  # live executors (guarded by _lock)
+        self._serial = 0
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> ExecutorPool:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Spawn the executors and wait until each said hello. Raises `ExecutorPoolError`."""
+        with self._lock:
+            if self._closed:
+                raise ExecutorPoolError("the executor pool is closed")
+            if self._started:
+                return
+            self._started = True
+        if not self.tasks_dir.is_dir():
+            self.close()
+            raise ExecutorPoolError(
+                f"tasks directory {self.tasks_dir} does not exist or is not a directory"
+            )
+        spawned: list[_Executor] = []
+        try:
+            for _ in range(self.processes):
+                spawned.append(self._spawn_process())
+            for ex in spawned:
+                self._await_hello(ex)
+        except BaseException:
+            for ex in spawned:
+                ex.kill()
+            with self._lock:
+                self._all.clear()
+            self.close()
+            raise
+        for ex in spawned:
+            self._idle.put(_Slot(ex))
+        log.info(
+            "executor pool started",
+            extra={"processes": self.processes, "tasks_dir": str(self.tasks_dir)},
+        )
+
+    def _spawn_process(self) -> _Executor:
+        with self._lock:
+            if self._closed:
+                raise ExecutorPoolError("the executor pool is closed")
+            self._serial += 1
+            ex = _Executor(self, self._serial)
+            self._all.append(ex)
+        return ex
+
+    def _await_hello(self, ex: _Executor) -> None:
+        try:
+            message = ex.messages.get(timeout=self.start_timeout)
+        except queue.Empty:
+            ex.kill()
+            raise ExecutorPoolError(
+                f"executor {ex.pid} did not start within {self.start_timeout:g} s"
+                + _tail(ex)
+            ) from None
+        if not isinstance(message, dict) or message.get("op") != "hello":
+            if isinstance(message, _Eof):
+                why = f"exited before it was ready ({ex.exit_description()})"
+            elif isinstance(message, _ReadFailed):
+                why = f"sent a malformed greeting: {message.error}"
+            else:
+                why = f"sent {message!r} instead of a greeting"
+            ex.kill()
+            raise ExecutorPoolError(
+                f"executor {ex.pid} for tasks directory {self.tasks_dir} {why}" + _tail(ex)
+            )
+
+    def _spawn(self) -> _Executor:
+        ex = self._spawn_process()
+        try:
+            self._await_hello(ex)
+        except BaseException:
+            self._discard(ex)
+            raise
+        return ex
+
+    def _discard(self, ex: _Executor) -> None:
+        ex.kill()
+        with self._lock:
+            if ex in self._all:
+                self._all.remove(ex)
+
+    def _respawn(self, slot: _Slot, reason: str) -> _Executor:
+        """Kill the slot's executor (if any) and start a new one; raises `ExecutorPoolError`
+        (the slot then stays empty and the next caller tries again)."""
+        old = slot.executor
+        slot.executor = None
+        if old is not None:
+            self._discard(old)
+        if self._closed:
+            raise ExecutorPoolError("the executor pool was closed")
+        try:
+            new = self._spawn()
+        except ExecutorPoolError as exc:
+            raise ExecutorPoolError(f"cannot respawn an executor after {reason}: {exc}") from exc
+        slot.executor = new
+        log.info(
+            "executor respawned",
+            extra={"reason": reason, "old_pid": old.pid if old else None, "executor_pid": new.pid},
+        )
+        return new
+
+    def close(self) -> None:
+        """Shut the executors down (shutdown frame, then SIGTERM/SIGKILL after
+        `close_timeout`); idempotent. Tasks still running are interrupted."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            executors = list(self._all)
+            self._all.clear()
+        for _ in range(self.processes):
+            self._idle.put(None)  # wake callers waiting for an executor
+        for ex in executors:
+            with contextlib.suppress(Exception):
+                ex.send({"op": "shutdown"})
+            ex.close_stdin()
+        deadline = time.monotonic() + self.close_timeout
+        for ex in executors:
+            if ex.reap(max(0.0, deadline - time.monotonic())) is None:
+                with contextlib.suppress(OSError):
+                    ex.proc.send_signal(signal.SIGTERM)
+        for ex in executors:
+            if ex.reap(1.0) is None:
+                ex.kill()
+        if executors:
+            log.info("executor pool closed", extra={"processes": len(executors)})
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def pids(self) -> list[int]:
+        """Process ids of the current executors."""
+        with self._lock:
+            return [ex.pid for ex in self._all]
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, request: TaskRequest) -> TaskResult:
+        """Run one task on a free executor (blocks until one is free)."""
+        return self.run_batch([request])[0]
+
+    def run_batch(self, requests: Sequence[TaskRequest]) -> list[TaskResult]:
+        """Run the tasks in order on one executor, in one round trip; one result per task.
+        Blocks until an executor is free. Raises `ExecutorPoolError` when the pool is closed
+        or an executor cannot be respawned."""
+        if not requests:
+            return []
+        if not self._started:
+            raise ExecutorPoolError("the executor pool is not started")
+        slot = self._acquire()
+        done = False
+        try:
+            results = self._run_in_slot(slot, list(requests))
+            done = True
+        finally:
+            if not done and slot.executor is not None:
+                # Interrupted half-way: the executor's state is unknown.
+                self._discard(slot.executor)
+                slot.executor = None
+            self._release(slot)
+        return results
+
+    def _acquire(self) -> _Slot:
+        if self._closed:
+            raise ExecutorPoolError("the executor pool is closed")
+        slot = self._idle.get()
+        if slot is None or self._closed:
+            self._idle.put(None)  # pass the wake-up on
+            raise ExecutorPoolError("the executor pool is closed")
+        return slot
+
+    def _release(self, slot: _Slot) -> None:
+        if self._closed:
+            if slot.executor is not None:
+                self._discard(slot.executor)
+                slot.executor = None
+            return
+        self._idle.put(slot)
+
+    def _run_in_slot(self, slot: _Slot, requests: list[TaskRequest]) -> list[TaskResult]:
+        ex = slot.executor
+        if ex is None:
+            ex = self._respawn(slot, "an earlier failed respawn")
+        elif not ex.alive():
+            log.warning(
+                "executor died while idle",
+                extra={"executor_pid": ex.pid, "status": ex.exit_description()},
+            )
+            ex = self._respawn(slot, "it died while idle")
+        results: list[TaskResult | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        while pending:
+            chunk, pending = self._chunk(requests, pending, results)
+            if chunk:
+                leftover = self._run_chunk(slot, requests, chunk, results)
+                pending = leftover + pending
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _chunk(
+        self,
+        requests: list[TaskRequest],
+        pending: list[int],
+        results: list[TaskResult | None],
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+        """Take the next run of pending tasks that fits in one frame; tasks too large for any
+        frame get their error result right away."""
+        chunk: list[tuple[int, dict[str, Any]]] = []
+        size = 64
+        for pos, i in enumerate(pending):
+            r = requests[i]
+            entry = {
+                "package": r.package,
+                "func": r.task_func,
+                "ctx": {
+                    "job_id": r.job_id,
+                    "task_id": r.task_id,
+                    "instance_id": r.instance_id,
+                    "resource_group_id": r.resource_group_id,
+                },
+                "io": bytes(r.task_io),
+            }
+            entry_size = len(r.task_io) + len(r.package) + len(r.task_func) + 128
+            if entry_size > self.max_frame_bytes:
+                if chunk:
+                    return chunk, pending[pos:]
+                results[i] = TaskResult(
+                    ResultKind.TASK_ERROR,
+                    None,
+                    str(FrameTooLarge(entry_size, self.max_frame_bytes, "task input")),
+                )
+                return [], pending[pos + 1 :]
+            if chunk and size + entry_size > self.max_frame_bytes:
+                return chunk, pending[pos:]
+            chunk.append((i, entry))
+            size += entry_size
+        return chunk, []
+
+    def _run_chunk(
+        self,
+        slot: _Slot,
+        requests: list[TaskRequest],
+        chunk: list[tuple[int, dict[str, Any]]],
+        results: list[TaskResult | None],
+    ) -> list[int]:
+        """Send a chunk and collect its results. On a timeout or crash the executor is
+        replaced and the tasks after the one at fault are returned to be sent again."""
+        ex = slot.executor
+        assert ex is not None
+        ids: list[int] = []
+        tasks = []
+        for _, entry in chunk:
+            tid = ex.next_id()
+            ids.append(tid)
+            tasks.append({"id": tid, **entry})
+        try:
+            ex.send({"op": "run", "tasks": tasks})
+        except FrameTooLarge:  # estimate was off; send one by one
+            if len(chunk) > 1:
+                left = self._run_chunk(slot, requests, chunk[:1], results)
+                return left + [i for i, _ in chunk[1:]]
+            i = chunk[0][0]
+            results[i] = TaskResult(
+                ResultKind.TASK_ERROR, None, "the task's input exceeds the executor frame limit"
+            )
+            return []
+        for pos, ((i, _), tid) in enumerate(zip(chunk, ids, strict=True)):
+            req = requests[i]
+            started = time.monotonic()
+            timeout = req.hard_timeout_ms / 1000 if req.hard_timeout_ms > 0 else None
+            try:
+                message = ex.messages.get(timeout=timeout)
+            except queue.Empty:
+                elapsed = time.monotonic() - started
+                results[i] = TaskResult(
+                    ResultKind.TIMEOUT,
+                    None,
+                    f"hard timeout ({req.hard_timeout_ms} ms) exceeded",
+                    elapsed,
+                )
+                log.warning(
+                    "hard timeout: killing executor",
+                    extra={
+                        "executor_pid": ex.pid,
+                        "job_id": req.job_id,
+                        "task_id": req.task_id,
+                        "hard_timeout_ms": req.hard_timeout_ms,
+                    },
+                )
+                self._respawn(slot, "a hard timeout")
+                return [j for j, _ in chunk[pos + 1 :]]
+            elapsed = time.monotonic() - started
+            if isinstance(message, dict) and message.get("id") == tid:
+                results[i] = _decode_result(message, elapsed)
+                continue
+            if isinstance(message, _Eof):
+                if self._closed:
+                    raise ExecutorPoolError("the executor pool was closed while a task ran")
+                why = f"executor crashed ({ex.exit_description()})"
+            elif isinstance(message, _ReadFailed):
+                why = f"executor crashed (malformed response: {message.error})"
+            else:
+                why = f"executor crashed (unexpected response {_short(message)})"
+            results[i] = TaskResult(ResultKind.CRASH, None, why, elapsed)
+            log.warning(
+                "executor crash",
+                extra={
+                    "executor_pid": ex.pid,
+                    "job_id": req.job_id,
+                    "task_id": req.task_id,
+                    "reason": why,
+                },
+            )
+            self._respawn(slot, "a crash")
+            return [j for j, _ in chunk[pos + 1 :]]
+        return []
+
+
+def _short(message: object) -> str:
+    text = repr(message)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _tail(ex: _Executor) -> str:
+    time.sleep(0.05)  # let the forwarder catch the last lines
+    lines = list(ex.stderr_tail)
+    return ("; executor stderr:\n" + "\n".join(lines)) if lines else ""
+
+
+def _decode_result(message: dict[str, Any], elapsed: float) -> TaskResult:
+    if message.get("ok") is True and isinstance(message.get("outputs"), bytes):
+        return TaskResult(ResultKind.SUCCESS, message["outputs"], None, elapsed)
+    error = message.get("error")
+    if not isinstance(error, dict):
+        return TaskResult(ResultKind.TASK_ERROR, None, f"malformed executor error {error!r}")
+    etype = str(error.get("type") or "Error")
+    text = str(error.get("message") or "")
+    tb = str(error.get("traceback") or "")
+    head = f"{etype}: {text}" if text else etype
+    return TaskResult(ResultKind.TASK_ERROR, None, f"{head}\n{tb}" if tb else head, elapsed)

@@ -1,0 +1,456 @@
+//! The job cache: `JobId -> Arc<Job>` behind sharded `parking_lot` RwLocks, plus the inbound queue
+//! and the task-instance table it feeds. This is the sans-IO façade the storage service drives:
+//! it persists job-level facts first and then applies the matching transition here.
+//!
+//! Lock order: cache shard -> (released) -> job lock -> TCB mutex -> instance-table shard. Queue
+//! offers happen only after the job lock is released (see `queue`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::error::{CoreError, Result};
+use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
+use crate::instances::{InstanceGcReport, InstanceTable};
+use crate::job::{ExecutionContext, Job, Outcome, Progress, Reported, Transition};
+use crate::queue::{Entry, InboundQueue, Lane};
+use crate::state::JobState;
+use crate::submission::Submission;
+use crate::Payload;
+
+const SHARDS: usize = 16;
+
+/// Default lane capacities (storage spec 3.1).
+pub const DEFAULT_TASK_CAPACITY: usize = 65_536;
+pub const DEFAULT_COMMIT_CAPACITY: usize = 1024;
+pub const DEFAULT_CLEANUP_CAPACITY: usize = 1024;
+
+type Shard = RwLock<HashMap<JobId, Arc<Job>>>;
+
+#[derive(Debug)]
+pub struct JobCache {
+    shards: Box<[Shard]>,
+    queue: InboundQueue,
+    instances: InstanceTable,
+}
+
+/// One item of a report batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Report<'a> {
+    /// Wire frame of the outputs.
+    Success(&'a [u8]),
+    /// Failure message.
+    Failure(&'a str),
+}
+
+impl JobCache {
+    /// # Errors
+    /// `InvalidRequest` if a capacity is zero.
+    pub fn new(task_capacity: usize, commit_capacity: usize, cleanup_capacity: usize) -> Result<Self> {
+        Ok(Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            queue: InboundQueue::new(task_capacity, commit_capacity, cleanup_capacity)?,
+            instances: InstanceTable::new(),
+        })
+    }
+
+    fn shard(&self, id: JobId) -> &Shard {
+        // Job ids are sequential: the low bits spread them evenly.
+        &self.shards[(id as usize) % SHARDS]
+    }
+
+    #[must_use]
+    pub fn queue(&self) -> &InboundQueue {
+        &self.queue
+    }
+
+    #[must_use]
+    pub fn instances(&self) -> &InstanceTable {
+        &self.instances
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[must_use]
+    pub fn contains(&self, id: JobId) -> bool {
+        self.shard(id).read().contains_key(&id)
+    }
+
+    #[must_use]
+    pub fn job_ids(&self) -> Vec<JobId> {
+        let mut ids: Vec<JobId> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.read().keys().copied().collect::<Vec<_>>())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// # Errors
+    /// `JobNotFound`.
+    pub fn get(&self, id: JobId) -> Result<Arc<Job>> {
+        self.shard(id)
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(CoreError::JobNotFound(id))
+    }
+
+    fn insert_job(&self, job: Job) -> Result<()> {
+        let id = job.id();
+        let mut shard = self.shard(id).write();
+        if shard.contains_key(&id) {
+            return Err(CoreError::internal(
+                "JobAlreadyExists",
+                format!("job {id} is already in the cache"),
+            ));
+        }
+        shard.insert(id, Arc::new(job));
+        Ok(())
+    }
+
+    /// Insert a freshly registered job (state Ready; nothing enqueued).
+    ///
+    /// # Errors
+    /// Internal `JobAlreadyExists`.
+    pub fn insert(&self, id: JobId, rg: ResourceGroupId, submission: &Submission) -> Result<()> {
+        if self.contains(id) {
+            return Err(CoreError::internal(
+                "JobAlreadyExists",
+                format!("job {id} is already in the cache"),
+            ));
+        }
+        self.insert_job(Job::new(id, rg, submission)?)
+    }
+
+    /// Rebuild a persisted job (storage spec 7.1); nothing enqueued.
+    ///
+    /// # Errors
+    /// `Recovery` with a readable reason; internal `JobAlreadyExists`.
+    pub fn recover(
+        &self,
+        id: JobId,
+        rg: ResourceGroupId,
+        submission: &Submission,
+        state: JobState,
+        outputs: Option<&[u8]>,
+    ) -> Result<()> {
+        if self.contains(id) {
+            return Err(CoreError::internal(
+                "JobAlreadyExists",
+                format!("job {id} is already in the cache"),
+            ));
+        }
+        self.insert_job(Job::recover(id, rg, submission, state, outputs)?)
+    }
+
+    /// Remove jobs; counts each id that was present once.
+    pub fn remove(&self, ids: &[JobId]) -> usize {
+        let mut n = 0;
+        for &id in ids {
+            if self.shard(id).write().remove(&id).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Evict terminal jobs whose terminal time is at least `retention_ms` ago.
+    pub fn evict_terminated(&self, now_ms: u64, retention_ms: u64) -> Vec<JobId> {
+        let mut evicted = Vec::new();
+        for shard in &*self.shards {
+            let expired: Vec<JobId> = shard
+                .read()
+                .iter()
+                .filter(|(_, j)| {
+                    j.terminal_at_ms()
+                        .is_some_and(|t| now_ms.saturating_sub(t) >= retention_ms)
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let mut w = shard.write();
+            for id in expired {
+                // Re-check under the write lock (cheap, and robust to concurrent removal).
+                if w.remove(&id).is_some() {
+                    evicted.push(id);
+                }
+            }
+        }
+        evicted.sort_unstable();
+        evicted
+    }
+
+    fn wanted(&self) -> impl Fn(JobId, TaskId) -> bool + '_ {
+        move |job, task| self.get(job).is_ok_and(|j| j.is_schedulable(task))
+    }
+
+    fn offer(&self, job: &Job, tasks: &[TaskId]) {
+        let mut rest = tasks;
+        // Offers are grouped by lane (a transition only ever offers one kind, but be general).
+        while let Some(&first) = rest.first() {
+            let lane = Lane::of(first);
+            let n = rest.iter().take_while(|&&t| Lane::of(t) == lane).count();
+            self.queue.offer(lane, job.resource_group(), job.id(), &rest[..n]);
+            if self.queue.spilled()[lane as usize] > 0 {
+                self.queue.refill(lane, &self.wanted());
+            }
+            rest = &rest[n..];
+        }
+    }
+
+    fn offer_transition(&self, job: &Job, t: Transition) -> JobState {
+        self.offer(job, &t.offers);
+        t.state
+    }
+
+    /// # Errors
+    /// `JobNotFound`; stale if `target` is not reachable now.
+    pub fn check_transition(&self, id: JobId, target: JobState) -> Result<JobState> {
+        self.get(id)?.check_transition(target)
+    }
+
+    /// Ready -> Running; offers the input tasks. Returns how many.
+    ///
+    /// # Errors
+    /// `JobNotFound`, stale `JobAlreadyStarted`.
+    pub fn start(&self, id: JobId) -> Result<usize> {
+        let job = self.get(id)?;
+        let t = job.start()?;
+        let n = t.offers.len();
+        self.offer_transition(&job, t);
+        Ok(n)
+    }
+
+    /// # Errors
+    /// See [`Job::complete`].
+    pub fn complete(&self, id: JobId, now_ms: u64) -> Result<JobState> {
+        let job = self.get(id)?;
+        let t = job.complete(now_ms, &self.instances)?;
+        Ok(self.offer_transition(&job, t))
+    }
+
+    /// # Errors
+    /// See [`Job::cancel`].
+    pub fn cancel(&self, id: JobId, now_ms: u64) -> Result<JobState> {
+        let job = self.get(id)?;
+        let t = job.cancel(now_ms, &self.instances)?;
+        Ok(self.offer_transition(&job, t))
+    }
+
+    /// # Errors
+    /// See [`Job::fail`].
+    pub fn fail(&self, id: JobId, message: &str, now_ms: u64) -> Result<JobState> {
+        let job = self.get(id)?;
+        Ok(job.fail(message, now_ms, &self.instances)?.state)
+    }
+
+    /// # Errors
+    /// See [`Job::finish`].
+    pub fn finish(&self, id: JobId, now_ms: u64) -> Result<JobState> {
+        let job = self.get(id)?;
+        Ok(job.finish(now_ms, &self.instances)?.state)
+    }
+
+    /// # Errors
+    /// `JobNotFound` or the job's registration errors.
+    pub fn register(
+        &self,
+        id: JobId,
+        task: TaskId,
+        em: ExecutionManagerId,
+        now_ms: u64,
+    ) -> Result<ExecutionContext> {
+        self.get(id)?.register(task, em, now_ms, &self.instances)
+    }
+
+    /// Many registrations for one EM; one result per item.
+    pub fn register_batch(
+        &self,
+        items: &[(JobId, TaskId)],
+        em: ExecutionManagerId,
+        now_ms: u64,
+    ) -> Vec<Result<ExecutionContext>> {
+        let mut last: Option<Arc<Job>> = None;
+        items
+            .iter()
+            .map(|&(id, task)| {
+                let job = match &last {
+                    Some(j) if j.id() == id => Arc::clone(j),
+                    _ => {
+                        let j = self.get(id)?;
+                        last = Some(Arc::clone(&j));
+                        j
+                    }
+                };
+                job.register(task, em, now_ms, &self.instances)
+            })
+            .collect()
+    }
+
+    fn apply(&self, job: &Job, r: Reported) -> Option<Outcome> {
+        self.offer(job, &r.offers);
+        r.outcome
+    }
+
+    /// # Errors
+    /// See [`Job::report_success`].
+    pub fn report_success(
+        &self,
+        id: JobId,
+        task: TaskId,
+        instance: TaskInstanceId,
+        outputs: &[u8],
+    ) -> Result<Option<Outcome>> {
+        let job = self.get(id)?;
+        let r = job.report_success(task, instance, outputs, &self.instances)?;
+        Ok(self.apply(&job, r))
+    }
+
+    /// # Errors
+    /// See [`Job::report_failure`].
+    pub fn report_failure(
+        &self,
+        id: JobId,
+        task: TaskId,
+        instance: TaskInstanceId,
+        message: &str,
+    ) -> Result<Option<Outcome>> {
+        let job = self.get(id)?;
+        let r = job.report_failure(task, instance, message, &self.instances)?;
+        Ok(self.apply(&job, r))
+    }
+
+    /// Many reports; one result per item. Offers are batched per job.
+    pub fn report_batch(
+        &self,
+        items: &[(JobId, TaskId, TaskInstanceId, Report<'_>)],
+    ) -> Vec<Result<Option<Outcome>>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut pending: Option<(Arc<Job>, Vec<TaskId>)> = None;
+        for &(id, task, instance, report) in items {
+            let job = match &pending {
+                Some((j, _)) if j.id() == id => Arc::clone(j),
+                _ => match self.get(id) {
+                    Ok(j) => {
+                        if let Some((pj, offers)) = pending.take() {
+                            self.offer(&pj, &offers);
+                        }
+                        pending = Some((Arc::clone(&j), Vec::new()));
+                        j
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                },
+            };
+            let r = match report {
+                Report::Success(b) => job.report_success(task, instance, b, &self.instances),
+                Report::Failure(m) => job.report_failure(task, instance, m, &self.instances),
+            };
+            out.push(r.map(|r| {
+                if let Some((_, offers)) = &mut pending {
+                    offers.extend(r.offers);
+                }
+                r.outcome
+            }));
+        }
+        if let Some((pj, offers)) = pending {
+            self.offer(&pj, &offers);
+        }
+        out
+    }
+
+    /// Spec 4.3's pass: terminal / no longer live => drop; dead EM => force-remove, re-offer,
+    /// drop; soft deadline passed and not yet handled => mark, re-offer once, keep.
+    pub fn gc_instances(&self, now_ms: u64, dead_ems: &[ExecutionManagerId]) -> InstanceGcReport {
+        let dead: HashSet<ExecutionManagerId> = dead_ems.iter().copied().collect();
+        let mut report = InstanceGcReport::default();
+        let mut requeue: Vec<(Arc<Job>, TaskId)> = Vec::new();
+        for (iid, e) in self.instances.snapshot() {
+            let Ok(job) = self.get(e.job) else {
+                self.instances.remove(iid);
+                report.removed_terminal += 1;
+                continue;
+            };
+            if !job.instance_is_live(e.task, iid) {
+                self.instances.remove(iid);
+                report.removed_terminal += 1;
+            } else if dead.contains(&e.em) {
+                if job.force_remove(e.task, iid, &self.instances) {
+                    report.requeued_dead += 1;
+                    requeue.push((job, e.task));
+                }
+                report.removed_dead += 1;
+            } else if !e.soft_timeout_handled && now_ms >= e.soft_deadline_ms {
+                self.instances.mark_soft_timeout_handled(iid);
+                job.mark_soft_timeout(e.task);
+                report.requeued_soft_timeout += 1;
+                requeue.push((job, e.task));
+            }
+        }
+        for (job, task) in requeue {
+            self.offer(&job, &[task]);
+        }
+        report
+    }
+
+    #[must_use]
+    pub fn live_instances(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// # Errors
+    /// `InvalidRequest` for an unknown lane code is handled by the caller; never fails here.
+    pub fn poll(&self, lane: Lane, max_items: usize, wait: Duration) -> Vec<Entry> {
+        self.queue.poll(lane, max_items, wait, &self.wanted())
+    }
+
+    pub fn poll_all(&self, max_items: [usize; 3], wait: Duration) -> [Vec<Entry>; 3] {
+        self.queue.poll_all(max_items, wait, &self.wanted())
+    }
+
+    /// Re-offer every Ready task / commit / cleanup of the cached jobs; returns how many.
+    pub fn resend_ready(&self) -> usize {
+        let mut n = 0;
+        for shard in &*self.shards {
+            // Snapshot, then offer without holding the shard lock.
+            let jobs: Vec<Arc<Job>> = shard.read().values().cloned().collect();
+            for job in jobs {
+                let entries = job.ready_entries();
+                n += entries.len();
+                self.offer(&job, &entries);
+            }
+        }
+        n
+    }
+
+    /// # Errors
+    /// `JobNotFound`.
+    pub fn outputs(&self, id: JobId) -> Result<Payload> {
+        self.get(id)?.outputs()
+    }
+
+    /// # Errors
+    /// `JobNotFound`.
+    pub fn progress(&self, id: JobId) -> Result<Progress> {
+        Ok(self.get(id)?.progress())
+    }
+}
+
+#[cfg(test)]
+mod tests;

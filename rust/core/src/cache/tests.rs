@@ -1,0 +1,338 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::codec::wire_encode;
+use crate::error::StaleKind;
+use crate::policy::ExecutionPolicy;
+use crate::workloads;
+
+fn cache() -> JobCache {
+    JobCache::new(1024, 16, 16).expect("cache")
+}
+
+fn one_task() -> Submission {
+    workloads::flat(1, 4, ExecutionPolicy::default(), false)
+}
+
+#[test]
+fn job_cache_insert_and_get() {
+    let c = cache();
+    c.insert(1, 7, &one_task()).expect("insert");
+    let j = c.get(1).expect("get");
+    assert_eq!((j.id(), j.resource_group(), j.state()), (1, 7, JobState::Ready));
+    assert!(c.contains(1));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.job_ids(), vec![1]);
+}
+
+#[test]
+fn job_cache_remove_returns_count() {
+    let c = cache();
+    c.insert(1, 7, &one_task()).expect("insert");
+    assert_eq!(c.remove(&[1]), 1);
+    assert!(c.is_empty());
+}
+
+#[test]
+fn job_cache_remove_batch_removes_existing_jobs_once() {
+    let c = cache();
+    c.insert(1, 1, &one_task()).expect("insert");
+    c.insert(2, 1, &one_task()).expect("insert");
+    assert_eq!(c.remove(&[1, 3, 2, 1]), 2);
+    assert!(c.is_empty());
+}
+
+#[test]
+fn job_cache_get_returns_not_found_for_nonexistent_job() {
+    let c = cache();
+    assert_eq!(c.get(42).expect_err("missing"), CoreError::JobNotFound(42));
+}
+
+#[test]
+fn job_cache_insert_duplicate_returns_error() {
+    let c = cache();
+    c.insert(1, 1, &one_task()).expect("insert");
+    let e = c.insert(1, 1, &one_task()).expect_err("duplicate");
+    assert!(matches!(e, CoreError::Internal { kind: "JobAlreadyExists", .. }), "{e:?}");
+    let e = c.recover(1, 1, &one_task(), JobState::Running, None).expect_err("duplicate");
+    assert_eq!(e.kind(), "JobAlreadyExists");
+}
+
+#[test]
+fn job_cache_concurrent_insert_get() {
+    let c = Arc::new(cache());
+    let s = Arc::new(one_task());
+    let handles: Vec<_> = (0..10u64)
+        .map(|i| {
+            let (c, s) = (Arc::clone(&c), Arc::clone(&s));
+            std::thread::spawn(move || {
+                for round in 0..50u64 {
+                    let id = i * 1000 + round;
+                    c.insert(id, i, &s).expect("insert");
+                    assert_eq!(c.get(id).expect("get").resource_group(), i);
+                    assert_eq!(c.remove(&[id]), 1);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    assert!(c.is_empty());
+}
+
+#[test]
+fn job_cache_resend_ready_tasks_sends_for_running_job() {
+    let c = cache();
+    c.insert(1, 3, &one_task()).expect("insert");
+    c.insert(2, 3, &one_task()).expect("insert");
+    assert_eq!(c.resend_ready(), 0, "Ready jobs are not resent");
+    assert_eq!(c.start(1).expect("start"), 1);
+    assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO).len(), 1);
+    assert_eq!(c.resend_ready(), 1);
+    let got = c.poll(Lane::Task, 10, Duration::ZERO);
+    assert_eq!(got, vec![Entry { resource_group: 3, job: 1, task: TaskId::Index(0) }]);
+    // A task with a live instance is not resent.
+    c.register(1, TaskId::Index(0), 1, 0).expect("register");
+    assert_eq!(c.resend_ready(), 0);
+}
+
+#[test]
+fn resend_for_commit_and_cleanup_ready() {
+    let c = cache();
+    let s = workloads::flat(2, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice(), b"b"]).expect("enc");
+    c.recover(1, 1, &s, JobState::CommitReady, Some(&out)).expect("recover");
+    c.recover(2, 1, &s, JobState::CleanupReady, None).expect("recover");
+    assert_eq!(c.resend_ready(), 2);
+    let [t, cm, cl] = c.poll_all([10, 10, 10], Duration::ZERO);
+    assert!(t.is_empty());
+    assert_eq!(cm, vec![Entry { resource_group: 1, job: 1, task: TaskId::Commit }]);
+    assert_eq!(cl, vec![Entry { resource_group: 1, job: 2, task: TaskId::Cleanup }]);
+}
+
+fn terminated(c: &JobCache, id: JobId, now_ms: u64) {
+    c.insert(id, 1, &one_task()).expect("insert");
+    c.cancel(id, now_ms).expect("cancel");
+}
+
+#[test]
+fn gc_cycle_keeps_jobs_until_retention_expires() {
+    let c = cache();
+    terminated(&c, 1, 1_000);
+    assert!(c.evict_terminated(10_000, 10_000).is_empty(), "9 s < 10 s retention");
+    assert!(c.contains(1));
+}
+
+#[test]
+fn gc_cycle_removes_jobs_after_retention_expires() {
+    let c = cache();
+    terminated(&c, 1, 1_000);
+    assert_eq!(c.evict_terminated(11_000, 10_000), vec![1], "exactly 10 s");
+    assert!(!c.contains(1));
+}
+
+#[test]
+fn gc_cycle_removes_all_expired_jobs_and_keeps_live_ones() {
+    let c = cache();
+    for id in 1..=5 {
+        terminated(&c, id, 0);
+    }
+    terminated(&c, 6, 5_000);
+    c.insert(7, 1, &one_task()).expect("live job");
+    assert_eq!(c.evict_terminated(10_000, 10_000), vec![1, 2, 3, 4, 5]);
+    assert_eq!(c.job_ids(), vec![6, 7]);
+}
+
+fn running(c: &JobCache, id: JobId, n: usize, instances: u32) {
+    let s = workloads::flat(
+        n,
+        4,
+        ExecutionPolicy {
+            max_num_instances: instances,
+            ..ExecutionPolicy::default()
+        },
+        false,
+    );
+    c.insert(id, 1, &s).expect("insert");
+    c.start(id).expect("start");
+    c.poll(Lane::Task, 1000, Duration::ZERO);
+}
+
+#[test]
+fn gc_removes_all_terminated_tasks() {
+    let c = cache();
+    running(&c, 1, 10, 1);
+    let ctxs: Vec<_> = (0..10)
+        .map(|t| c.register(1, TaskId::Index(t), 5, 0).expect("register"))
+        .collect();
+    // Mark terminal behind the table's back: the table still has the entries.
+    for (t, ctx) in ctxs.iter().enumerate() {
+        let job = c.get(1).expect("job");
+        job.report_success(TaskId::Index(t as u32), ctx.instance_id, &wire_encode(&[b"x"]).expect("f"), &InstanceTable::new())
+            .expect("success");
+    }
+    assert_eq!(c.live_instances(), 10);
+    let r = c.gc_instances(0, &[]);
+    assert_eq!(r.removed_terminal, 10);
+    assert_eq!(r.requeued_dead + r.requeued_soft_timeout, 0);
+    assert_eq!(c.live_instances(), 0);
+    assert_eq!(c.queue().depths(), [0, 0, 0], "nothing re-enqueued");
+}
+
+#[test]
+fn gc_re_enqueues_all_soft_timed_out_tasks_and_keeps_them() {
+    let c = cache();
+    running(&c, 1, 10, 1);
+    for t in 0..10 {
+        c.register(1, TaskId::Index(t), 5, 0).expect("register");
+    }
+    let soft = ExecutionPolicy::default().timeout_policy.soft_timeout_ms;
+    let r = c.gc_instances(soft - 1, &[]);
+    assert_eq!(r, InstanceGcReport::default(), "not yet");
+    let r = c.gc_instances(soft, &[]);
+    assert_eq!(r.requeued_soft_timeout, 10);
+    assert_eq!(c.live_instances(), 10, "kept");
+    assert!(c.instances().snapshot().iter().all(|(_, e)| e.soft_timeout_handled));
+    assert_eq!(c.queue().depths()[0], 10);
+    let r = c.gc_instances(soft * 2, &[]);
+    assert_eq!(r.requeued_soft_timeout, 0, "at most once per instance");
+    // With the default instance limit, the re-offered entry cannot start a second instance.
+    let e = c.register(1, TaskId::Index(0), 5, 0).expect_err("limit");
+    assert_eq!(e.stale_kind(), Some(StaleKind::TaskInstanceLimitExceeded));
+    let why = c.get(1).expect("job").explain(1);
+    assert_eq!(why[0].1, "instance_limit");
+}
+
+#[test]
+fn gc_re_enqueues_and_removes_all_tasks_for_dead_em() {
+    let c = cache();
+    running(&c, 1, 10, 1);
+    for t in 0..10 {
+        c.register(1, TaskId::Index(t), 5, 0).expect("register");
+    }
+    let r = c.gc_instances(0, &[5]);
+    assert_eq!((r.removed_dead, r.requeued_dead), (10, 10));
+    assert_eq!(c.live_instances(), 0);
+    assert_eq!(c.queue().depths()[0], 10);
+    // Tasks are Ready again; no retry was consumed.
+    c.register(1, TaskId::Index(0), 6, 0).expect("re-register");
+}
+
+#[test]
+fn gc_removes_terminated_tasks_for_dead_em_without_re_enqueue() {
+    let c = cache();
+    running(&c, 1, 3, 1);
+    let ctxs: Vec<_> = (0..3)
+        .map(|t| c.register(1, TaskId::Index(t), 5, 0).expect("register"))
+        .collect();
+    c.cancel(1, 0).expect("cancel");
+    assert_eq!(c.live_instances(), 0, "cancel releases entries eagerly");
+    // Re-create entries as if left behind, then GC with the EM dead: terminal wins.
+    for ctx in &ctxs {
+        c.instances().insert(
+            ctx.instance_id,
+            crate::instances::InstanceEntry {
+                job: 1,
+                task: ctx.task_id,
+                em: 5,
+                soft_deadline_ms: 0,
+                soft_timeout_handled: false,
+            },
+        );
+    }
+    let r = c.gc_instances(0, &[5]);
+    assert_eq!((r.removed_terminal, r.removed_dead, r.requeued_dead), (3, 0, 0));
+    assert_eq!(c.queue().depths(), [0, 0, 0]);
+}
+
+#[test]
+fn gc_comprehensive() {
+    let c = cache();
+    running(&c, 1, 5, 1);
+    let soft = ExecutionPolicy::default().timeout_policy.soft_timeout_ms;
+    // 0: terminal, alive EM; 1: soft-timed-out, alive; 2: healthy (registered later);
+    // 3: terminal on dead EM; 4: running on dead EM.
+    let a = c.register(1, TaskId::Index(0), 1, 0).expect("0");
+    let b = c.register(1, TaskId::Index(1), 1, 0).expect("1");
+    let h = c.register(1, TaskId::Index(2), 1, soft).expect("2");
+    let d = c.register(1, TaskId::Index(3), 2, 0).expect("3");
+    let e = c.register(1, TaskId::Index(4), 2, 0).expect("4");
+    let job = c.get(1).expect("job");
+    let side = InstanceTable::new();
+    let out = wire_encode(&[b"x"]).expect("f");
+    job.report_success(TaskId::Index(0), a.instance_id, &out, &side).expect("ok");
+    job.report_success(TaskId::Index(3), d.instance_id, &out, &side).expect("ok");
+    let r = c.gc_instances(soft, &[2]);
+    assert_eq!(r.removed_terminal, 2);
+    assert_eq!((r.removed_dead, r.requeued_dead), (1, 1));
+    assert_eq!(r.requeued_soft_timeout, 1);
+    let left: std::collections::HashSet<u64> =
+        c.instances().snapshot().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [b.instance_id, h.instance_id].into_iter().collect());
+    let offered: Vec<TaskId> = c.poll(Lane::Task, 10, Duration::ZERO).into_iter().map(|e| e.task).collect();
+    assert_eq!(offered.len(), 2);
+    assert!(offered.contains(&TaskId::Index(1)) && offered.contains(&TaskId::Index(4)));
+    let _ = e;
+}
+
+#[test]
+fn evicted_job_entries_are_dropped_by_gc() {
+    let c = cache();
+    running(&c, 1, 1, 1);
+    c.register(1, TaskId::Index(0), 1, 0).expect("register");
+    c.remove(&[1]);
+    let r = c.gc_instances(0, &[]);
+    assert_eq!(r.removed_terminal, 1);
+    assert_eq!(c.live_instances(), 0);
+}
+
+#[test]
+fn spilled_entries_of_a_cancelled_job_are_skipped() {
+    let c = JobCache::new(2, 1, 1).expect("cache");
+    let s = workloads::flat(10, 4, ExecutionPolicy::default(), false);
+    c.insert(1, 1, &s).expect("insert");
+    c.insert(2, 1, &s).expect("insert");
+    c.start(1).expect("start");
+    c.start(2).expect("start");
+    assert_eq!(c.queue().depths()[0], 2);
+    assert_eq!(c.queue().spilled()[0], 18);
+    c.cancel(2, 0).expect("cancel");
+    let mut got = Vec::new();
+    loop {
+        let batch = c.poll(Lane::Task, 3, Duration::from_millis(1));
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch);
+    }
+    assert_eq!(got.iter().filter(|e| e.job == 1).count(), 10, "every entry of job 1 exactly once");
+    assert!(got.iter().filter(|e| e.job == 2).count() <= 2, "parked entries of the cancelled job skipped");
+}
+
+#[test]
+fn batches_report_per_item_errors() {
+    let c = cache();
+    running(&c, 1, 3, 1);
+    let regs = c.register_batch(
+        &[(1, TaskId::Index(0)), (1, TaskId::Index(1)), (9, TaskId::Index(0)), (1, TaskId::Index(0))],
+        1,
+        0,
+    );
+    assert!(regs[0].is_ok() && regs[1].is_ok());
+    assert_eq!(regs[2].as_ref().expect_err("missing").kind(), "JobNotFound");
+    assert_eq!(regs[3].as_ref().expect_err("limit").stale_kind(), Some(StaleKind::TaskInstanceLimitExceeded));
+    let f = wire_encode(&[b"x"]).expect("f");
+    let i0 = regs[0].as_ref().expect("ok").instance_id;
+    let i1 = regs[1].as_ref().expect("ok").instance_id;
+    let reps = c.report_batch(&[
+        (1, TaskId::Index(0), i0, Report::Success(&f)),
+        (1, TaskId::Index(1), i1, Report::Failure("boom")),
+        (1, TaskId::Index(0), i0, Report::Success(&f)),
+    ]);
+    assert!(matches!(reps[0], Ok(None)));
+    let o = reps[1].as_ref().expect("ok").as_ref().expect("outcome");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
+    assert_eq!(reps[2].as_ref().expect_err("stale").stale_kind(), Some(StaleKind::InvalidTaskInstanceId));
+}

@@ -1,0 +1,137 @@
+//! Task-instance table (storage spec 4, sans-IO): which instances are live, on which EM, and when
+//! their soft timeout passes. Instance ids come from an atomic counter starting at 1 (they are
+//! only unique within a storage session; the session id fences older ones).
+//!
+//! Entries are removed eagerly when an instance reports or its job releases the task graph, so
+//! the table only holds instances that are actually running; `gc` (driven by the caller's timer)
+//! handles the rest: dead EMs and soft timeouts. The table's locks are leaves: nothing else is
+//! locked while one is held.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::ids::{ExecutionManagerId, JobId, TaskId, TaskInstanceId};
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceEntry {
+    pub job: JobId,
+    pub task: TaskId,
+    pub em: ExecutionManagerId,
+    pub soft_deadline_ms: u64,
+    pub soft_timeout_handled: bool,
+}
+
+/// Counts of one GC pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceGcReport {
+    pub removed_terminal: usize,
+    pub removed_dead: usize,
+    pub requeued_dead: usize,
+    pub requeued_soft_timeout: usize,
+}
+
+#[derive(Debug)]
+pub struct InstanceTable {
+    next_id: AtomicU64,
+    shards: Box<[Mutex<HashMap<TaskInstanceId, InstanceEntry>>]>,
+}
+
+impl Default for InstanceTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InstanceTable {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, id: TaskInstanceId) -> &Mutex<HashMap<TaskInstanceId, InstanceEntry>> {
+        &self.shards[(id as usize) % SHARDS]
+    }
+
+    /// A fresh instance id (1, 2, 3, ... per process).
+    pub fn next_id(&self) -> TaskInstanceId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn insert(&self, id: TaskInstanceId, entry: InstanceEntry) {
+        self.shard(id).lock().insert(id, entry);
+    }
+
+    pub fn remove(&self, id: TaskInstanceId) -> Option<InstanceEntry> {
+        self.shard(id).lock().remove(&id)
+    }
+
+    #[must_use]
+    pub fn get(&self, id: TaskInstanceId) -> Option<InstanceEntry> {
+        self.shard(id).lock().get(&id).copied()
+    }
+
+    pub fn mark_soft_timeout_handled(&self, id: TaskInstanceId) {
+        if let Some(e) = self.shard(id).lock().get_mut(&id) {
+            e.soft_timeout_handled = true;
+        }
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copy of every entry (GC works on a snapshot so no table lock is held while it takes job
+    /// locks).
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<(TaskInstanceId, InstanceEntry)> {
+        let mut out = Vec::new();
+        for s in &*self.shards {
+            out.extend(s.lock().iter().map(|(&k, &v)| (k, v)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_start_at_one_and_increase() {
+        let t = InstanceTable::new();
+        assert_eq!(t.next_id(), 1);
+        assert_eq!(t.next_id(), 2);
+    }
+
+    #[test]
+    fn insert_remove_mark() {
+        let t = InstanceTable::new();
+        let e = InstanceEntry {
+            job: 1,
+            task: TaskId::Index(0),
+            em: 3,
+            soft_deadline_ms: 10,
+            soft_timeout_handled: false,
+        };
+        t.insert(7, e);
+        assert_eq!(t.len(), 1);
+        t.mark_soft_timeout_handled(7);
+        assert!(t.get(7).expect("entry").soft_timeout_handled);
+        assert_eq!(t.snapshot().len(), 1);
+        assert!(t.remove(7).is_some());
+        assert!(t.is_empty());
+    }
+}

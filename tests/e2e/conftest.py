@@ -1,0 +1,60 @@
+"""End-to-end fixtures: a real LocalCluster (storage, scheduler, EM + executors as processes) on
+SQLite or MariaDB, with short liveness settings so failures are detected within a test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import orbweaver as ow
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+STORAGE_CONFIG = """
+[storage]
+instance_gc_interval = 0.25
+em_stale_cutoff = 3.0
+job_cache_gc_interval = 1.0
+"""
+
+SCHEDULER_CONFIG = """
+[scheduler]
+em_dead_cutoff = 3.0
+"""
+
+
+def make_cluster(db_url: str, tmp_path: Path, workers: int = 2) -> ow.LocalCluster:
+    storage_cfg = tmp_path / "storage.toml"
+    storage_cfg.write_text(STORAGE_CONFIG)
+    scheduler_cfg = tmp_path / "scheduler.toml"
+    scheduler_cfg.write_text(SCHEDULER_CONFIG)
+    markers = tmp_path / "markers"
+    markers.mkdir(exist_ok=True)
+    return ow.LocalCluster(
+        workers=workers, db=db_url, tasks_dir=TASKS_DIR, log_dir=tmp_path / "logs",
+        storage_args=["--config", str(storage_cfg)],
+        scheduler_args=["--config", str(scheduler_cfg)],
+        env={"ORBWEAVER_TEST_MARKERS": str(markers)})
+
+
+@pytest.fixture
+def markers(tmp_path: Path) -> Path:
+    path = tmp_path / "markers"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def cluster(db_url: str, tmp_path: Path, markers: Path) -> Iterator[ow.LocalCluster]:
+    c = make_cluster(db_url, tmp_path)
+    with c:
+        yield c
+
+
+@pytest.fixture
+def sqlite_cluster(sqlite_url: str, tmp_path: Path, markers: Path) -> Iterator[ow.LocalCluster]:
+    c = make_cluster(sqlite_url, tmp_path)
+    with c:
+        yield c

@@ -1,0 +1,1 @@
+"""A package whose task lives in a submodule that the package does not import."""
