@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +47,7 @@ class TlsConfig:
 class Security:
     """How components authenticate each other: an optional shared token and optional TLS."""
 
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     tls: TlsConfig | None = None
 
     @staticmethod
@@ -74,6 +74,10 @@ def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Reconnect quickly to a restarted peer (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
@@ -166,6 +170,7 @@ class Server:
     grpc_server: grpc.Server
     health: health.HealthServicer
     port: int
+    executor: futures.ThreadPoolExecutor
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -182,6 +187,7 @@ class Server:
     def stop(self, grace: float) -> None:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait(grace + 5)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def make_server(
@@ -194,8 +200,9 @@ def make_server(
     """Create a server bound to `listen` (`host:port`, port 0 picks a free port)."""
     security = security or Security()
     interceptors = [_TokenServerInterceptor(security.token)] if security.token else []
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        executor,
         interceptors=interceptors,
         options=[*_options(max_message_bytes), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=None,
@@ -216,7 +223,7 @@ def make_server(
         port = server.add_insecure_port(listen)
     if port == 0:
         raise errors.Unavailable(f"cannot listen on {listen}")
-    return Server(server, health_servicer, port)
+    return Server(server, health_servicer, port, executor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,10 @@ def run_until_signal(service: Service, on_ready: Callable[[], None] | None = Non
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stopping on signal", extra={"signal": signal.Signals(signum).name})
         stop.set()
+        # A service still starting (e.g. retrying registration) must give up promptly.
+        request_stop = getattr(service, "request_stop", None)
+        if request_stop is not None:
+            request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orbweaver import __version__, errors
+from orbweaver._config import read_table
 from orbweaver._log import setup_logging
 from orbweaver._rpc import Security
 from orbweaver.states import JobState
@@ -60,9 +61,15 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from orbweaver.scheduler.runtime import SchedulerConfig, SchedulerRuntime
 
     setup_logging("scheduler", args.log_level)
-    config = SchedulerConfig(storage=args.storage, listen=args.listen,
-                             security=_security(args), metrics_port=args.metrics_port,
-                             **({"advertised_host": args.advertise} if args.advertise else {}))
+    values: dict[str, Any] = {"security": _security(args)}
+    if args.config:
+        values = read_table(Path(args.config), "scheduler", SchedulerConfig, values["security"])
+    values.update(storage=args.storage, listen=args.listen)
+    if args.metrics_port is not None:
+        values["metrics_port"] = args.metrics_port
+    if args.advertise:
+        values["advertised_host"] = args.advertise
+    config = SchedulerConfig(**values)
     runtime = SchedulerRuntime(config)
     from orbweaver._service import run_until_signal
 
@@ -306,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="storage address host:port")
     p.add_argument("--listen", default="0.0.0.0:50052", help="host:port to listen on")
     p.add_argument("--advertise", help="host the storage should record for this scheduler")
+    p.add_argument("--config", help="TOML file with a [scheduler] table")
 
     p = service("worker", "run an execution manager with a pool of executors", cmd_worker)
     p.add_argument("--storage", required=True, help="storage address host:port")

@@ -451,9 +451,6 @@ class SchedulerRuntime:
                     server.stop(grace)
                 except Exception:
                     log.exception("error while stopping the gRPC server")
-                pool = getattr(getattr(server.grpc_server, "_state", None), "thread_pool", None)
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
             if storage is not None:
                 storage.close()  # also cancels a poll the core loop may be waiting on
             if thread is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security, TlsConfig
+from orbweaver._config import read_table
+from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,28 +63,9 @@ class StorageConfig:
              **overrides: Any) -> StorageConfig:
         """Defaults, then the `[storage]` table of a TOML file, then the environment
         (`ORBWEAVER_TOKEN`, `ORBWEAVER_TLS_*`), then explicit overrides (None values ignored)."""
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
+        security = Security.from_env(dict(os.environ if env is None else env))
+        values: dict[str, Any] = {"security": security}
         if path is not None:
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-            table = data.get("storage", data)
-            known = {f.name for f in dataclasses.fields(StorageConfig)}
-            for key, value in table.items():
-                if key == "tls" or key == "token":
-                    continue
-                if key not in known:
-                    raise ValueError(f"{path}: unknown storage setting {key!r}")
-                values[key] = value
-            security = Security.from_env(env)
-            token = table.get("token") or security.token
-            tls_table = table.get("tls")
-            tls = security.tls
-            if isinstance(tls_table, dict):
-                tls = TlsConfig(*(Path(tls_table[k]) if tls_table.get(k) else None
-                                  for k in ("cert_file", "key_file", "ca_file")))
-            values["security"] = Security(token=token, tls=tls)
-        else:
-            values["security"] = Security.from_env(env)
+            values = read_table(path, "storage", StorageConfig, security)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return StorageConfig(**values)

@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use crate::error::{CoreError, Result};
 use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
+pub use crate::job::Report;
 use crate::job::{ExecutionContext, Job, Outcome, Progress, Reported, Transition};
 use crate::queue::{Entry, InboundQueue, Lane};
 use crate::state::JobState;
@@ -34,15 +35,6 @@ pub struct JobCache {
     shards: Box<[Shard]>,
     queue: InboundQueue,
     instances: InstanceTable,
-}
-
-/// One item of a report batch.
-#[derive(Debug, Clone, Copy)]
-pub enum Report<'a> {
-    /// Wire frame of the outputs.
-    Success(&'a [u8]),
-    /// Failure message.
-    Failure(&'a str),
 }
 
 impl JobCache {
@@ -277,28 +269,22 @@ impl JobCache {
         self.get(id)?.register(task, em, now_ms, &self.instances)
     }
 
-    /// Many registrations for one EM; one result per item.
+    /// Many registrations for one EM; one result per item. Consecutive items of the same job
+    /// share one job lookup and one read lock.
     pub fn register_batch(
         &self,
         items: &[(JobId, TaskId)],
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Vec<Result<ExecutionContext>> {
-        let mut last: Option<Arc<Job>> = None;
-        items
-            .iter()
-            .map(|&(id, task)| {
-                let job = match &last {
-                    Some(j) if j.id() == id => Arc::clone(j),
-                    _ => {
-                        let j = self.get(id)?;
-                        last = Some(Arc::clone(&j));
-                        j
-                    }
-                };
-                job.register(task, em, now_ms, &self.instances)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(items.len());
+        for run in items.chunk_by(|a, b| a.0 == b.0) {
+            match self.get(run[0].0) {
+                Ok(job) => job.register_many(run.iter().map(|&(_, t)| t), em, now_ms, &self.instances, &mut out),
+                Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
     }
 
     fn apply(&self, job: &Job, r: Reported) -> Option<Outcome> {
@@ -334,43 +320,28 @@ impl JobCache {
         Ok(self.apply(&job, r))
     }
 
-    /// Many reports; one result per item. Offers are batched per job.
+    /// Many reports; one result per item. Consecutive items of the same job share one lookup,
+    /// one read lock and one offer.
     pub fn report_batch(
         &self,
         items: &[(JobId, TaskId, TaskInstanceId, Report<'_>)],
     ) -> Vec<Result<Option<Outcome>>> {
         let mut out = Vec::with_capacity(items.len());
-        let mut pending: Option<(Arc<Job>, Vec<TaskId>)> = None;
-        for &(id, task, instance, report) in items {
-            let job = match &pending {
-                Some((j, _)) if j.id() == id => Arc::clone(j),
-                _ => match self.get(id) {
-                    Ok(j) => {
-                        if let Some((pj, offers)) = pending.take() {
-                            self.offer(&pj, &offers);
-                        }
-                        pending = Some((Arc::clone(&j), Vec::new()));
-                        j
-                    }
-                    Err(e) => {
-                        out.push(Err(e));
-                        continue;
-                    }
-                },
-            };
-            let r = match report {
-                Report::Success(b) => job.report_success(task, instance, b, &self.instances),
-                Report::Failure(m) => job.report_failure(task, instance, m, &self.instances),
-            };
-            out.push(r.map(|r| {
-                if let Some((_, offers)) = &mut pending {
-                    offers.extend(r.offers);
+        let mut offers = Vec::new();
+        for run in items.chunk_by(|a, b| a.0 == b.0) {
+            match self.get(run[0].0) {
+                Ok(job) => {
+                    offers.clear();
+                    job.report_many(
+                        run.iter().map(|&(_, t, i, r)| (t, i, r)),
+                        &self.instances,
+                        &mut out,
+                        &mut offers,
+                    );
+                    self.offer(&job, &offers);
                 }
-                r.outcome
-            }));
-        }
-        if let Some((pj, offers)) = pending {
-            self.offer(&pj, &offers);
+                Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
+            }
         }
         out
     }

@@ -120,6 +120,13 @@ pub struct Outcome {
     pub has_commit: bool,
 }
 
+/// One report: the outputs wire frame of a success, or a failure message.
+#[derive(Debug, Clone, Copy)]
+pub enum Report<'a> {
+    Success(&'a [u8]),
+    Failure(&'a str),
+}
+
 /// Result of a report: an optional job-level outcome and the tasks to offer to the queue.
 #[derive(Debug, Default)]
 pub struct Reported {
@@ -576,17 +583,45 @@ impl Job {
         table: &InstanceTable,
     ) -> Result<ExecutionContext> {
         let inner = self.inner.read();
-        self.guard(&inner, task)?;
+        self.register_in(&inner, task, em, now_ms, table)
+    }
+
+    /// Several registrations under one read lock (batch entry point).
+    pub fn register_many(
+        &self,
+        tasks: impl IntoIterator<Item = TaskId>,
+        em: ExecutionManagerId,
+        now_ms: u64,
+        table: &InstanceTable,
+        out: &mut Vec<Result<ExecutionContext>>,
+    ) {
+        let inner = self.inner.read();
+        out.extend(
+            tasks
+                .into_iter()
+                .map(|t| self.register_in(&inner, t, em, now_ms, table)),
+        );
+    }
+
+    fn register_in(
+        &self,
+        inner: &Inner,
+        task: TaskId,
+        em: ExecutionManagerId,
+        now_ms: u64,
+        table: &InstanceTable,
+    ) -> Result<ExecutionContext> {
+        self.guard(inner, task)?;
         let (tcb, policy, context, task_io): (&Tcb, ExecutionPolicy, &Arc<TdlContext>, _) =
             match task {
                 TaskId::Index(t) => {
-                    let run = self.run(&inner)?;
+                    let run = self.run(inner)?;
                     let tcb = &run.tcbs[t as usize];
                     let policy = *run.graph.policy(t);
                     (tcb, policy, run.graph.context(t), None)
                 }
                 _ => {
-                    let term = self.termination(&inner, task)?;
+                    let term = self.termination(inner, task)?;
                     let io = if task == TaskId::Commit {
                         let out = inner.outputs.get().ok_or_else(|| {
                             CoreError::internal(
@@ -606,7 +641,7 @@ impl Job {
         let task_io = match task_io {
             Some(io) => io,
             None => {
-                let run = self.run(&inner)?;
+                let run = self.run(inner)?;
                 let TaskId::Index(t) = task else {
                     return Err(CoreError::internal("TaskGraphCorrupted", "unreachable"));
                 };
@@ -675,29 +710,140 @@ impl Job {
         outputs: &[u8],
         table: &InstanceTable,
     ) -> Result<Reported> {
+        self.report(task, id, Report::Success(outputs), table)
+    }
+
+    /// Report a failed instance: one retry consumed, re-offered if retryable, JOB_FAILED (once per
+    /// job) when exhausted.
+    ///
+    /// # Errors
+    /// `InvalidRequest`, `Stale`, `Internal` as for [`Self::report_success`].
+    pub fn report_failure(
+        &self,
+        task: TaskId,
+        id: TaskInstanceId,
+        message: &str,
+        table: &InstanceTable,
+    ) -> Result<Reported> {
+        self.report(task, id, Report::Failure(message), table)
+    }
+
+    fn report(
+        &self,
+        task: TaskId,
+        id: TaskInstanceId,
+        report: Report<'_>,
+        table: &InstanceTable,
+    ) -> Result<Reported> {
         let inner = self.inner.read();
-        self.guard(&inner, task)?;
+        let mut offers = Vec::new();
+        let mut done = 0;
+        let outcome = self.report_in(&inner, task, id, report, table, &mut offers, &mut done)?;
+        let completed = self.count_successes(&inner, done)?;
+        Ok(Reported {
+            outcome: outcome.or(completed),
+            offers,
+        })
+    }
+
+    /// Several reports under one read lock (batch entry point). Results go to `out` (one per
+    /// item), tasks to offer to `offers`. The job-completion outcome, if this batch completed the
+    /// job, is attached to the last successful regular report.
+    pub fn report_many<'a>(
+        &self,
+        items: impl IntoIterator<Item = (TaskId, TaskInstanceId, Report<'a>)>,
+        table: &InstanceTable,
+        out: &mut Vec<Result<Option<Outcome>>>,
+        offers: &mut Vec<TaskId>,
+    ) {
+        let inner = self.inner.read();
+        let mut done = 0;
+        let mut last_success = None;
+        for (task, id, report) in items {
+            let before = done;
+            out.push(self.report_in(&inner, task, id, report, table, offers, &mut done));
+            if done > before {
+                last_success = Some(out.len() - 1);
+            }
+        }
+        match (self.count_successes(&inner, done), last_success) {
+            (Ok(Some(o)), Some(i)) => out[i] = Ok(Some(o)),
+            (Err(e), Some(i)) => out[i] = Err(e),
+            _ => {}
+        }
+    }
+
+    /// Account `n` regular successes on the incomplete counter (one atomic per batch). Exactly
+    /// one caller takes it to zero and produces JOB_COMPLETED with the encoded outputs.
+    fn count_successes(&self, inner: &Inner, n: u32) -> Result<Option<Outcome>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let run = self.run(inner)?;
+        let prev = run
+            .incomplete
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(n))
+            .map_err(|_| {
+                CoreError::internal("TaskGraphCorrupted", "incomplete-task counter underflow")
+            })?;
+        if prev != n {
+            return Ok(None);
+        }
+        // Last task: gather the job outputs (every output slot must be filled by now).
+        let mut values = Vec::with_capacity(run.outputs.len());
+        for r in &*run.outputs {
+            values.push(r.read(&run.slots).ok_or_else(|| {
+                CoreError::internal("TaskGraphCorrupted", "a job output slot is empty")
+            })?);
+        }
+        let encoded: Payload = codec::encode_outputs(&values)?.into();
+        inner
+            .outputs
+            .set(Arc::clone(&encoded))
+            .map_err(|_| CoreError::internal("JobOutputsAlreadySet", "job completed twice"))?;
+        Ok(Some(Outcome {
+            kind: OutcomeKind::JobCompleted,
+            job_id: self.id,
+            outputs: Some(encoded),
+            message: None,
+            has_commit: self.has_commit,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report_in(
+        &self,
+        inner: &Inner,
+        task: TaskId,
+        id: TaskInstanceId,
+        report: Report<'_>,
+        table: &InstanceTable,
+        offers: &mut Vec<TaskId>,
+        done: &mut u32,
+    ) -> Result<Option<Outcome>> {
+        self.guard(inner, task)?;
+        let outputs = match report {
+            Report::Failure(message) => return self.fail_in(inner, task, id, message, table, offers),
+            Report::Success(outputs) => outputs,
+        };
         let TaskId::Index(t) = task else {
-            let term = self.termination(&inner, task)?;
+            let term = self.termination(inner, task)?;
             let r = term.tcb.succeed(id);
             Self::settle(table, id, &r);
             r?;
-            return Ok(Reported {
-                outcome: Some(Outcome {
-                    kind: if task == TaskId::Commit {
-                        OutcomeKind::CommitSucceeded
-                    } else {
-                        OutcomeKind::CleanupSucceeded
-                    },
-                    job_id: self.id,
-                    outputs: None,
-                    message: None,
-                    has_commit: self.has_commit,
-                }),
-                offers: Vec::new(),
-            });
+            return Ok(Some(Outcome {
+                kind: if task == TaskId::Commit {
+                    OutcomeKind::CommitSucceeded
+                } else {
+                    OutcomeKind::CleanupSucceeded
+                },
+                job_id: self.id,
+                outputs: None,
+                message: None,
+                has_commit: self.has_commit,
+            }));
         };
-        let run = self.run(&inner)?;
+        let run = self.run(inner)?;
         // Validate the payload before touching any state.
         let values = codec::wire_decode(outputs).map_err(|e| {
             CoreError::request(
@@ -729,97 +875,50 @@ impl Job {
             })?;
             w.write(&run.slots, Payload::from(v))?;
         }
-        let mut offers = Vec::new();
         for &c in run.graph.children(t) {
             if run.tcbs[c as usize].parent_succeeded()? {
                 offers.push(TaskId::Index(c));
             }
         }
-        let prev = run
-            .incomplete
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
-            .map_err(|_| {
-                CoreError::internal("TaskGraphCorrupted", "incomplete-task counter underflow")
-            })?;
-        if prev != 1 {
-            return Ok(Reported {
-                outcome: None,
-                offers,
-            });
-        }
-        if !offers.is_empty() {
-            return Err(CoreError::internal(
-                "TaskGraphCorrupted",
-                "tasks became ready after the last task completed",
-            ));
-        }
-        // Last task: gather the job outputs (every output slot must be filled by now).
-        let mut values = Vec::with_capacity(run.outputs.len());
-        for r in &*run.outputs {
-            values.push(r.read(&run.slots).ok_or_else(|| {
-                CoreError::internal("TaskGraphCorrupted", "a job output slot is empty")
-            })?);
-        }
-        let encoded: Payload = codec::encode_outputs(&values)?.into();
-        inner
-            .outputs
-            .set(Arc::clone(&encoded))
-            .map_err(|_| CoreError::internal("JobOutputsAlreadySet", "job completed twice"))?;
-        Ok(Reported {
-            outcome: Some(Outcome {
-                kind: OutcomeKind::JobCompleted,
-                job_id: self.id,
-                outputs: Some(encoded),
-                message: None,
-                has_commit: self.has_commit,
-            }),
-            offers,
-        })
+        *done += 1;
+        Ok(None)
     }
 
-    /// Report a failed instance: one retry consumed, re-offered if retryable, JOB_FAILED (once per
-    /// job) when exhausted.
-    ///
-    /// # Errors
-    /// `InvalidRequest`, `Stale`, `Internal` as for [`Self::report_success`].
-    pub fn report_failure(
+    fn fail_in(
         &self,
+        inner: &Inner,
         task: TaskId,
         id: TaskInstanceId,
         message: &str,
         table: &InstanceTable,
-    ) -> Result<Reported> {
-        let inner = self.inner.read();
-        self.guard(&inner, task)?;
+        offers: &mut Vec<TaskId>,
+    ) -> Result<Option<Outcome>> {
         let (tcb, who) = match task {
             TaskId::Index(t) => {
-                let run = self.run(&inner)?;
+                let run = self.run(inner)?;
                 (&run.tcbs[t as usize], format!("task {t} ({})", run.graph.context(t)))
             }
             _ => {
-                let term = self.termination(&inner, task)?;
+                let term = self.termination(inner, task)?;
                 (&term.tcb, format!("{task} ({})", term.context))
             }
         };
         let r = tcb.fail(id);
         Self::settle(table, id, &r);
         match r? {
-            FailureEffect::Retry => Ok(Reported {
-                outcome: None,
-                offers: vec![task],
-            }),
+            FailureEffect::Retry => {
+                offers.push(task);
+                Ok(None)
+            }
             FailureEffect::Exhausted => {
                 let first = !inner.failure_reported.swap(true, Ordering::AcqRel);
-                Ok(Reported {
-                    outcome: first.then(|| Outcome {
-                        kind: OutcomeKind::JobFailed,
-                        job_id: self.id,
-                        outputs: None,
-                        message: Some(format!("{who} failed: {message}")),
-                        has_commit: self.has_commit,
-                    }),
-                    offers: Vec::new(),
-                })
+                Ok(first.then(|| Outcome {
+                    kind: OutcomeKind::JobFailed,
+                    job_id: self.id,
+                    outputs: None,
+                    message: Some(format!("{who} failed: {message}")),
+                    has_commit: self.has_commit,
+                }))
             }
         }
     }

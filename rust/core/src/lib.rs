@@ -22,11 +22,11 @@ pub mod tcb;
 pub mod types;
 pub mod workloads;
 
-pub use cache::{JobCache, Report};
+pub use cache::JobCache;
 pub use error::{CoreError, Result, StaleKind};
 pub use graph::{GraphBuilder, TaskDescriptor, TaskGraph, TaskOutputRef, TdlContext};
 pub use instances::InstanceGcReport;
-pub use job::{ExecutionContext, Job, Outcome, OutcomeKind, Progress, TaskIo};
+pub use job::{ExecutionContext, Job, Outcome, OutcomeKind, Progress, Report, TaskIo};
 pub use queue::{Entry, Lane};
 pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 pub use state::{JobState, TaskState};

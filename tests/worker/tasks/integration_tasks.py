@@ -69,10 +69,12 @@ def assert_outputs_sum_zero(ctx: ow.TaskContext) -> None:
 
 @ow.task
 def write_graph_inputs(ctx: ow.TaskContext) -> None:
-    """Cleanup task: write the graph inputs as JSON to $ORBWEAVER_TEST_CLEANUP_FILE."""
+    """Cleanup task: write the graph inputs as JSON to $ORBWEAVER_TEST_CLEANUP_FILE (bytes as
+    {"hex": ...})."""
     if not ctx.is_cleanup:
         raise RuntimeError("write_graph_inputs must run as the cleanup task")
-    Path(os.environ["ORBWEAVER_TEST_CLEANUP_FILE"]).write_text(json.dumps(ctx.graph_inputs))
+    text = json.dumps(ctx.graph_inputs, default=lambda b: {"hex": b.hex()})
+    Path(os.environ["ORBWEAVER_TEST_CLEANUP_FILE"]).write_text(text)
 
 
 @ow.task
@@ -118,3 +120,37 @@ def original_name(x: int) -> int:
 
 def not_a_task(n: int) -> int:
     return n
+
+
+@ow.task
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@ow.task
+def interval(directory: str, name: str, hold: float) -> int:
+    """Record when this task ran (start and end, written by the task) in `directory`."""
+    start = time.time()
+    time.sleep(hold)
+    end = time.time()
+    Path(directory, f"{name}.json").write_text(json.dumps([start, end, os.getpid()]))
+    return os.getpid()
+
+
+@ow.task
+def long_line(n: int) -> int:
+    sys.stderr.write("y" * n + "\n")
+    sys.stderr.write("after the long line\n")
+    sys.stderr.flush()
+    return n
+
+
+@ow.task
+def exit_via_sys_exit() -> int:
+    sys.exit(5)
+
+
+@ow.task
+def make_text(n: int) -> str:
+    return "x" * n
