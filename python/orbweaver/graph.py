@@ -12,6 +12,7 @@ are all outputs of the tasks without children, in task order, then position.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from orbweaver import _core, errors
 from orbweaver.tdl.task import TaskFunction, TaskPolicy
-from orbweaver.tdl.types import ValueMismatch, ValueType, describe_value
+from orbweaver.tdl.types import ValueMismatchError, ValueType, describe_value
 
 __all__ = ["GraphInput", "GraphOutput", "OutputRef", "TaskGraph", "TaskHandle"]
 
@@ -84,7 +85,8 @@ class TaskHandle:
         return f"<task {self.index} ({self.name})>"
 
 
-class GraphInput(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class GraphInput:
     """Graph input `index`: parameter `param` (at `position`) of input task `task_index`."""
 
     index: int
@@ -95,7 +97,8 @@ class GraphInput(NamedTuple):
     type: ValueType
 
 
-class GraphOutput(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class GraphOutput:
     """Job output `index`: output `position` of task `task_index` (a task without children)."""
 
     index: int
@@ -143,9 +146,7 @@ class TaskGraph:
         seconds) override the ones given to `@task`."""
         index = len(self._tasks)
         if not isinstance(fn, TaskFunction):
-            raise errors.InvalidGraph(
-                f"task {index}: {fn!r} is not an @orbweaver.task function"
-            )
+            raise errors.InvalidGraph(f"task {index}: {fn!r} is not an @orbweaver.task function")
         label = f"task {index} (`{fn.qualified_name}`)"
         try:
             fn.package  # noqa: B018 - raises when the function has no executor address
@@ -191,7 +192,9 @@ class TaskGraph:
             n = src.num_outputs
             if n != 1:
                 what = "no outputs" if n == 0 else f"{n} outputs; pick one with handle[i]"
-                raise errors.InvalidGraph(f"{where}: source task {src.index} (`{src.name}`) has {what}")
+                raise errors.InvalidGraph(
+                    f"{where}: source task {src.index} (`{src.name}`) has {what}"
+                )
             src = src[0]
         if not isinstance(src, OutputRef):
             raise errors.InvalidGraph(
@@ -301,18 +304,17 @@ class TaskGraph:
     def encode_inputs(self, values: Sequence[Any]) -> bytes:
         """Type-check the job inputs and encode them: one msgpack payload per graph input, in a
         wire frame, zstd-compressed. Raises `InvalidInput` naming the input at fault."""
-        if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(
-            values, Sequence
-        ):
+        if isinstance(values, (str, bytes, bytearray, Mapping)) or not isinstance(values, Sequence):
             raise errors.InvalidInput(
                 f"job inputs must be a list with one value per graph input, got "
                 f"{describe_value(values)}"
             )
         specs = self.graph_inputs
         if len(values) != len(specs):
-            expected = ", ".join(
-                f"{s.param}: {s.type.name} (task {s.task_index})" for s in specs
-            ) or "none"
+            expected = (
+                ", ".join(f"{s.param}: {s.type.name} (task {s.task_index})" for s in specs)
+                or "none"
+            )
             raise errors.InvalidInput(
                 f"expected {len(specs)} inputs, got {len(values)} (graph inputs: {expected})"
             )
@@ -320,7 +322,7 @@ class TaskGraph:
         for spec, value in zip(specs, values, strict=True):
             try:
                 payloads.append(spec.type.encode(value))
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise errors.InvalidInput(
                     f"graph input {spec.index} (task {spec.task_index} `{spec.function}`, "
                     f"parameter `{spec.param}` of type {spec.type.name}): {exc}"
@@ -338,7 +340,7 @@ class TaskGraph:
         for spec, data in zip(specs, payloads, strict=True):
             try:
                 out.append(spec.type.decode(data))
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise errors.InvalidArgument(
                     f"job output {spec.index} (output {spec.position} of task "
                     f"{spec.task_index} `{spec.function}`, type {spec.type.name}): {exc}"
@@ -361,9 +363,7 @@ def _tdl_context(fn: TaskFunction[Any, Any]) -> dict[str, str]:
     return {"package": fn.package, "task_func": fn.task_func}
 
 
-def _termination(
-    kind: str, fn: TaskFunction[Any, Any] | None
-) -> TaskFunction[Any, Any] | None:
+def _termination(kind: str, fn: TaskFunction[Any, Any] | None) -> TaskFunction[Any, Any] | None:
     if fn is None:
         return None
     if not isinstance(fn, TaskFunction):

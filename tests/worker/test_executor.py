@@ -3,6 +3,7 @@ plus the trust-boundary checks of DESIGN 7.4)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,7 +16,6 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from orbweaver import _core
 from orbweaver.worker.protocol import (
     PROTOCOL_VERSION,
@@ -51,8 +51,14 @@ class RawExecutor:
         expect_hello: bool = True,
     ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orbweaver.worker.executor", "--tasks-dir", str(tasks_dir),
-             *args],
+            [
+                sys.executable,
+                "-m",
+                "orbweaver.worker.executor",
+                "--tasks-dir",
+                str(tasks_dir),
+                *args,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -118,10 +124,8 @@ class RawExecutor:
         self.proc.wait(timeout=WAIT_S)
         for s in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if s is not None:
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 def wire(*values: Any) -> bytes:
@@ -135,6 +139,16 @@ def outputs(response: dict[str, Any]) -> list[Any]:
 
 @pytest.fixture
 def executor() -> Iterator[RawExecutor]:
+    ex = RawExecutor()
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+@pytest.fixture(scope="module")
+def shared_executor() -> Iterator[RawExecutor]:
+    """One executor for the many escape attempts (each test also proves it still works)."""
     ex = RawExecutor()
     try:
         yield ex
@@ -205,9 +219,7 @@ def test_crash_gives_no_response_eof_and_nonzero_exit(executor: RawExecutor) -> 
 
 
 def test_sigkill_gives_no_response(executor: RawExecutor) -> None:
-    executor.send(
-        {"op": "run", "tasks": [executor.task("integration_tasks", "kill_self", wire())]}
-    )
+    executor.send({"op": "run", "tasks": [executor.task("integration_tasks", "kill_self", wire())]})
     assert executor.read() is None
     assert executor.wait() == -9
 
@@ -249,9 +261,7 @@ def test_large_commit_outputs_are_zstd_compressed_and_decoded(executor: RawExecu
     values = [1000] * 600 + [-600_000]
     data = _job_outputs(*values)
     assert data[0] == 1  # the zstd form
-    response = executor.run(
-        "integration_tasks", "assert_outputs_sum_zero", data, _core.TASK_COMMIT
-    )
+    response = executor.run("integration_tasks", "assert_outputs_sum_zero", data, _core.TASK_COMMIT)
     assert outputs(response) == []
 
 
@@ -341,7 +351,7 @@ def test_submodule_tasks_and_renamed_tasks_resolve(executor: RawExecutor) -> Non
     assert outputs(executor.run("nested_pkg", "sub.mod.triple", wire(5))) == [15]
     assert outputs(executor.run("integration_tasks", "renamed", wire(5))) == [-5]
     response = executor.run("integration_tasks", "original_name", wire(5))
-    assert response["error"]["type"] == "TaskNotFound"
+    assert response["error"]["type"] == "TaskNotFoundError"
 
 
 def test_package_import_error_is_reported(executor: RawExecutor) -> None:
@@ -365,8 +375,12 @@ def test_response_larger_than_the_frame_limit_becomes_an_error() -> None:
 def test_oversized_request_frame_ends_the_executor_with_an_error() -> None:
     ex = RawExecutor(args=["--max-frame-bytes", "4096"])
     try:
-        ex.send({"op": "run", "tasks": [ex.task("integration_tasks", "sleep_and_echo",
-                                                 wire(["x" * 10_000]))]})
+        ex.send(
+            {
+                "op": "run",
+                "tasks": [ex.task("integration_tasks", "sleep_and_echo", wire(["x" * 10_000]))],
+            }
+        )
         assert ex.read() is None
         assert ex.wait() == 3
         assert "exceeds the executor frame limit of 4096 bytes" in ex.stderr
@@ -432,12 +446,13 @@ def test_missing_tasks_dir_exits_before_hello(tmp_path: Path) -> None:
     ],
 )
 def test_escape_attempts_are_refused(
-    executor: RawExecutor, package: str, func: str, fragment: str
+    shared_executor: RawExecutor, package: str, func: str, fragment: str
 ) -> None:
+    executor = shared_executor
     response = executor.run(package, func, wire())
     assert response["ok"] is False
     error = response["error"]
-    assert error["type"] == "TaskNotFound"
+    assert error["type"] == "TaskNotFoundError"
     assert isinstance(error["message"], str) and fragment in error["message"]
     # The executor is unharmed.
     assert outputs(executor.run("integration_tasks", "fibonacci", wire(10))) == [55]
@@ -448,7 +463,7 @@ def test_non_string_names_are_refused(executor: RawExecutor) -> None:
     request["package"] = b"integration_tasks"
     executor.send({"op": "run", "tasks": [request]})
     response = executor.read()
-    assert response is not None and response["error"]["type"] == "TaskNotFound"
+    assert response is not None and response["error"]["type"] == "TaskNotFoundError"
 
 
 _OUTSIDE_MODULE = """
@@ -480,7 +495,7 @@ def test_symlinks_out_of_the_tasks_dir_are_refused(tmp_path: Path) -> None:
     try:
         for package in ("evil", "evilpkg"):
             response = ex.run(package, "fn", wire())
-            assert response["error"]["type"] == "TaskNotFound"
+            assert response["error"]["type"] == "TaskNotFoundError"
             assert "outside the tasks directory" in response["error"]["message"]
         assert not marker.exists(), "a module outside the tasks directory was imported"
         assert outputs(ex.run("good", "fn", wire())) == [1]
@@ -502,10 +517,10 @@ def test_a_task_imported_from_outside_the_tasks_dir_is_refused(tmp_path: Path) -
     ex = RawExecutor(tasks, env={"PYTHONPATH": os.pathsep.join([str(PYTHON_ROOT), str(lib)])})
     try:
         response = ex.run("reexport", "fn", wire())
-        assert response["error"]["type"] == "TaskNotFound"
+        assert response["error"]["type"] == "TaskNotFoundError"
         assert "imported under another name" in response["error"]["message"]
         response = ex.run("outside_tasks", "fn", wire())
-        assert response["error"]["type"] == "TaskNotFound"
+        assert response["error"]["type"] == "TaskNotFoundError"
     finally:
         ex.close()
 

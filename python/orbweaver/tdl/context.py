@@ -35,7 +35,7 @@ class TaskContext:
 
     @property
     def task_label(self) -> str:
-        """"commit", "cleanup" or "task <index>"."""
+        """ "commit", "cleanup" or "task <index>"."""
         if self.is_commit:
             return "commit"
         if self.is_cleanup:

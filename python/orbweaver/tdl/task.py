@@ -167,12 +167,14 @@ class TaskFunction(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], *, name: str | None, policy: TaskPolicy) -> None:
+        self._qualname: str = getattr(fn, "__qualname__", repr(fn))
+        self._module: str = getattr(fn, "__module__", None) or "?"
+        label = f"task function `{self._module}.{self._qualname}`"
+        self._label = label
+        _check_callable(fn, label)
         functools.update_wrapper(self, fn)
         self.fn: Callable[P, R] = fn
         self.policy = policy
-        label = f"task function `{getattr(fn, '__module__', '?')}.{fn.__qualname__}`"
-        self._label = label
-        _check_callable(fn, label)
         self.takes_context, self.params, self.outputs = _analyse(fn, label)
 
         # Address. A module that cannot be imported by name (an interactive session, a script
@@ -183,7 +185,9 @@ class TaskFunction(Generic[P, R]):
             try:
                 _core.validate_task_name("x", name)
             except _core.InvalidGraphError as exc:
-                raise errors.InvalidArgument(f"{label}: invalid task name {name!r}: {exc}") from None
+                raise errors.InvalidArgument(
+                    f"{label}: invalid task name {name!r}: {exc}"
+                ) from None
         try:
             mod = module_name(fn.__module__)
         except ValueError as exc:
@@ -220,7 +224,7 @@ class TaskFunction(Generic[P, R]):
     def qualified_name(self) -> str:
         """``package.task_func`` (or the Python name when the task has no address)."""
         if self._address is None:
-            return f"{self.__module__}.{self.__qualname__}"
+            return f"{self._module}.{self._qualname}"
         return f"{self._address[0]}.{self._address[1]}"
 
     @functools.cached_property
@@ -228,7 +232,7 @@ class TaskFunction(Generic[P, R]):
         """The directory from which `package` is importable."""
         package = self.package
         top = sys.modules.get(package)
-        if top is None and self.__module__ == "__main__":
+        if top is None and self._module == "__main__":
             top = sys.modules.get("__main__")
         path = getattr(top, "__path__", None)
         if path:
@@ -251,7 +255,7 @@ class TaskFunction(Generic[P, R]):
 
     def __reduce__(self) -> str:
         # Pickle by reference: the module attribute named like the function is this object.
-        return self.__qualname__
+        return self._qualname
 
     def __repr__(self) -> str:
         return f"<orbweaver task {self.qualified_name}>"
@@ -260,11 +264,10 @@ class TaskFunction(Generic[P, R]):
 def _register(fn: TaskFunction[Any, Any]) -> None:
     assert fn._address is not None
     existing = _registry.get(fn._address)
-    if existing is not None and existing.__qualname__ != fn.__qualname__:
+    if existing is not None and existing._qualname != fn._qualname:
         raise errors.InvalidArgument(
             f"task name `{'.'.join(fn._address)}` is used by both "
-            f"`{existing.__module__}.{existing.__qualname__}` and "
-            f"`{fn.__module__}.{fn.__qualname__}`"
+            f"`{existing._module}.{existing._qualname}` and `{fn._module}.{fn._qualname}`"
         )
     _registry[fn._address] = fn  # a re-import (reload, __main__ vs module) replaces the entry
 
@@ -300,8 +303,7 @@ def _analyse(fn: Any, label: str) -> tuple[bool, tuple[TaskParam, ...], tuple[Va
     for i, p in enumerate(sig.parameters.values()):
         if p.kind is p.VAR_POSITIONAL or p.kind is p.VAR_KEYWORD:
             raise TypeError(
-                f"{label}: parameter `{p.name}` is variadic; tasks take a fixed list of "
-                "parameters"
+                f"{label}: parameter `{p.name}` is variadic; tasks take a fixed list of parameters"
             )
         if p.kind is p.KEYWORD_ONLY:
             raise TypeError(

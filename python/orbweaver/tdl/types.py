@@ -25,6 +25,7 @@ so every f64 round-trips bit-exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import operator
@@ -45,7 +46,7 @@ __all__ = [
     "Int16",
     "Int32",
     "Int64",
-    "ValueMismatch",
+    "ValueMismatchError",
     "ValueType",
     "decode_plain",
     "decode_value",
@@ -100,7 +101,7 @@ def describe_value(value: object) -> str:
     return f"{type(value).__qualname__} {_repr.repr(value)}"
 
 
-class ValueMismatch(TypeError, ValueError):
+class ValueMismatchError(TypeError, ValueError):
     """A value does not fit a type (wrong Python type, integer out of range, undecodable payload).
 
     `path` locates the offending part inside the value (e.g. ``.items[2].re``), `expected` is the
@@ -116,14 +117,14 @@ class ValueMismatch(TypeError, ValueError):
         where = f"at {self.path}: " if self.path else ""
         return f"{where}{self.reason}"
 
-    def prefixed(self, step: str) -> ValueMismatch:
+    def prefixed(self, step: str) -> ValueMismatchError:
         self.path = step + self.path
         self.args = (self._text(),)
         return self
 
     @staticmethod
-    def wrong_type(expected: str, value: object) -> ValueMismatch:
-        return ValueMismatch(expected, f"expected {expected}, got {describe_value(value)}")
+    def wrong_type(expected: str, value: object) -> ValueMismatchError:
+        return ValueMismatchError(expected, f"expected {expected}, got {describe_value(value)}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -161,11 +162,11 @@ class ValueType:
         raise NotImplementedError
 
     def encode(self, value: Any) -> bytes:
-        """Check `value` and encode it as one msgpack payload; raises `ValueMismatch`."""
+        """Check `value` and encode it as one msgpack payload; raises `ValueMismatchError`."""
         return bytes(msgpack.packb(self.pack(value), use_bin_type=True))
 
     def decode(self, data: bytes) -> Any:
-        """Decode one msgpack payload into a typed value; raises `ValueMismatch`."""
+        """Decode one msgpack payload into a typed value; raises `ValueMismatchError`."""
         return self.unpack(_unpackb(data, self.name))
 
     def __eq__(self, other: object) -> bool:
@@ -183,7 +184,7 @@ def _unpackb(data: bytes, expected: str) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for malformed data
         detail = str(exc) or type(exc).__name__
-        raise ValueMismatch(
+        raise ValueMismatchError(
             expected, f"cannot decode a msgpack {expected} payload of {len(data)} bytes: {detail}"
         ) from None
 
@@ -210,14 +211,14 @@ class _IntType(ValueType):
     def _check(self, value: Any) -> int:
         if type(value) is not int:
             if isinstance(value, bool):
-                raise ValueMismatch.wrong_type(self.name, value)
+                raise ValueMismatchError.wrong_type(self.name, value)
             try:
                 value = operator.index(value)
             except TypeError:
-                raise ValueMismatch.wrong_type(self.name, value) from None
+                raise ValueMismatchError.wrong_type(self.name, value) from None
         w = self.width
         if not w.min <= value <= w.max:
-            raise ValueMismatch(
+            raise ValueMismatchError(
                 self.name, f"{value} is out of range for {w.name} [{w.min}, {w.max}]"
             )
         return int(value)
@@ -227,7 +228,7 @@ class _IntType(ValueType):
 
     def unpack(self, obj: Any) -> Any:
         if type(obj) is not int:
-            raise ValueMismatch.wrong_type(self.name, obj)
+            raise ValueMismatchError.wrong_type(self.name, obj)
         return self._check(obj)
 
 
@@ -249,17 +250,19 @@ class _FloatType(ValueType):
         if type(value) is float:
             f = value
         elif isinstance(value, bool) or not isinstance(value, (int, float, numbers.Real)):
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         else:
             try:
                 f = float(value)
             except OverflowError:
-                raise ValueMismatch(self.name, f"{value} is out of range for {self.name}") from None
+                raise ValueMismatchError(
+                    self.name, f"{value} is out of range for {self.name}"
+                ) from None
         if self.single:
             try:
                 f = float(_F32.unpack(_F32.pack(f))[0])
             except OverflowError:
-                raise ValueMismatch(self.name, f"{f!r} is out of range for Float32") from None
+                raise ValueMismatchError(self.name, f"{f!r} is out of range for Float32") from None
         return f
 
     def pack(self, value: Any) -> Any:
@@ -270,7 +273,7 @@ class _FloatType(ValueType):
             return obj
         if type(obj) is int:  # another producer may write integral floats as ints
             return self._to_float(obj)
-        raise ValueMismatch.wrong_type(self.name, obj)
+        raise ValueMismatchError.wrong_type(self.name, obj)
 
 
 class _BoolType(ValueType):
@@ -285,10 +288,11 @@ class _BoolType(ValueType):
 
     def pack(self, value: Any) -> Any:
         if type(value) is not bool:
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         return value
 
-    unpack = pack
+    def unpack(self, obj: Any) -> Any:
+        return self.pack(obj)
 
 
 class _BytesType(ValueType):
@@ -309,7 +313,7 @@ class _BytesType(ValueType):
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)
-        raise ValueMismatch.wrong_type(self.name, value)
+        raise ValueMismatchError.wrong_type(self.name, value)
 
     def unpack(self, obj: Any) -> Any:
         if type(obj) is bytes:
@@ -317,7 +321,7 @@ class _BytesType(ValueType):
         # Spider's Rust `Bytes` (Vec<u8>) is written by serde as an array of small ints.
         if type(obj) is list and all(type(b) is int and 0 <= b <= 255 for b in obj):
             return bytes(obj)
-        raise ValueMismatch.wrong_type(self.name, obj)
+        raise ValueMismatchError.wrong_type(self.name, obj)
 
 
 class _StrType(ValueType):
@@ -337,10 +341,11 @@ class _StrType(ValueType):
         if type(value) is not str:
             if isinstance(value, str):
                 return str(value)
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         return value
 
-    unpack = pack
+    def unpack(self, obj: Any) -> Any:
+        return self.pack(obj)
 
 
 class _ListType(ValueType):
@@ -356,24 +361,24 @@ class _ListType(ValueType):
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, (list, tuple)):
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         return self._map(self.item.pack, value)
 
     def unpack(self, obj: Any) -> Any:
         if type(obj) is not list:
-            raise ValueMismatch.wrong_type(self.name, obj)
+            raise ValueMismatchError.wrong_type(self.name, obj)
         return self._map(self.item.unpack, obj)
 
     @staticmethod
     def _map(fn: typing.Callable[[Any], Any], items: Any) -> list[Any]:
         try:
             return [fn(x) for x in items]
-        except ValueMismatch as exc:
+        except ValueMismatchError as exc:
             # Slow path only on error: find the offending index for the message.
             for i, x in enumerate(items):
                 try:
                     fn(x)
-                except ValueMismatch:
+                except ValueMismatchError:
                     raise exc.prefixed(f"[{i}]") from None
             raise
 
@@ -392,12 +397,12 @@ class _MapType(ValueType):
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, Mapping):
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         return self._map(self.key.pack, self.value.pack, value)
 
     def unpack(self, obj: Any) -> Any:
         if type(obj) is not dict:
-            raise ValueMismatch.wrong_type(self.name, obj)
+            raise ValueMismatchError.wrong_type(self.name, obj)
         return self._map(self.key.unpack, self.value.unpack, obj)
 
     @staticmethod
@@ -408,11 +413,11 @@ class _MapType(ValueType):
         for k, v in m.items():
             try:
                 key = kf(k)
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise exc.prefixed(f"<key {_repr.repr(k)}>") from None
             try:
                 out[key] = vf(v)
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise exc.prefixed(f"[{_repr.repr(k)}]") from None
         return out
 
@@ -440,19 +445,19 @@ class _StructType(ValueType):
         elif isinstance(value, Mapping) and set(value) == {n for n, _ in self.fields}:
             items = [value[name] for name, _ in self.fields]
         else:
-            raise ValueMismatch.wrong_type(self.name, value)
+            raise ValueMismatchError.wrong_type(self.name, value)
         out = []
         for (name, ftype), item in zip(self.fields, items, strict=True):
             try:
                 out.append(ftype.pack(item))
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise exc.prefixed(f".{name}") from None
         return out
 
     def unpack(self, obj: Any) -> Any:
         if type(obj) is list:
             if len(obj) != len(self.fields):
-                raise ValueMismatch(
+                raise ValueMismatchError(
                     self.name,
                     f"expected {self.name} with {len(self.fields)} fields, "
                     f"got an array of {len(obj)}",
@@ -461,12 +466,12 @@ class _StructType(ValueType):
         elif type(obj) is dict and set(obj) == {n for n, _ in self.fields}:
             items = [obj[name] for name, _ in self.fields]  # a map-encoded struct (spider-py)
         else:
-            raise ValueMismatch.wrong_type(self.name, obj)
+            raise ValueMismatchError.wrong_type(self.name, obj)
         args = []
         for (name, ftype), item in zip(self.fields, items, strict=True):
             try:
                 args.append(ftype.unpack(item))
-            except ValueMismatch as exc:
+            except ValueMismatchError as exc:
                 raise exc.prefixed(f".{name}") from None
         return self.cls(*args)
 
@@ -513,17 +518,15 @@ def value_type(annotation: Any, where: str = "") -> ValueType:
         return cached
     try:
         vt = _resolve(annotation)
-    except _Unsupported as exc:
+    except _UnsupportedError as exc:
         prefix = f"{where}: " if where else ""
         raise TypeError(f"{prefix}{exc}; {_SUPPORTED}") from None
-    try:
+    with contextlib.suppress(TypeError):  # unhashable annotations are not cached
         _cache[annotation] = vt
-    except TypeError:
-        pass
     return vt
 
 
-class _Unsupported(Exception):
+class _UnsupportedError(Exception):
     pass
 
 
@@ -540,11 +543,11 @@ def _resolve(ann: Any) -> ValueType:
         for m in meta:
             if isinstance(m, _IntWidth):
                 if base is not int:
-                    raise _Unsupported(f"{m.name} must annotate int, not {_show(base)}")
+                    raise _UnsupportedError(f"{m.name} must annotate int, not {_show(base)}")
                 return _IntType(ann, m, m.name)
             if isinstance(m, _FloatWidth):
                 if base is not float:
-                    raise _Unsupported(f"{m.name} must annotate float, not {_show(base)}")
+                    raise _UnsupportedError(f"{m.name} must annotate float, not {_show(base)}")
                 return _FloatType(ann, m.name == "Float32", m.name)
         return _resolve(base)
     if ann is bool:
@@ -560,15 +563,17 @@ def _resolve(ann: Any) -> ValueType:
     if origin is list:
         args = typing.get_args(ann)
         if len(args) != 1:
-            raise _Unsupported(f"unsupported type {_show(ann)} (list needs an item type)")
+            raise _UnsupportedError(f"unsupported type {_show(ann)} (list needs an item type)")
         return _ListType(ann, _resolve(args[0]))
     if origin is dict:
         args = typing.get_args(ann)
         if len(args) != 2:
-            raise _Unsupported(f"unsupported type {_show(ann)} (dict needs key and value types)")
+            raise _UnsupportedError(
+                f"unsupported type {_show(ann)} (dict needs key and value types)"
+            )
         key = _resolve(args[0])
         if key.key_descriptor() is None:
-            raise _Unsupported(
+            raise _UnsupportedError(
                 f"unsupported map key type {_show(args[0])} in {_show(ann)} "
                 "(keys must be an int type, str or bytes)"
             )
@@ -576,8 +581,8 @@ def _resolve(ann: Any) -> ValueType:
     if isinstance(ann, type) and dataclasses.is_dataclass(ann):
         return _struct(ann)
     if ann is list or ann is dict:
-        raise _Unsupported(f"unsupported bare {ann.__name__}: give the item types")
-    raise _Unsupported(f"unsupported type {_show(ann)}")
+        raise _UnsupportedError(f"unsupported bare {ann.__name__}: give the item types")
+    raise _UnsupportedError(f"unsupported type {_show(ann)}")
 
 
 def _struct(cls: type) -> _StructType:
@@ -590,17 +595,21 @@ def _struct(cls: type) -> _StructType:
         try:
             hints = typing.get_type_hints(cls, include_extras=True)
         except Exception as exc:
-            raise _Unsupported(f"cannot resolve the field types of {cls.__qualname__}: {exc}")
+            raise _UnsupportedError(
+                f"cannot resolve the field types of {cls.__qualname__}: {exc}"
+            ) from None
         for f in dataclasses.fields(cls):
             if not f.init:
-                raise _Unsupported(
+                raise _UnsupportedError(
                     f"dataclass {cls.__qualname__} field `{f.name}` has init=False "
                     "(struct fields are passed positionally)"
                 )
             try:
                 st.fields.append((f.name, _resolve(hints[f.name])))
-            except _Unsupported as exc:
-                raise _Unsupported(f"dataclass {cls.__qualname__} field `{f.name}`: {exc}") from None
+            except _UnsupportedError as exc:
+                raise _UnsupportedError(
+                    f"dataclass {cls.__qualname__} field `{f.name}`: {exc}"
+                ) from None
     except BaseException:
         del _structs[cls]
         raise
@@ -620,4 +629,3 @@ def encode_value(annotation: Any, value: Any) -> bytes:
 def decode_value(annotation: Any, data: bytes) -> Any:
     """Decode one msgpack payload as a value of type `annotation`."""
     return value_type(annotation).decode(data)
-

@@ -31,12 +31,12 @@ from typing import IO, Any, Final
 from orbweaver import _core
 from orbweaver.tdl.context import TaskContext
 from orbweaver.tdl.task import TaskFunction, registered_task
-from orbweaver.tdl.types import ValueMismatch, decode_plain, describe_value
+from orbweaver.tdl.types import ValueMismatchError, decode_plain, describe_value
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     FrameReader,
-    FrameTooLarge,
+    FrameTooLargeError,
     ProtocolError,
     encode_frame,
 )
@@ -56,7 +56,7 @@ class ExecutorError(Exception):
     """A failure of the executor itself (not raised by the task); reported by its class name."""
 
 
-class TaskNotFound(ExecutorError):
+class TaskNotFoundError(ExecutorError):
     """The requested task cannot be resolved (bad name, outside the tasks dir, not a task)."""
 
 
@@ -101,10 +101,10 @@ class Executor:
             locations.append(spec.origin)
         locations.extend(spec.submodule_search_locations or ())
         if not locations:
-            raise TaskNotFound(f"module `{name}` has no location inside the tasks directory")
+            raise TaskNotFoundError(f"module `{name}` has no location inside the tasks directory")
         for loc in locations:
             if not self._inside(loc):
-                raise TaskNotFound(
+                raise TaskNotFoundError(
                     f"module `{name}` resolves to {Path(loc).resolve()}, outside the tasks "
                     f"directory {self.tasks_dir}"
                 )
@@ -113,18 +113,20 @@ class Executor:
     def check_names(package: object, task_func: object) -> list[str]:
         """Validate a task address; returns the parts of `task_func`."""
         if not isinstance(package, str) or not isinstance(task_func, str):
-            raise TaskNotFound(
+            raise TaskNotFoundError(
                 f"package and task names must be strings, got {describe_value(package)} and "
                 f"{describe_value(task_func)}"
             )
         try:
             _core.validate_task_name(package, task_func)
         except _core.InvalidGraphError as exc:
-            raise TaskNotFound(f"invalid task address {package!r} / {task_func!r}: {exc}") from None
+            raise TaskNotFoundError(
+                f"invalid task address {package!r} / {task_func!r}: {exc}"
+            ) from None
         parts = task_func.split(".")
         for part in (package, *parts):
             if part.startswith("__"):
-                raise TaskNotFound(
+                raise TaskNotFoundError(
                     f"invalid task address {package!r} / {task_func!r}: "
                     f"`{part}` is a dunder/private name"
                 )
@@ -157,11 +159,13 @@ class Executor:
             return None
         spec = getattr(module, "__spec__", None)
         if spec is None:
-            raise TaskNotFound(f"`{name}` is an already-imported module outside the tasks directory")
+            raise TaskNotFoundError(
+                f"`{name}` is an already-imported module outside the tasks directory"
+            )
         try:
             self._check_locations(name, spec)
-        except TaskNotFound:
-            raise TaskNotFound(
+        except TaskNotFoundError:
+            raise TaskNotFoundError(
                 f"`{name}` names an already-imported module ({spec.origin}), not a module of the "
                 f"tasks directory {self.tasks_dir}"
             ) from None
@@ -176,7 +180,7 @@ class Executor:
         if module is None:
             spec = importlib.machinery.PathFinder.find_spec(package, [str(self.tasks_dir)])
             if spec is None:
-                raise TaskNotFound(
+                raise TaskNotFoundError(
                     f"no module or package `{package}` in the tasks directory {self.tasks_dir}"
                 )
             module = self._load(package, spec)
@@ -198,7 +202,7 @@ class Executor:
         return module
 
     def resolve(self, package: object, task_func: object) -> TaskFunction[Any, Any]:
-        """The registered task at ``(package, task_func)``; raises `TaskNotFound` otherwise."""
+        """The registered task at ``(package, task_func)``; raises `TaskNotFoundError` otherwise."""
         parts = self.check_names(package, task_func)
         assert isinstance(package, str) and isinstance(task_func, str)
         key = (package, task_func)
@@ -216,22 +220,22 @@ class Executor:
                     nxt = self._import_submodule(obj, part)
                 if nxt is None:
                     missing = ".".join([package, *parts[: i + 1]])
-                    raise TaskNotFound(f"{address}: `{missing}` does not exist")
+                    raise TaskNotFoundError(f"{address}: `{missing}` does not exist")
                 obj = nxt
             fn = registered_task(package, task_func)  # the walk may have imported its module
             if fn is None:
                 if isinstance(obj, TaskFunction):
-                    raise TaskNotFound(
+                    raise TaskNotFoundError(
                         f"{address} is the task `{obj.qualified_name}` imported under another "
                         "name; address it by its own package and name"
                     )
-                raise TaskNotFound(
+                raise TaskNotFoundError(
                     f"{address} is not an @orbweaver.task function (it is {_kind(obj)})"
                 )
         defining = sys.modules.get(fn.__module__)
         file = getattr(defining, "__file__", None)
         if not file or not self._inside(file):
-            raise TaskNotFound(f"{address} is defined outside the tasks directory ({file})")
+            raise TaskNotFoundError(f"{address} is defined outside the tasks directory ({file})")
         self._tasks[key] = fn
         return fn
 
@@ -280,7 +284,7 @@ class Executor:
                 else:  # an empty buffer means "no graph inputs"
                     payloads = _core.wire_decode(io) if io else []
                 values = [decode_plain(p) for p in payloads]
-            except (_core.CodecError, ValueMismatch) as exc:
+            except (_core.CodecError, ValueMismatchError) as exc:
                 what = "job outputs" if kind == "commit" else "graph inputs"
                 raise TaskInputError(f"cannot decode the {what} for {name}: {exc}") from None
             if kind == "commit":
@@ -300,7 +304,7 @@ class Executor:
             for pos, (param, data) in enumerate(zip(fn.params, payloads, strict=True)):
                 try:
                     args.append(param.type.decode(data))
-                except ValueMismatch as exc:
+                except ValueMismatchError as exc:
                     raise TaskInputError(
                         f"{name} input {pos} (parameter `{param.name}` of type "
                         f"{param.type.name}): {exc}"
@@ -337,7 +341,7 @@ def encode_result(fn: TaskFunction[Any, Any], result: Any) -> bytes:
     for pos, (vt, value) in enumerate(zip(fn.outputs, values, strict=True)):
         try:
             payloads.append(vt.encode(value))
-        except ValueMismatch as exc:
+        except ValueMismatchError as exc:
             raise TaskOutputError(f"{name} output {pos} (type {vt.name}): {exc}") from None
     return _core.wire_encode(payloads)
 
@@ -477,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def send(message: dict[str, Any]) -> None:
         try:
             frame = encode_frame(message, max_bytes)
-        except FrameTooLarge as exc:
+        except FrameTooLargeError as exc:
             frame = encode_frame(
                 {
                     "id": message.get("id"),

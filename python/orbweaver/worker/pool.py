@@ -38,7 +38,7 @@ from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
     FrameReader,
-    FrameTooLarge,
+    FrameTooLargeError,
     ProtocolError,
     encode_frame,
 )
@@ -129,6 +129,8 @@ class _Slot:
 
     def __init__(self, executor: _Executor | None) -> None:
         self.executor = executor
+
+
 _Message = dict[str, Any] | _Eof | _ReadFailed
 
 
@@ -169,15 +171,21 @@ class _Executor:
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self._threads = [
             threading.Thread(
-                target=self._read_frames, args=(self.proc.stdout,), daemon=True,
+                target=self._read_frames,
+                args=(self.proc.stdout,),
+                daemon=True,
                 name=f"executor-{self.pid}-out",
             ),
             threading.Thread(
-                target=self._read_stderr, args=(self.proc.stderr,), daemon=True,
+                target=self._read_stderr,
+                args=(self.proc.stderr,),
+                daemon=True,
                 name=f"executor-{self.pid}-err",
             ),
             threading.Thread(
-                target=self._write_frames, args=(self.proc.stdin,), daemon=True,
+                target=self._write_frames,
+                args=(self.proc.stdin,),
+                daemon=True,
                 name=f"executor-{self.pid}-in",
             ),
         ]
@@ -402,8 +410,7 @@ class ExecutorPool:
         except queue.Empty:
             ex.kill()
             raise ExecutorPoolError(
-                f"executor {ex.pid} did not start within {self.start_timeout:g} s"
-                + _tail(ex)
+                f"executor {ex.pid} did not start within {self.start_timeout:g} s" + _tail(ex)
             ) from None
         if not isinstance(message, dict) or message.get("op") != "hello":
             if isinstance(message, _Eof):
@@ -581,7 +588,7 @@ class ExecutorPool:
                 results[i] = TaskResult(
                     ResultKind.TASK_ERROR,
                     None,
-                    str(FrameTooLarge(entry_size, self.max_frame_bytes, "task input")),
+                    str(FrameTooLargeError(entry_size, self.max_frame_bytes, "task input")),
                 )
                 return [], pending[pos + 1 :]
             if chunk and size + entry_size > self.max_frame_bytes:
@@ -609,7 +616,7 @@ class ExecutorPool:
             tasks.append({"id": tid, **entry})
         try:
             ex.send({"op": "run", "tasks": tasks})
-        except FrameTooLarge:  # estimate was off; send one by one
+        except FrameTooLargeError:  # estimate was off; send one by one
             if len(chunk) > 1:
                 left = self._run_chunk(slot, requests, chunk[:1], results)
                 return left + [i for i, _ in chunk[1:]]

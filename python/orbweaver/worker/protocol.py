@@ -37,7 +37,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "FrameReader",
-    "FrameTooLarge",
+    "FrameTooLargeError",
     "ProtocolError",
     "decode_body",
     "encode_frame",
@@ -53,7 +53,7 @@ class ProtocolError(Exception):
     """A malformed or truncated frame."""
 
 
-class FrameTooLarge(ProtocolError):
+class FrameTooLargeError(ProtocolError):
     """A frame exceeds the configured maximum size."""
 
     def __init__(self, size: int, limit: int, what: str = "frame") -> None:
@@ -65,10 +65,10 @@ class FrameTooLarge(ProtocolError):
 
 
 def encode_frame(message: dict[str, Any], max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
-    """Header + msgpack body; raises `FrameTooLarge` when the body exceeds `max_bytes`."""
-    body = msgpack.packb(message, use_bin_type=True)
+    """Header + msgpack body; raises `FrameTooLargeError` when the body exceeds `max_bytes`."""
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     if len(body) > max_bytes:
-        raise FrameTooLarge(len(body), max_bytes)
+        raise FrameTooLargeError(len(body), max_bytes)
     return _HEADER.pack(len(body)) + body
 
 
@@ -110,7 +110,7 @@ class FrameReader:
             return None
         (size,) = _HEADER.unpack(header)
         if size > self._max:
-            raise FrameTooLarge(size, self._max)
+            raise FrameTooLargeError(size, self._max)
         body = self._read_exactly(size, at_boundary=False)
         assert body is not None
         return decode_body(body)

@@ -40,7 +40,11 @@ pub struct JobCache {
 impl JobCache {
     /// # Errors
     /// `InvalidRequest` if a capacity is zero.
-    pub fn new(task_capacity: usize, commit_capacity: usize, cleanup_capacity: usize) -> Result<Self> {
+    pub fn new(
+        task_capacity: usize,
+        commit_capacity: usize,
+        cleanup_capacity: usize,
+    ) -> Result<Self> {
         Ok(Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             queue: InboundQueue::new(task_capacity, commit_capacity, cleanup_capacity)?,
@@ -196,7 +200,8 @@ impl JobCache {
         while let Some(&first) = rest.first() {
             let lane = Lane::of(first);
             let n = rest.iter().take_while(|&&t| Lane::of(t) == lane).count();
-            self.queue.offer(lane, job.resource_group(), job.id(), &rest[..n]);
+            self.queue
+                .offer(lane, job.resource_group(), job.id(), &rest[..n]);
             if self.queue.spilled()[lane as usize] > 0 {
                 self.queue.refill(lane, &self.wanted());
             }
@@ -280,7 +285,13 @@ impl JobCache {
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
-                Ok(job) => job.register_many(run.iter().map(|&(_, t)| t), em, now_ms, &self.instances, &mut out),
+                Ok(job) => job.register_many(
+                    run.iter().map(|&(_, t)| t),
+                    em,
+                    now_ms,
+                    &self.instances,
+                    &mut out,
+                ),
                 Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
             }
         }

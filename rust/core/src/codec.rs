@@ -67,9 +67,12 @@ fn read_u32(data: &[u8], at: usize) -> Option<u32> {
 /// Truncated header/payload, a count that cannot fit the buffer, or trailing bytes.
 pub fn wire_decode(data: &[u8]) -> Result<Vec<&[u8]>> {
     let bad = |m: String| CoreError::codec("MalformedWireFrame", m);
-    let count = read_u32(data, 0)
-        .ok_or_else(|| bad(format!("wire frame of {} bytes has no count header", data.len())))?
-        as usize;
+    let count = read_u32(data, 0).ok_or_else(|| {
+        bad(format!(
+            "wire frame of {} bytes has no count header",
+            data.len()
+        ))
+    })? as usize;
     // Every payload needs at least its 4-byte length, so a garbage count cannot make us allocate.
     let max_count = (data.len() - 4) / 4;
     if count > max_count {
@@ -123,7 +126,9 @@ pub fn decompress(data: &[u8], max_size: usize) -> Result<Vec<u8>> {
         .map_err(|e| CoreError::codec("Zstd", format!("zstd: {e}")))?;
     // Read one byte past the limit so "exactly max_size" and "too large" are distinguishable;
     // memory grows with the actual output only, never with the header's claims.
-    let limit = u64::try_from(max_size).unwrap_or(u64::MAX).saturating_add(1);
+    let limit = u64::try_from(max_size)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max_size).min(1 << 20));
     decoder
         .take(limit)
@@ -169,10 +174,16 @@ pub fn decode_outputs(data: &[u8], max_size: usize) -> Result<Vec<Vec<u8>>> {
             "MalformedOutputs",
             "self-describing outputs are empty (no option byte)",
         )),
-        Some((&OPTION_PLAIN, frame)) => Ok(wire_decode(frame)?.into_iter().map(<[u8]>::to_vec).collect()),
+        Some((&OPTION_PLAIN, frame)) => Ok(wire_decode(frame)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect()),
         Some((&OPTION_ZSTD, compressed)) => {
             let frame = decompress(compressed, max_size)?;
-            Ok(wire_decode(&frame)?.into_iter().map(<[u8]>::to_vec).collect())
+            Ok(wire_decode(&frame)?
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect())
         }
         Some((&other, _)) => Err(CoreError::codec(
             "MalformedOutputs",
@@ -191,7 +202,10 @@ mod tests {
         assert_eq!(wire_encode::<&[u8]>(&[]).expect("enc"), vec![0, 0, 0, 0]);
         let f = wire_encode(&[b"ab".as_slice(), b"".as_slice()]).expect("enc");
         assert_eq!(f, vec![2, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
-        assert_eq!(wire_decode(&f).expect("dec"), vec![b"ab".as_slice(), b"".as_slice()]);
+        assert_eq!(
+            wire_decode(&f).expect("dec"),
+            vec![b"ab".as_slice(), b"".as_slice()]
+        );
         assert!(wire_decode(&[0, 0, 0, 0]).expect("empty").is_empty());
     }
 
@@ -256,7 +270,10 @@ mod tests {
         assert!(decompress(&c[..c.len() - 2], 1024).is_err());
         assert_eq!(decompress(&c, 11).expect("exact"), b"hello world");
         assert!(decompress(&c, 10).is_err());
-        assert_eq!(decompress(&compress(b"").expect("c"), 0).expect("empty"), b"");
+        assert_eq!(
+            decompress(&compress(b"").expect("c"), 0).expect("empty"),
+            b""
+        );
     }
 
     proptest! {

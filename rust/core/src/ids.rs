@@ -56,7 +56,12 @@ mod tests {
 
     #[test]
     fn task_id_codes_round_trip() {
-        for id in [TaskId::Index(0), TaskId::Index(u32::MAX), TaskId::Commit, TaskId::Cleanup] {
+        for id in [
+            TaskId::Index(0),
+            TaskId::Index(u32::MAX),
+            TaskId::Commit,
+            TaskId::Cleanup,
+        ] {
             assert_eq!(TaskId::from_code(id.code()), Some(id));
         }
         assert_eq!(TaskId::from_code(-3), None);

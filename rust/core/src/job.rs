@@ -266,7 +266,11 @@ impl Job {
     ///
     /// # Errors
     /// Internal only if the submission is inconsistent (it was validated).
-    pub fn new(id: JobId, resource_group: ResourceGroupId, submission: &Submission) -> Result<Self> {
+    pub fn new(
+        id: JobId,
+        resource_group: ResourceGroupId,
+        submission: &Submission,
+    ) -> Result<Self> {
         Self::fresh(id, resource_group, submission, JobState::Ready)
     }
 
@@ -325,7 +329,9 @@ impl Job {
         let g = &submission.graph;
         let err = |kind, m: String| Err(CoreError::recovery(kind, format!("job {id}: {m}")));
         match state {
-            JobState::Ready | JobState::Running => Self::fresh(id, resource_group, submission, state),
+            JobState::Ready | JobState::Running => {
+                Self::fresh(id, resource_group, submission, state)
+            }
             JobState::CommitReady => {
                 let Some(commit) = g.commit() else {
                     return err(
@@ -358,7 +364,10 @@ impl Job {
                 let job = Self::terminal_shape(id, resource_group, submission, state);
                 {
                     let mut inner = job.inner.write();
-                    inner.commit = Some(TerminationTcb::new(Arc::clone(&commit.context), commit.policy));
+                    inner.commit = Some(TerminationTcb::new(
+                        Arc::clone(&commit.context),
+                        commit.policy,
+                    ));
                     inner.cleanup = g
                         .cleanup()
                         .map(|t| TerminationTcb::new(Arc::clone(&t.context), t.policy));
@@ -377,8 +386,10 @@ impl Job {
                 let job = Self::terminal_shape(id, resource_group, submission, state);
                 {
                     let mut inner = job.inner.write();
-                    inner.cleanup =
-                        Some(TerminationTcb::new(Arc::clone(&cleanup.context), cleanup.policy));
+                    inner.cleanup = Some(TerminationTcb::new(
+                        Arc::clone(&cleanup.context),
+                        cleanup.policy,
+                    ));
                     inner.final_progress.cancelled = job.total_tasks;
                 }
                 Ok(job)
@@ -469,7 +480,10 @@ impl Job {
             (JobState::Succeeded | JobState::CommitReady, Some(o)) => Ok(Arc::clone(o)),
             (s, _) => stale(
                 StaleKind::JobNotSucceeded,
-                format!("job {} is {s}; outputs are only available once it succeeded", self.id),
+                format!(
+                    "job {} is {s}; outputs are only available once it succeeded",
+                    self.id
+                ),
             ),
         }
     }
@@ -477,7 +491,10 @@ impl Job {
     #[must_use]
     pub fn progress(&self) -> Progress {
         let inner = self.inner.read();
-        inner.run.as_ref().map_or(inner.final_progress, Run::progress)
+        inner
+            .run
+            .as_ref()
+            .map_or(inner.final_progress, Run::progress)
     }
 
     fn check_index(&self, t: TaskIndex) -> Result<()> {
@@ -496,8 +513,18 @@ impl Job {
 
     fn termination<'a>(&self, inner: &'a Inner, task: TaskId) -> Result<&'a TerminationTcb> {
         let (tcb, has, kind, name) = match task {
-            TaskId::Commit => (&inner.commit, self.has_commit, "UndefinedCommitTask", "commit"),
-            _ => (&inner.cleanup, self.has_cleanup, "UndefinedCleanupTask", "cleanup"),
+            TaskId::Commit => (
+                &inner.commit,
+                self.has_commit,
+                "UndefinedCommitTask",
+                "commit",
+            ),
+            _ => (
+                &inner.cleanup,
+                self.has_cleanup,
+                "UndefinedCleanupTask",
+                "cleanup",
+            ),
         };
         if !has {
             return Err(CoreError::request(
@@ -631,7 +658,13 @@ impl Job {
                         })?;
                         TaskIo::Encoded(Arc::clone(out))
                     } else {
-                        TaskIo::Frame(inner.graph_inputs.as_deref().map(<[_]>::to_vec).unwrap_or_default())
+                        TaskIo::Frame(
+                            inner
+                                .graph_inputs
+                                .as_deref()
+                                .map(<[_]>::to_vec)
+                                .unwrap_or_default(),
+                        )
                     };
                     (&term.tcb, term.policy, &term.context, Some(io))
                 }
@@ -823,7 +856,9 @@ impl Job {
     ) -> Result<Option<Outcome>> {
         self.guard(inner, task)?;
         let outputs = match report {
-            Report::Failure(message) => return self.fail_in(inner, task, id, message, table, offers),
+            Report::Failure(message) => {
+                return self.fail_in(inner, task, id, message, table, offers)
+            }
             Report::Success(outputs) => outputs,
         };
         let TaskId::Index(t) = task else {
@@ -848,7 +883,10 @@ impl Job {
         let values = codec::wire_decode(outputs).map_err(|e| {
             CoreError::request(
                 "MalformedOutputs",
-                format!("job {} task {t}: outputs are not a valid wire frame: {e}", self.id),
+                format!(
+                    "job {} task {t}: outputs are not a valid wire frame: {e}",
+                    self.id
+                ),
             )
         })?;
         let out_deps = run.graph.task_outputs(t);
@@ -896,7 +934,10 @@ impl Job {
         let (tcb, who) = match task {
             TaskId::Index(t) => {
                 let run = self.run(inner)?;
-                (&run.tcbs[t as usize], format!("task {t} ({})", run.graph.context(t)))
+                (
+                    &run.tcbs[t as usize],
+                    format!("task {t} ({})", run.graph.context(t)),
+                )
             }
             _ => {
                 let term = self.termination(inner, task)?;
@@ -930,7 +971,8 @@ impl Job {
         if self.guard(&inner, task).is_err() {
             return false;
         }
-        self.tcb_of(&inner, task).is_some_and(|t| !t.state().is_terminal() && t.is_live(id))
+        self.tcb_of(&inner, task)
+            .is_some_and(|t| !t.state().is_terminal() && t.is_live(id))
     }
 
     fn tcb_of<'a>(&self, inner: &'a Inner, task: TaskId) -> Option<&'a Tcb> {
@@ -947,8 +989,14 @@ impl Job {
                 .run
                 .as_ref()
                 .map_or(1, |r| r.graph.policy(t).max_num_instances),
-            TaskId::Commit => inner.commit.as_ref().map_or(1, |t| t.policy.max_num_instances),
-            TaskId::Cleanup => inner.cleanup.as_ref().map_or(1, |t| t.policy.max_num_instances),
+            TaskId::Commit => inner
+                .commit
+                .as_ref()
+                .map_or(1, |t| t.policy.max_num_instances),
+            TaskId::Cleanup => inner
+                .cleanup
+                .as_ref()
+                .map_or(1, |t| t.policy.max_num_instances),
         }
     }
 
@@ -956,7 +1004,9 @@ impl Job {
     /// the caller re-offers the task).
     pub fn force_remove(&self, task: TaskId, id: TaskInstanceId, table: &InstanceTable) -> bool {
         let inner = self.inner.read();
-        let removed = self.tcb_of(&inner, task).is_some_and(|t| t.force_remove(id));
+        let removed = self
+            .tcb_of(&inner, task)
+            .is_some_and(|t| t.force_remove(id));
         table.remove(id);
         removed && self.guard(&inner, task).is_ok()
     }
@@ -1048,7 +1098,10 @@ impl Job {
         if inner.state != JobState::Ready {
             return stale(
                 StaleKind::JobAlreadyStarted,
-                format!("job {} was already started (it is {})", self.id, inner.state),
+                format!(
+                    "job {} was already started (it is {})",
+                    self.id, inner.state
+                ),
             );
         }
         let run = self.run(&inner)?;
@@ -1105,7 +1158,10 @@ impl Job {
         match inner.state {
             JobState::Running => {}
             JobState::Ready => {
-                return stale(StaleKind::JobNotStarted, format!("job {} has not been started", self.id))
+                return stale(
+                    StaleKind::JobNotStarted,
+                    format!("job {} has not been started", self.id),
+                )
             }
             s => {
                 return stale(

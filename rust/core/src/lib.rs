@@ -25,12 +25,30 @@ pub mod workloads;
 pub use cache::JobCache;
 pub use error::{CoreError, Result, StaleKind};
 pub use graph::{GraphBuilder, TaskDescriptor, TaskGraph, TaskOutputRef, TdlContext};
+pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 pub use instances::InstanceGcReport;
 pub use job::{ExecutionContext, Job, Outcome, OutcomeKind, Progress, Report, TaskIo};
 pub use queue::{Entry, Lane};
-pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 pub use state::{JobState, TaskState};
 pub use submission::Submission;
 
 /// Immutable, shared payload bytes (msgpack values are opaque to the engine).
 pub type Payload = std::sync::Arc<[u8]>;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn everything_is_send_and_sync() {
+        assert_send_sync::<crate::JobCache>();
+        assert_send_sync::<crate::Job>();
+        assert_send_sync::<crate::queue::InboundQueue>();
+        assert_send_sync::<crate::instances::InstanceTable>();
+        assert_send_sync::<crate::TaskGraph>();
+        assert_send_sync::<crate::Submission>();
+        assert_send_sync::<crate::ExecutionContext>();
+        assert_send_sync::<crate::Outcome>();
+        assert_send_sync::<crate::session::SessionTracker>();
+    }
+}

@@ -101,7 +101,9 @@ mod tests {
         assert_eq!(d.timeout_policy.hard_timeout_ms, 300_000);
         d.validate().expect("default is valid");
         p(1, 100, 101).validate().expect("lower bound");
-        p(1, MAX_TIMEOUT_MS - 1, MAX_TIMEOUT_MS).validate().expect("upper bound");
+        p(1, MAX_TIMEOUT_MS - 1, MAX_TIMEOUT_MS)
+            .validate()
+            .expect("upper bound");
         assert!(p(0, 100, 200).validate().is_err());
         assert!(p(1, 99, 200).validate().is_err());
         assert!(p(1, 100, MAX_TIMEOUT_MS + 1).validate().is_err());

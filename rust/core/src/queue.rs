@@ -175,7 +175,9 @@ impl InboundQueue {
                 while batch.len() < free {
                     let Some(g) = spill.front_mut() else { break };
                     while batch.len() < free {
-                        let Some(task) = g.tasks.pop_front() else { break };
+                        let Some(task) = g.tasks.pop_front() else {
+                            break;
+                        };
                         batch.push(Entry {
                             resource_group: g.resource_group,
                             job: g.job,

@@ -71,7 +71,10 @@ impl SlotWriter {
     /// `Internal` `TaskOutputAlreadyWritten` / `TaskGraphCorrupted`.
     pub fn write(&self, table: &SlotTable, value: Payload) -> Result<()> {
         let cell = table.cells.get(self.0 as usize).ok_or_else(|| {
-            CoreError::internal("TaskGraphCorrupted", format!("slot {} out of range", self.0))
+            CoreError::internal(
+                "TaskGraphCorrupted",
+                format!("slot {} out of range", self.0),
+            )
         })?;
         cell.set(value).map_err(|_| {
             CoreError::internal(
@@ -99,7 +102,10 @@ mod tests {
         let v: Payload = b"value".as_slice().into();
         w[1].write(&t, v.clone()).expect("first write");
         let a = r.read(&t).expect("filled");
-        assert!(std::sync::Arc::ptr_eq(&a, &v), "readers share the value without copying");
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &v),
+            "readers share the value without copying"
+        );
         let e = w[1].write(&t, v).expect_err("second write");
         assert_eq!(e.kind(), "TaskOutputAlreadyWritten");
         assert!(matches!(e, CoreError::Internal { .. }));

@@ -19,7 +19,11 @@ impl Submission {
     /// # Errors
     /// `InvalidGraph` for every rejection rule (graph, inputs frame, empty graph, input count).
     pub fn parse(compressed_graph: &[u8], compressed_inputs: &[u8]) -> Result<Self> {
-        Self::parse_bounded(compressed_graph, compressed_inputs, DEFAULT_MAX_DECOMPRESSED_SIZE)
+        Self::parse_bounded(
+            compressed_graph,
+            compressed_inputs,
+            DEFAULT_MAX_DECOMPRESSED_SIZE,
+        )
     }
 
     /// [`Self::parse`] with an explicit decompression bound.
@@ -38,11 +42,13 @@ impl Submission {
 
     fn decode_inputs(compressed: &[u8], max_size: usize) -> Result<Vec<Payload>> {
         let frame = decompress(compressed, max_size).map_err(|e| {
-            CoreError::graph("MalformedInputs", format!("graph inputs are not valid zstd: {e}"))
+            CoreError::graph(
+                "MalformedInputs",
+                format!("graph inputs are not valid zstd: {e}"),
+            )
         })?;
-        let payloads = wire_decode(&frame).map_err(|e| {
-            CoreError::graph("MalformedInputs", format!("graph inputs: {e}"))
-        })?;
+        let payloads = wire_decode(&frame)
+            .map_err(|e| CoreError::graph("MalformedInputs", format!("graph inputs: {e}")))?;
         Ok(payloads.into_iter().map(Payload::from).collect())
     }
 
@@ -52,7 +58,10 @@ impl Submission {
     /// Empty graph or wrong number of inputs.
     pub fn new(graph: Arc<TaskGraph>, inputs: Vec<Payload>) -> Result<Self> {
         if graph.num_tasks() == 0 {
-            return Err(CoreError::graph("TaskGraphEmpty", "task graph has no tasks"));
+            return Err(CoreError::graph(
+                "TaskGraphEmpty",
+                "task graph has no tasks",
+            ));
         }
         let expected = graph.graph_inputs().len();
         if inputs.len() != expected {
@@ -108,19 +117,35 @@ mod tests {
     #[test]
     fn malformed_inputs_fail() {
         let g = z(ONE_TASK.as_bytes());
-        assert_eq!(Submission::parse(&g, b"junk").expect_err("zstd").kind(), "MalformedInputs");
-        assert_eq!(Submission::parse(&g, &z(&[5, 0])).expect_err("frame").kind(), "MalformedInputs");
         assert_eq!(
-            Submission::parse(&z(b"invalid json"), &z(&[0, 0, 0, 0])).expect_err("json").kind(),
+            Submission::parse(&g, b"junk").expect_err("zstd").kind(),
+            "MalformedInputs"
+        );
+        assert_eq!(
+            Submission::parse(&g, &z(&[5, 0]))
+                .expect_err("frame")
+                .kind(),
+            "MalformedInputs"
+        );
+        assert_eq!(
+            Submission::parse(&z(b"invalid json"), &z(&[0, 0, 0, 0]))
+                .expect_err("json")
+                .kind(),
             "MalformedGraph"
         );
-        assert_eq!(Submission::parse(b"junk", b"junk").expect_err("zstd").kind(), "MalformedGraph");
+        assert_eq!(
+            Submission::parse(b"junk", b"junk")
+                .expect_err("zstd")
+                .kind(),
+            "MalformedGraph"
+        );
     }
 
     #[test]
     fn decompression_is_bounded() {
         let inputs = z(&wire_encode(&[vec![0u8; 1 << 20]]).expect("enc"));
-        let e = Submission::parse_bounded(&z(ONE_TASK.as_bytes()), &inputs, 1 << 16).expect_err("big");
+        let e =
+            Submission::parse_bounded(&z(ONE_TASK.as_bytes()), &inputs, 1 << 16).expect_err("big");
         assert_eq!(e.kind(), "MalformedInputs");
     }
 }

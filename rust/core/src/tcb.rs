@@ -55,7 +55,11 @@ fn set(inner: &mut Inner, to: TaskState) -> Result<()> {
     } else {
         Err(CoreError::internal(
             "InvalidTaskStateTransition",
-            format!("task state {} -> {} is not allowed", inner.state.name(), to.name()),
+            format!(
+                "task state {} -> {} is not allowed",
+                inner.state.name(),
+                to.name()
+            ),
         ))
     }
 }
@@ -130,7 +134,10 @@ impl Tcb {
             )),
             _ if i.live.len() >= max_instances.max(1) as usize => Err(CoreError::stale(
                 StaleKind::TaskInstanceLimitExceeded,
-                format!("task already has {} live instance(s) (limit {max_instances})", i.live.len()),
+                format!(
+                    "task already has {} live instance(s) (limit {max_instances})",
+                    i.live.len()
+                ),
             )),
             _ => {
                 set(&mut i, TaskState::Running)?;

@@ -141,7 +141,10 @@ mod tests {
             DataTypeDescriptor::int(IntType::Int32)
         );
         assert_eq!(rt(r#"{"Value":{"Bytes":{}}}"#), DataTypeDescriptor::bytes());
-        assert_eq!(rt(r#"{"Value":{"Primitive":"Boolean"}}"#), DataTypeDescriptor::boolean());
+        assert_eq!(
+            rt(r#"{"Value":{"Primitive":"Boolean"}}"#),
+            DataTypeDescriptor::boolean()
+        );
         rt(r#"{"Value":{"Primitive":{"Float":"Float64"}}}"#);
         rt(r#"{"SharedValue":{"List":{"Bytes":{}}}}"#);
         rt(r#"{"Value":{"Map":{"key":{"Int":"Int64"},"value":{"Struct":"Point"}}}}"#);
@@ -157,7 +160,12 @@ mod tests {
             ValueType::Primitive(PrimitiveType::Boolean),
             ValueType::Struct(StructName::new("User").expect("name")),
         ];
-        for i in [IntType::Int8, IntType::Int16, IntType::Int32, IntType::Int64] {
+        for i in [
+            IntType::Int8,
+            IntType::Int16,
+            IntType::Int32,
+            IntType::Int64,
+        ] {
             values.push(ValueType::Primitive(PrimitiveType::Int(i)));
             values.push(ValueType::Map {
                 key: MapKeyType::Int(i),
@@ -168,17 +176,29 @@ mod tests {
             values.push(ValueType::Primitive(PrimitiveType::Float(f)));
         }
         for v in values {
-            for d in [DataTypeDescriptor::Value(v.clone()), DataTypeDescriptor::SharedValue(v.clone())] {
-                assert_eq!(DataTypeDescriptor::from_json(&d.to_json()).expect("json"), d);
+            for d in [
+                DataTypeDescriptor::Value(v.clone()),
+                DataTypeDescriptor::SharedValue(v.clone()),
+            ] {
+                assert_eq!(
+                    DataTypeDescriptor::from_json(&d.to_json()).expect("json"),
+                    d
+                );
                 let list = DataTypeDescriptor::Value(ValueType::List(Box::new(v.clone())));
-                assert_eq!(DataTypeDescriptor::from_json(&list.to_json()).expect("json"), list);
+                assert_eq!(
+                    DataTypeDescriptor::from_json(&list.to_json()).expect("json"),
+                    list
+                );
             }
         }
     }
 
     #[test]
     fn string_extension() {
-        assert_eq!(rt(r#"{"Value":{"String":{}}}"#), DataTypeDescriptor::string());
+        assert_eq!(
+            rt(r#"{"Value":{"String":{}}}"#),
+            DataTypeDescriptor::string()
+        );
         rt(r#"{"Value":{"Map":{"key":{"String":{}},"value":{"String":{}}}}}"#);
     }
 

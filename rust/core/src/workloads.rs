@@ -74,7 +74,12 @@ fn finish(b: GraphBuilder, payload_size: usize) -> Submission {
 /// # Panics
 /// Never for sensible sizes (the graph is valid by construction).
 #[must_use]
-pub fn flat(n: usize, payload_size: usize, policy: ExecutionPolicy, termination: bool) -> Submission {
+pub fn flat(
+    n: usize,
+    payload_size: usize,
+    policy: ExecutionPolicy,
+    termination: bool,
+) -> Submission {
     let mut b = GraphBuilder::new();
     let p = (!policy.is_default()).then_some(policy);
     for _ in 0..n {
@@ -82,8 +87,10 @@ pub fn flat(n: usize, payload_size: usize, policy: ExecutionPolicy, termination:
             .unwrap_or_else(|e| panic!("workload: {e}"));
     }
     if termination {
-        b.set_commit("bench", "commit", None).unwrap_or_else(|e| panic!("workload: {e}"));
-        b.set_cleanup("bench", "cleanup", None).unwrap_or_else(|e| panic!("workload: {e}"));
+        b.set_commit("bench", "commit", None)
+            .unwrap_or_else(|e| panic!("workload: {e}"));
+        b.set_cleanup("bench", "cleanup", None)
+            .unwrap_or_else(|e| panic!("workload: {e}"));
     }
     finish(b, payload_size)
 }
@@ -138,7 +145,8 @@ pub fn neural_net(
                     .collect();
                 task("neuron", p, fan_in, 1, Some(sources))
             };
-            b.insert_task(&d).unwrap_or_else(|e| panic!("workload: {e}"));
+            b.insert_task(&d)
+                .unwrap_or_else(|e| panic!("workload: {e}"));
         }
     }
     finish(b, payload_size)

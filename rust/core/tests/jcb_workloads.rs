@@ -56,13 +56,30 @@ fn expected_outputs(s: &Submission) -> Vec<Vec<u8>> {
 #[test]
 fn test_flat_success_without_db() {
     let s = flat(10_000, true);
-    let run = drive(&s, WORKERS, Behaviour::InjectDoubleFailures, CancelPolicy::Never, 1);
+    let run = drive(
+        &s,
+        WORKERS,
+        Behaviour::InjectDoubleFailures,
+        CancelPolicy::Never,
+        1,
+    );
     assert_eq!(run.state, JobState::Succeeded);
     assert_eq!(run.stats.successes.load(Ordering::Relaxed), 10_000);
     assert_eq!(run.stats.succeeded_tasks.lock().len(), 10_000);
-    assert!(run.stats.failures.load(Ordering::Relaxed) > 0, "double failures were injected");
-    assert_eq!(run.stats.commit_runs.load(Ordering::Relaxed), 1, "commit runs once");
-    assert_eq!(run.stats.cleanup_runs.load(Ordering::Relaxed), 0, "cleanup never");
+    assert!(
+        run.stats.failures.load(Ordering::Relaxed) > 0,
+        "double failures were injected"
+    );
+    assert_eq!(
+        run.stats.commit_runs.load(Ordering::Relaxed),
+        1,
+        "commit runs once"
+    );
+    assert_eq!(
+        run.stats.cleanup_runs.load(Ordering::Relaxed),
+        0,
+        "cleanup never"
+    );
     let outputs = decode_outputs(&run.outputs.expect("outputs"), 1 << 30).expect("decode");
     assert_eq!(outputs, expected_outputs(&s));
 }
@@ -70,28 +87,54 @@ fn test_flat_success_without_db() {
 #[test]
 fn test_flat_cancel_without_db() {
     let s = flat(10_000, true);
-    let run = drive(&s, WORKERS, Behaviour::InjectDoubleFailures, CancelPolicy::Immediately, 2);
+    let run = drive(
+        &s,
+        WORKERS,
+        Behaviour::InjectDoubleFailures,
+        CancelPolicy::Immediately,
+        2,
+    );
     assert_eq!(run.state, JobState::Cancelled);
     assert_eq!(run.stats.commit_runs.load(Ordering::Relaxed), 0);
-    assert_eq!(run.stats.cleanup_runs.load(Ordering::Relaxed), 1, "cleanup runs once");
+    assert_eq!(
+        run.stats.cleanup_runs.load(Ordering::Relaxed),
+        1,
+        "cleanup runs once"
+    );
 }
 
 #[test]
 fn test_neural_net_success_without_db() {
     let s = nn();
     assert_eq!(s.graph.num_edges(), 1000 + 9 * 1000 * 25);
-    let run = drive(&s, WORKERS, Behaviour::InjectDoubleFailures, CancelPolicy::Never, 3);
+    let run = drive(
+        &s,
+        WORKERS,
+        Behaviour::InjectDoubleFailures,
+        CancelPolicy::Never,
+        3,
+    );
     assert_eq!(run.state, JobState::Succeeded);
     assert_eq!(run.stats.succeeded_tasks.lock().len(), 10_000);
     assert_eq!(run.stats.commit_runs.load(Ordering::Relaxed), 0);
     assert_eq!(run.stats.cleanup_runs.load(Ordering::Relaxed), 0);
     let outputs = decode_outputs(&run.outputs.expect("outputs"), 1 << 30).expect("decode");
-    assert_eq!(outputs, expected_outputs(&s), "matches the in-process computation");
+    assert_eq!(
+        outputs,
+        expected_outputs(&s),
+        "matches the in-process computation"
+    );
 }
 
 #[test]
 fn test_neural_net_cancel_without_db() {
-    let run = drive(&nn(), WORKERS, Behaviour::InjectDoubleFailures, CancelPolicy::Immediately, 4);
+    let run = drive(
+        &nn(),
+        WORKERS,
+        Behaviour::InjectDoubleFailures,
+        CancelPolicy::Immediately,
+        4,
+    );
     assert_eq!(run.state, JobState::Cancelled);
     assert_eq!(run.stats.commit_runs.load(Ordering::Relaxed), 0);
     assert_eq!(run.stats.cleanup_runs.load(Ordering::Relaxed), 0);
@@ -112,7 +155,13 @@ fn test_concurrent_success_and_cancel_without_db() {
     for seed in 0..20 {
         for termination in [false, true] {
             let s = flat(100, termination);
-            let run = drive(&s, WORKERS, Behaviour::InjectDoubleFailures, CancelPolicy::AfterOneMs, seed);
+            let run = drive(
+                &s,
+                WORKERS,
+                Behaviour::InjectDoubleFailures,
+                CancelPolicy::AfterOneMs,
+                seed,
+            );
             assert!(
                 matches!(run.state, JobState::Succeeded | JobState::Cancelled),
                 "ended {}",

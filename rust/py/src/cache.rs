@@ -9,8 +9,8 @@ use orbweaver_core::cache::{
 };
 use orbweaver_core::graph::TdlContext;
 use orbweaver_core::{
-    CoreError, Entry, ExecutionContext as CoreContext, Lane, Outcome as CoreOutcome,
-    Payload, Report, TaskId, TaskIo,
+    CoreError, Entry, ExecutionContext as CoreContext, Lane, Outcome as CoreOutcome, Payload,
+    Report, TaskId, TaskIo,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -23,9 +23,7 @@ use crate::graph::Submission;
 fn task_id(code: i64) -> Result<TaskId, CoreError> {
     TaskId::from_code(code).ok_or_else(|| CoreError::InvalidRequest {
         kind: "InvalidTaskId",
-        message: format!(
-            "invalid task id {code} (a task index >= 0, TASK_COMMIT or TASK_CLEANUP)"
-        ),
+        message: format!("invalid task id {code} (a task index >= 0, TASK_COMMIT or TASK_CLEANUP)"),
     })
 }
 
@@ -140,7 +138,9 @@ impl Outcome {
             self.kind,
             self.job_id,
             if self.has_commit { "True" } else { "False" },
-            self.message.as_deref().map_or_else(|| "None".to_string(), |m| format!("{m:?}"))
+            self.message
+                .as_deref()
+                .map_or_else(|| "None".to_string(), |m| format!("{m:?}"))
         )
     }
 }
@@ -163,7 +163,10 @@ impl InstanceGcReport {
         format!(
             "InstanceGcReport(removed_terminal={}, removed_dead={}, requeued_dead={}, \
              requeued_soft_timeout={})",
-            self.removed_terminal, self.removed_dead, self.requeued_dead, self.requeued_soft_timeout
+            self.removed_terminal,
+            self.removed_dead,
+            self.requeued_dead,
+            self.requeued_soft_timeout
         )
     }
 }
@@ -194,7 +197,11 @@ impl JobCache {
         signature = (*, task_capacity = DEFAULT_TASK_CAPACITY, commit_capacity = DEFAULT_COMMIT_CAPACITY, cleanup_capacity = DEFAULT_CLEANUP_CAPACITY),
         text_signature = "(*, task_capacity=65536, commit_capacity=1024, cleanup_capacity=1024)"
     )]
-    fn new(task_capacity: usize, commit_capacity: usize, cleanup_capacity: usize) -> PyResult<Self> {
+    fn new(
+        task_capacity: usize,
+        commit_capacity: usize,
+        cleanup_capacity: usize,
+    ) -> PyResult<Self> {
         Ok(Self {
             inner: CoreCache::new(task_capacity, commit_capacity, cleanup_capacity).py()?,
         })
@@ -212,9 +219,16 @@ impl JobCache {
         self.inner.job_ids()
     }
 
-    fn insert(&self, py: Python<'_>, job_id: u64, resource_group_id: u64, submission: &Submission) -> PyResult<()> {
+    fn insert(
+        &self,
+        py: Python<'_>,
+        job_id: u64,
+        resource_group_id: u64,
+        submission: &Submission,
+    ) -> PyResult<()> {
         let s = &submission.inner;
-        py.detach(|| self.inner.insert(job_id, resource_group_id, s)).py()
+        py.detach(|| self.inner.insert(job_id, resource_group_id, s))
+            .py()
     }
 
     #[pyo3(signature = (job_id, resource_group_id, submission, state, outputs))]
@@ -229,8 +243,11 @@ impl JobCache {
     ) -> PyResult<()> {
         let state = job_state(state)?;
         let s = &submission.inner;
-        py.detach(|| self.inner.recover(job_id, resource_group_id, s, state, outputs))
-            .py()
+        py.detach(|| {
+            self.inner
+                .recover(job_id, resource_group_id, s, state, outputs)
+        })
+        .py()
     }
 
     fn state(&self, job_id: u64) -> PyResult<u8> {
@@ -260,14 +277,26 @@ impl JobCache {
 
     fn progress(&self, py: Python<'_>, job_id: u64) -> PyResult<(u32, u32, u32, u32, u32, u32)> {
         let p = py.detach(|| self.inner.progress(job_id)).py()?;
-        Ok((p.pending, p.ready, p.running, p.succeeded, p.failed, p.cancelled))
+        Ok((
+            p.pending,
+            p.ready,
+            p.running,
+            p.succeeded,
+            p.failed,
+            p.cancelled,
+        ))
     }
 
     fn total_tasks(&self, job_id: u64) -> PyResult<u32> {
         Ok(self.inner.get(job_id).py()?.total_tasks())
     }
 
-    fn explain(&self, py: Python<'_>, job_id: u64, limit: usize) -> PyResult<Vec<(i64, &'static str, String)>> {
+    fn explain(
+        &self,
+        py: Python<'_>,
+        job_id: u64,
+        limit: usize,
+    ) -> PyResult<Vec<(i64, &'static str, String)>> {
         let job = self.inner.get(job_id).py()?;
         let items = py.detach(|| job.explain(limit));
         Ok(items
@@ -286,7 +315,10 @@ impl JobCache {
     }
 
     fn complete(&self, py: Python<'_>, job_id: u64, now_ms: u64) -> PyResult<u8> {
-        Ok(py.detach(|| self.inner.complete(job_id, now_ms)).py()?.code())
+        Ok(py
+            .detach(|| self.inner.complete(job_id, now_ms))
+            .py()?
+            .code())
     }
 
     fn cancel(&self, py: Python<'_>, job_id: u64, now_ms: u64) -> PyResult<u8> {
@@ -294,7 +326,8 @@ impl JobCache {
     }
 
     fn fail(&self, py: Python<'_>, job_id: u64, message: &str, now_ms: u64) -> PyResult<()> {
-        py.detach(|| self.inner.fail(job_id, message, now_ms)).py()?;
+        py.detach(|| self.inner.fail(job_id, message, now_ms))
+            .py()?;
         Ok(())
     }
 
@@ -302,7 +335,14 @@ impl JobCache {
         Ok(py.detach(|| self.inner.finish(job_id, now_ms)).py()?.code())
     }
 
-    fn register(&self, py: Python<'_>, job_id: u64, task_id: i64, em_id: u64, now_ms: u64) -> PyResult<ExecutionContext> {
+    fn register(
+        &self,
+        py: Python<'_>,
+        job_id: u64,
+        task_id: i64,
+        em_id: u64,
+        now_ms: u64,
+    ) -> PyResult<ExecutionContext> {
         let task = py_task_id(task_id)?;
         let ctx = py
             .detach(|| self.inner.register(job_id, task, em_id, now_ms))
@@ -322,7 +362,10 @@ impl JobCache {
             .map(|&(j, t)| task_id(t).map(|t| (j, t)))
             .collect();
         let results = py.detach(|| {
-            let valid: Vec<(u64, TaskId)> = parsed.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+            let valid: Vec<(u64, TaskId)> = parsed
+                .iter()
+                .filter_map(|r| r.as_ref().ok().copied())
+                .collect();
             let mut done = self.inner.register_batch(&valid, em_id, now_ms).into_iter();
             parsed
                 .iter()
@@ -357,7 +400,10 @@ impl JobCache {
     ) -> PyResult<Option<Outcome>> {
         let task = py_task_id(task_id)?;
         let o = py
-            .detach(|| self.inner.report_success(job_id, task, instance_id, outputs))
+            .detach(|| {
+                self.inner
+                    .report_success(job_id, task, instance_id, outputs)
+            })
             .py()?;
         Ok(o.map(Outcome::from))
     }
@@ -372,12 +418,19 @@ impl JobCache {
     ) -> PyResult<Option<Outcome>> {
         let task = py_task_id(task_id)?;
         let o = py
-            .detach(|| self.inner.report_failure(job_id, task, instance_id, message))
+            .detach(|| {
+                self.inner
+                    .report_failure(job_id, task, instance_id, message)
+            })
             .py()?;
         Ok(o.map(Outcome::from))
     }
 
-    fn report_batch<'py>(&self, py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn report_batch<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         // Extract everything first (type errors raise before anything changes), keeping the
         // Python objects alive so their buffers can be borrowed without the GIL.
         let mut keep: Vec<Bound<'py, PyAny>> = Vec::new();
@@ -385,14 +438,20 @@ impl JobCache {
         for item in items.try_iter()? {
             let item = item?;
             let t = item.cast::<PyTuple>().map_err(|_| {
-                PyTypeError::new_err("report_batch items must be (job_id, task_id, instance_id, bytes | str) tuples")
+                PyTypeError::new_err(
+                    "report_batch items must be (job_id, task_id, instance_id, bytes | str) tuples",
+                )
             })?;
             if t.len() != 4 {
                 return Err(PyTypeError::new_err(
                     "report_batch items must be 4-tuples (job_id, task_id, instance_id, bytes | str)",
                 ));
             }
-            raw.push((t.get_item(0)?.extract()?, t.get_item(1)?.extract()?, t.get_item(2)?.extract()?));
+            raw.push((
+                t.get_item(0)?.extract()?,
+                t.get_item(1)?.extract()?,
+                t.get_item(2)?.extract()?,
+            ));
             let p = t.get_item(3)?;
             if !(p.is_instance_of::<PyBytes>() || p.is_instance_of::<PyString>()) {
                 return Err(PyTypeError::new_err(format!(
@@ -464,9 +523,18 @@ impl JobCache {
         self.inner.live_instances()
     }
 
-    fn poll(&self, py: Python<'_>, lane: i64, max_items: usize, wait_ms: u64) -> PyResult<Vec<EntryTuple>> {
+    fn poll(
+        &self,
+        py: Python<'_>,
+        lane: i64,
+        max_items: usize,
+        wait_ms: u64,
+    ) -> PyResult<Vec<EntryTuple>> {
         let lane = self::lane(lane)?;
-        let got = py.detach(|| self.inner.poll(lane, max_items, Duration::from_millis(wait_ms)));
+        let got = py.detach(|| {
+            self.inner
+                .poll(lane, max_items, Duration::from_millis(wait_ms))
+        });
         Ok(entries(got))
     }
 
@@ -480,8 +548,10 @@ impl JobCache {
         wait_ms: u64,
     ) -> (Vec<EntryTuple>, Vec<EntryTuple>, Vec<EntryTuple>) {
         let [a, b, c] = py.detach(|| {
-            self.inner
-                .poll_all([max_tasks, max_commit, max_cleanup], Duration::from_millis(wait_ms))
+            self.inner.poll_all(
+                [max_tasks, max_commit, max_cleanup],
+                Duration::from_millis(wait_ms),
+            )
         });
         (entries(a), entries(b), entries(c))
     }
@@ -510,7 +580,10 @@ impl JobCache {
     }
 
     fn __repr__(&self) -> String {
-        format!("JobCache(jobs={}, live_instances={})", self.inner.len(), self.inner.live_instances())
+        format!(
+            "JobCache(jobs={}, live_instances={})",
+            self.inner.len(),
+            self.inner.live_instances()
+        )
     }
 }
-

@@ -31,7 +31,10 @@ fn list_of_bytes<'py>(py: Python<'py>, items: &[&[u8]]) -> PyResult<Bound<'py, P
 }
 
 #[pyfunction]
-pub fn wire_encode<'py>(py: Python<'py>, payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+pub fn wire_encode<'py>(
+    py: Python<'py>,
+    payloads: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let items = bytes_items(payloads)?;
     let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
     let frame = codec::wire_encode(&slices).py()?;
@@ -45,7 +48,10 @@ pub fn wire_decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyL
 }
 
 #[pyfunction]
-pub fn encode_outputs<'py>(py: Python<'py>, payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+pub fn encode_outputs<'py>(
+    py: Python<'py>,
+    payloads: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let items = bytes_items(payloads)?;
     let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
     let out = py.detach(|| codec::encode_outputs(&slices)).py()?;
@@ -54,7 +60,11 @@ pub fn encode_outputs<'py>(py: Python<'py>, payloads: &Bound<'py, PyAny>) -> PyR
 
 #[pyfunction]
 #[pyo3(signature = (data, max_size = codec::DEFAULT_MAX_DECOMPRESSED_SIZE))]
-pub fn decode_outputs<'py>(py: Python<'py>, data: &[u8], max_size: usize) -> PyResult<Bound<'py, PyList>> {
+pub fn decode_outputs<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    max_size: usize,
+) -> PyResult<Bound<'py, PyList>> {
     let parts = py.detach(|| codec::decode_outputs(data, max_size)).py()?;
     PyList::new(py, parts.iter().map(|b| PyBytes::new(py, b)))
 }
@@ -67,7 +77,11 @@ pub fn compress<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyByte
 
 #[pyfunction]
 #[pyo3(signature = (data, max_size = codec::DEFAULT_MAX_DECOMPRESSED_SIZE))]
-pub fn decompress<'py>(py: Python<'py>, data: &[u8], max_size: usize) -> PyResult<Bound<'py, PyBytes>> {
+pub fn decompress<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    max_size: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
     let out = py.detach(|| codec::decompress(data, max_size)).py()?;
     Ok(PyBytes::new(py, &out))
 }
@@ -79,7 +93,10 @@ pub fn job_state(code: i64) -> PyResult<JobState> {
 
 #[pyfunction]
 pub fn is_valid_transition(from_state: i64, to_state: i64) -> PyResult<bool> {
-    Ok(JobState::is_valid_transition(job_state(from_state)?, job_state(to_state)?))
+    Ok(JobState::is_valid_transition(
+        job_state(from_state)?,
+        job_state(to_state)?,
+    ))
 }
 
 #[pyfunction]

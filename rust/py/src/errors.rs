@@ -21,12 +21,7 @@ pub struct ErrorTypes {
 
 static TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
 
-fn make(
-    py: Python<'_>,
-    name: &str,
-    bases: &[Bound<'_, PyAny>],
-    doc: &str,
-) -> PyResult<Py<PyType>> {
+fn make(py: Python<'_>, name: &str, bases: &[Bound<'_, PyAny>], doc: &str) -> PyResult<Py<PyType>> {
     let dict = PyDict::new(py);
     dict.set_item("__module__", "orbweaver._core")?;
     dict.set_item("__doc__", doc)?;

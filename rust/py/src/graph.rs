@@ -27,7 +27,9 @@ impl TaskGraph {
             let b = b.as_bytes();
             py.detach(|| CoreGraph::from_json(b))
         } else {
-            return Err(PyTypeError::new_err("TaskGraph.from_json expects str or bytes"));
+            return Err(PyTypeError::new_err(
+                "TaskGraph.from_json expects str or bytes",
+            ));
         };
         Ok(Self {
             inner: Arc::new(g.py()?),

@@ -179,3 +179,17 @@ dense_relu = _named("dense_relu", 0)
 dense_sigmoid = _named("dense_sigmoid", 1)
 dense_identity = _named("dense_identity", 2)
 LAYER_TASKS = [dense_relu, dense_sigmoid, dense_identity]
+
+
+@ow.task(retries=3)
+def sturdy_inc(x: int) -> int:
+    """A slow increment that tolerates a few crashes of its executor."""
+    time.sleep(0.03)
+    return x + 1
+
+
+@ow.task
+def slow_publish(ctx: ow.TaskContext) -> None:
+    """A commit task slow enough to be interrupted."""
+    time.sleep(1.0)
+    publish(ctx)

@@ -20,7 +20,10 @@ fn job_cache_insert_and_get() {
     let c = cache();
     c.insert(1, 7, &one_task()).expect("insert");
     let j = c.get(1).expect("get");
-    assert_eq!((j.id(), j.resource_group(), j.state()), (1, 7, JobState::Ready));
+    assert_eq!(
+        (j.id(), j.resource_group(), j.state()),
+        (1, 7, JobState::Ready)
+    );
     assert!(c.contains(1));
     assert_eq!(c.len(), 1);
     assert_eq!(c.job_ids(), vec![1]);
@@ -54,8 +57,19 @@ fn job_cache_insert_duplicate_returns_error() {
     let c = cache();
     c.insert(1, 1, &one_task()).expect("insert");
     let e = c.insert(1, 1, &one_task()).expect_err("duplicate");
-    assert!(matches!(e, CoreError::Internal { kind: "JobAlreadyExists", .. }), "{e:?}");
-    let e = c.recover(1, 1, &one_task(), JobState::Running, None).expect_err("duplicate");
+    assert!(
+        matches!(
+            e,
+            CoreError::Internal {
+                kind: "JobAlreadyExists",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = c
+        .recover(1, 1, &one_task(), JobState::Running, None)
+        .expect_err("duplicate");
     assert_eq!(e.kind(), "JobAlreadyExists");
 }
 
@@ -92,7 +106,14 @@ fn job_cache_resend_ready_tasks_sends_for_running_job() {
     assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO).len(), 1);
     assert_eq!(c.resend_ready(), 1);
     let got = c.poll(Lane::Task, 10, Duration::ZERO);
-    assert_eq!(got, vec![Entry { resource_group: 3, job: 1, task: TaskId::Index(0) }]);
+    assert_eq!(
+        got,
+        vec![Entry {
+            resource_group: 3,
+            job: 1,
+            task: TaskId::Index(0)
+        }]
+    );
     // A task with a live instance is not resent.
     c.register(1, TaskId::Index(0), 1, 0).expect("register");
     assert_eq!(c.resend_ready(), 0);
@@ -103,13 +124,29 @@ fn resend_for_commit_and_cleanup_ready() {
     let c = cache();
     let s = workloads::flat(2, 4, ExecutionPolicy::default(), true);
     let out = crate::codec::encode_outputs(&[b"a".as_slice(), b"b"]).expect("enc");
-    c.recover(1, 1, &s, JobState::CommitReady, Some(&out)).expect("recover");
-    c.recover(2, 1, &s, JobState::CleanupReady, None).expect("recover");
+    c.recover(1, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    c.recover(2, 1, &s, JobState::CleanupReady, None)
+        .expect("recover");
     assert_eq!(c.resend_ready(), 2);
     let [t, cm, cl] = c.poll_all([10, 10, 10], Duration::ZERO);
     assert!(t.is_empty());
-    assert_eq!(cm, vec![Entry { resource_group: 1, job: 1, task: TaskId::Commit }]);
-    assert_eq!(cl, vec![Entry { resource_group: 1, job: 2, task: TaskId::Cleanup }]);
+    assert_eq!(
+        cm,
+        vec![Entry {
+            resource_group: 1,
+            job: 1,
+            task: TaskId::Commit
+        }]
+    );
+    assert_eq!(
+        cl,
+        vec![Entry {
+            resource_group: 1,
+            job: 2,
+            task: TaskId::Cleanup
+        }]
+    );
 }
 
 fn terminated(c: &JobCache, id: JobId, now_ms: u64) {
@@ -121,7 +158,10 @@ fn terminated(c: &JobCache, id: JobId, now_ms: u64) {
 fn gc_cycle_keeps_jobs_until_retention_expires() {
     let c = cache();
     terminated(&c, 1, 1_000);
-    assert!(c.evict_terminated(10_000, 10_000).is_empty(), "9 s < 10 s retention");
+    assert!(
+        c.evict_terminated(10_000, 10_000).is_empty(),
+        "9 s < 10 s retention"
+    );
     assert!(c.contains(1));
 }
 
@@ -170,8 +210,13 @@ fn gc_removes_all_terminated_tasks() {
     // Mark terminal behind the table's back: the table still has the entries.
     for (t, ctx) in ctxs.iter().enumerate() {
         let job = c.get(1).expect("job");
-        job.report_success(TaskId::Index(t as u32), ctx.instance_id, &wire_encode(&[b"x"]).expect("f"), &InstanceTable::new())
-            .expect("success");
+        job.report_success(
+            TaskId::Index(t as u32),
+            ctx.instance_id,
+            &wire_encode(&[b"x"]).expect("f"),
+            &InstanceTable::new(),
+        )
+        .expect("success");
     }
     assert_eq!(c.live_instances(), 10);
     let r = c.gc_instances(0, &[]);
@@ -194,7 +239,11 @@ fn gc_re_enqueues_all_soft_timed_out_tasks_and_keeps_them() {
     let r = c.gc_instances(soft, &[]);
     assert_eq!(r.requeued_soft_timeout, 10);
     assert_eq!(c.live_instances(), 10, "kept");
-    assert!(c.instances().snapshot().iter().all(|(_, e)| e.soft_timeout_handled));
+    assert!(c
+        .instances()
+        .snapshot()
+        .iter()
+        .all(|(_, e)| e.soft_timeout_handled));
     assert_eq!(c.queue().depths()[0], 10);
     let r = c.gc_instances(soft * 2, &[]);
     assert_eq!(r.requeued_soft_timeout, 0, "at most once per instance");
@@ -243,7 +292,10 @@ fn gc_removes_terminated_tasks_for_dead_em_without_re_enqueue() {
         );
     }
     let r = c.gc_instances(0, &[5]);
-    assert_eq!((r.removed_terminal, r.removed_dead, r.requeued_dead), (3, 0, 0));
+    assert_eq!(
+        (r.removed_terminal, r.removed_dead, r.requeued_dead),
+        (3, 0, 0)
+    );
     assert_eq!(c.queue().depths(), [0, 0, 0]);
 }
 
@@ -262,16 +314,26 @@ fn gc_comprehensive() {
     let job = c.get(1).expect("job");
     let side = InstanceTable::new();
     let out = wire_encode(&[b"x"]).expect("f");
-    job.report_success(TaskId::Index(0), a.instance_id, &out, &side).expect("ok");
-    job.report_success(TaskId::Index(3), d.instance_id, &out, &side).expect("ok");
+    job.report_success(TaskId::Index(0), a.instance_id, &out, &side)
+        .expect("ok");
+    job.report_success(TaskId::Index(3), d.instance_id, &out, &side)
+        .expect("ok");
     let r = c.gc_instances(soft, &[2]);
     assert_eq!(r.removed_terminal, 2);
     assert_eq!((r.removed_dead, r.requeued_dead), (1, 1));
     assert_eq!(r.requeued_soft_timeout, 1);
-    let left: std::collections::HashSet<u64> =
-        c.instances().snapshot().into_iter().map(|(id, _)| id).collect();
+    let left: std::collections::HashSet<u64> = c
+        .instances()
+        .snapshot()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(left, [b.instance_id, h.instance_id].into_iter().collect());
-    let offered: Vec<TaskId> = c.poll(Lane::Task, 10, Duration::ZERO).into_iter().map(|e| e.task).collect();
+    let offered: Vec<TaskId> = c
+        .poll(Lane::Task, 10, Duration::ZERO)
+        .into_iter()
+        .map(|e| e.task)
+        .collect();
     assert_eq!(offered.len(), 2);
     assert!(offered.contains(&TaskId::Index(1)) && offered.contains(&TaskId::Index(4)));
     let _ = e;
@@ -307,8 +369,15 @@ fn spilled_entries_of_a_cancelled_job_are_skipped() {
         }
         got.extend(batch);
     }
-    assert_eq!(got.iter().filter(|e| e.job == 1).count(), 10, "every entry of job 1 exactly once");
-    assert!(got.iter().filter(|e| e.job == 2).count() <= 2, "parked entries of the cancelled job skipped");
+    assert_eq!(
+        got.iter().filter(|e| e.job == 1).count(),
+        10,
+        "every entry of job 1 exactly once"
+    );
+    assert!(
+        got.iter().filter(|e| e.job == 2).count() <= 2,
+        "parked entries of the cancelled job skipped"
+    );
 }
 
 #[test]
@@ -316,13 +385,21 @@ fn batches_report_per_item_errors() {
     let c = cache();
     running(&c, 1, 3, 1);
     let regs = c.register_batch(
-        &[(1, TaskId::Index(0)), (1, TaskId::Index(1)), (9, TaskId::Index(0)), (1, TaskId::Index(0))],
+        &[
+            (1, TaskId::Index(0)),
+            (1, TaskId::Index(1)),
+            (9, TaskId::Index(0)),
+            (1, TaskId::Index(0)),
+        ],
         1,
         0,
     );
     assert!(regs[0].is_ok() && regs[1].is_ok());
     assert_eq!(regs[2].as_ref().expect_err("missing").kind(), "JobNotFound");
-    assert_eq!(regs[3].as_ref().expect_err("limit").stale_kind(), Some(StaleKind::TaskInstanceLimitExceeded));
+    assert_eq!(
+        regs[3].as_ref().expect_err("limit").stale_kind(),
+        Some(StaleKind::TaskInstanceLimitExceeded)
+    );
     let f = wire_encode(&[b"x"]).expect("f");
     let i0 = regs[0].as_ref().expect("ok").instance_id;
     let i1 = regs[1].as_ref().expect("ok").instance_id;
@@ -334,5 +411,8 @@ fn batches_report_per_item_errors() {
     assert!(matches!(reps[0], Ok(None)));
     let o = reps[1].as_ref().expect("ok").as_ref().expect("outcome");
     assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
-    assert_eq!(reps[2].as_ref().expect_err("stale").stale_kind(), Some(StaleKind::InvalidTaskInstanceId));
+    assert_eq!(
+        reps[2].as_ref().expect_err("stale").stale_kind(),
+        Some(StaleKind::InvalidTaskInstanceId)
+    );
 }

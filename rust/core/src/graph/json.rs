@@ -66,7 +66,10 @@ pub(super) fn parse(data: &[u8]) -> Result<TaskGraph> {
     let version = semver::Version::parse(&doc.schema_version).map_err(|e| {
         CoreError::graph(
             "InvalidSchemaVersion",
-            format!("schema_version {:?} is not a semantic version: {e}", doc.schema_version),
+            format!(
+                "schema_version {:?} is not a semantic version: {e}",
+                doc.schema_version
+            ),
         )
     })?;
     let req = semver::VersionReq::parse(SCHEMA_VERSION_REQ)
@@ -86,10 +89,18 @@ pub(super) fn parse(data: &[u8]) -> Result<TaskGraph> {
     let cleanup: Option<TerminationDoc> = serde_json::from_str(doc.cleanup_task.get())
         .map_err(|e| malformed(format!("cleanup_task: {e}")))?;
     if let Some(c) = commit {
-        b.set_commit(&c.tdl_context.package, &c.tdl_context.task_func, c.execution_policy)?;
+        b.set_commit(
+            &c.tdl_context.package,
+            &c.tdl_context.task_func,
+            c.execution_policy,
+        )?;
     }
     if let Some(c) = cleanup {
-        b.set_cleanup(&c.tdl_context.package, &c.tdl_context.task_func, c.execution_policy)?;
+        b.set_cleanup(
+            &c.tdl_context.package,
+            &c.tdl_context.task_func,
+            c.execution_policy,
+        )?;
     }
 
     let tasks: Vec<&RawValue> =

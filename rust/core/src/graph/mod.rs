@@ -134,7 +134,10 @@ impl TaskGraph {
     /// `InvalidGraph` (zstd failures are reported as invalid graphs, rule 1 of spec 2.3).
     pub fn from_compressed(data: &[u8], max_size: usize) -> Result<Self> {
         let json = crate::codec::decompress(data, max_size).map_err(|e| {
-            CoreError::graph("MalformedGraph", format!("task graph is not valid zstd: {e}"))
+            CoreError::graph(
+                "MalformedGraph",
+                format!("task graph is not valid zstd: {e}"),
+            )
         })?;
         Self::from_json(&json)
     }
@@ -178,7 +181,11 @@ impl TaskGraph {
     #[must_use]
     pub fn task_inputs(&self, t: TaskIndex) -> &[DepIndex] {
         self.task(t).map_or(&[], |e| {
-            csr(&self.inputs, e.inputs_start, self.next_task(t).map(|n| n.inputs_start))
+            csr(
+                &self.inputs,
+                e.inputs_start,
+                self.next_task(t).map(|n| n.inputs_start),
+            )
         })
     }
 
@@ -187,7 +194,9 @@ impl TaskGraph {
     #[must_use]
     pub fn task_inputs_span(&self, t: TaskIndex) -> Range<usize> {
         self.task(t).map_or(0..0, |e| {
-            let end = self.next_task(t).map_or(self.inputs.len(), |n| n.inputs_start as usize);
+            let end = self
+                .next_task(t)
+                .map_or(self.inputs.len(), |n| n.inputs_start as usize);
             e.inputs_start as usize..end
         })
     }
@@ -209,7 +218,11 @@ impl TaskGraph {
     #[must_use]
     pub fn parents(&self, t: TaskIndex) -> &[TaskIndex] {
         self.task(t).map_or(&[], |e| {
-            csr(&self.parents, e.parents_start, self.next_task(t).map(|n| n.parents_start))
+            csr(
+                &self.parents,
+                e.parents_start,
+                self.next_task(t).map(|n| n.parents_start),
+            )
         })
     }
 
@@ -244,7 +257,9 @@ impl TaskGraph {
 
     #[must_use]
     pub fn dep_type(&self, d: DepIndex) -> Option<&DataTypeDescriptor> {
-        self.deps.get(d as usize).map(|dep| &self.types[dep.ty as usize])
+        self.deps
+            .get(d as usize)
+            .map(|dep| &self.types[dep.ty as usize])
     }
 
     /// `(task, output position)` producing dependency `d`; `None` for graph inputs.
@@ -370,7 +385,10 @@ pub struct GraphBuilder {
 }
 
 fn too_large(what: &str) -> CoreError {
-    CoreError::graph("TaskGraphTooLarge", format!("task graph has too many {what}"))
+    CoreError::graph(
+        "TaskGraphTooLarge",
+        format!("task graph has too many {what}"),
+    )
 }
 
 fn intern<K: Eq + std::hash::Hash + Clone>(
@@ -406,14 +424,24 @@ impl GraphBuilder {
 
     /// # Errors
     /// Invalid policy or task name.
-    pub fn set_commit(&mut self, package: &str, task_func: &str, policy: Option<ExecutionPolicy>) -> Result<()> {
+    pub fn set_commit(
+        &mut self,
+        package: &str,
+        task_func: &str,
+        policy: Option<ExecutionPolicy>,
+    ) -> Result<()> {
         self.g.commit = Some(Self::termination("commit", package, task_func, policy)?);
         Ok(())
     }
 
     /// # Errors
     /// Invalid policy or task name.
-    pub fn set_cleanup(&mut self, package: &str, task_func: &str, policy: Option<ExecutionPolicy>) -> Result<()> {
+    pub fn set_cleanup(
+        &mut self,
+        package: &str,
+        task_func: &str,
+        policy: Option<ExecutionPolicy>,
+    ) -> Result<()> {
         self.g.cleanup = Some(Self::termination("cleanup", package, task_func, policy)?);
         Ok(())
     }
@@ -431,9 +459,8 @@ impl GraphBuilder {
                 format!("{which} task ({package}.{task_func}): invalid execution policy: {m}"),
             )
         })?;
-        validate_task_name(package, task_func).map_err(|e| {
-            CoreError::graph("InvalidTaskName", format!("{which} task: {e}"))
-        })?;
+        validate_task_name(package, task_func)
+            .map_err(|e| CoreError::graph("InvalidTaskName", format!("{which} task: {e}")))?;
         Ok(TerminationTask {
             context: Arc::new(TdlContext::new(package, task_func)),
             policy,
@@ -509,12 +536,19 @@ impl GraphBuilder {
             parents.dedup();
         }
         let policy = desc.policy.unwrap_or_default();
-        policy
-            .validate()
-            .map_err(|m| bad("InvalidExecutionPolicy", format!("invalid execution policy: {m}")))?;
+        policy.validate().map_err(|m| {
+            bad(
+                "InvalidExecutionPolicy",
+                format!("invalid execution policy: {m}"),
+            )
+        })?;
         validate_task_name(&desc.package, &desc.task_func)
             .map_err(|e| CoreError::graph("InvalidTaskName", format!("task {t}: {e}")))?;
-        let fresh_inputs = if desc.input_sources.is_none() { desc.inputs.len() } else { 0 };
+        let fresh_inputs = if desc.input_sources.is_none() {
+            desc.inputs.len()
+        } else {
+            0
+        };
         let new_deps = g.deps.len() + fresh_inputs + desc.outputs.len();
         if new_deps >= NO_SOURCE as usize
             || g.inputs.len() + desc.inputs.len() > u32::MAX as usize

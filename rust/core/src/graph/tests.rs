@@ -38,12 +38,32 @@ fn ten_task_graph() -> TaskGraph {
     let tasks = [
         td("t0", vec![bytes(), i32t()], vec![bytes(), i64t()], None),
         td("t1", vec![bytes()], vec![bytes()], None),
-        td("t2", vec![bytes(), bytes()], vec![bytes()], Some(vec![src(0, 0), src(1, 0)])),
-        td("t3", vec![i64t(), bytes()], vec![i64t()], Some(vec![src(0, 1), src(0, 0)])),
-        td("t4", vec![bytes(), bytes()], vec![bytes(), bytes()], Some(vec![src(2, 0), src(2, 0)])),
+        td(
+            "t2",
+            vec![bytes(), bytes()],
+            vec![bytes()],
+            Some(vec![src(0, 0), src(1, 0)]),
+        ),
+        td(
+            "t3",
+            vec![i64t(), bytes()],
+            vec![i64t()],
+            Some(vec![src(0, 1), src(0, 0)]),
+        ),
+        td(
+            "t4",
+            vec![bytes(), bytes()],
+            vec![bytes(), bytes()],
+            Some(vec![src(2, 0), src(2, 0)]),
+        ),
         td("t5", vec![], vec![], None),
         td("t6", vec![bytes()], vec![i64t()], Some(vec![src(2, 0)])),
-        td("t7", vec![i64t(), i64t()], vec![], Some(vec![src(3, 0), src(6, 0)])),
+        td(
+            "t7",
+            vec![i64t(), i64t()],
+            vec![],
+            Some(vec![src(3, 0), src(6, 0)]),
+        ),
         td("t8", vec![bytes()], vec![bytes()], Some(vec![src(4, 0)])),
         td("t9", vec![i32t()], vec![bytes()], None),
     ];
@@ -67,7 +87,10 @@ fn test_task_graph_construction() {
     assert_eq!(g.task_inputs(3), &[3, 2], "swapped input order");
     assert_eq!(g.task_inputs(4), &[6, 6], "same output used twice");
     assert_eq!(g.task_outputs(4), 8..10);
-    assert!(g.task_inputs(5).is_empty() && g.task_outputs(5).is_empty(), "no I/O");
+    assert!(
+        g.task_inputs(5).is_empty() && g.task_outputs(5).is_empty(),
+        "no I/O"
+    );
     assert_eq!(g.task_inputs(6), &[6], "fan-out of t2");
     assert_eq!(g.task_inputs(7), &[7, 10]);
     assert_eq!(g.task_inputs(8), &[8]);
@@ -77,12 +100,34 @@ fn test_task_graph_construction() {
     let parents: Vec<&[u32]> = (0..10).map(|t| g.parents(t)).collect();
     assert_eq!(
         parents,
-        vec![&[][..], &[], &[0, 1], &[0], &[2], &[], &[2], &[3, 6], &[4], &[]]
+        vec![
+            &[][..],
+            &[],
+            &[0, 1],
+            &[0],
+            &[2],
+            &[],
+            &[2],
+            &[3, 6],
+            &[4],
+            &[]
+        ]
     );
     let children: Vec<&[u32]> = (0..10).map(|t| g.children(t)).collect();
     assert_eq!(
         children,
-        vec![&[2, 3][..], &[2], &[4, 6], &[7], &[8], &[], &[7], &[], &[], &[]]
+        vec![
+            &[2, 3][..],
+            &[2],
+            &[4, 6],
+            &[7],
+            &[8],
+            &[],
+            &[7],
+            &[],
+            &[],
+            &[]
+        ]
     );
     for t in [0, 1, 5, 9] {
         assert!(g.is_input_task(t));
@@ -97,7 +142,11 @@ fn test_task_graph_construction() {
     assert_eq!(g.dep_type(1), Some(&i32t()));
     assert_eq!(g.dangling_outputs(), vec![9, 11, 13]);
     assert_eq!(g.graph_inputs(), &[0, 1, 4, 12]);
-    assert_eq!(g.graph_outputs(), &[11, 13], "outputs of childless tasks only");
+    assert_eq!(
+        g.graph_outputs(),
+        &[11, 13],
+        "outputs of childless tasks only"
+    );
     assert_eq!(g.contexts().len(), 10);
 
     // JSON round trip keeps every structural detail.
@@ -122,7 +171,10 @@ fn base() -> GraphBuilder {
 #[test]
 fn test_insert_task_mismatched_input_source_count() {
     let mut b = base();
-    let e = rejected(&mut b, &td("f", vec![bytes(), bytes()], vec![], Some(vec![src(0, 0)])));
+    let e = rejected(
+        &mut b,
+        &td("f", vec![bytes(), bytes()], vec![], Some(vec![src(0, 0)])),
+    );
     assert_eq!(e.kind(), "InvalidTaskInputs");
     assert!(e.to_string().contains("task 1 (pkg.f)"), "{e}");
 }
@@ -139,10 +191,24 @@ fn test_invalid_task_input_source_for_zero_input() {
 #[test]
 fn test_insert_task_type_mismatch() {
     let mut b = base();
-    let e = rejected(&mut b, &td("f", vec![bytes(), bytes()], vec![], Some(vec![src(0, 0), src(0, 1)])));
-    assert!(e.to_string().starts_with("task 1 (pkg.f): input 1: type"), "{e}");
+    let e = rejected(
+        &mut b,
+        &td(
+            "f",
+            vec![bytes(), bytes()],
+            vec![],
+            Some(vec![src(0, 0), src(0, 1)]),
+        ),
+    );
+    assert!(
+        e.to_string().starts_with("task 1 (pkg.f): input 1: type"),
+        "{e}"
+    );
     let shared = DataTypeDescriptor::SharedValue(crate::types::ValueType::Bytes {});
-    let e = rejected(&mut b, &td("f", vec![shared], vec![], Some(vec![src(0, 0)])));
+    let e = rejected(
+        &mut b,
+        &td("f", vec![shared], vec![], Some(vec![src(0, 0)])),
+    );
     assert_eq!(e.kind(), "InvalidTaskInputs", "Value vs SharedValue differ");
 }
 
@@ -151,18 +217,42 @@ fn test_insert_task_invalid_task_index() {
     let mut b = base();
     b.insert_task(&td("b", vec![], vec![], None)).expect("b");
     b.insert_task(&td("c", vec![], vec![], None)).expect("c");
-    b.insert_task(&td("fn", vec![bytes()], vec![], Some(vec![src(0, 0)]))).expect("d");
-    let e = rejected(&mut b, &td("fn", vec![bytes(), bytes()], vec![], Some(vec![src(0, 0), src(7, 0)])));
-    assert_eq!(e.to_string(), "task 4 (pkg.fn): input 1: source task 7 does not exist yet");
-    let e = rejected(&mut b, &td("fn", vec![bytes()], vec![], Some(vec![src(4, 0)])));
-    assert!(e.to_string().contains("source task 4 does not exist yet"), "self reference: {e}");
+    b.insert_task(&td("fn", vec![bytes()], vec![], Some(vec![src(0, 0)])))
+        .expect("d");
+    let e = rejected(
+        &mut b,
+        &td(
+            "fn",
+            vec![bytes(), bytes()],
+            vec![],
+            Some(vec![src(0, 0), src(7, 0)]),
+        ),
+    );
+    assert_eq!(
+        e.to_string(),
+        "task 4 (pkg.fn): input 1: source task 7 does not exist yet"
+    );
+    let e = rejected(
+        &mut b,
+        &td("fn", vec![bytes()], vec![], Some(vec![src(4, 0)])),
+    );
+    assert!(
+        e.to_string().contains("source task 4 does not exist yet"),
+        "self reference: {e}"
+    );
 }
 
 #[test]
 fn test_insert_task_invalid_output_position() {
     let mut b = base();
-    let e = rejected(&mut b, &td("f", vec![bytes()], vec![], Some(vec![src(0, 2)])));
-    assert_eq!(e.to_string(), "task 1 (pkg.f): input 0: source task 0 has no output 2 (it has 2)");
+    let e = rejected(
+        &mut b,
+        &td("f", vec![bytes()], vec![], Some(vec![src(0, 2)])),
+    );
+    assert_eq!(
+        e.to_string(),
+        "task 1 (pkg.f): input 0: source task 0 has no output 2 (it has 2)"
+    );
 }
 
 fn policy(instances: u32, soft: u64, hard: u64) -> ExecutionPolicy {
@@ -179,19 +269,37 @@ fn policy(instances: u32, soft: u64, hard: u64) -> ExecutionPolicy {
 #[test]
 fn test_new_invalid_termination_task_execution_policy() {
     let mut b = base();
-    let e = b.set_commit("pkg", "c", Some(policy(0, 1000, 2000))).expect_err("instances");
+    let e = b
+        .set_commit("pkg", "c", Some(policy(0, 1000, 2000)))
+        .expect_err("instances");
     assert_eq!(e.kind(), "InvalidExecutionPolicy");
     assert!(e.to_string().starts_with("commit task"), "{e}");
-    assert!(b.set_cleanup("pkg", "c", Some(policy(0, 1000, 2000))).is_err());
+    assert!(b
+        .set_cleanup("pkg", "c", Some(policy(0, 1000, 2000)))
+        .is_err());
     assert!(b.partial().commit().is_none() && b.partial().cleanup().is_none());
 }
 
 #[test]
 fn test_new_invalid_termination_task_timeout_policy() {
     let mut b = base();
-    for p in [policy(1, 99, 2000), policy(1, 1000, 1000), policy(1, 1000, 86_400_001)] {
-        assert_eq!(b.set_commit("pkg", "c", Some(p)).expect_err("timeout").kind(), "InvalidExecutionPolicy");
-        assert_eq!(b.set_cleanup("pkg", "c", Some(p)).expect_err("timeout").kind(), "InvalidExecutionPolicy");
+    for p in [
+        policy(1, 99, 2000),
+        policy(1, 1000, 1000),
+        policy(1, 1000, 86_400_001),
+    ] {
+        assert_eq!(
+            b.set_commit("pkg", "c", Some(p))
+                .expect_err("timeout")
+                .kind(),
+            "InvalidExecutionPolicy"
+        );
+        assert_eq!(
+            b.set_cleanup("pkg", "c", Some(p))
+                .expect_err("timeout")
+                .kind(),
+            "InvalidExecutionPolicy"
+        );
     }
 }
 
@@ -206,7 +314,11 @@ fn test_insert_task_invalid_execution_policy() {
 #[test]
 fn test_insert_task_invalid_timeout_policy() {
     let mut b = base();
-    for p in [policy(1, 50, 2000), policy(1, 3000, 2000), policy(1, 1000, u64::MAX)] {
+    for p in [
+        policy(1, 50, 2000),
+        policy(1, 3000, 2000),
+        policy(1, 1000, u64::MAX),
+    ] {
         let mut t = td("f", vec![bytes()], vec![], Some(vec![src(0, 0)]));
         t.policy = Some(p);
         assert_eq!(rejected(&mut b, &t).kind(), "InvalidExecutionPolicy");
@@ -240,7 +352,10 @@ fn test_serde_example() {
     let json = g.to_json();
     assert_eq!(TaskGraph::from_json(json.as_bytes()).expect("json"), g);
     let z = g.to_compressed().expect("zstd");
-    assert_eq!(TaskGraph::from_compressed(&z, 1 << 20).expect("zstd-json"), g);
+    assert_eq!(
+        TaskGraph::from_compressed(&z, 1 << 20).expect("zstd-json"),
+        g
+    );
     // Default policies are not serialized; non-default ones are.
     let v: serde_json::Value = serde_json::from_str(&json).expect("value");
     assert!(v["tasks"][0].get("execution_policy").is_none());
@@ -279,7 +394,10 @@ fn test_incompatible_schema_version() {
 fn test_schema_version_check_priority() {
     // Tasks are garbage, but the version is checked first.
     let doc = r#"{"schema_version":"9.0.0","tasks":[{"bogus":1}],"commit_task":{"x":1},"cleanup_task":null}"#;
-    assert_eq!(TaskGraph::from_json(doc.as_bytes()).expect_err("v").kind(), "IncompatibleSchemaVersion");
+    assert_eq!(
+        TaskGraph::from_json(doc.as_bytes()).expect_err("v").kind(),
+        "IncompatibleSchemaVersion"
+    );
 }
 
 #[test]
@@ -313,18 +431,31 @@ fn test_missing_fields() {
     }
     // input_sources and execution_policy may be omitted.
     let mut w = v.clone();
-    w["tasks"][0].as_object_mut().expect("obj").remove("input_sources");
-    w["tasks"][1].as_object_mut().expect("obj").remove("execution_policy");
+    w["tasks"][0]
+        .as_object_mut()
+        .expect("obj")
+        .remove("input_sources");
+    w["tasks"][1]
+        .as_object_mut()
+        .expect("obj")
+        .remove("execution_policy");
     TaskGraph::from_json(w.to_string().as_bytes()).expect("optional fields");
     // A policy object needs both counts.
     let mut w = v.clone();
-    w["tasks"][1]["execution_policy"].as_object_mut().expect("obj").remove("max_num_retry");
+    w["tasks"][1]["execution_policy"]
+        .as_object_mut()
+        .expect("obj")
+        .remove("max_num_retry");
     assert!(TaskGraph::from_json(w.to_string().as_bytes()).is_err());
 }
 
 #[test]
 fn test_duplicate_and_unknown_fields() {
-    let dup = EXAMPLE.replacen("\"cleanup_task\"", "\"commit_task\": null, \"cleanup_task\"", 1);
+    let dup = EXAMPLE.replacen(
+        "\"cleanup_task\"",
+        "\"commit_task\": null, \"cleanup_task\"",
+        1,
+    );
     let e = TaskGraph::from_json(dup.as_bytes()).expect_err("dup");
     assert!(e.to_string().contains("duplicate"), "{e}");
     let mut v: serde_json::Value = serde_json::from_str(EXAMPLE).expect("json");
@@ -339,11 +470,22 @@ fn test_duplicate_and_unknown_fields() {
 #[test]
 fn test_malformed_inputs() {
     for bad in [&b""[..], b"{", b"[]", b"null", b"\xff\xfe"] {
-        assert_eq!(TaskGraph::from_json(bad).expect_err("bad").kind(), "MalformedGraph");
+        assert_eq!(
+            TaskGraph::from_json(bad).expect_err("bad").kind(),
+            "MalformedGraph"
+        );
     }
-    assert_eq!(TaskGraph::from_compressed(b"nope", 1024).expect_err("zstd").kind(), "MalformedGraph");
+    assert_eq!(
+        TaskGraph::from_compressed(b"nope", 1024)
+            .expect_err("zstd")
+            .kind(),
+        "MalformedGraph"
+    );
     let z = crate::codec::compress(EXAMPLE.as_bytes()).expect("z");
-    assert!(TaskGraph::from_compressed(&z, 64).is_err(), "bounded decompression");
+    assert!(
+        TaskGraph::from_compressed(&z, 64).is_err(),
+        "bounded decompression"
+    );
 }
 
 #[test]
@@ -353,7 +495,12 @@ fn test_names_validated_when_parsing() {
     assert_eq!(e.kind(), "InvalidTaskName");
     assert!(e.to_string().starts_with("task 0:"), "{e}");
     let bad = EXAMPLE.replace("\"publish\"", "\"a..b\"");
-    assert_eq!(TaskGraph::from_json(bad.as_bytes()).expect_err("name").kind(), "InvalidTaskName");
+    assert_eq!(
+        TaskGraph::from_json(bad.as_bytes())
+            .expect_err("name")
+            .kind(),
+        "InvalidTaskName"
+    );
 }
 
 #[test]
@@ -369,9 +516,14 @@ fn test_string_type_extension_in_graphs() {
 fn interning_keeps_graph_small() {
     let mut b = GraphBuilder::new();
     for _ in 0..1000 {
-        b.insert_task(&td("same", vec![bytes()], vec![bytes()], None)).expect("task");
+        b.insert_task(&td("same", vec![bytes()], vec![bytes()], None))
+            .expect("task");
     }
     let g = b.build();
     assert_eq!(g.contexts().len(), 1);
-    assert!(g.heap_size() / 1000 < 100, "{} bytes per task", g.heap_size() / 1000);
+    assert!(
+        g.heap_size() / 1000 < 100,
+        "{} bytes per task",
+        g.heap_size() / 1000
+    );
 }

@@ -33,8 +33,15 @@ fn stale_kind<T: std::fmt::Debug>(r: Result<T>) -> StaleKind {
 }
 
 /// Run task `t` with `f(inputs) -> outputs`; returns the report.
-fn run_task(job: &Job, table: &InstanceTable, t: u32, f: impl Fn(&[Vec<u8>]) -> Vec<u8>) -> (Vec<Vec<u8>>, Reported) {
-    let ctx = job.register(TaskId::Index(t), 1, 0, table).expect("register");
+fn run_task(
+    job: &Job,
+    table: &InstanceTable,
+    t: u32,
+    f: impl Fn(&[Vec<u8>]) -> Vec<u8>,
+) -> (Vec<Vec<u8>>, Reported) {
+    let ctx = job
+        .register(TaskId::Index(t), 1, 0, table)
+        .expect("register");
     let inputs = inputs_of(&ctx);
     let out = f(&inputs);
     let r = job
@@ -50,7 +57,11 @@ fn diamond_sequential_execution() {
     let x = s.inputs[0].to_vec();
     let (seen_a, r) = run_task(&job, &table, 0, |i| xor(&i[0], 0x01));
     assert_eq!(seen_a, vec![x.clone()]);
-    assert_eq!(r.offers, vec![TaskId::Index(1), TaskId::Index(2)], "A makes B and C ready");
+    assert_eq!(
+        r.offers,
+        vec![TaskId::Index(1), TaskId::Index(2)],
+        "A makes B and C ready"
+    );
     let a = xor(&x, 0x01);
     let (seen_b, r) = run_task(&job, &table, 1, |i| xor(&i[0], 0x02));
     assert_eq!(seen_b, vec![a.clone()]);
@@ -69,7 +80,8 @@ fn diamond_sequential_execution() {
     let o = r.outcome.expect("last task completes the job");
     assert_eq!(o.kind, OutcomeKind::JobCompleted);
     let expected: Vec<u8> = b.iter().zip(&c).map(|(p, q)| p ^ q).collect();
-    let outputs = decode_outputs(&o.outputs.expect("outputs"), DEFAULT_MAX_DECOMPRESSED_SIZE).expect("decode");
+    let outputs = decode_outputs(&o.outputs.expect("outputs"), DEFAULT_MAX_DECOMPRESSED_SIZE)
+        .expect("decode");
     assert_eq!(outputs, vec![expected]);
     assert!(table.is_empty(), "every reported instance left the table");
 }
@@ -88,7 +100,8 @@ fn diamond_concurrent_bc_execution() {
         let handles: Vec<_> = [(1u32, ctx_b, 0x02u8), (2, ctx_c, 0x04)]
             .into_iter()
             .map(|(t, ctx, k)| {
-                let (job, table, barrier) = (Arc::clone(&job), Arc::clone(&table), Arc::clone(&barrier));
+                let (job, table, barrier) =
+                    (Arc::clone(&job), Arc::clone(&table), Arc::clone(&barrier));
                 std::thread::spawn(move || {
                     let out = xor(&inputs_of(&ctx)[0], k);
                     barrier.wait();
@@ -97,16 +110,25 @@ fn diamond_concurrent_bc_execution() {
                 })
             })
             .collect();
-        let reports: Vec<Reported> = handles.into_iter().map(|h| h.join().expect("join")).collect();
+        let reports: Vec<Reported> = handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
         let ready: Vec<_> = reports.iter().filter(|r| !r.offers.is_empty()).collect();
         assert_eq!(ready.len(), 1, "exactly one of B/C observes D ready");
         assert_eq!(ready[0].offers, vec![TaskId::Index(3)]);
-        let (seen_d, r) = run_task(&job, &table, 3, |i| i[0].iter().zip(&i[1]).map(|(p, q)| p ^ q).collect());
+        let (seen_d, r) = run_task(&job, &table, 3, |i| {
+            i[0].iter().zip(&i[1]).map(|(p, q)| p ^ q).collect()
+        });
         let x = xor(&s.inputs[0], 0x01);
         assert_eq!(seen_d, vec![xor(&x, 0x02), xor(&x, 0x04)]);
         let o = r.outcome.expect("completed");
         let out = decode_outputs(&o.outputs.expect("outputs"), 1 << 20).expect("decode");
-        let expected: Vec<u8> = xor(&x, 0x02).iter().zip(&xor(&x, 0x04)).map(|(p, q)| p ^ q).collect();
+        let expected: Vec<u8> = xor(&x, 0x02)
+            .iter()
+            .zip(&xor(&x, 0x04))
+            .map(|(p, q)| p ^ q)
+            .collect();
         assert_eq!(out, vec![expected]);
     }
 }
@@ -115,12 +137,19 @@ fn diamond_concurrent_bc_execution() {
 fn invalid_requests_change_nothing() {
     let s = workloads::diamond(None);
     let (job, table) = started(&s);
-    let ctx = job.register(TaskId::Index(0), 1, 0, &table).expect("register");
+    let ctx = job
+        .register(TaskId::Index(0), 1, 0, &table)
+        .expect("register");
     let before = (job.progress(), table.len());
     let bad = [
         job.report_success(TaskId::Index(9), ctx.instance_id, &frame(&[b"x"]), &table),
         job.report_success(TaskId::Index(0), ctx.instance_id, &frame(&[]), &table),
-        job.report_success(TaskId::Index(0), ctx.instance_id, &frame(&[b"x", b"y"]), &table),
+        job.report_success(
+            TaskId::Index(0),
+            ctx.instance_id,
+            &frame(&[b"x", b"y"]),
+            &table,
+        ),
         job.report_success(TaskId::Index(0), ctx.instance_id, b"\x05\x00", &table),
         job.report_failure(TaskId::Index(4), ctx.instance_id, "boom", &table),
         job.report_success(TaskId::Commit, ctx.instance_id, b"", &table),
@@ -140,7 +169,10 @@ fn invalid_requests_change_nothing() {
 fn register_pending_task_is_stale() {
     let s = workloads::diamond(None);
     let (job, table) = started(&s);
-    assert_eq!(stale_kind(job.register(TaskId::Index(3), 1, 0, &table)), StaleKind::TaskNotReady);
+    assert_eq!(
+        stale_kind(job.register(TaskId::Index(3), 1, 0, &table)),
+        StaleKind::TaskNotReady
+    );
 }
 
 #[test]
@@ -148,12 +180,20 @@ fn register_before_start_and_after_end_is_stale() {
     let s = workloads::diamond(None);
     let job = Job::new(1, 1, &s).expect("job");
     let table = InstanceTable::new();
-    assert_eq!(stale_kind(job.register(TaskId::Index(0), 1, 0, &table)), StaleKind::JobNotStarted);
+    assert_eq!(
+        stale_kind(job.register(TaskId::Index(0), 1, 0, &table)),
+        StaleKind::JobNotStarted
+    );
     job.start().expect("start");
     job.cancel(1, &table).expect("cancel");
-    assert_eq!(stale_kind(job.register(TaskId::Index(0), 1, 0, &table)), StaleKind::JobNoLongerRunning);
     assert_eq!(
-        job.register(TaskId::Commit, 1, 0, &table).expect_err("no commit").kind(),
+        stale_kind(job.register(TaskId::Index(0), 1, 0, &table)),
+        StaleKind::JobNoLongerRunning
+    );
+    assert_eq!(
+        job.register(TaskId::Commit, 1, 0, &table)
+            .expect_err("no commit")
+            .kind(),
         "UndefinedCommitTask"
     );
 }
@@ -181,7 +221,9 @@ fn flat(n: usize, termination: bool, retry: u32) -> Submission {
 fn succeed_all(job: &Job, table: &InstanceTable) -> Option<Outcome> {
     let mut last = None;
     for t in 0..job.total_tasks() {
-        let ctx = job.register(TaskId::Index(t), 1, 0, table).expect("register");
+        let ctx = job
+            .register(TaskId::Index(t), 1, 0, table)
+            .expect("register");
         let r = job
             .report_success(TaskId::Index(t), ctx.instance_id, &frame(&[b"o"]), table)
             .expect("success");
@@ -198,7 +240,11 @@ fn completion_with_commit_then_finish() {
     let (job, table) = started(&s);
     let o = succeed_all(&job, &table).expect("completed");
     assert!(o.has_commit);
-    assert_eq!(job.state(), JobState::Running, "two-phase: nothing changes before complete()");
+    assert_eq!(
+        job.state(),
+        JobState::Running,
+        "two-phase: nothing changes before complete()"
+    );
     let t = job.complete(10, &table).expect("complete");
     assert_eq!(t.state, JobState::CommitReady);
     assert_eq!(t.offers, vec![TaskId::Commit]);
@@ -206,13 +252,33 @@ fn completion_with_commit_then_finish() {
     assert_eq!(job.progress().succeeded, 3);
     let outputs = job.outputs().expect("commit-ready outputs");
     let ctx = job.register(TaskId::Commit, 1, 0, &table).expect("commit");
-    assert_eq!(&ctx.task_io.to_vec()[..], &outputs[..], "commit receives the job outputs");
-    assert_eq!(stale_kind(job.register(TaskId::Index(0), 1, 0, &table)), StaleKind::JobNoLongerRunning);
-    let r = job.report_success(TaskId::Commit, ctx.instance_id, b"ignored", &table).expect("ok");
-    assert_eq!(r.outcome.expect("outcome").kind, OutcomeKind::CommitSucceeded);
-    assert_eq!(job.finish(20, &table).expect("finish").state, JobState::Succeeded);
+    assert_eq!(
+        &ctx.task_io.to_vec()[..],
+        &outputs[..],
+        "commit receives the job outputs"
+    );
+    assert_eq!(
+        stale_kind(job.register(TaskId::Index(0), 1, 0, &table)),
+        StaleKind::JobNoLongerRunning
+    );
+    let r = job
+        .report_success(TaskId::Commit, ctx.instance_id, b"ignored", &table)
+        .expect("ok");
+    assert_eq!(
+        r.outcome.expect("outcome").kind,
+        OutcomeKind::CommitSucceeded
+    );
+    assert_eq!(
+        job.finish(20, &table).expect("finish").state,
+        JobState::Succeeded
+    );
     assert_eq!(job.terminal_at_ms(), Some(20));
-    assert_eq!(decode_outputs(&job.outputs().expect("outputs"), 1 << 20).expect("d").len(), 3);
+    assert_eq!(
+        decode_outputs(&job.outputs().expect("outputs"), 1 << 20)
+            .expect("d")
+            .len(),
+        3
+    );
     assert!(table.is_empty());
 }
 
@@ -230,8 +296,14 @@ fn cancel_racing_with_completion_is_consistent() {
     let s = flat(2, true, 0);
     let (job, table) = started(&s);
     assert!(succeed_all(&job, &table).is_some());
-    assert_eq!(job.cancel(5, &table).expect("cancel").state, JobState::CleanupReady);
-    assert_eq!(stale_kind(job.complete(6, &table)), StaleKind::JobNoLongerRunning);
+    assert_eq!(
+        job.cancel(5, &table).expect("cancel").state,
+        JobState::CleanupReady
+    );
+    assert_eq!(
+        stale_kind(job.complete(6, &table)),
+        StaleKind::JobNoLongerRunning
+    );
 }
 
 #[test]
@@ -243,34 +315,61 @@ fn cancel_semantics() {
     let t = job.cancel(1, &table).expect("cancel ready");
     assert_eq!((t.state, t.offers), (JobState::Cancelled, vec![]));
     assert_eq!(job.progress().cancelled, 2);
-    assert_eq!(stale_kind(job.cancel(2, &table)), StaleKind::JobAlreadyCancelled);
+    assert_eq!(
+        stale_kind(job.cancel(2, &table)),
+        StaleKind::JobAlreadyCancelled
+    );
     assert_eq!(stale_kind(job.start()), StaleKind::JobAlreadyStarted);
 
     // Running with cleanup -> CleanupReady, cleanup offered, receives the graph inputs.
     let (job, table) = started(&s);
-    let live = job.register(TaskId::Index(0), 1, 0, &table).expect("register");
+    let live = job
+        .register(TaskId::Index(0), 1, 0, &table)
+        .expect("register");
     let t = job.cancel(1, &table).expect("cancel");
-    assert_eq!((t.state, t.offers), (JobState::CleanupReady, vec![TaskId::Cleanup]));
+    assert_eq!(
+        (t.state, t.offers),
+        (JobState::CleanupReady, vec![TaskId::Cleanup])
+    );
     assert!(table.is_empty(), "cancelled instances leave the table");
     assert!(!job.holds_graph());
     assert_eq!(
         stale_kind(job.report_success(TaskId::Index(0), live.instance_id, &frame(&[b"x"]), &table)),
         StaleKind::JobNoLongerRunning
     );
-    assert_eq!(stale_kind(job.cancel(2, &table)), StaleKind::JobCancellationAlreadyRequested);
-    let ctx = job.register(TaskId::Cleanup, 1, 0, &table).expect("cleanup");
+    assert_eq!(
+        stale_kind(job.cancel(2, &table)),
+        StaleKind::JobCancellationAlreadyRequested
+    );
+    let ctx = job
+        .register(TaskId::Cleanup, 1, 0, &table)
+        .expect("cleanup");
     let ins: Vec<Vec<u8>> = s.inputs.iter().map(|p| p.to_vec()).collect();
     assert_eq!(inputs_of(&ctx), ins, "cleanup receives the graph inputs");
-    let r = job.report_success(TaskId::Cleanup, ctx.instance_id, b"", &table).expect("ok");
-    assert_eq!(r.outcome.expect("outcome").kind, OutcomeKind::CleanupSucceeded);
-    assert_eq!(job.finish(3, &table).expect("finish").state, JobState::Cancelled);
-    assert_eq!(stale_kind(job.cancel(4, &table)), StaleKind::JobAlreadyCancelled);
+    let r = job
+        .report_success(TaskId::Cleanup, ctx.instance_id, b"", &table)
+        .expect("ok");
+    assert_eq!(
+        r.outcome.expect("outcome").kind,
+        OutcomeKind::CleanupSucceeded
+    );
+    assert_eq!(
+        job.finish(3, &table).expect("finish").state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        stale_kind(job.cancel(4, &table)),
+        StaleKind::JobAlreadyCancelled
+    );
     assert_eq!(stale_kind(job.outputs()), StaleKind::JobNotSucceeded);
 
     // Running without cleanup -> Cancelled.
     let s2 = flat(2, false, 0);
     let (job, table) = started(&s2);
-    assert_eq!(job.cancel(1, &table).expect("cancel").state, JobState::Cancelled);
+    assert_eq!(
+        job.cancel(1, &table).expect("cancel").state,
+        JobState::Cancelled
+    );
     assert_eq!(job.terminal_at_ms(), Some(1));
 
     // CommitReady without cleanup -> stale; with cleanup -> CleanupReady.
@@ -289,14 +388,20 @@ fn cancel_semantics() {
     let (job, table) = started(&s3);
     succeed_all(&job, &table).expect("done");
     job.complete(1, &table).expect("complete");
-    assert_eq!(stale_kind(job.cancel(2, &table)), StaleKind::InvalidJobStateTransition);
+    assert_eq!(
+        stale_kind(job.cancel(2, &table)),
+        StaleKind::InvalidJobStateTransition
+    );
     assert_eq!(job.state(), JobState::CommitReady);
 
     let (job, table) = started(&s);
     succeed_all(&job, &table).expect("done");
     job.complete(1, &table).expect("complete");
     let t = job.cancel(2, &table).expect("cancel commit-ready");
-    assert_eq!((t.state, t.offers), (JobState::CleanupReady, vec![TaskId::Cleanup]));
+    assert_eq!(
+        (t.state, t.offers),
+        (JobState::CleanupReady, vec![TaskId::Cleanup])
+    );
     assert_eq!(job.task_state(TaskId::Commit), Some(TaskState::Cancelled));
 }
 
@@ -305,14 +410,27 @@ fn failure_outcome_once_and_fail_releases_graph() {
     let s = flat(3, false, 0);
     let (job, table) = started(&s);
     let ctxs: Vec<_> = (0..3)
-        .map(|t| job.register(TaskId::Index(t), 1, 0, &table).expect("register"))
+        .map(|t| {
+            job.register(TaskId::Index(t), 1, 0, &table)
+                .expect("register")
+        })
         .collect();
-    let r0 = job.report_failure(TaskId::Index(0), ctxs[0].instance_id, "boom", &table).expect("f0");
-    let o = r0.outcome.expect("first exhausted failure reports JOB_FAILED");
+    let r0 = job
+        .report_failure(TaskId::Index(0), ctxs[0].instance_id, "boom", &table)
+        .expect("f0");
+    let o = r0
+        .outcome
+        .expect("first exhausted failure reports JOB_FAILED");
     assert_eq!(o.kind, OutcomeKind::JobFailed);
     assert!(o.message.as_deref().expect("msg").contains("boom"));
-    assert!(o.message.as_deref().expect("msg").contains("task 0 (bench.inc)"));
-    let r1 = job.report_failure(TaskId::Index(1), ctxs[1].instance_id, "again", &table).expect("f1");
+    assert!(o
+        .message
+        .as_deref()
+        .expect("msg")
+        .contains("task 0 (bench.inc)"));
+    let r1 = job
+        .report_failure(TaskId::Index(1), ctxs[1].instance_id, "again", &table)
+        .expect("f1");
     assert!(r1.outcome.is_none(), "JOB_FAILED is produced once per job");
     assert_eq!(table.len(), 1);
     job.fail("task 0 failed: boom", 7, &table).expect("fail");
@@ -322,9 +440,17 @@ fn failure_outcome_once_and_fail_releases_graph() {
     assert!(table.is_empty(), "and its instance-table entries");
     let p = job.progress();
     assert_eq!((p.failed, p.cancelled), (2, 1));
-    assert_eq!(stale_kind(job.fail("x", 8, &table)), StaleKind::JobAlreadyTerminated);
     assert_eq!(
-        stale_kind(job.report_success(TaskId::Index(2), ctxs[2].instance_id, &frame(&[b"x"]), &table)),
+        stale_kind(job.fail("x", 8, &table)),
+        StaleKind::JobAlreadyTerminated
+    );
+    assert_eq!(
+        stale_kind(job.report_success(
+            TaskId::Index(2),
+            ctxs[2].instance_id,
+            &frame(&[b"x"]),
+            &table
+        )),
         StaleKind::JobNoLongerRunning
     );
 }
@@ -333,24 +459,41 @@ fn failure_outcome_once_and_fail_releases_graph() {
 fn retry_requeues_and_explains() {
     let s = flat(1, false, 2);
     let (job, table) = started(&s);
-    let ctx = job.register(TaskId::Index(0), 1, 0, &table).expect("register");
-    let r = job.report_failure(TaskId::Index(0), ctx.instance_id, "x", &table).expect("retry");
+    let ctx = job
+        .register(TaskId::Index(0), 1, 0, &table)
+        .expect("register");
+    let r = job
+        .report_failure(TaskId::Index(0), ctx.instance_id, "x", &table)
+        .expect("retry");
     assert_eq!(r.offers, vec![TaskId::Index(0)]);
     let e = job.explain(10);
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].1, "retrying");
-    assert!(e[0].2.contains("1 retry left") || e[0].2.contains("retries left"), "{}", e[0].2);
+    assert!(
+        e[0].2.contains("1 retry left") || e[0].2.contains("retries left"),
+        "{}",
+        e[0].2
+    );
 }
 
 #[test]
 fn check_transition_validates_without_changing() {
     let s = flat(1, true, 0);
     let job = Job::new(1, 1, &s).expect("job");
-    assert_eq!(job.check_transition(JobState::Running).expect("ok"), JobState::Ready);
-    assert_eq!(stale_kind(job.check_transition(JobState::Succeeded)), StaleKind::InvalidJobStateTransition);
+    assert_eq!(
+        job.check_transition(JobState::Running).expect("ok"),
+        JobState::Ready
+    );
+    assert_eq!(
+        stale_kind(job.check_transition(JobState::Succeeded)),
+        StaleKind::InvalidJobStateTransition
+    );
     assert_eq!(job.state(), JobState::Ready);
     job.start().expect("start");
-    assert_eq!(stale_kind(job.check_transition(JobState::Running)), StaleKind::JobAlreadyStarted);
+    assert_eq!(
+        stale_kind(job.check_transition(JobState::Running)),
+        StaleKind::JobAlreadyStarted
+    );
     let s2 = flat(1, false, 0);
     let job2 = Job::new(2, 1, &s2).expect("job");
     assert!(matches!(
@@ -368,13 +511,20 @@ fn recovery_shapes() {
     assert!(ready.ready_entries().is_empty());
     let running = Job::recover(2, 1, &s, JobState::Running, None).expect("running");
     assert_eq!(running.state(), JobState::Running);
-    assert_eq!(running.ready_entries().len(), 3, "DAG restarts from the input tasks");
+    assert_eq!(
+        running.ready_entries().len(),
+        3,
+        "DAG restarts from the input tasks"
+    );
 
     let outputs = crate::codec::encode_outputs(&[b"a".as_slice(), b"b", b"c"]).expect("enc");
     let cr = Job::recover(3, 1, &s, JobState::CommitReady, Some(&outputs)).expect("commit-ready");
     assert!(!cr.holds_graph(), "no regular TCBs");
     assert_eq!(cr.ready_entries(), vec![TaskId::Commit]);
-    assert_eq!(stale_kind(cr.register(TaskId::Index(0), 1, 0, &table)), StaleKind::JobNoLongerRunning);
+    assert_eq!(
+        stale_kind(cr.register(TaskId::Index(0), 1, 0, &table)),
+        StaleKind::JobNoLongerRunning
+    );
     let ctx = cr.register(TaskId::Commit, 1, 0, &table).expect("commit");
     assert_eq!(ctx.task_io.to_vec(), outputs);
 
@@ -383,14 +533,35 @@ fn recovery_shapes() {
     assert!(!cl.holds_graph());
 
     let kind = |r: Result<Job>| r.expect_err("recovery error").kind();
-    assert_eq!(kind(Job::recover(5, 1, &s, JobState::CommitReady, None)), "MissingJobOutputs");
-    assert_eq!(kind(Job::recover(5, 1, &s, JobState::CommitReady, Some(b"\x07"))), "InvalidJobOutputs");
+    assert_eq!(
+        kind(Job::recover(5, 1, &s, JobState::CommitReady, None)),
+        "MissingJobOutputs"
+    );
+    assert_eq!(
+        kind(Job::recover(5, 1, &s, JobState::CommitReady, Some(b"\x07"))),
+        "InvalidJobOutputs"
+    );
     let short = crate::codec::encode_outputs(&[b"a".as_slice()]).expect("enc");
-    assert_eq!(kind(Job::recover(5, 1, &s, JobState::CommitReady, Some(&short))), "InvalidJobOutputs");
+    assert_eq!(
+        kind(Job::recover(5, 1, &s, JobState::CommitReady, Some(&short))),
+        "InvalidJobOutputs"
+    );
     let plain = flat(1, false, 0);
     let one = crate::codec::encode_outputs(&[b"a".as_slice()]).expect("enc");
-    assert_eq!(kind(Job::recover(5, 1, &plain, JobState::CommitReady, Some(&one))), "UndefinedCommitTask");
-    assert_eq!(kind(Job::recover(5, 1, &plain, JobState::CleanupReady, None)), "UndefinedCleanupTask");
+    assert_eq!(
+        kind(Job::recover(
+            5,
+            1,
+            &plain,
+            JobState::CommitReady,
+            Some(&one)
+        )),
+        "UndefinedCommitTask"
+    );
+    assert_eq!(
+        kind(Job::recover(5, 1, &plain, JobState::CleanupReady, None)),
+        "UndefinedCleanupTask"
+    );
     for st in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
         let e = Job::recover(5, 1, &s, st, None).expect_err("terminal");
         assert!(matches!(e, CoreError::Recovery { .. }));
@@ -402,7 +573,9 @@ fn recovery_shapes() {
 fn soft_timeout_and_force_remove() {
     let s = flat(1, false, 0);
     let (job, table) = started(&s);
-    let ctx = job.register(TaskId::Index(0), 1, 0, &table).expect("register");
+    let ctx = job
+        .register(TaskId::Index(0), 1, 0, &table)
+        .expect("register");
     assert!(job.instance_is_live(TaskId::Index(0), ctx.instance_id));
     job.mark_soft_timeout(TaskId::Index(0));
     assert!(job.force_remove(TaskId::Index(0), ctx.instance_id, &table));

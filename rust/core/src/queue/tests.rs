@@ -33,10 +33,17 @@ fn recv_returns_early_when_max_items_reached() {
     };
     let t0 = Instant::now();
     let got = q.poll(Lane::Task, 4, Duration::from_secs(10), &all);
-    assert!(t0.elapsed() < Duration::from_secs(5), "returned as soon as 4 arrived");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "returned as soon as 4 arrived"
+    );
     producer.join().expect("producer");
     let tasks: Vec<TaskId> = got.iter().map(|e| e.task).collect();
-    assert_eq!(tasks, (0..4).map(TaskId::Index).collect::<Vec<_>>(), "order preserved");
+    assert_eq!(
+        tasks,
+        (0..4).map(TaskId::Index).collect::<Vec<_>>(),
+        "order preserved"
+    );
     assert!(got.iter().all(|e| e.job == 10 && e.resource_group == 1));
 }
 
@@ -70,7 +77,10 @@ fn partial_batch_waits_for_the_shared_deadline() {
     let got = q.poll(Lane::Task, 2, Duration::from_millis(80), &all);
     assert_eq!(got.len(), 1);
     let e = t0.elapsed();
-    assert!(e >= Duration::from_millis(80) && e < Duration::from_secs(5), "{e:?}");
+    assert!(
+        e >= Duration::from_millis(80) && e < Duration::from_secs(5),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -78,8 +88,13 @@ fn max_items_zero_returns_immediately() {
     let q = q(4);
     q.offer(Lane::Task, 1, 1, &[TaskId::Index(0)]);
     let t0 = Instant::now();
-    assert!(q.poll(Lane::Task, 0, Duration::from_secs(10), &all).is_empty());
-    assert!(q.poll_all([0, 0, 0], Duration::from_secs(10), &all).iter().all(Vec::is_empty));
+    assert!(q
+        .poll(Lane::Task, 0, Duration::from_secs(10), &all)
+        .is_empty());
+    assert!(q
+        .poll_all([0, 0, 0], Duration::from_secs(10), &all)
+        .iter()
+        .all(Vec::is_empty));
     assert!(t0.elapsed() < Duration::from_secs(1));
     assert_eq!(q.depths()[0], 1);
 }
@@ -97,7 +112,14 @@ fn lanes_are_independent_and_poll_all_returns_on_any_work() {
     let [t, c, cl] = poller.join().expect("poller");
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(t.is_empty() && c.is_empty());
-    assert_eq!(cl, vec![Entry { resource_group: 2, job: 5, task: TaskId::Cleanup }]);
+    assert_eq!(
+        cl,
+        vec![Entry {
+            resource_group: 2,
+            job: 5,
+            task: TaskId::Cleanup
+        }]
+    );
 }
 
 #[test]
@@ -124,8 +146,13 @@ fn close_wakes_pollers() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(q.is_closed());
     let t1 = Instant::now();
-    assert!(q.poll(Lane::Task, 5, Duration::from_secs(30), &all).is_empty());
-    assert!(t1.elapsed() < Duration::from_secs(1), "later polls return immediately");
+    assert!(q
+        .poll(Lane::Task, 5, Duration::from_secs(30), &all)
+        .is_empty());
+    assert!(
+        t1.elapsed() < Duration::from_secs(1),
+        "later polls return immediately"
+    );
 }
 
 #[test]

@@ -15,7 +15,11 @@ fn termination(max_retry: u32) -> Arc<Tcb> {
         ..ExecutionPolicy::default()
     };
     let t = TerminationTcb::new(Arc::new(TdlContext::new("pkg", "commit")), policy);
-    assert_eq!(t.tcb.state(), TaskState::Ready, "termination TCBs are created Ready");
+    assert_eq!(
+        t.tcb.state(),
+        TaskState::Ready,
+        "termination TCBs are created Ready"
+    );
     Arc::new(t.tcb)
 }
 
@@ -108,7 +112,11 @@ macro_rules! tcb_tests {
                     kind_of(&tcb.succeed(2)),
                     Some(StaleKind::TaskAlreadyTerminated)
                 );
-                assert_eq!(tcb.snapshot().live, 0, "surviving id removed as a side effect");
+                assert_eq!(
+                    tcb.snapshot().live,
+                    0,
+                    "surviving id removed as a side effect"
+                );
             }
 
             #[test]

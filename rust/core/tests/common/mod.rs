@@ -31,9 +31,9 @@ pub fn neuron(inputs: &[&[u8]]) -> Vec<u8> {
     let n = inputs.first().map_or(0, |i| i.len());
     (0..n)
         .map(|k| {
-            inputs
-                .iter()
-                .fold(1u8, |acc, i| acc.wrapping_add(i.get(k).copied().unwrap_or(0)))
+            inputs.iter().fold(1u8, |acc, i| {
+                acc.wrapping_add(i.get(k).copied().unwrap_or(0))
+            })
         })
         .collect()
 }
@@ -123,7 +123,9 @@ impl Shared {
     }
 
     fn coin(&self) -> bool {
-        let s = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let s = self
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let mut z = s;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -131,14 +133,19 @@ impl Shared {
     }
 
     fn run_instance(&self, task: TaskId, em: u64) {
-        let Some(ctx) = self.check("register", self.cache.register(self.job, task, em, self.now())) else {
+        let Some(ctx) = self.check(
+            "register",
+            self.cache.register(self.job, task, em, self.now()),
+        ) else {
             return;
         };
         self.stats.registrations.fetch_add(1, Ordering::Relaxed);
         let io = ctx.task_io.to_vec();
         if self.behaviour == Behaviour::AlwaysFail {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            let r = self.cache.report_failure(self.job, task, ctx.instance_id, "always fails");
+            let r = self
+                .cache
+                .report_failure(self.job, task, ctx.instance_id, "always fails");
             if let Some(o) = self.check("report_failure", r) {
                 self.apply(o);
             }
@@ -154,11 +161,16 @@ impl Shared {
             }
             _ => Vec::new(),
         };
-        let r = self.cache.report_success(self.job, task, ctx.instance_id, &outputs);
+        let r = self
+            .cache
+            .report_success(self.job, task, ctx.instance_id, &outputs);
         if let Some(o) = self.check("report_success", r) {
             if let TaskId::Index(i) = task {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
-                assert!(self.stats.succeeded_tasks.lock().insert(i), "task {i} succeeded twice");
+                assert!(
+                    self.stats.succeeded_tasks.lock().insert(i),
+                    "task {i} succeeded twice"
+                );
             }
             self.apply(o);
         }
@@ -167,14 +179,23 @@ impl Shared {
     /// Two concurrent instances of `task` that both fail.
     fn double_failure(&self, task: TaskId, em: u64) {
         let regs: Vec<_> = (0..2)
-            .filter_map(|_| self.check("register", self.cache.register(self.job, task, em, self.now())))
+            .filter_map(|_| {
+                self.check(
+                    "register",
+                    self.cache.register(self.job, task, em, self.now()),
+                )
+            })
             .collect();
-        self.stats.registrations.fetch_add(regs.len(), Ordering::Relaxed);
+        self.stats
+            .registrations
+            .fetch_add(regs.len(), Ordering::Relaxed);
         std::thread::scope(|s| {
             for ctx in &regs {
                 s.spawn(move || {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let r = self.cache.report_failure(self.job, task, ctx.instance_id, "injected");
+                    let r = self
+                        .cache
+                        .report_failure(self.job, task, ctx.instance_id, "injected");
                     if let Some(o) = self.check("report_failure", r) {
                         self.apply(o);
                     }
@@ -221,7 +242,10 @@ pub fn drive(
         seed: AtomicU64::new(seed),
     });
     shared.cache.insert(1, 1, submission).expect("insert");
-    shared.cache.check_transition(1, JobState::Running).expect("check");
+    shared
+        .cache
+        .check_transition(1, JobState::Running)
+        .expect("check");
     shared.cache.start(1).expect("start");
     let mut canceller = None;
     match cancel {
@@ -266,8 +290,15 @@ pub fn drive(
     let state = job.state();
     let unexpected = shared.stats.unexpected.lock().clone();
     assert!(unexpected.is_empty(), "unexpected errors: {unexpected:?}");
-    assert!(state.is_terminal(), "job did not terminate in time: {state}");
-    assert_eq!(shared.cache.live_instances(), 0, "no instance-table entry leaked");
+    assert!(
+        state.is_terminal(),
+        "job did not terminate in time: {state}"
+    );
+    assert_eq!(
+        shared.cache.live_instances(),
+        0,
+        "no instance-table entry leaked"
+    );
     assert!(!job.holds_graph(), "terminal job released its graph");
     Run {
         state,

@@ -1,0 +1,98 @@
+"""Micro-benchmarks of the `orbweaver._core` binding (pytest-benchmark; never timed assertions).
+
+Run:
+    pytest benches/bench_core.py --benchmark-enable -p no:cacheprovider
+
+One task = register (Ready -> Running) + report success (Running -> Succeeded): 2 transitions.
+Each round runs a fresh 10,000-task flat job through `register_batch` + `report_batch` in chunks
+of CHUNK tasks, the way a storage service would serve batched RPCs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from orbweaver import _core as core
+
+N_TASKS = 10_000
+CHUNK = 500
+OUTPUT = core.wire_encode([b"\x01" * 16])
+
+
+def _submission(n: int) -> core.Submission:
+    t = {
+        "tdl_context": {"package": "bench", "task_func": "inc"},
+        "inputs": [{"Value": {"Bytes": {}}}],
+        "outputs": [{"Value": {"Bytes": {}}}],
+        "input_sources": None,
+    }
+    doc = {"schema_version": "0.1.0", "tasks": [t] * n, "commit_task": None, "cleanup_task": None}
+    return core.Submission(
+        core.compress(json.dumps(doc).encode()),
+        core.compress(core.wire_encode([b"\x00" * 16] * n)),
+    )
+
+
+SUBMISSION = _submission(N_TASKS)
+
+
+def _setup() -> tuple[tuple[core.JobCache], dict[str, Any]]:
+    cache = core.JobCache()
+    cache.insert(1, 1, SUBMISSION)
+    cache.start(1)
+    return (cache,), {}
+
+
+def _worker(cache: core.JobCache, em: int) -> int:
+    done = 0
+    while True:
+        entries = cache.poll(core.LANE_TASK, CHUNK, 0)
+        if not entries:
+            return done
+        regs = cache.register_batch([(j, t) for _, j, t in entries], em, 0)
+        reports = [
+            (c.job_id, c.task_id, c.instance_id, OUTPUT)
+            for c in regs
+            if isinstance(c, core.ExecutionContext)
+        ]
+        results = cache.report_batch(reports)
+        done += sum(1 for r in results if not isinstance(r, core.CoreError))
+
+
+def _run(cache: core.JobCache, threads: int) -> None:
+    if threads == 1:
+        assert _worker(cache, 0) == N_TASKS
+    else:
+        counts = [0] * threads
+
+        def work(i: int) -> None:
+            counts[i] = _worker(cache, i)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert sum(counts) == N_TASKS
+    assert cache.state(1) == core.JOB_RUNNING
+    assert cache.progress(1)[3] == N_TASKS
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_register_report_batch_flat_10k(benchmark: Any, threads: int) -> None:
+    benchmark.extra_info.update(tasks=N_TASKS, chunk=CHUNK, threads=threads)
+    benchmark.pedantic(lambda cache: _run(cache, threads), setup=_setup, rounds=15, warmup_rounds=2)
+    if benchmark.stats is not None:
+        best = benchmark.stats.stats.min
+        benchmark.extra_info["tasks_per_s_best"] = N_TASKS / best
+        benchmark.extra_info["transitions_per_s_best"] = 2 * N_TASKS / best
+        benchmark.extra_info["us_per_task_best"] = best / N_TASKS * 1e6
+
+
+def test_submission_parse_flat_10k(benchmark: Any) -> None:
+    graph = core.compress(SUBMISSION.graph.to_json().encode())
+    inputs = core.compress(core.wire_encode([b"\x00" * 16] * N_TASKS))
+    benchmark(core.Submission, graph, inputs)
