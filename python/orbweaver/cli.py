@@ -343,10 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from orbweaver.storage.db.errors import DbError
+
     try:
         return int(args.fn(args))
-    except errors.OrbweaverError as exc:
-        print(f"orbweaver: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (errors.OrbweaverError, DbError, ValueError, OSError) as exc:
+        # Configuration and connection problems: a readable line, not a traceback.
+        print(f"orbweaver {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -58,7 +58,7 @@ def test_task_is_still_callable_and_wraps() -> None:
     assert it.fibonacci(10) == 55
     assert it.fibonacci.__name__ == "fibonacci"
     assert it.fibonacci.__module__ == "integration_tasks"
-    assert it.fibonacci.__wrapped__ is it.fibonacci.fn  # type: ignore[attr-defined]
+    assert it.fibonacci.__wrapped__ is it.fibonacci.fn
     assert it.write_graph_inputs.__doc__ is not None
 
 
@@ -206,9 +206,9 @@ def test_local_functions_are_rejected() -> None:
 
 def test_non_functions_are_rejected() -> None:
     with pytest.raises(TypeError, match="can only decorate functions"):
-        ow.task(print)  # type: ignore[arg-type]
+        ow.task(print)
     with pytest.raises(TypeError, match="can only decorate functions"):
-        ow.task(it.fibonacci)  # type: ignore[arg-type]
+        ow.task(it.fibonacci)
 
 
 def test_invalid_name_option() -> None:

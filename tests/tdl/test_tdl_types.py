@@ -56,7 +56,8 @@ class Empty:
     pass
 
 
-INT = lambda w: {"Value": {"Primitive": {"Int": w}}}  # noqa: E731
+def INT(width: str) -> dict[str, Any]:  # noqa: N802 - reads like the other constants
+    return {"Value": {"Primitive": {"Int": width}}}
 
 
 def _struct(cls: type) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def test_int_and_int64_are_the_same_type() -> None:
     [
         (tuple[int, int], "unsupported type tuple[int, int]"),
         (set[int], "unsupported type set[int]"),
-        (typing.Optional[int], "unsupported type"),
+        (typing.Optional[int], "unsupported type"),  # noqa: UP045
         (int | None, "unsupported type"),
         (dict[float, int], "unsupported map key type float"),
         (dict[Point, int], "unsupported map key type Point"),

@@ -70,7 +70,7 @@ def _executor_children() -> list[psutil.Process]:
 
 def _cmdline(p: psutil.Process) -> list[str]:
     try:
-        return p.cmdline()
+        return list(p.cmdline())
     except psutil.Error:
         return []
 
@@ -78,7 +78,7 @@ def _cmdline(p: psutil.Process) -> list[str]:
 def _gone(pid: int) -> bool:
     try:
         proc = psutil.Process(pid)
-        return proc.status() == psutil.STATUS_ZOMBIE
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

@@ -166,6 +166,11 @@ class TaskFunction(Generic[P, R]):
     `takes_context` and `policy`.
     """
 
+    # Set by functools.update_wrapper from the wrapped function.
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[P, R]
+
     def __init__(self, fn: Callable[P, R], *, name: str | None, policy: TaskPolicy) -> None:
         self._qualname: str = getattr(fn, "__qualname__", repr(fn))
         self._module: str = getattr(fn, "__module__", None) or "?"

@@ -36,7 +36,6 @@ from typing import IO, Any, Final
 from orbweaver import errors
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    HEADER_BYTES,
     FrameReader,
     FrameTooLargeError,
     ProtocolError,
@@ -195,7 +194,7 @@ class _Executor:
     # -- threads ---------------------------------------------------------------------------------
 
     def _read_frames(self, stream: IO[bytes]) -> None:
-        reader = FrameReader(stream, self.pool.max_frame_bytes + HEADER_BYTES)
+        reader = FrameReader(stream, self.pool.max_frame_bytes)
         try:
             while True:
                 message = reader.read()

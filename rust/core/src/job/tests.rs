@@ -583,3 +583,74 @@ fn soft_timeout_and_force_remove() {
     assert_eq!(job.task_state(TaskId::Index(0)), Some(TaskState::Ready));
     assert!(table.is_empty());
 }
+
+#[test]
+fn job_failed_is_produced_once_under_concurrency() {
+    for _ in 0..50 {
+        let s = flat(16, false, 0);
+        let (job, table) = started(&s);
+        let ctxs: Vec<_> = (0..16)
+            .map(|t| {
+                job.register(TaskId::Index(t), 1, 0, &table)
+                    .expect("register")
+            })
+            .collect();
+        let job = Arc::new(job);
+        let table = Arc::new(table);
+        let barrier = Arc::new(Barrier::new(16));
+        let handles: Vec<_> = ctxs
+            .into_iter()
+            .map(|ctx| {
+                let (job, table, barrier) =
+                    (Arc::clone(&job), Arc::clone(&table), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    job.report_failure(ctx.task_id, ctx.instance_id, "x", &table)
+                        .expect("report")
+                        .outcome
+                })
+            })
+            .collect();
+        let outcomes = handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("join"))
+            .count();
+        assert_eq!(outcomes, 1);
+    }
+}
+
+#[test]
+fn job_completed_is_produced_once_under_concurrency() {
+    for _ in 0..50 {
+        let s = flat(16, false, 0);
+        let (job, table) = started(&s);
+        let ctxs: Vec<_> = (0..16)
+            .map(|t| {
+                job.register(TaskId::Index(t), 1, 0, &table)
+                    .expect("register")
+            })
+            .collect();
+        let job = Arc::new(job);
+        let table = Arc::new(table);
+        let barrier = Arc::new(Barrier::new(16));
+        let handles: Vec<_> = ctxs
+            .into_iter()
+            .map(|ctx| {
+                let (job, table, barrier) =
+                    (Arc::clone(&job), Arc::clone(&table), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    job.report_success(ctx.task_id, ctx.instance_id, &frame(&[b"v"]), &table)
+                        .expect("report")
+                        .outcome
+                })
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("join"))
+            .collect();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].kind, OutcomeKind::JobCompleted);
+    }
+}

@@ -1,0 +1,188 @@
+"""Storage process lifecycle: cache eviction with DB fallback, deletion of expired jobs, metrics,
+authentication, size limits, clean shutdown and failed start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from support import graphs
+from support.driver import Driver
+from support.graphs import decode_job_outputs, outputs_frame
+from support.procs import StorageProcess, wait_until
+
+from orbweaver import _core
+from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver.states import JobState
+
+SHORT_RETENTION = """
+[storage]
+instance_gc_interval = 0.2
+job_cache_gc_interval = 0.2
+job_cache_retention = 0.5
+job_retention = 3.0
+db_gc_interval = 0.3
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_single(d: Driver, job: int, value: int) -> None:
+    [entry] = d.poll()
+    ctx = d.register(job, 0)
+    d.succeed(job, 0, ctx.task_instance_id, outputs_frame(value))
+
+
+def live(d: Driver, job: int) -> bool:
+    reply = d.s.jobs.GetJobProgress(pb.JobProgressRequest(job_id=job), timeout=10)
+    return bool(reply.live)
+
+
+@pytest.fixture
+def short(db_url: str, tmp_path: Path) -> Driver:
+    proc = StorageProcess(db_url, tmp_path, config=SHORT_RETENTION)
+    proc.start()
+    yield Driver(proc).setup()
+    proc.close()
+    proc.terminate()
+
+
+def test_evicted_jobs_are_served_from_the_database(short: Driver) -> None:
+    d = short
+    done = d.submit(graphs.single(), 1, start=True)
+    run_single(d, done, 5)
+    failed = d.submit(graphs.single(), 1, start=True)
+    ctx = d.register(failed, 0)
+    d.fail(failed, 0, ctx.task_instance_id, "KeyError: 'x'")
+    cancelled = d.submit(graphs.single(), 1, start=True)
+    assert d.cancel(cancelled) == JobState.CANCELLED
+    for job in (done, failed, cancelled):
+        wait_until(lambda j=job: not live(d, j), timeout=20, what=f"eviction of job {job}")
+    assert d.state(done) == JobState.SUCCEEDED
+    assert decode_job_outputs(d.outputs(done)) == [5]
+    assert "KeyError" in d.error(failed)
+    assert d.cancel(cancelled) == JobState.CANCELLED
+    for call, args in ((d.cancel, (done,)), (d.start, (done,)), (d.register, (done, 0)),
+                       (d.outputs, (failed,))):
+        with pytest.raises(grpc.RpcError) as info:
+            call(*args)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, call
+    assert d.storage.serving()
+
+
+def test_expired_jobs_are_deleted(short: Driver) -> None:
+    d = short
+    job = d.submit(graphs.single(), 1, start=True)
+    run_single(d, job, 5)
+    running = d.submit(graphs.single(), 1, start=True)
+
+    def gone() -> bool:
+        try:
+            d.state(job)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    wait_until(gone, timeout=30, what="deletion of the expired job")
+    assert d.state(running) == JobState.RUNNING  # unfinished jobs are never deleted
+
+
+def test_metrics_endpoint(sqlite_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc = StorageProcess(sqlite_url, tmp_path, extra=["--metrics-port", str(port)])
+    proc.start()
+    try:
+        d = Driver(proc).setup()
+        d.submit(graphs.flat(3), 1, 2, 3, start=True)
+        proc.restart()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        metrics = text.decode()
+        assert 'orbweaver_storage_queue_depth{lane="task"} 3.0' in metrics
+        assert 'orbweaver_storage_jobs{state="RUNNING"} 1.0' in metrics
+        assert 'orbweaver_storage_jobs_recovered{state="RUNNING"} 1.0' in metrics
+        assert "orbweaver_storage_recovery_seconds" in metrics
+        assert "orbweaver_storage_task_successes_total" in metrics
+    finally:
+        proc.close()
+        proc.terminate()
+
+
+def test_token_is_required_when_configured(sqlite_url: str, tmp_path: Path) -> None:
+    proc = StorageProcess(sqlite_url, tmp_path, env={"ORBWEAVER_TOKEN": "t0ken"})
+    proc.start()
+    try:
+        assert proc.serving()  # health checks need no token
+        with pytest.raises(grpc.RpcError) as info:
+            proc.stubs().session.GetSession(pb.Void(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        channel = grpc.intercept_channel(grpc.insecure_channel(proc.address),
+                                         _Bearer("t0ken"))
+        from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+
+        reply = pb_grpc.SessionManagementServiceStub(channel).GetSession(pb.Void(), timeout=10)
+        assert reply.session_id > 0
+        channel.close()
+    finally:
+        proc.close()
+        proc.terminate()
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.token}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def test_oversized_messages_get_a_clear_status(sqlite_url: str, tmp_path: Path) -> None:
+    config = "[storage]\nmax_message_bytes = 1048576\n"
+    proc = StorageProcess(sqlite_url, tmp_path, config=config)
+    proc.start()
+    try:
+        d = Driver(proc).setup()
+        big = _core.compress(os.urandom(2 * 1024 * 1024))
+        request = pb.RegisterJobRequest(resource_group_id=d.rg, password=b"s3cret",
+                                        compressed_serialized_task_graph=big,
+                                        compressed_serialized_inputs=b"")
+        with pytest.raises(grpc.RpcError) as info:
+            d.s.jobs.RegisterJob(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert proc.serving()
+    finally:
+        proc.close()
+        proc.terminate()
+
+
+def test_sigterm_stops_cleanly_with_json_logs(sqlite_url: str, tmp_path: Path) -> None:
+    proc = StorageProcess(sqlite_url, tmp_path)
+    proc.start()
+    Driver(proc).setup()
+    proc.close()
+    assert proc.terminate(timeout=30) == 0
+    lines = [json.loads(line) for line in proc.logs().splitlines() if line.startswith("{")]
+    assert any(entry["msg"] == "storage serving" for entry in lines)
+    assert any(entry["msg"] == "storage stopped" for entry in lines)
+    assert all({"ts", "level", "component", "msg"} <= entry.keys() for entry in lines)
+
+
+def test_start_up_failure_is_reported(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orbweaver", "storage", "--db", "postgres://nope",
+         "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "python")})
+    assert result.returncode != 0
+    assert "postgres" in result.stderr
+    assert "Traceback" not in result.stderr
