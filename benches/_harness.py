@@ -250,16 +250,31 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+_LOAD_AT_START = os.getloadavg()
+
+
 def machine_info() -> dict[str, Any]:
+    """The machine, and its load average (1, 5, 15 min) when the harness started and ended: the
+    benchmarks share the machine with whatever else runs on it."""
     import psutil
 
     return {
+        "load_average_start": [round(x, 2) for x in _LOAD_AT_START],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "cpu": _cpu_model(),
         "logical_cpus": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+def warn_if_busy(threshold: float = 0.5) -> None:
+    """Say so when something else keeps the CPUs busy: the figures would not mean much."""
+    load = os.getloadavg()[0]
+    if load > threshold:
+        print(f"warning: load average {load:.2f} before the benchmark; other work on this "
+              "machine will distort the figures", file=sys.stderr, flush=True)
 
 
 def orbweaver_version() -> str:

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ import workloads as w  # noqa: E402
 
 SYSTEMS = ("orbweaver", "ray", "dask")
 WORKLOADS = ("w1", "w2", "nn")
-WORKLOAD_TITLES = {"w1": "W1 wide job", "w2": "W2 small jobs", "nn": "NN 10x1000"}
+WORKLOAD_TITLES = {"w1": "W1 wide job", "w2": "W2 small jobs", "nn": "NN"}
 TARGET_SPEEDUP_VS_RAY = 2.0
 
 
@@ -275,6 +276,12 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             runner.stop()
+    failed = "error" in out or any(r["errors"] or not all(x["correct"] for x in r["runs"])
+                                   for r in out["results"].values())
+    if failed:
+        print(f"  {args.child}: logs kept in {workdir}", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 
@@ -376,7 +383,11 @@ def print_table(payload: dict[str, Any]) -> None:
         table.add_column(f"{s}\nwall s", justify="right")
         table.add_column(f"{s}\ntasks/s", justify="right")
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        cells = [WORKLOAD_TITLES[workload]]
+        title = WORKLOAD_TITLES[workload]
+        if workload == "nn":
+            nn = payload["setup"]["sizes"]["nn"]
+            title += f" {nn['layers']}x{nn['width']}"
+        cells = [title]
         wrows = {r["system"]: r for r in rows if r["workload"] == workload}
         cells.append(f"{next(iter(wrows.values()))['tasks']:,}")
         for s in systems:
@@ -387,7 +398,7 @@ def print_table(payload: dict[str, Any]) -> None:
             mark = "" if r["correct"] else " [red]WRONG[/red]"
             cells += [f"{r['wall_s']:.2f}{mark}", f"{r['tasks_per_s']:,.0f}"]
         table.add_row(*cells)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 40 + 24 * len(systems)))
     console.print(table)
     for workload, ratio in payload["orbweaver_vs_ray"].items():
         line = f"{WORKLOAD_TITLES[workload]}: Orbweaver / Ray = {ratio['orbweaver_over_ray']:.2f}x"
@@ -446,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     systems = list(dict.fromkeys((args.systems or ["orbweaver"]) + args.compare))
+    h.warn_if_busy()
     results = [spawn_system(s, args) for s in systems]
     payload = summarize(args, results)
     h.write_results(args.out, payload)

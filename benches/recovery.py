@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1 or any(n < 1 for n in args.jobs):
         parser.error("--repeat and --jobs must be positive")
+    h.warn_if_busy()
     payload = run(args)
     h.write_results(args.out, payload)
     print_table(payload)

@@ -1,16 +1,16 @@
 """Orbweaver: fault-tolerant distributed task graphs for Python, with a Rust core.
 
-    import orbweaver as ow
+import orbweaver as ow
 
-    @ow.task
-    def double(x: int) -> int:
-        return 2 * x
+@ow.task
+def double(x: int) -> int:
+    return 2 * x
 
-    g = ow.TaskGraph()
-    a, b = g.add(double), g.add(double)
-    g.add(add, a, b)
-    with ow.LocalCluster(workers=2) as cluster:
-        print(cluster.client().submit(g, [3, 4]).result(timeout=60))
+g = ow.TaskGraph()
+a, b = g.add(double), g.add(double)
+g.add(add, a, b)
+with ow.LocalCluster(workers=2) as cluster:
+    print(cluster.client().submit(g, [3, 4]).result(timeout=60))
 """
 
 from __future__ import annotations

@@ -33,7 +33,11 @@ def read_table(path: Path, table: str, config_cls: type[Any], base: Security) ->
     tls = base.tls
     tls_table = raw.get("tls")
     if isinstance(tls_table, dict):
-        tls = TlsConfig(*(Path(tls_table[k]) if tls_table.get(k) else None
-                          for k in ("cert_file", "key_file", "ca_file")))
+        tls = TlsConfig(
+            *(
+                Path(tls_table[k]) if tls_table.get(k) else None
+                for k in ("cert_file", "key_file", "ca_file")
+            )
+        )
     values["security"] = Security(token=token, tls=tls)
     return values

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -86,13 +86,21 @@ def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _TokenClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-):
+if TYPE_CHECKING:
+    _ClientInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:  # the runtime classes are not generic
+    _ClientInterceptor = grpc.UnaryUnaryClientInterceptor
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class _TokenClientInterceptor(_ClientInterceptor):
     def __init__(self, token: str) -> None:
         self._metadata = (TOKEN_METADATA_KEY, f"Bearer {token}")
 
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
         metadata = list(client_call_details.metadata or [])
         metadata.append(self._metadata)
         return continuation(client_call_details._replace(metadata=metadata), request)
@@ -139,7 +147,7 @@ def _call_details_name(details: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class _TokenServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class _TokenServerInterceptor(_ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}"
 
@@ -199,7 +207,9 @@ def make_server(
 ) -> Server:
     """Create a server bound to `listen` (`host:port`, port 0 picks a free port)."""
     security = security or Security()
-    interceptors = [_TokenServerInterceptor(security.token)] if security.token else []
+    interceptors: list[_ServerInterceptor] = (
+        [_TokenServerInterceptor(security.token)] if security.token else []
+    )
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     server = grpc.server(
         executor,

@@ -43,14 +43,17 @@ def _security(args: argparse.Namespace) -> Security:
 
 
 def cmd_storage(args: argparse.Namespace) -> int:
-    from orbweaver.storage.config import StorageConfig
     from orbweaver._service import run_until_signal
+    from orbweaver.storage.config import StorageConfig
     from orbweaver.storage.server import StorageRuntime
 
     setup_logging("storage", args.log_level)
     config = StorageConfig.load(
         Path(args.config) if args.config else None,
-        db_url=args.db, listen=args.listen, metrics_port=args.metrics_port)
+        db_url=args.db,
+        listen=args.listen,
+        metrics_port=args.metrics_port,
+    )
     if args.token:
         config = config.replace(security=Security(token=args.token, tls=config.security.tls))
     runtime = StorageRuntime(config)
@@ -84,11 +87,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")
     if not tasks_dir:
         raise errors.InvalidArgument("worker: give --tasks-dir (or ORBWEAVER_TASKS_DIR)")
-    config = WorkerConfig(storage=args.storage, scheduler=args.scheduler,
-                          tasks_dir=Path(tasks_dir).resolve(),
-                          processes=args.processes or (os.cpu_count() or 1),
-                          security=_security(args), metrics_port=args.metrics_port,
-                          ip_address=args.ip or "")
+    config = WorkerConfig(
+        storage=args.storage,
+        scheduler=args.scheduler,
+        tasks_dir=Path(tasks_dir).resolve(),
+        processes=args.processes or (os.cpu_count() or 1),
+        security=_security(args),
+        metrics_port=args.metrics_port,
+        ip_address=args.ip or "",
+    )
     em = ExecutionManager(config)
     return run_until_signal(em, lambda: _write_ready(args.ready_file, em.em_id))
 
@@ -99,9 +106,14 @@ def cmd_local(args: argparse.Namespace) -> int:
     setup_logging("local", args.log_level)
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR") or os.getcwd()
     db = args.db or "sqlite:///orbweaver.db"
-    cluster = LocalCluster(workers=args.workers, db=db, tasks_dir=tasks_dir,
-                           listen=args.listen, token=args.token or os.environ.get(
-                               "ORBWEAVER_TOKEN") or None, log_dir=args.log_dir)
+    cluster = LocalCluster(
+        workers=args.workers,
+        db=db,
+        tasks_dir=tasks_dir,
+        listen=args.listen,
+        token=args.token or os.environ.get("ORBWEAVER_TOKEN") or None,
+        log_dir=args.log_dir,
+    )
     import signal
     import threading
 
@@ -109,11 +121,16 @@ def cmd_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with cluster:
-        print(f"orbweaver local cluster: storage {cluster.address}, scheduler"
-              f" {cluster.scheduler_address}, {args.workers} executor processes", flush=True)
+        print(
+            f"orbweaver local cluster: storage {cluster.address}, scheduler"
+            f" {cluster.scheduler_address}, {args.workers} executor processes",
+            flush=True,
+        )
         print(f"  database {db}; tasks from {tasks_dir}", flush=True)
-        print(f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
-              flush=True)
+        print(
+            f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
+            flush=True,
+        )
         stop.wait()
     return 0
 
@@ -168,8 +185,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _wait_with_progress(job: Any) -> JobState:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("job {task.fields[job]} [bold]{task.fields[state]}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("job {task.fields[job]} [bold]{task.fields[state]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("job", total=None, job=job.id, state="")
         while True:
@@ -214,8 +235,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         table = Table(title=f"job {job.id}: {p.state.name}")
         for col in ("total", "pending", "ready", "running", "succeeded", "failed", "cancelled"):
             table.add_column(col, justify="right")
-        table.add_row(*(str(v) for v in (p.total, p.pending, p.ready, p.running, p.succeeded,
-                                         p.failed, p.cancelled)))
+        table.add_row(
+            *(
+                str(v)
+                for v in (
+                    p.total,
+                    p.pending,
+                    p.ready,
+                    p.running,
+                    p.succeeded,
+                    p.failed,
+                    p.cancelled,
+                )
+            )
+        )
         console = Console()
         console.print(table)
         for task, reason, detail in p.waiting:
@@ -236,8 +269,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         table.add_column(col)
     for j in jobs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at_ms / 1000))
-        table.add_row(str(j.id), str(j.resource_group_id), j.state.name, created,
-                      (j.error or "")[:80])
+        table.add_row(
+            str(j.id), str(j.resource_group_id), j.state.name, created, (j.error or "")[:80]
+        )
     Console().print(table)
     return 0
 
@@ -269,12 +303,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orbweaver",
-        description="Fault-tolerant distributed task graphs for Python, with a Rust core.")
+        description="Fault-tolerant distributed task graphs for Python, with a Rust core.",
+    )
     parser.add_argument("--version", action="version", version=f"orbweaver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def service(name: str, help_: str, fn: Callable[[argparse.Namespace], int]
-                ) -> argparse.ArgumentParser:
+    def service(
+        name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -283,13 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ready-file", help=argparse.SUPPRESS)
         return p
 
-    def client_cmd(name: str, help_: str, fn: Callable[[argparse.Namespace], int]
-                   ) -> argparse.ArgumentParser:
+    def client_cmd(
+        name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
-        p.add_argument("--storage", default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
-                       help="storage address host:port (default: $ORBWEAVER_STORAGE or"
-                            f" {DEFAULT_STORAGE})")
+        p.add_argument(
+            "--storage",
+            default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
+            help=f"storage address host:port (default: $ORBWEAVER_STORAGE or {DEFAULT_STORAGE})",
+        )
         p.add_argument("--token", help="cluster token (default: $ORBWEAVER_TOKEN)")
         return p
 
@@ -326,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")
     p.add_argument("--inputs", default="[]", help="graph inputs as a JSON list")
     p.add_argument("--tasks-dir", help="where MODULE lives (default: current directory)")
-    p.add_argument("--resource-group", default="default",
-                   help="resource group name (password from $ORBWEAVER_PASSWORD)")
+    p.add_argument(
+        "--resource-group",
+        default="default",
+        help="resource group name (password from $ORBWEAVER_PASSWORD)",
+    )
     p.add_argument("--wait", action="store_true", help="show progress and wait for the result")
 
     p = client_cmd("status", "show a job's progress (or list jobs)", cmd_status)

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgpack
 
@@ -99,11 +99,13 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., T], request: Any,
-              timeout: float | None = None) -> T:
+    def _call(
+        self, what: str, fn: Callable[..., T], request: Any, timeout: float | None = None
+    ) -> T:
         per_call = timeout if timeout is not None else self.timeout
-        return call_with_retry(lambda: fn(request, timeout=per_call), deadline=self.timeout,
-                               what=what)
+        return call_with_retry(
+            lambda: fn(request, timeout=per_call), deadline=self.timeout, what=what
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -118,17 +120,21 @@ class Client:
 
     def add_resource_group(self, name: str, password: str | bytes) -> ResourceGroup:
         pw = password.encode() if isinstance(password, str) else password
-        reply = self._call("add resource group", self._groups.AddResourceGroup,
-                           pb.AddResourceGroupRequest(external_resource_group_id=name,
-                                                      password=pw))
+        reply = self._call(
+            "add resource group",
+            self._groups.AddResourceGroup,
+            pb.AddResourceGroupRequest(external_resource_group_id=name, password=pw),
+        )
         return ResourceGroup(reply.resource_group_id, name, pw)
 
     def resource_group(self, name: str, password: str | bytes = b"") -> ResourceGroup:
         """An existing resource group, with its password checked by the server."""
         pw = password.encode() if isinstance(password, str) else password
-        reply = self._call("verify resource group", self._groups.VerifyResourceGroup,
-                           pb.VerifyResourceGroupRequest(external_resource_group_id=name,
-                                                         password=pw))
+        reply = self._call(
+            "verify resource group",
+            self._groups.VerifyResourceGroup,
+            pb.VerifyResourceGroupRequest(external_resource_group_id=name, password=pw),
+        )
         return ResourceGroup(reply.resource_group_id, reply.external_resource_group_id, pw)
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -146,19 +152,24 @@ class Client:
         group = resource_group or self.default_resource_group
         if group is None:
             raise errors.InvalidArgument(
-                "no resource group: pass resource_group= or create the client with one")
+                "no resource group: pass resource_group= or create the client with one"
+            )
         compressed_graph = graph.compressed()
         compressed_inputs = graph.encode_inputs(inputs)
         size = len(compressed_graph) + len(compressed_inputs)
         if size > self.max_message_bytes:
             raise errors.MessageTooLarge(
                 f"the submission is {size} bytes compressed, above the {self.max_message_bytes}"
-                " byte message limit; raise max_message_bytes on the client and the storage")
+                " byte message limit; raise max_message_bytes on the client and the storage"
+            )
         request = pb.RegisterJobRequest(
-            resource_group_id=group.id, password=group.password,
+            resource_group_id=group.id,
+            password=group.password,
             compressed_serialized_task_graph=compressed_graph,
             compressed_serialized_inputs=compressed_inputs,
-            idempotency_key=idempotency_key or uuid.uuid4().hex, start=start)
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            start=start,
+        )
         reply = self._call("submit job", self._jobs.RegisterJob, request)
         return Job(self, reply.job_id, graph)
 
@@ -168,16 +179,32 @@ class Client:
         job.state  # noqa: B018 - raises JobNotFound for an unknown id
         return job
 
-    def jobs(self, states: Sequence[JobState] = (), limit: int = 100,
-             before: int | None = None) -> list[JobInfo]:
-        reply = self._call("list jobs", self._jobs.ListJobs, pb.ListJobsRequest(
-            states=[int(s) for s in states], limit=limit, before_job_id=before or 0))
-        return [JobInfo(j.job_id, j.resource_group_id, JobState(j.state), j.created_at_ms,
-                        j.ended_at_ms or None, j.error_message or None) for j in reply.jobs]
+    def jobs(
+        self, states: Sequence[JobState] = (), limit: int = 100, before: int | None = None
+    ) -> list[JobInfo]:
+        reply = self._call(
+            "list jobs",
+            self._jobs.ListJobs,
+            pb.ListJobsRequest(
+                states=[cast("pb.JobState.ValueType", int(s)) for s in states],
+                limit=limit,
+                before_job_id=before or 0,
+            ),
+        )
+        return [
+            JobInfo(
+                j.job_id,
+                j.resource_group_id,
+                JobState(j.state),
+                j.created_at_ms,
+                j.ended_at_ms or None,
+                j.error_message or None,
+            )
+            for j in reply.jobs
+        ]
 
     # used by Job
-    def _job_call(self, what: str, method: str, job_id: int, timeout: float | None = None
-                  ) -> Any:
+    def _job_call(self, what: str, method: str, job_id: int, timeout: float | None = None) -> Any:
         fn = getattr(self._jobs, method)
         try:
             return self._call(what, fn, pb.JobIdRequest(job_id=job_id), timeout)
@@ -212,13 +239,18 @@ class Job:
         end = None if timeout is None else time.monotonic() + timeout
         stub = self.client._jobs
         while True:
-            remaining_ms = (_WAIT_CHUNK_MS if end is None
-                            else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000))))
+            remaining_ms = (
+                _WAIT_CHUNK_MS
+                if end is None
+                else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
+            )
             request = pb.WaitJobRequest(job_id=self.id, timeout_ms=remaining_ms)
+
+            def call(r: pb.WaitJobRequest = request, t: int = remaining_ms) -> pb.WaitJobReply:
+                return stub.WaitJob(r, timeout=t / 1000 + 10)
+
             try:
-                reply = call_with_retry(
-                    lambda r=request, t=remaining_ms: stub.WaitJob(r, timeout=t / 1000 + 10),
-                    deadline=self.client.timeout, what="wait for job")
+                reply = call_with_retry(call, deadline=self.client.timeout, what="wait for job")
             except errors.NotFound as exc:
                 raise errors.JobNotFound(str(exc)) from exc
             state = JobState(reply.state)
@@ -254,15 +286,28 @@ class Job:
         return str(reply.error_message)
 
     def progress(self, explain: int = 0) -> Progress:
-        reply = self.client._call("get job progress", self.client._jobs.GetJobProgress,
-                                  pb.JobProgressRequest(job_id=self.id, max_explanations=explain))
+        reply = self.client._call(
+            "get job progress",
+            self.client._jobs.GetJobProgress,
+            pb.JobProgressRequest(job_id=self.id, max_explanations=explain),
+        )
         c = reply.counts
         state = JobState(reply.state)
         total = reply.total_tasks
         succeeded = c.succeeded
         if not reply.live and state == JobState.SUCCEEDED:
             succeeded = total
-        return Progress(state, total, c.pending, c.ready, c.running, succeeded, c.failed,
-                        c.cancelled,
-                        [(_taskid.describe(_taskid.from_proto(w.task_id)), w.reason, w.detail)
-                         for w in reply.waiting])
+        return Progress(
+            state,
+            total,
+            c.pending,
+            c.ready,
+            c.running,
+            succeeded,
+            c.failed,
+            c.cancelled,
+            [
+                (_taskid.describe(_taskid.from_proto(w.task_id)), w.reason, w.detail)
+                for w in reply.waiting
+            ],
+        )

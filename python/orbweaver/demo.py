@@ -26,13 +26,17 @@ def run_demo(workers: int = 2) -> int:
         sys.path.insert(0, str(tasks_dir))
     demo = importlib.import_module("wordcount_demo")
     graph = demo.build_graph()
-    console.print(f"[bold]orbweaver demo[/bold]: {len(graph)} tasks (4 word counts, 3 merges,"
-                  " 1 summary) + a commit task, on a local cluster with"
-                  f" {workers} executor processes")
+    console.print(
+        f"[bold]orbweaver demo[/bold]: {len(graph)} tasks (4 word counts, 3 merges,"
+        " 1 summary) + a commit task, on a local cluster with"
+        f" {workers} executor processes"
+    )
     started = time.perf_counter()
     with LocalCluster(workers=workers, tasks_dir=tasks_dir) as cluster:
-        console.print(f"cluster up in {time.perf_counter() - started:.1f} s"
-                      f" (storage {cluster.address}, embedded SQLite)")
+        console.print(
+            f"cluster up in {time.perf_counter() - started:.1f} s"
+            f" (storage {cluster.address}, embedded SQLite)"
+        )
         job = cluster.client().submit(graph, SHARDS)
         top, total = job.result(timeout=120)
         console.print(f"job {job.id}: [green]{job.state.name}[/green]")

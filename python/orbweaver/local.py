@@ -98,8 +98,10 @@ class LocalCluster:
         self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
         # Children import orbweaver exactly as this process does.
         self._env["PYTHONPATH"] = os.pathsep.join(
-            p for p in [str(Path(__file__).resolve().parent.parent),
-                        self._env.get("PYTHONPATH", "")] if p)
+            p
+            for p in [str(Path(__file__).resolve().parent.parent), self._env.get("PYTHONPATH", "")]
+            if p
+        )
         self._procs: dict[Component, _Process] = {}
         self._client: Client | None = None
         self._group: ResourceGroup | None = None
@@ -165,15 +167,24 @@ class LocalCluster:
     def _command(self, name: Component, ready_file: Path) -> list[str]:
         py = [sys.executable, "-m", "orbweaver"]
         if name == "storage":
-            listen = (f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen)
+            listen = f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen
             args = [*py, "storage", "--db", self.db_url, "--listen", listen]
         elif name == "scheduler":
             listen = f"127.0.0.1:{self._scheduler_port}"
             args = [*py, "scheduler", "--storage", self.address, "--listen", listen]
         else:
-            args = [*py, "worker", "--storage", self.address, "--scheduler",
-                    self.scheduler_address, "--tasks-dir", str(self.tasks_dir),
-                    "--processes", str(self.workers)]
+            args = [
+                *py,
+                "worker",
+                "--storage",
+                self.address,
+                "--scheduler",
+                self.scheduler_address,
+                "--tasks-dir",
+                str(self.tasks_dir),
+                "--processes",
+                str(self.workers),
+            ]
         return [*args, "--ready-file", str(ready_file), *self._extra_args[name]]
 
     def start_component(self, name: Component) -> None:
@@ -185,8 +196,9 @@ class LocalCluster:
         ready_file.unlink(missing_ok=True)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         args = self._command(name, ready_file)
-        popen = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                 env=self._env, start_new_session=True)
+        popen = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
+        )
         proc = _Process(name, args, popen, ready_file, log_file)
         self._procs[name] = proc
         proc.port = self._wait_ready(proc)
@@ -205,10 +217,13 @@ class LocalCluster:
             if code is not None:
                 raise errors.Unavailable(
                     f"{proc.name} exited with code {code} during start-up:\n"
-                    f"{self.logs(proc.name)[-4000:]}")
+                    f"{self.logs(proc.name)[-4000:]}"
+                )
             time.sleep(0.02)
-        raise errors.Unavailable(f"{proc.name} was not ready within {self.start_timeout:g} s:\n"
-                                 f"{self.logs(proc.name)[-4000:]}")
+        raise errors.Unavailable(
+            f"{proc.name} was not ready within {self.start_timeout:g} s:\n"
+            f"{self.logs(proc.name)[-4000:]}"
+        )
 
     def logs(self, name: Component) -> str:
         path = self.log_dir / f"{name}.log"
@@ -232,8 +247,9 @@ class LocalCluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        for name in ("worker", "scheduler", "storage"):
-            proc = self._procs.pop(name, None)  # type: ignore[call-overload]
+        names: tuple[Component, ...] = ("worker", "scheduler", "storage")
+        for name in names:
+            proc = self._procs.pop(name, None)
             if proc is None:
                 continue
             if proc.popen.poll() is None:

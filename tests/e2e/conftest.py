@@ -33,10 +33,14 @@ def make_cluster(db_url: str, tmp_path: Path, workers: int = 2) -> ow.LocalClust
     markers = tmp_path / "markers"
     markers.mkdir(exist_ok=True)
     return ow.LocalCluster(
-        workers=workers, db=db_url, tasks_dir=TASKS_DIR, log_dir=tmp_path / "logs",
+        workers=workers,
+        db=db_url,
+        tasks_dir=TASKS_DIR,
+        log_dir=tmp_path / "logs",
         storage_args=["--config", str(storage_cfg)],
         scheduler_args=["--config", str(scheduler_cfg)],
-        env={"ORBWEAVER_TEST_MARKERS": str(markers)})
+        env={"ORBWEAVER_TEST_MARKERS": str(markers)},
+    )
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.procs import wait_until
 
 import orbweaver as ow
+from support.procs import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tasks"))
-import e2e_tasks as t  # noqa: E402
+import e2e_tasks as t
 
 CHAINS, LENGTH = 8, 12
 
@@ -31,8 +31,12 @@ def chains_graph() -> ow.TaskGraph:
     return g
 
 
-def run_with_fault(cluster: ow.LocalCluster, markers: Path,
-                   fault: Callable[[ow.LocalCluster], None], min_done: int = 15) -> None:
+def run_with_fault(
+    cluster: ow.LocalCluster,
+    markers: Path,
+    fault: Callable[[ow.LocalCluster], None],
+    min_done: int = 15,
+) -> None:
     client = cluster.client()
     job = client.submit(chains_graph(), list(range(CHAINS)))
     wait_until(lambda: job.progress().succeeded >= min_done, timeout=60, what="progress")
@@ -101,8 +105,9 @@ def test_everything_killed_mid_run(cluster: ow.LocalCluster, markers: Path) -> N
     run_with_fault(cluster, markers, fault)
 
 
-def test_storage_killed_during_commit_keeps_outputs(cluster: ow.LocalCluster,
-                                                    markers: Path) -> None:
+def test_storage_killed_during_commit_keeps_outputs(
+    cluster: ow.LocalCluster, markers: Path
+) -> None:
     """A job killed while CommitReady keeps its persisted outputs; the commit (idempotent by
     contract) may run again and the job still succeeds with the same outputs."""
     g = ow.TaskGraph(commit=t.slow_publish)

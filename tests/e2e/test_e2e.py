@@ -12,7 +12,7 @@ import pytest
 import orbweaver as ow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tasks"))
-import e2e_tasks as t  # noqa: E402
+import e2e_tasks as t
 
 
 def test_diamond(cluster: ow.LocalCluster) -> None:
@@ -60,8 +60,9 @@ def test_commit_task_receives_outputs(cluster: ow.LocalCluster, markers: Path) -
     assert (markers / f"commit-{job.id}").read_text() == "[6]"
 
 
-def test_cleanup_task_runs_on_cancel_with_graph_inputs(cluster: ow.LocalCluster,
-                                                       markers: Path) -> None:
+def test_cleanup_task_runs_on_cancel_with_graph_inputs(
+    cluster: ow.LocalCluster, markers: Path
+) -> None:
     g = ow.TaskGraph(cleanup=t.cleanup)
     g.add(t.sleep_then)
     job = cluster.client().submit(g, [5, 3.0])
@@ -131,9 +132,8 @@ def test_wrong_password_is_rejected(cluster: ow.LocalCluster) -> None:
     assert client.submit(g, [1], resource_group=group).result(timeout=60) == [2]
     with pytest.raises(ow.Unauthenticated):
         client.resource_group("team-a", "wrong")
-    with pytest.raises(ow.Unauthenticated):
-        with ow.Client(cluster.address) as tokenless:
-            tokenless.submit(g, [1], resource_group=group)
+    with pytest.raises(ow.Unauthenticated), ow.Client(cluster.address) as tokenless:
+        tokenless.submit(g, [1], resource_group=group)
 
 
 def test_several_resource_groups_share_the_cluster(cluster: ow.LocalCluster) -> None:
@@ -150,8 +150,9 @@ def test_wide_job(cluster: ow.LocalCluster) -> None:
     g = ow.TaskGraph()
     for _ in range(500):
         g.add(t.inc)
-    assert cluster.client().submit(g, list(range(500))).result(timeout=120) == \
-        [i + 1 for i in range(500)]
+    assert cluster.client().submit(g, list(range(500))).result(timeout=120) == [
+        i + 1 for i in range(500)
+    ]
 
 
 @pytest.mark.slow
@@ -189,7 +190,7 @@ def test_neural_network_10_by_1000(sqlite_cluster: ow.LocalCluster) -> None:
 
     values: list[float] = []
     for n in range(width):
-        values.append(t.neuron(0, inputs[n * fan_in:(n + 1) * fan_in]))
+        values.append(t.neuron(0, inputs[n * fan_in : (n + 1) * fan_in]))
     for layer in range(1, layers):
         base = layer * width
         values = [t.neuron(layer, [values[i] for i in sources[base + n]]) for n in range(width)]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.driver import Driver
 from support.procs import StorageProcess
 

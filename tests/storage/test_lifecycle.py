@@ -13,14 +13,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import graphs
-from support.driver import Driver
-from support.graphs import decode_job_outputs, outputs_frame
-from support.procs import StorageProcess, wait_until
 
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.states import JobState
+from support import graphs
+from support.driver import Driver
+from support.graphs import decode_job_outputs, outputs_frame
+from support.procs import StorageProcess, wait_until
 
 SHORT_RETENTION = """
 [storage]
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def run_single(d: Driver, job: int, value: int) -> None:
-    [entry] = d.poll()
+    assert len(d.poll()) == 1
     ctx = d.register(job, 0)
     d.succeed(job, 0, ctx.task_instance_id, outputs_frame(value))
 
@@ -73,8 +73,12 @@ def test_evicted_jobs_are_served_from_the_database(short: Driver) -> None:
     assert decode_job_outputs(d.outputs(done)) == [5]
     assert "KeyError" in d.error(failed)
     assert d.cancel(cancelled) == JobState.CANCELLED
-    for call, args in ((d.cancel, (done,)), (d.start, (done,)), (d.register, (done, 0)),
-                       (d.outputs, (failed,))):
+    for call, args in (
+        (d.cancel, (done,)),
+        (d.start, (done,)),
+        (d.register, (done, 0)),
+        (d.outputs, (failed,)),
+    ):
         with pytest.raises(grpc.RpcError) as info:
             call(*args)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, call
@@ -126,8 +130,7 @@ def test_token_is_required_when_configured(sqlite_url: str, tmp_path: Path) -> N
         with pytest.raises(grpc.RpcError) as info:
             proc.stubs().session.GetSession(pb.Void(), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        channel = grpc.intercept_channel(grpc.insecure_channel(proc.address),
-                                         _Bearer("t0ken"))
+        channel = grpc.intercept_channel(grpc.insecure_channel(proc.address), _Bearer("t0ken"))
         from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 
         reply = pb_grpc.SessionManagementServiceStub(channel).GetSession(pb.Void(), timeout=10)
@@ -154,9 +157,12 @@ def test_oversized_messages_get_a_clear_status(sqlite_url: str, tmp_path: Path) 
     try:
         d = Driver(proc).setup()
         big = _core.compress(os.urandom(2 * 1024 * 1024))
-        request = pb.RegisterJobRequest(resource_group_id=d.rg, password=b"s3cret",
-                                        compressed_serialized_task_graph=big,
-                                        compressed_serialized_inputs=b"")
+        request = pb.RegisterJobRequest(
+            resource_group_id=d.rg,
+            password=b"s3cret",
+            compressed_serialized_task_graph=big,
+            compressed_serialized_inputs=b"",
+        )
         with pytest.raises(grpc.RpcError) as info:
             d.s.jobs.RegisterJob(request, timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -180,9 +186,21 @@ def test_sigterm_stops_cleanly_with_json_logs(sqlite_url: str, tmp_path: Path) -
 
 def test_start_up_failure_is_reported(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "orbweaver", "storage", "--db", "postgres://nope",
-         "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "python")})
+        [
+            sys.executable,
+            "-m",
+            "orbweaver",
+            "storage",
+            "--db",
+            "postgres://nope",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "python")},
+    )
     assert result.returncode != 0
     assert "postgres" in result.stderr
     assert "Traceback" not in result.stderr

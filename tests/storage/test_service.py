@@ -6,18 +6,17 @@ from __future__ import annotations
 import threading
 
 import grpc
-import pytest
 import msgpack
-from support import graphs
-from support.driver import PASSWORD, Driver
-from support.graphs import decode_job_outputs, outputs_frame
-from support.procs import wait_until
+import pytest
 
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._taskid import to_proto
 from orbweaver.states import JobState
-
+from support import graphs
+from support.driver import PASSWORD, Driver
+from support.graphs import decode_job_outputs, outputs_frame
+from support.procs import wait_until
 
 COMMIT, CLEANUP = _core.TASK_COMMIT, _core.TASK_CLEANUP
 
@@ -44,9 +43,12 @@ def test_register_job_returns_id_and_ready_state(driver: Driver) -> None:
 
 
 def test_register_job_rejects_invalid_graph(driver: Driver) -> None:
-    req = pb.RegisterJobRequest(resource_group_id=driver.rg, password=PASSWORD,
-                                compressed_serialized_task_graph=_core.compress(b"invalid json"),
-                                compressed_serialized_inputs=graphs.int_inputs())
+    req = pb.RegisterJobRequest(
+        resource_group_id=driver.rg,
+        password=PASSWORD,
+        compressed_serialized_task_graph=_core.compress(b"invalid json"),
+        compressed_serialized_inputs=graphs.int_inputs(),
+    )
     assert code_of(driver.s.jobs.RegisterJob, req) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -70,10 +72,13 @@ def test_register_job_rejects_path_traversal_names(driver: Driver) -> None:
 
 
 def test_register_job_requires_password(driver: Driver) -> None:
-    assert code_of(driver.submit, graphs.single(), 1, password=b"wrong") == \
-        grpc.StatusCode.UNAUTHENTICATED
-    assert code_of(driver.submit, graphs.single(), 1, password=b"") == \
-        grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        code_of(driver.submit, graphs.single(), 1, password=b"wrong")
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        code_of(driver.submit, graphs.single(), 1, password=b"") == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
 def test_register_job_is_idempotent_with_a_key(driver: Driver) -> None:
@@ -162,7 +167,7 @@ def test_outputs_of_unfinished_job_is_failed_precondition(driver: Driver) -> Non
 
 def test_error_of_failed_job(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 1, start=True)
-    [entry] = driver.poll()
+    assert len(driver.poll()) == 1
     ctx = driver.register(job, 0)
     driver.fail(job, 0, ctx.task_instance_id, "ValueError: boom")
     assert driver.state(job) == JobState.FAILED
@@ -198,18 +203,24 @@ def test_bogus_task_index_is_invalid_argument(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 5, start=True)
     assert code_of(driver.register, job, 57) == grpc.StatusCode.INVALID_ARGUMENT
     ctx = driver.register(job, 0)
-    assert code_of(driver.succeed, job, 9, ctx.task_instance_id, outputs_frame(1)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(driver.succeed, job, 9, ctx.task_instance_id, outputs_frame(1))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert driver.storage.serving()
 
 
 def test_wrong_output_count_is_invalid_argument_and_changes_nothing(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 5, start=True)
     ctx = driver.register(job, 0)
-    assert code_of(driver.succeed, job, 0, ctx.task_instance_id, outputs_frame(1, 2)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(driver.succeed, job, 0, ctx.task_instance_id, b"\x01") == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(driver.succeed, job, 0, ctx.task_instance_id, outputs_frame(1, 2))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(driver.succeed, job, 0, ctx.task_instance_id, b"\x01")
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert driver.state(job) == JobState.RUNNING
     driver.succeed(job, 0, ctx.task_instance_id, outputs_frame(3))
     assert driver.state(job) == JobState.SUCCEEDED
@@ -219,8 +230,9 @@ def test_unknown_execution_manager_is_rejected(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 5, start=True)
     assert code_of(driver.register, job, 0, em=987_654) == grpc.StatusCode.NOT_FOUND
     hb = pb.HeartbeatRequest(execution_manager_id=987_654)
-    assert code_of(driver.s.liveness.UpdateExecutionManagerHeartbeat, hb) == \
-        grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(driver.s.liveness.UpdateExecutionManagerHeartbeat, hb) == grpc.StatusCode.NOT_FOUND
+    )
     assert driver.storage.serving()
 
 
@@ -241,11 +253,11 @@ def test_success_transitions_job_to_succeeded(driver: Driver) -> None:
 
 def test_failure_with_retries_requeues_then_fails(driver: Driver) -> None:
     job = driver.submit(graphs.single(policy=graphs.policy(retries=1)), 5, start=True)
-    [entry] = driver.poll()
+    assert len(driver.poll()) == 1
     ctx = driver.register(job, 0)
     driver.fail(job, 0, ctx.task_instance_id, "first")
     assert driver.state(job) == JobState.RUNNING
-    [entry] = driver.poll()
+    assert len(driver.poll()) == 1
     ctx = driver.register(job, 0)
     driver.fail(job, 0, ctx.task_instance_id, "second")
     assert driver.state(job) == JobState.FAILED
@@ -257,10 +269,14 @@ def test_stale_session_is_not_found(driver: Driver) -> None:
     stale = driver.session - 1
     assert code_of(driver.register, job, 0, session=stale) == grpc.StatusCode.NOT_FOUND
     ctx = driver.register(job, 0)
-    assert code_of(driver.succeed, job, 0, ctx.task_instance_id, outputs_frame(1),
-                   session=stale) == grpc.StatusCode.NOT_FOUND
-    assert code_of(driver.fail, job, 0, ctx.task_instance_id, "x", session=stale) == \
-        grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(driver.succeed, job, 0, ctx.task_instance_id, outputs_frame(1), session=stale)
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code_of(driver.fail, job, 0, ctx.task_instance_id, "x", session=stale)
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 def test_instance_limit_and_first_success_wins(driver: Driver) -> None:
@@ -269,8 +285,10 @@ def test_instance_limit_and_first_success_wins(driver: Driver) -> None:
     b = driver.register(job, 0)
     assert code_of(driver.register, job, 0) == grpc.StatusCode.FAILED_PRECONDITION
     driver.succeed(job, 0, b.task_instance_id, outputs_frame(1))
-    assert code_of(driver.succeed, job, 0, a.task_instance_id, outputs_frame(2)) == \
-        grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        code_of(driver.succeed, job, 0, a.task_instance_id, outputs_frame(2))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert decode_job_outputs(driver.outputs(job)) == [1]
 
 
@@ -278,22 +296,37 @@ def test_batch_register_and_report(driver: Driver) -> None:
     job = driver.submit(graphs.flat(50), *range(50), start=True)
     entries = driver.poll(max_items=100)
     assert sorted(e.task_id.index for e in entries) == list(range(50))
-    reply = driver.s.instances.RegisterTaskInstances(pb.RegisterTaskInstancesRequest(
-        execution_manager_id=driver.em, session_id=driver.session,
-        items=[pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=e.task_id)
-               for e in entries] + [pb.RegisterTaskInstancesRequest.Item(
-                   job_id=job, task_id=to_proto(99))]), timeout=30)
+    reply = driver.s.instances.RegisterTaskInstances(
+        pb.RegisterTaskInstancesRequest(
+            execution_manager_id=driver.em,
+            session_id=driver.session,
+            items=[
+                pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=e.task_id) for e in entries
+            ]
+            + [pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=to_proto(99))],
+        ),
+        timeout=30,
+    )
     assert [i.WhichOneof("result") for i in reply.items] == ["context"] * 50 + ["error"]
     assert reply.items[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    outcomes = [pb.TaskOutcome(job_id=job, task_id=i.context.task_id,
-                               task_instance_id=i.context.task_instance_id,
-                               serialized_outputs=outputs_frame(i.context.task_id.index))
-                for i in reply.items[:50]]
-    outcomes.append(pb.TaskOutcome(job_id=job, task_id=to_proto(0), task_instance_id=1,
-                                   error_message="late"))
-    statuses = driver.s.instances.ReportTaskOutcomes(pb.ReportTaskOutcomesRequest(
-        execution_manager_id=driver.em, session_id=driver.session, outcomes=outcomes),
-        timeout=30).statuses
+    outcomes = [
+        pb.TaskOutcome(
+            job_id=job,
+            task_id=i.context.task_id,
+            task_instance_id=i.context.task_instance_id,
+            serialized_outputs=outputs_frame(i.context.task_id.index),
+        )
+        for i in reply.items[:50]
+    ]
+    outcomes.append(
+        pb.TaskOutcome(job_id=job, task_id=to_proto(0), task_instance_id=1, error_message="late")
+    )
+    statuses = driver.s.instances.ReportTaskOutcomes(
+        pb.ReportTaskOutcomesRequest(
+            execution_manager_id=driver.em, session_id=driver.session, outcomes=outcomes
+        ),
+        timeout=30,
+    ).statuses
     assert [s.code for s in statuses[:50]] == [0] * 50
     assert statuses[50].code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert driver.state(job) == JobState.SUCCEEDED
@@ -304,7 +337,7 @@ def test_commit_task_receives_outputs_and_finishes_job(driver: Driver) -> None:
     job = driver.submit(graphs.single(commit=True), 5, start=True)
     run_single(driver, job, 11)
     assert driver.state(job) == JobState.COMMIT_READY
-    [entry] = driver.poll("commit")
+    assert len(driver.poll("commit")) == 1
     ctx = driver.register(job, COMMIT)
     assert decode_job_outputs(ctx.serialized_task_io) == [11]
     driver.succeed(job, COMMIT, ctx.task_instance_id, b"")
@@ -327,8 +360,11 @@ def test_commit_ready_job_without_cleanup_cannot_be_cancelled(driver: Driver) ->
 def test_wait_job_returns_when_terminal(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 5, start=True)
     result: list[pb.WaitJobReply] = []
-    waiter = threading.Thread(target=lambda: result.append(driver.s.jobs.WaitJob(
-        pb.WaitJobRequest(job_id=job, timeout_ms=30_000), timeout=60)))
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            driver.s.jobs.WaitJob(pb.WaitJobRequest(job_id=job, timeout_ms=30_000), timeout=60)
+        )
+    )
     waiter.start()
     run_single(driver, job)
     waiter.join(60)
@@ -340,8 +376,9 @@ def test_wait_job_returns_when_terminal(driver: Driver) -> None:
 
 def test_progress_counts_and_explanations(driver: Driver) -> None:
     job = driver.submit(graphs.diamond(), 3, start=True)
-    reply = driver.s.jobs.GetJobProgress(pb.JobProgressRequest(job_id=job, max_explanations=10),
-                                         timeout=30)
+    reply = driver.s.jobs.GetJobProgress(
+        pb.JobProgressRequest(job_id=job, max_explanations=10), timeout=30
+    )
     assert reply.live and reply.total_tasks == 4
     assert (reply.counts.ready, reply.counts.pending) == (1, 3)
     reasons = {w.task_id.index: w.reason for w in reply.waiting}
@@ -358,23 +395,40 @@ def test_poll_returns_empty_when_no_tasks(driver: Driver) -> None:
 
 def test_resource_groups(driver: Driver) -> None:
     s = driver.s
-    rg = s.groups.AddResourceGroup(pb.AddResourceGroupRequest(
-        external_resource_group_id="other", password=b"pw"), timeout=30).resource_group_id
-    ok = s.groups.VerifyResourceGroup(pb.VerifyResourceGroupRequest(
-        resource_group_id=rg, password=b"pw"), timeout=30)
+    rg = s.groups.AddResourceGroup(
+        pb.AddResourceGroupRequest(external_resource_group_id="other", password=b"pw"), timeout=30
+    ).resource_group_id
+    ok = s.groups.VerifyResourceGroup(
+        pb.VerifyResourceGroupRequest(resource_group_id=rg, password=b"pw"), timeout=30
+    )
     assert ok.external_resource_group_id == "other"
-    assert code_of(s.groups.VerifyResourceGroup, pb.VerifyResourceGroupRequest(
-        resource_group_id=rg, password=b"nope")) == grpc.StatusCode.UNAUTHENTICATED
-    assert code_of(s.groups.AddResourceGroup, pb.AddResourceGroupRequest(
-        external_resource_group_id="other", password=b"x")) == grpc.StatusCode.ALREADY_EXISTS
+    assert (
+        code_of(
+            s.groups.VerifyResourceGroup,
+            pb.VerifyResourceGroupRequest(resource_group_id=rg, password=b"nope"),
+        )
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        code_of(
+            s.groups.AddResourceGroup,
+            pb.AddResourceGroupRequest(external_resource_group_id="other", password=b"x"),
+        )
+        == grpc.StatusCode.ALREADY_EXISTS
+    )
 
 
 def test_register_em_rejects_bad_ip(driver: Driver) -> None:
-    assert code_of(driver.s.liveness.RegisterExecutionManager,
-                   pb.RegisterExecutionManagerRequest(ip_address="not-an-ip")) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(
+            driver.s.liveness.RegisterExecutionManager,
+            pb.RegisterExecutionManagerRequest(ip_address="not-an-ip"),
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     reply = driver.s.liveness.UpdateExecutionManagerHeartbeat(
-        pb.HeartbeatRequest(execution_manager_id=driver.em), timeout=10)
+        pb.HeartbeatRequest(execution_manager_id=driver.em), timeout=10
+    )
     assert reply.session_id == driver.session
 
 
@@ -382,22 +436,26 @@ def test_scheduler_registration_resends_only_when_replacing(driver: Driver) -> N
     s = driver.s
     job = driver.submit(graphs.single(), 5, start=True)
     assert len(driver.poll()) == 1
-    first = s.schedulers.RegisterScheduler(pb.RegisterSchedulerRequest(host="h", port=1),
-                                           timeout=10)
+    first = s.schedulers.RegisterScheduler(
+        pb.RegisterSchedulerRequest(host="h", port=1), timeout=10
+    )
     assert driver.poll(wait_ms=300) == []
-    second = s.schedulers.RegisterScheduler(pb.RegisterSchedulerRequest(host="h", port=2),
-                                            timeout=10)
+    second = s.schedulers.RegisterScheduler(
+        pb.RegisterSchedulerRequest(host="h", port=2), timeout=10
+    )
     assert second.scheduler_id != first.scheduler_id
     entries = wait_until(lambda: driver.poll(wait_ms=200), what="resent entry")
     assert [(e.job_id, e.task_id.index) for e in entries] == [(job, 0)]
     assert [x.port for x in s.schedulers.GetSchedulers(pb.Void(), timeout=10).schedulers] == [2]
-    assert code_of(s.schedulers.RegisterScheduler, pb.RegisterSchedulerRequest(
-        host="", port=1)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(s.schedulers.RegisterScheduler, pb.RegisterSchedulerRequest(host="", port=1))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_dead_em_instances_are_requeued(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 5, start=True)
-    [entry] = driver.poll()
+    assert len(driver.poll()) == 1
     driver.register(job, 0)
     # No heartbeats: after the 2 s stale cutoff the instance GC re-offers the task.
     [again] = wait_until(lambda: driver.poll(wait_ms=200), timeout=20, what="requeue")
@@ -409,11 +467,15 @@ def test_dead_em_instances_are_requeued(driver: Driver) -> None:
 def test_soft_timeout_requeues_once(driver: Driver) -> None:
     pol = graphs.policy(instances=2, soft_ms=100, hard_ms=60_000)
     job = driver.submit(graphs.single(policy=pol), 5, start=True)
-    [entry] = driver.poll()
+    assert len(driver.poll()) == 1
     hb = pb.HeartbeatRequest(execution_manager_id=driver.em)
     first = driver.register(job, 0)
-    [again] = wait_until(lambda: (driver.s.liveness.UpdateExecutionManagerHeartbeat(hb)
-                                  and driver.poll(wait_ms=200)), timeout=20, what="requeue")
+    requeued = wait_until(
+        lambda: driver.s.liveness.UpdateExecutionManagerHeartbeat(hb) and driver.poll(wait_ms=200),
+        timeout=20,
+        what="requeue",
+    )
+    assert len(requeued) == 1
     second = driver.register(job, 0)
     assert second.task_instance_id != first.task_instance_id
     driver.succeed(job, 0, first.task_instance_id, outputs_frame(1))
@@ -424,18 +486,38 @@ def test_malformed_requests_never_crash_the_service(driver: Driver) -> None:
     s = driver.s
     job = driver.submit(graphs.single(), 5, start=True)
     bad_calls = [
-        (s.instances.RegisterTaskInstance, pb.RegisterTaskInstanceRequest(
-            job_id=job, execution_manager_id=driver.em, session_id=driver.session)),
-        (s.instances.ReportTaskOutcomes, pb.ReportTaskOutcomesRequest(
-            execution_manager_id=driver.em, session_id=driver.session,
-            outcomes=[pb.TaskOutcome(job_id=job, task_id=to_proto(0))])),
-        (s.instances.RegisterTaskInstance, pb.RegisterTaskInstanceRequest(
-            job_id=job, task_id=pb.TaskId(index=2**40), execution_manager_id=driver.em,
-            session_id=driver.session)),
-        (s.jobs.RegisterJob, pb.RegisterJobRequest(
-            resource_group_id=driver.rg, password=PASSWORD,
-            compressed_serialized_task_graph=b"\x28\xb5\x2f\xfd garbage",
-            compressed_serialized_inputs=b"")),
+        (
+            s.instances.RegisterTaskInstance,
+            pb.RegisterTaskInstanceRequest(
+                job_id=job, execution_manager_id=driver.em, session_id=driver.session
+            ),
+        ),
+        (
+            s.instances.ReportTaskOutcomes,
+            pb.ReportTaskOutcomesRequest(
+                execution_manager_id=driver.em,
+                session_id=driver.session,
+                outcomes=[pb.TaskOutcome(job_id=job, task_id=to_proto(0))],
+            ),
+        ),
+        (
+            s.instances.RegisterTaskInstance,
+            pb.RegisterTaskInstanceRequest(
+                job_id=job,
+                task_id=pb.TaskId(index=2**40),
+                execution_manager_id=driver.em,
+                session_id=driver.session,
+            ),
+        ),
+        (
+            s.jobs.RegisterJob,
+            pb.RegisterJobRequest(
+                resource_group_id=driver.rg,
+                password=PASSWORD,
+                compressed_serialized_task_graph=b"\x28\xb5\x2f\xfd garbage",
+                compressed_serialized_inputs=b"",
+            ),
+        ),
         (s.groups.VerifyResourceGroup, pb.VerifyResourceGroupRequest()),
     ]
     for call, request in bad_calls:

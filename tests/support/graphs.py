@@ -13,38 +13,55 @@ INT = {"Value": {"Primitive": {"Int": "Int64"}}}
 BYTES = {"Value": {"Bytes": {}}}
 
 
-def task(func: str, inputs: int = 1, outputs: int = 1,
-         sources: list[tuple[int, int]] | None = None, policy: dict[str, Any] | None = None,
-         package: str = "testpkg") -> dict[str, Any]:
+def task(
+    func: str,
+    inputs: int = 1,
+    outputs: int = 1,
+    sources: list[tuple[int, int]] | None = None,
+    policy: dict[str, Any] | None = None,
+    package: str = "testpkg",
+) -> dict[str, Any]:
     t: dict[str, Any] = {
         "tdl_context": {"package": package, "task_func": func},
         "inputs": [INT] * inputs,
         "outputs": [INT] * outputs,
-        "input_sources": ([{"task_idx": i, "position": p} for i, p in sources]
-                          if sources is not None else None),
+        "input_sources": (
+            [{"task_idx": i, "position": p} for i, p in sources] if sources is not None else None
+        ),
     }
     if policy is not None:
         t["execution_policy"] = policy
     return t
 
 
-def policy(retries: int = 0, instances: int = 1, soft_ms: int = 150_000,
-           hard_ms: int = 300_000) -> dict[str, Any]:
-    return {"max_num_retry": retries, "max_num_instances": instances,
-            "timeout_policy": {"soft_timeout_ms": soft_ms, "hard_timeout_ms": hard_ms}}
+def policy(
+    retries: int = 0, instances: int = 1, soft_ms: int = 150_000, hard_ms: int = 300_000
+) -> dict[str, Any]:
+    return {
+        "max_num_retry": retries,
+        "max_num_instances": instances,
+        "timeout_policy": {"soft_timeout_ms": soft_ms, "hard_timeout_ms": hard_ms},
+    }
 
 
-def graph(tasks: list[dict[str, Any]], commit: bool = False, cleanup: bool = False,
-          termination_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+def graph(
+    tasks: list[dict[str, Any]],
+    commit: bool = False,
+    cleanup: bool = False,
+    termination_policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     def term(name: str) -> dict[str, Any]:
         t: dict[str, Any] = {"tdl_context": {"package": "testpkg", "task_func": name}}
         if termination_policy is not None:
             t["execution_policy"] = termination_policy
         return t
 
-    return {"schema_version": "0.1.0", "tasks": tasks,
-            "commit_task": term("commit") if commit else None,
-            "cleanup_task": term("cleanup") if cleanup else None}
+    return {
+        "schema_version": "0.1.0",
+        "tasks": tasks,
+        "commit_task": term("commit") if commit else None,
+        "cleanup_task": term("cleanup") if cleanup else None,
+    }
 
 
 def single(**kw: Any) -> dict[str, Any]:
@@ -54,8 +71,15 @@ def single(**kw: Any) -> dict[str, Any]:
 
 def diamond(**kw: Any) -> dict[str, Any]:
     """a -> (b, c) -> d; one graph input, one job output."""
-    return graph([task("a"), task("b", sources=[(0, 0)]), task("c", sources=[(0, 0)]),
-                  task("d", inputs=2, sources=[(1, 0), (2, 0)])], **kw)
+    return graph(
+        [
+            task("a"),
+            task("b", sources=[(0, 0)]),
+            task("c", sources=[(0, 0)]),
+            task("d", inputs=2, sources=[(1, 0), (2, 0)]),
+        ],
+        **kw,
+    )
 
 
 def flat(n: int, **kw: Any) -> dict[str, Any]:

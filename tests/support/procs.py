@@ -31,8 +31,12 @@ recovery_page_size = 100
 """
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -54,8 +58,9 @@ def _env() -> dict[str, str]:
 class ServiceProcess:
     """One `python -m orbweaver <component>` child process."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.args = args
         self.workdir = workdir
@@ -72,7 +77,11 @@ class ServiceProcess:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "orbweaver", *args, "--ready-file", str(ready)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -81,8 +90,9 @@ class ServiceProcess:
                 raise AssertionError(f"{self.name} exited with {code}:\n{self.logs()[-5000:]}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise AssertionError(f"{self.name} not ready in {timeout} s:\n"
-                                     f"{self.logs()[-5000:]}")
+                raise AssertionError(
+                    f"{self.name} not ready in {timeout} s:\n{self.logs()[-5000:]}"
+                )
             time.sleep(0.02)
         self.port = int(json.loads(ready.read_text())["port"])
 
@@ -118,13 +128,31 @@ class ServiceProcess:
 
 
 class StorageProcess(ServiceProcess):
-    def __init__(self, db_url: str, workdir: Path, config: str = FAST_CONFIG,
-                 env: dict[str, str] | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        workdir: Path,
+        config: str = FAST_CONFIG,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         cfg = workdir / "storage.toml"
         cfg.write_text(config)
-        super().__init__("storage", ["storage", "--db", db_url, "--listen",
-                                     "127.0.0.1:{port}", "--config", str(cfg), *(extra or [])],
-                         workdir, env)
+        super().__init__(
+            "storage",
+            [
+                "storage",
+                "--db",
+                db_url,
+                "--listen",
+                "127.0.0.1:{port}",
+                "--config",
+                str(cfg),
+                *(extra or []),
+            ],
+            workdir,
+            env,
+        )
         self._channel: grpc.Channel | None = None
 
     @property

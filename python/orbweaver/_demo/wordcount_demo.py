@@ -35,7 +35,9 @@ def summarize(counts: dict[str, int]) -> tuple[list[str], int]:
 
 
 def publish_dir() -> Path:
-    return Path(os.environ.get("ORBWEAVER_DEMO_DIR", Path(tempfile.gettempdir()) / "orbweaver-demo"))
+    return Path(
+        os.environ.get("ORBWEAVER_DEMO_DIR", Path(tempfile.gettempdir()) / "orbweaver-demo")
+    )
 
 
 @ow.task(retries=2)

@@ -44,12 +44,25 @@ class StorageConfig:
     db_retry_deadline: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("task_capacity", "commit_capacity", "cleanup_capacity", "grpc_workers",
-                     "recovery_page_size", "max_message_bytes"):
+        for name in (
+            "task_capacity",
+            "commit_capacity",
+            "cleanup_capacity",
+            "grpc_workers",
+            "recovery_page_size",
+            "max_message_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0")
-        for name in ("em_stale_cutoff", "instance_gc_interval", "job_cache_retention",
-                     "job_cache_gc_interval", "db_gc_interval", "max_wait", "db_retry_deadline"):
+        for name in (
+            "em_stale_cutoff",
+            "instance_gc_interval",
+            "job_cache_retention",
+            "job_cache_gc_interval",
+            "db_gc_interval",
+            "max_wait",
+            "db_retry_deadline",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0 seconds")
         if self.job_retention is not None and self.job_retention <= 0:
@@ -59,8 +72,9 @@ class StorageConfig:
         return dataclasses.replace(self, **changes)
 
     @staticmethod
-    def load(path: Path | None = None, env: dict[str, str] | None = None,
-             **overrides: Any) -> StorageConfig:
+    def load(
+        path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+    ) -> StorageConfig:
         """Defaults, then the `[storage]` table of a TOML file, then the environment
         (`ORBWEAVER_TOKEN`, `ORBWEAVER_TLS_*`), then explicit overrides (None values ignored)."""
         security = Security.from_env(dict(os.environ if env is None else env))

@@ -14,8 +14,9 @@ class ServiceFailure(errors.InternalError):
     job transition): the service must stop and rebuild its cache from the database."""
 
 
-def translate(exc: BaseException, *, job_id: int | None = None,
-              task_rpc: bool = False) -> errors.OrbweaverError:
+def translate(
+    exc: BaseException, *, job_id: int | None = None, task_rpc: bool = False
+) -> errors.OrbweaverError:
     """Map an engine/DB exception to a public error. `task_rpc` marks task-instance RPCs, where a
     job missing from the cache is a stale request, not an unknown job."""
     job = f"job {job_id}: " if job_id is not None else ""

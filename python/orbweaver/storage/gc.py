@@ -18,8 +18,9 @@ log = logging.getLogger("orbweaver.storage.gc")
 
 
 class _Loop:
-    def __init__(self, name: str, interval: float, body: Callable[[], None],
-                 stop: threading.Event) -> None:
+    def __init__(
+        self, name: str, interval: float, body: Callable[[], None], stop: threading.Event
+    ) -> None:
         self.name = name
         self._interval = interval
         self._body = body

@@ -18,9 +18,13 @@ log = logging.getLogger("orbweaver.storage.metrics")
 class _LiveCollector(Collector):
     """Values read at scrape time: queue depths, cache size, live instances, jobs by state."""
 
-    def __init__(self, depths: Callable[[], tuple[int, int, int]], cached_jobs: Callable[[], int],
-                 live_instances: Callable[[], int],
-                 jobs_by_state: Callable[[], dict[int, int]]) -> None:
+    def __init__(
+        self,
+        depths: Callable[[], tuple[int, int, int]],
+        cached_jobs: Callable[[], int],
+        live_instances: Callable[[], int],
+        jobs_by_state: Callable[[], dict[int, int]],
+    ) -> None:
         self._depths = depths
         self._cached_jobs = cached_jobs
         self._live_instances = live_instances
@@ -28,18 +32,25 @@ class _LiveCollector(Collector):
         self._state_cache: tuple[float, dict[int, int]] = (0.0, {})
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("orbweaver_storage_queue_depth",
-                                  "Entries waiting in each inbound-queue lane", labels=["lane"])
+        depth = GaugeMetricFamily(
+            "orbweaver_storage_queue_depth",
+            "Entries waiting in each inbound-queue lane",
+            labels=["lane"],
+        )
         for lane, value in zip(("task", "commit", "cleanup"), self._depths(), strict=True):
             depth.add_metric([lane], value)
         yield depth
-        yield GaugeMetricFamily("orbweaver_storage_cached_jobs", "Jobs in the job cache",
-                                value=self._cached_jobs())
-        yield GaugeMetricFamily("orbweaver_storage_live_task_instances",
-                                "Registered task instances not yet collected",
-                                value=self._live_instances())
-        jobs = GaugeMetricFamily("orbweaver_storage_jobs", "Jobs in the database by state",
-                                 labels=["state"])
+        yield GaugeMetricFamily(
+            "orbweaver_storage_cached_jobs", "Jobs in the job cache", value=self._cached_jobs()
+        )
+        yield GaugeMetricFamily(
+            "orbweaver_storage_live_task_instances",
+            "Registered task instances not yet collected",
+            value=self._live_instances(),
+        )
+        jobs = GaugeMetricFamily(
+            "orbweaver_storage_jobs", "Jobs in the database by state", labels=["state"]
+        )
         # The per-state count is a DB query; refresh it at most every 10 s.
         at, counts = self._state_cache
         if time.monotonic() - at > 10:
@@ -57,35 +68,61 @@ class StorageMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.jobs_registered = Counter("orbweaver_storage_jobs_registered",
-                                       "Jobs registered", registry=r)
-        self.jobs_terminated = Counter("orbweaver_storage_jobs_terminated",
-                                       "Jobs that reached a terminal state", ["state"], registry=r)
-        self.instances_registered = Counter("orbweaver_storage_task_instances_registered",
-                                            "Task instances registered", registry=r)
-        self.task_successes = Counter("orbweaver_storage_task_successes",
-                                      "Task success reports accepted", registry=r)
-        self.task_failures = Counter("orbweaver_storage_task_failures",
-                                     "Task failure reports accepted", registry=r)
-        self.recovery_seconds = Gauge("orbweaver_storage_recovery_seconds",
-                                      "Duration of the last cache recovery", registry=r)
-        self.jobs_recovered = Gauge("orbweaver_storage_jobs_recovered",
-                                    "Jobs recovered into the cache at start, by state",
-                                    ["state"], registry=r)
-        self.jobs_unrecoverable = Gauge("orbweaver_storage_jobs_unrecoverable",
-                                        "Jobs marked FAILED at start because they could not be"
-                                        " rebuilt", registry=r)
-        self.evicted = Counter("orbweaver_storage_jobs_evicted",
-                               "Terminated jobs evicted from the cache", registry=r)
-        self.requeued = Counter("orbweaver_storage_tasks_requeued",
-                                "Tasks re-offered by the instance GC", ["reason"], registry=r)
-        self.dead_ems = Counter("orbweaver_storage_dead_execution_managers",
-                                "Execution managers declared dead", registry=r)
+        self.jobs_registered = Counter(
+            "orbweaver_storage_jobs_registered", "Jobs registered", registry=r
+        )
+        self.jobs_terminated = Counter(
+            "orbweaver_storage_jobs_terminated",
+            "Jobs that reached a terminal state",
+            ["state"],
+            registry=r,
+        )
+        self.instances_registered = Counter(
+            "orbweaver_storage_task_instances_registered", "Task instances registered", registry=r
+        )
+        self.task_successes = Counter(
+            "orbweaver_storage_task_successes", "Task success reports accepted", registry=r
+        )
+        self.task_failures = Counter(
+            "orbweaver_storage_task_failures", "Task failure reports accepted", registry=r
+        )
+        self.recovery_seconds = Gauge(
+            "orbweaver_storage_recovery_seconds", "Duration of the last cache recovery", registry=r
+        )
+        self.jobs_recovered = Gauge(
+            "orbweaver_storage_jobs_recovered",
+            "Jobs recovered into the cache at start, by state",
+            ["state"],
+            registry=r,
+        )
+        self.jobs_unrecoverable = Gauge(
+            "orbweaver_storage_jobs_unrecoverable",
+            "Jobs marked FAILED at start because they could not be rebuilt",
+            registry=r,
+        )
+        self.evicted = Counter(
+            "orbweaver_storage_jobs_evicted", "Terminated jobs evicted from the cache", registry=r
+        )
+        self.requeued = Counter(
+            "orbweaver_storage_tasks_requeued",
+            "Tasks re-offered by the instance GC",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_ems = Counter(
+            "orbweaver_storage_dead_execution_managers",
+            "Execution managers declared dead",
+            registry=r,
+        )
 
     def job_terminated(self, state: JobState) -> None:
         self.jobs_terminated.labels(state.name).inc()
 
-    def attach(self, depths: Callable[[], tuple[int, int, int]], cached_jobs: Callable[[], int],
-               live_instances: Callable[[], int],
-               jobs_by_state: Callable[[], dict[int, int]]) -> None:
+    def attach(
+        self,
+        depths: Callable[[], tuple[int, int, int]],
+        cached_jobs: Callable[[], int],
+        live_instances: Callable[[], int],
+        jobs_by_state: Callable[[], dict[int, int]],
+    ) -> None:
         self.registry.register(_LiveCollector(depths, cached_jobs, live_instances, jobs_by_state))

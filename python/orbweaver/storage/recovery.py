@@ -45,8 +45,13 @@ def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> Recove
             after = row.id
             try:
                 submission = _core.Submission(row.compressed_graph, row.compressed_inputs)
-                cache.recover(row.id, row.resource_group_id, submission, int(row.state),
-                              row.serialized_outputs)
+                cache.recover(
+                    row.id,
+                    row.resource_group_id,
+                    submission,
+                    int(row.state),
+                    row.serialized_outputs,
+                )
             except _core.CoreError as exc:
                 reason = f"cannot be recovered after a storage restart: {exc}"
                 log.error("job %d %s", row.id, reason, extra={"job_id": row.id})
@@ -58,7 +63,13 @@ def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> Recove
         if report.pages % 20 == 0:
             log.info("recovery in progress", extra={"jobs": report.total, "pages": report.pages})
     report.seconds = time.perf_counter() - started
-    log.info("job cache recovered", extra={
-        "jobs": report.total, "failed": len(report.failed), "seconds": round(report.seconds, 3),
-        **{f"state_{s.name.lower()}": n for s, n in report.recovered.items()}})
+    log.info(
+        "job cache recovered",
+        extra={
+            "jobs": report.total,
+            "failed": len(report.failed),
+            "seconds": round(report.seconds, 3),
+            **{f"state_{s.name.lower()}": n for s, n in report.recovered.items()},
+        },
+    )
     return report

@@ -67,34 +67,51 @@ class StorageRuntime:
         cfg = self.config
         self.db = open_database(cfg.db_url)
         log.info("connected to the database", extra={"session_id": self.db.session_id})
-        self.cache = _core.JobCache(task_capacity=cfg.task_capacity,
-                                    commit_capacity=cfg.commit_capacity,
-                                    cleanup_capacity=cfg.cleanup_capacity)
-        self.service = StorageService(cfg, self.db, self.cache, self.metrics,
-                                      on_fatal=self._on_fatal)
+        self.cache = _core.JobCache(
+            task_capacity=cfg.task_capacity,
+            commit_capacity=cfg.commit_capacity,
+            cleanup_capacity=cfg.cleanup_capacity,
+        )
+        self.service = StorageService(
+            cfg, self.db, self.cache, self.metrics, on_fatal=self._on_fatal
+        )
         self.recovery = recover_cache(self.db, self.cache, cfg.recovery_page_size)
         self.metrics.recovery_seconds.set(self.recovery.seconds)
         for state, count in self.recovery.recovered.items():
             self.metrics.jobs_recovered.labels(state.name).set(count)
         self.metrics.jobs_unrecoverable.set(len(self.recovery.failed))
         db, cache = self.db, self.cache
-        self.metrics.attach(cache.queue_depths, cache.__len__, cache.live_instances,
-                            db.count_jobs_by_state)
+        self.metrics.attach(
+            cache.queue_depths, cache.__len__, cache.live_instances, db.count_jobs_by_state
+        )
         self.loops = BackgroundLoops(self.service)
         self.loops.start()
-        self.server = make_server(cfg.listen, cfg.security, max_workers=cfg.grpc_workers,
-                                  max_message_bytes=cfg.max_message_bytes)
-        servicer.add_servicers(self.server.grpc_server, self.service,
-                               token_authenticated=cfg.security.token is not None)
+        self.server = make_server(
+            cfg.listen,
+            cfg.security,
+            max_workers=cfg.grpc_workers,
+            max_message_bytes=cfg.max_message_bytes,
+        )
+        servicer.add_servicers(
+            self.server.grpc_server,
+            self.service,
+            token_authenticated=cfg.security.token is not None,
+        )
         self.server.start()
         for name in servicer.SERVICE_NAMES:
             self.server.set_serving(name, True)
         if cfg.metrics_port is not None:
             start_http_server(cfg.metrics_port, registry=self.metrics.registry)
         resent = self.cache.resend_ready()
-        log.info("storage serving", extra={
-            "port": self.server.port, "session_id": self.db.session_id,
-            "recovered_jobs": self.recovery.total, "resent": resent})
+        log.info(
+            "storage serving",
+            extra={
+                "port": self.server.port,
+                "session_id": self.db.session_id,
+                "recovered_jobs": self.recovery.total,
+                "resent": resent,
+            },
+        )
 
     def _on_fatal(self, message: str) -> None:
         if self._fatal is None:

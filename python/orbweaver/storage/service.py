@@ -51,8 +51,15 @@ class JobProgress:
 class StorageService:
     """Thread-safe; every public method may be called from any gRPC worker thread."""
 
-    def __init__(self, config: StorageConfig, db: Database, cache: _core.JobCache,
-                 metrics: StorageMetrics, *, on_fatal: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        db: Database,
+        cache: _core.JobCache,
+        metrics: StorageMetrics,
+        *,
+        on_fatal: Callable[[str], None],
+    ) -> None:
         self.config = config
         self.db = db
         self.cache = cache
@@ -109,14 +116,17 @@ class StorageService:
         except db_errors.DbError as exc:
             raise translate(exc) from exc
 
-    def verify_resource_group(self, password: bytes, *, resource_group_id: int = 0,
-                              external_id: str = "") -> tuple[int, str]:
+    def verify_resource_group(
+        self, password: bytes, *, resource_group_id: int = 0, external_id: str = ""
+    ) -> tuple[int, str]:
         if not resource_group_id and not external_id:
             raise errors.InvalidArgument("give a resource group id or name")
         try:
             rg_id, name = self.db.verify_resource_group(
-                password, resource_group_id=resource_group_id or None,
-                external_id=external_id or None)
+                password,
+                resource_group_id=resource_group_id or None,
+                external_id=external_id or None,
+            )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
         return rg_id, name
@@ -131,9 +141,17 @@ class StorageService:
     # Job orchestration
     # -----------------------------------------------------------------------------------------
 
-    def register_job(self, rg_id: int, password: bytes, graph: bytes, inputs: bytes, *,
-                     idempotency_key: str = "", start: bool = False,
-                     token_authenticated: bool = False) -> tuple[int, JobState, bool]:
+    def register_job(
+        self,
+        rg_id: int,
+        password: bytes,
+        graph: bytes,
+        inputs: bytes,
+        *,
+        idempotency_key: str = "",
+        start: bool = False,
+        token_authenticated: bool = False,
+    ) -> tuple[int, JobState, bool]:
         if len(idempotency_key) > 128:
             raise errors.InvalidArgument("idempotency key longer than 128 characters")
         self._authorize(rg_id, password, token_authenticated)
@@ -142,8 +160,9 @@ class StorageService:
         except _core.CoreError as exc:
             raise translate(exc) from exc
         try:
-            job_id, deduplicated = self.db.register_job(rg_id, graph, inputs,
-                                                        idempotency_key or None)
+            job_id, deduplicated = self.db.register_job(
+                rg_id, graph, inputs, idempotency_key or None
+            )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
         if deduplicated:
@@ -162,7 +181,8 @@ class StorageService:
             except _core.JobNotFoundError:
                 state = self._db_state(job_id)
                 raise errors.FailedPrecondition(
-                    f"job {job_id} is {state.name}; only READY jobs can be started") from None
+                    f"job {job_id} is {state.name}; only READY jobs can be started"
+                ) from None
             except _core.StaleError as exc:
                 raise translate(exc, job_id=job_id) from exc
             try:
@@ -190,11 +210,13 @@ class StorageService:
                 if current == JobState.COMMIT_READY:
                     raise errors.FailedPrecondition(
                         f"job {job_id} is committing its outputs and has no cleanup task, so it"
-                        " can no longer be cancelled") from exc
+                        " can no longer be cancelled"
+                    ) from exc
                 raise translate(exc, job_id=job_id) from exc
             try:
-                self._persist(f"cancel job {job_id}",
-                              lambda: self.db.cancel_job(job_id, has_cleanup))
+                self._persist(
+                    f"cancel job {job_id}", lambda: self.db.cancel_job(job_id, has_cleanup)
+                )
             except db_errors.DbError as exc:
                 raise self._fatal(f"job {job_id}: cache allowed cancel, DB refused: {exc}") from exc
             new_state = JobState(self.cache.cancel(job_id, now_ms()))
@@ -208,7 +230,8 @@ class StorageService:
             return state
         if state.is_terminal:
             raise errors.FailedPrecondition(
-                f"job {job_id} already {state.name}; only unfinished jobs can be cancelled")
+                f"job {job_id} already {state.name}; only unfinished jobs can be cancelled"
+            )
         raise self._fatal(f"job {job_id} is {state.name} in the database but not cached")
 
     def _db_state(self, job_id: int) -> JobState:
@@ -237,7 +260,8 @@ class StorageService:
             if state == JobState.SUCCEEDED:
                 return self.cache.outputs(job_id)
         raise errors.FailedPrecondition(
-            f"job {job_id} is {state.name}; outputs are available once it has SUCCEEDED")
+            f"job {job_id} is {state.name}; outputs are available once it has SUCCEEDED"
+        )
 
     def get_error(self, job_id: int) -> str:
         try:
@@ -256,7 +280,8 @@ class StorageService:
         if state == JobState.FAILED:
             return self.db.get_error(job_id)
         raise errors.FailedPrecondition(
-            f"job {job_id} is {state.name}; an error message exists only for FAILED jobs")
+            f"job {job_id} is {state.name}; an error message exists only for FAILED jobs"
+        )
 
     def wait_job(self, job_id: int, timeout_ms: int) -> JobState:
         """Block until the job is terminal or the (capped) timeout passes."""
@@ -284,8 +309,11 @@ class StorageService:
 
     def list_jobs(self, states: Sequence[int], limit: int, before_job_id: int) -> list[JobRow]:
         try:
-            return list(self.db.list_jobs(list(states) or None, min(max(limit, 1), 10_000),
-                                          before_job_id or None))
+            return list(
+                self.db.list_jobs(
+                    list(states) or None, min(max(limit, 1), 10_000), before_job_id or None
+                )
+            )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
 
@@ -307,13 +335,14 @@ class StorageService:
             raise translate(exc) from exc
         if not alive:
             raise errors.FailedPrecondition(
-                f"execution manager {em_id} was declared dead; it must register again")
+                f"execution manager {em_id} was declared dead; it must register again"
+            )
         with self._alive_lock:
             self._alive_ems.add(em_id)
 
-    def register_instances(self, em_id: int, session_id: int,
-                           items: Sequence[tuple[int, int]]
-                           ) -> list[_core.ExecutionContext | errors.OrbweaverError]:
+    def register_instances(
+        self, em_id: int, session_id: int, items: Sequence[tuple[int, int]]
+    ) -> list[_core.ExecutionContext | errors.OrbweaverError]:
         self.check_session(session_id)
         self._check_em(em_id)
         results = self.cache.register_batch(items, em_id, now_ms())
@@ -334,9 +363,9 @@ class StorageService:
             raise self._fatal(str(err))
         return err
 
-    def report_outcomes(self, em_id: int, session_id: int,
-                        items: Sequence[tuple[int, int, int, bytes | str]]
-                        ) -> list[errors.OrbweaverError | None]:
+    def report_outcomes(
+        self, em_id: int, session_id: int, items: Sequence[tuple[int, int, int, bytes | str]]
+    ) -> list[errors.OrbweaverError | None]:
         """Apply reported successes (`bytes` outputs) and failures (`str` message)."""
         self.check_session(session_id)
         results = self.cache.report_batch(items)
@@ -371,26 +400,34 @@ class StorageService:
                     if current != JobState.RUNNING:
                         return  # cancelled or failed meanwhile; the completion is moot
                     outputs = outcome.outputs or b""
-                    self._persist(f"commit outputs of job {job_id}", lambda: self.db.commit_outputs(
-                        job_id, outputs, outcome.has_commit))
+                    self._persist(
+                        f"commit outputs of job {job_id}",
+                        lambda: self.db.commit_outputs(job_id, outputs, outcome.has_commit),
+                    )
                     new_state = JobState(self.cache.complete(job_id, now_ms()))
                 elif kind == _core.OUTCOME_JOB_FAILED:
                     if current.is_terminal:
                         return
                     message = outcome.message or "task failed"
-                    self._persist(f"fail job {job_id}",
-                                  lambda: self.db.fail_job(job_id, message))
+                    self._persist(f"fail job {job_id}", lambda: self.db.fail_job(job_id, message))
                     self.cache.fail(job_id, message, now_ms())
                     new_state = JobState.FAILED
                 elif kind in (_core.OUTCOME_COMMIT_SUCCEEDED, _core.OUTCOME_CLEANUP_SUCCEEDED):
-                    expected = (JobState.COMMIT_READY if kind == _core.OUTCOME_COMMIT_SUCCEEDED
-                                else JobState.CLEANUP_READY)
+                    expected = (
+                        JobState.COMMIT_READY
+                        if kind == _core.OUTCOME_COMMIT_SUCCEEDED
+                        else JobState.CLEANUP_READY
+                    )
                     if current != expected:
                         return
-                    final = (JobState.SUCCEEDED if kind == _core.OUTCOME_COMMIT_SUCCEEDED
-                             else JobState.CANCELLED)
-                    self._persist(f"finish job {job_id}",
-                                  lambda: self.db.set_state(job_id, int(final)))
+                    final = (
+                        JobState.SUCCEEDED
+                        if kind == _core.OUTCOME_COMMIT_SUCCEEDED
+                        else JobState.CANCELLED
+                    )
+                    self._persist(
+                        f"finish job {job_id}", lambda: self.db.set_state(job_id, int(final))
+                    )
                     new_state = JobState(self.cache.finish(job_id, now_ms()))
                 else:
                     raise self._fatal(f"unknown outcome kind {kind} for job {job_id}")
@@ -409,12 +446,16 @@ class StorageService:
     def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
         return self.cache.poll(lane, min(max_items, 1 << 20), min(wait_ms, self._max_wait_ms))
 
-    def poll_all(self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
-                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]],
-                            list[tuple[int, int, int]]]:
+    def poll_all(
+        self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+    ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         cap = 1 << 20
-        return self.cache.poll_all(min(max_tasks, cap), min(max_commit, cap),
-                                   min(max_cleanup, cap), min(wait_ms, self._max_wait_ms))
+        return self.cache.poll_all(
+            min(max_tasks, cap),
+            min(max_commit, cap),
+            min(max_cleanup, cap),
+            min(wait_ms, self._max_wait_ms),
+        )
 
     # -----------------------------------------------------------------------------------------
     # Execution managers and schedulers
@@ -459,8 +500,10 @@ class StorageService:
         if replacing:
             # The previous scheduler may have held ready work in memory: offer it again.
             threading.Thread(target=self._resend, name="resend-ready", daemon=True).start()
-        log.info("scheduler registered", extra={"scheduler_id": scheduler_id,
-                                                "address": f"{host}:{port}"})
+        log.info(
+            "scheduler registered",
+            extra={"scheduler_id": scheduler_id, "address": f"{host}:{port}"},
+        )
         return scheduler_id
 
     def _resend(self) -> None:

@@ -6,6 +6,8 @@ unexpected exception an INTERNAL answer: no request can take the service down.
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 from orbweaver import _core, _taskid, errors
@@ -18,6 +20,10 @@ Ctx = grpc.ServicerContext
 _VOID = pb.Void()
 
 
+def _state(state: int) -> pb.JobState.ValueType:
+    return cast("pb.JobState.ValueType", int(state))
+
+
 def _item_status(err: errors.OrbweaverError | None) -> pb.ItemStatus:
     if err is None:
         return pb.ItemStatus()
@@ -28,8 +34,9 @@ def _execution_context(ctx: _core.ExecutionContext) -> pb.ExecutionContext:
     return pb.ExecutionContext(
         task_instance_id=ctx.instance_id,
         tdl_context=pb.TdlContext(package=ctx.package, task_func=ctx.task_func),
-        timeout_policy=pb.TimeoutPolicy(soft_timeout_ms=ctx.soft_timeout_ms,
-                                        hard_timeout_ms=ctx.hard_timeout_ms),
+        timeout_policy=pb.TimeoutPolicy(
+            soft_timeout_ms=ctx.soft_timeout_ms, hard_timeout_ms=ctx.hard_timeout_ms
+        ),
         serialized_task_io=ctx.task_io,
         job_id=ctx.job_id,
         task_id=_taskid.to_proto(ctx.task_id),
@@ -38,8 +45,10 @@ def _execution_context(ctx: _core.ExecutionContext) -> pb.ExecutionContext:
 
 
 def _ready(entries: list[tuple[int, int, int]]) -> list[pb.ReadyTask]:
-    return [pb.ReadyTask(resource_group_id=rg, job_id=job, task_id=_taskid.to_proto(task))
-            for rg, job, task in entries]
+    return [
+        pb.ReadyTask(resource_group_id=rg, job_id=job, task_id=_taskid.to_proto(task))
+        for rg, job, task in entries
+    ]
 
 
 class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
@@ -50,23 +59,27 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
     @servicer_method
     def RegisterJob(self, request: pb.RegisterJobRequest, context: Ctx) -> pb.RegisterJobReply:
         job_id, state, dedup = self.svc.register_job(
-            request.resource_group_id, request.password,
-            request.compressed_serialized_task_graph, request.compressed_serialized_inputs,
-            idempotency_key=request.idempotency_key, start=request.start,
-            token_authenticated=self.token_authenticated)
-        return pb.RegisterJobReply(job_id=job_id, state=int(state), deduplicated=dedup)
+            request.resource_group_id,
+            request.password,
+            request.compressed_serialized_task_graph,
+            request.compressed_serialized_inputs,
+            idempotency_key=request.idempotency_key,
+            start=request.start,
+            token_authenticated=self.token_authenticated,
+        )
+        return pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
 
     @servicer_method
     def StartJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=int(self.svc.start_job(request.job_id)))
+        return pb.JobStateReply(state=_state(self.svc.start_job(request.job_id)))
 
     @servicer_method
     def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=int(self.svc.cancel_job(request.job_id)))
+        return pb.JobStateReply(state=_state(self.svc.cancel_job(request.job_id)))
 
     @servicer_method
     def GetJobState(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=int(self.svc.get_state(request.job_id)))
+        return pb.JobStateReply(state=_state(self.svc.get_state(request.job_id)))
 
     @servicer_method
     def GetJobOutputs(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobOutputsReply:
@@ -79,29 +92,46 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
     @servicer_method
     def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobReply:
         state = self.svc.wait_job(request.job_id, request.timeout_ms)
-        return pb.WaitJobReply(state=int(state), terminal=state.is_terminal)
+        return pb.WaitJobReply(state=_state(state), terminal=state.is_terminal)
 
     @servicer_method
-    def GetJobProgress(self, request: pb.JobProgressRequest, context: Ctx
-                       ) -> pb.JobProgressReply:
+    def GetJobProgress(self, request: pb.JobProgressRequest, context: Ctx) -> pb.JobProgressReply:
         p = self.svc.progress(request.job_id, min(request.max_explanations, 1000))
         pending, ready, running, succeeded, failed, cancelled = p.counts
         return pb.JobProgressReply(
-            state=int(p.state), total_tasks=p.total_tasks, live=p.live,
-            counts=pb.TaskCounts(pending=pending, ready=ready, running=running,
-                                 succeeded=succeeded, failed=failed, cancelled=cancelled),
-            waiting=[pb.TaskWait(task_id=_taskid.to_proto(t), reason=r, detail=d)
-                     for t, r, d in p.waiting])
+            state=_state(p.state),
+            total_tasks=p.total_tasks,
+            live=p.live,
+            counts=pb.TaskCounts(
+                pending=pending,
+                ready=ready,
+                running=running,
+                succeeded=succeeded,
+                failed=failed,
+                cancelled=cancelled,
+            ),
+            waiting=[
+                pb.TaskWait(task_id=_taskid.to_proto(t), reason=r, detail=d)
+                for t, r, d in p.waiting
+            ],
+        )
 
     @servicer_method
     def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsReply:
-        rows = self.svc.list_jobs(list(request.states), request.limit or 100,
-                                  request.before_job_id)
-        return pb.ListJobsReply(jobs=[
-            pb.JobSummary(job_id=r.id, resource_group_id=r.resource_group_id, state=int(r.state),
-                          created_at_ms=r.created_at_ms, ended_at_ms=r.ended_at_ms or 0,
-                          error_message=r.error_message or "")
-            for r in rows])
+        rows = self.svc.list_jobs(list(request.states), request.limit or 100, request.before_job_id)
+        return pb.ListJobsReply(
+            jobs=[
+                pb.JobSummary(
+                    job_id=r.id,
+                    resource_group_id=r.resource_group_id,
+                    state=_state(r.state),
+                    created_at_ms=r.created_at_ms,
+                    ended_at_ms=r.ended_at_ms or 0,
+                    error_message=r.error_message or "",
+                )
+                for r in rows
+            ]
+        )
 
 
 class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
@@ -109,11 +139,13 @@ class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
         self.svc = svc
 
     @servicer_method
-    def RegisterTaskInstance(self, request: pb.RegisterTaskInstanceRequest, context: Ctx
-                             ) -> pb.ExecutionContext:
+    def RegisterTaskInstance(
+        self, request: pb.RegisterTaskInstanceRequest, context: Ctx
+    ) -> pb.ExecutionContext:
         task = _taskid.from_proto(request.task_id)
-        [result] = self.svc.register_instances(request.execution_manager_id, request.session_id,
-                                               [(request.job_id, task)])
+        [result] = self.svc.register_instances(
+            request.execution_manager_id, request.session_id, [(request.job_id, task)]
+        )
         if isinstance(result, errors.OrbweaverError):
             raise result
         return _execution_context(result)
@@ -122,8 +154,10 @@ class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
     def ReportTaskSuccess(self, request: pb.ReportTaskSuccessRequest, context: Ctx) -> pb.Void:
         task = _taskid.from_proto(request.task_id)
         [err] = self.svc.report_outcomes(
-            request.execution_manager_id, request.session_id,
-            [(request.job_id, task, request.task_instance_id, request.serialized_outputs)])
+            request.execution_manager_id,
+            request.session_id,
+            [(request.job_id, task, request.task_instance_id, request.serialized_outputs)],
+        )
         if err is not None:
             raise err
         return _VOID
@@ -132,18 +166,22 @@ class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
     def ReportTaskFailure(self, request: pb.ReportTaskFailureRequest, context: Ctx) -> pb.Void:
         task = _taskid.from_proto(request.task_id)
         [err] = self.svc.report_outcomes(
-            request.execution_manager_id, request.session_id,
-            [(request.job_id, task, request.task_instance_id, request.error_message)])
+            request.execution_manager_id,
+            request.session_id,
+            [(request.job_id, task, request.task_instance_id, request.error_message)],
+        )
         if err is not None:
             raise err
         return _VOID
 
     @servicer_method
-    def RegisterTaskInstances(self, request: pb.RegisterTaskInstancesRequest, context: Ctx
-                              ) -> pb.RegisterTaskInstancesReply:
+    def RegisterTaskInstances(
+        self, request: pb.RegisterTaskInstancesRequest, context: Ctx
+    ) -> pb.RegisterTaskInstancesReply:
         items = [(item.job_id, _taskid.from_proto(item.task_id)) for item in request.items]
-        results = self.svc.register_instances(request.execution_manager_id, request.session_id,
-                                              items)
+        results = self.svc.register_instances(
+            request.execution_manager_id, request.session_id, items
+        )
         reply = pb.RegisterTaskInstancesReply()
         for result in results:
             entry = reply.items.add()
@@ -154,19 +192,21 @@ class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
         return reply
 
     @servicer_method
-    def ReportTaskOutcomes(self, request: pb.ReportTaskOutcomesRequest, context: Ctx
-                           ) -> pb.ReportTaskOutcomesReply:
+    def ReportTaskOutcomes(
+        self, request: pb.ReportTaskOutcomesRequest, context: Ctx
+    ) -> pb.ReportTaskOutcomesReply:
         items: list[tuple[int, int, int, bytes | str]] = []
         for o in request.outcomes:
             kind = o.WhichOneof("outcome")
             if kind is None:
                 raise errors.InvalidArgument(
-                    f"outcome for job {o.job_id} has neither outputs nor an error message")
-            value: bytes | str = (o.serialized_outputs if kind == "serialized_outputs"
-                                  else o.error_message)
+                    f"outcome for job {o.job_id} has neither outputs nor an error message"
+                )
+            value: bytes | str = (
+                o.serialized_outputs if kind == "serialized_outputs" else o.error_message
+            )
             items.append((o.job_id, _taskid.from_proto(o.task_id), o.task_instance_id, value))
-        results = self.svc.report_outcomes(request.execution_manager_id, request.session_id,
-                                           items)
+        results = self.svc.report_outcomes(request.execution_manager_id, request.session_id, items)
         return pb.ReportTaskOutcomesReply(statuses=[_item_status(e) for e in results])
 
 
@@ -192,10 +232,15 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
 
     @servicer_method
     def PollAll(self, request: pb.PollAllRequest, context: Ctx) -> pb.PollAllReply:
-        tasks, commit, cleanup = self.svc.poll_all(request.max_tasks, request.max_commit,
-                                                   request.max_cleanup, request.wait_ms)
-        return pb.PollAllReply(session_id=self.svc.session_id, tasks=_ready(tasks),
-                               commit=_ready(commit), cleanup=_ready(cleanup))
+        tasks, commit, cleanup = self.svc.poll_all(
+            request.max_tasks, request.max_commit, request.max_cleanup, request.wait_ms
+        )
+        return pb.PollAllReply(
+            session_id=self.svc.session_id,
+            tasks=_ready(tasks),
+            commit=_ready(commit),
+            cleanup=_ready(cleanup),
+        )
 
 
 class ResourceGroups(pb_grpc.ResourceGroupManagementServiceServicer):
@@ -203,18 +248,23 @@ class ResourceGroups(pb_grpc.ResourceGroupManagementServiceServicer):
         self.svc = svc
 
     @servicer_method
-    def AddResourceGroup(self, request: pb.AddResourceGroupRequest, context: Ctx
-                         ) -> pb.ResourceGroupReply:
+    def AddResourceGroup(
+        self, request: pb.AddResourceGroupRequest, context: Ctx
+    ) -> pb.ResourceGroupReply:
         rg_id = self.svc.add_resource_group(request.external_resource_group_id, request.password)
-        return pb.ResourceGroupReply(resource_group_id=rg_id,
-                                     external_resource_group_id=request.external_resource_group_id)
+        return pb.ResourceGroupReply(
+            resource_group_id=rg_id, external_resource_group_id=request.external_resource_group_id
+        )
 
     @servicer_method
-    def VerifyResourceGroup(self, request: pb.VerifyResourceGroupRequest, context: Ctx
-                            ) -> pb.ResourceGroupReply:
+    def VerifyResourceGroup(
+        self, request: pb.VerifyResourceGroupRequest, context: Ctx
+    ) -> pb.ResourceGroupReply:
         rg_id, name = self.svc.verify_resource_group(
-            request.password, resource_group_id=request.resource_group_id,
-            external_id=request.external_resource_group_id)
+            request.password,
+            resource_group_id=request.resource_group_id,
+            external_id=request.external_resource_group_id,
+        )
         return pb.ResourceGroupReply(resource_group_id=rg_id, external_resource_group_id=name)
 
 
@@ -223,15 +273,18 @@ class Liveness(pb_grpc.ExecutionManagerLivenessServiceServicer):
         self.svc = svc
 
     @servicer_method
-    def RegisterExecutionManager(self, request: pb.RegisterExecutionManagerRequest,
-                                 context: Ctx) -> pb.ExecutionManagerRegistration:
+    def RegisterExecutionManager(
+        self, request: pb.RegisterExecutionManagerRequest, context: Ctx
+    ) -> pb.ExecutionManagerRegistration:
         em_id = self.svc.register_execution_manager(request.ip_address)
-        return pb.ExecutionManagerRegistration(execution_manager_id=em_id,
-                                               session_id=self.svc.session_id)
+        return pb.ExecutionManagerRegistration(
+            execution_manager_id=em_id, session_id=self.svc.session_id
+        )
 
     @servicer_method
-    def UpdateExecutionManagerHeartbeat(self, request: pb.HeartbeatRequest, context: Ctx
-                                        ) -> pb.SessionReply:
+    def UpdateExecutionManagerHeartbeat(
+        self, request: pb.HeartbeatRequest, context: Ctx
+    ) -> pb.SessionReply:
         self.svc.heartbeat(request.execution_manager_id)
         return pb.SessionReply(session_id=self.svc.session_id)
 
@@ -241,16 +294,20 @@ class SchedulerRegistration(pb_grpc.SchedulerRegistrationServiceServicer):
         self.svc = svc
 
     @servicer_method
-    def RegisterScheduler(self, request: pb.RegisterSchedulerRequest, context: Ctx
-                          ) -> pb.SchedulerRegistration:
+    def RegisterScheduler(
+        self, request: pb.RegisterSchedulerRequest, context: Ctx
+    ) -> pb.SchedulerRegistration:
         scheduler_id = self.svc.register_scheduler(request.host, request.port)
         return pb.SchedulerRegistration(scheduler_id=scheduler_id, session_id=self.svc.session_id)
 
     @servicer_method
     def GetSchedulers(self, request: pb.Void, context: Ctx) -> pb.SchedulersReply:
-        return pb.SchedulersReply(schedulers=[
-            pb.SchedulerInfo(scheduler_id=i, host=h, port=p) for i, h, p in
-            self.svc.get_schedulers()])
+        return pb.SchedulersReply(
+            schedulers=[
+                pb.SchedulerInfo(scheduler_id=i, host=h, port=p)
+                for i, h, p in self.svc.get_schedulers()
+            ]
+        )
 
 
 class Session(pb_grpc.SessionManagementServiceServicer):
@@ -264,7 +321,8 @@ class Session(pb_grpc.SessionManagementServiceServicer):
 
 def add_servicers(server: grpc.Server, svc: StorageService, *, token_authenticated: bool) -> None:
     pb_grpc.add_JobOrchestrationServiceServicer_to_server(
-        JobOrchestration(svc, token_authenticated), server)
+        JobOrchestration(svc, token_authenticated), server
+    )
     pb_grpc.add_TaskInstanceManagementServiceServicer_to_server(TaskInstances(svc), server)
     pb_grpc.add_InboundQueueServiceServicer_to_server(InboundQueue(svc), server)
     pb_grpc.add_ResourceGroupManagementServiceServicer_to_server(ResourceGroups(svc), server)
@@ -275,8 +333,13 @@ def add_servicers(server: grpc.Server, svc: StorageService, *, token_authenticat
 
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("JobOrchestrationService", "TaskInstanceManagementService",
-                 "InboundQueueService", "ResourceGroupManagementService",
-                 "ExecutionManagerLivenessService", "SchedulerRegistrationService",
-                 "SessionManagementService")
+    for name in (
+        "JobOrchestrationService",
+        "TaskInstanceManagementService",
+        "InboundQueueService",
+        "ResourceGroupManagementService",
+        "ExecutionManagerLivenessService",
+        "SchedulerRegistrationService",
+        "SessionManagementService",
+    )
 ]

@@ -195,12 +195,14 @@ def decode_plain(data: bytes) -> Any:
 
 
 class _IntType(ValueType):
-    __slots__ = ("width",)
+    __slots__ = ("_max", "_min", "width")
 
     def __init__(self, annotation: Any, width: _IntWidth, name: str) -> None:
         self.annotation = annotation
         self.width = width
         self.name = name
+        self._min = width.min
+        self._max = width.max
 
     def value_descriptor(self) -> Any:
         return {"Primitive": {"Int": self.width.name}}
@@ -216,10 +218,10 @@ class _IntType(ValueType):
                 value = operator.index(value)
             except TypeError:
                 raise ValueMismatchError.wrong_type(self.name, value) from None
-        w = self.width
-        if not w.min <= value <= w.max:
+        if not self._min <= value <= self._max:
             raise ValueMismatchError(
-                self.name, f"{value} is out of range for {w.name} [{w.min}, {w.max}]"
+                self.name,
+                f"{value} is out of range for {self.width.name} [{self._min}, {self._max}]",
             )
         return int(value)
 

@@ -203,12 +203,13 @@ class Executor:
 
     def resolve(self, package: object, task_func: object) -> TaskFunction[Any, Any]:
         """The registered task at ``(package, task_func)``; raises `TaskNotFoundError` otherwise."""
+        if type(package) is str and type(task_func) is str:
+            cached = self._tasks.get((package, task_func))  # only validated names get cached
+            if cached is not None:
+                return cached
         parts = self.check_names(package, task_func)
         assert isinstance(package, str) and isinstance(task_func, str)
         key = (package, task_func)
-        cached = self._tasks.get(key)
-        if cached is not None:
-            return cached
         address = f"`{package}.{task_func}`"
         module = self.import_package(package)
         fn = registered_task(package, task_func)
@@ -255,94 +256,113 @@ class Executor:
 
     def _run(self, request: dict[str, Any]) -> bytes:
         fn = self.resolve(request.get("package"), request.get("func"))
-        name = f"`{fn.qualified_name}`"
         raw_ctx = request.get("ctx")
         io = request.get("io")
-        if not isinstance(raw_ctx, dict) or not isinstance(io, bytes):
-            raise TaskInputError(f"malformed request for {name}: `ctx` map and `io` bytes needed")
         try:
-            ids = [
-                int(raw_ctx[k]) for k in ("job_id", "task_id", "instance_id", "resource_group_id")
-            ]
+            if type(io) is not bytes:
+                raise TypeError("`io` must be bytes")
+            job_id = int(raw_ctx["job_id"])  # type: ignore[index]
+            task_id = int(raw_ctx["task_id"])  # type: ignore[index]
+            instance_id = int(raw_ctx["instance_id"])  # type: ignore[index]
+            rg_id = int(raw_ctx["resource_group_id"])  # type: ignore[index]
         except (KeyError, TypeError, ValueError) as exc:
-            raise TaskInputError(f"malformed task context for {name}: {exc!r}") from None
-        job_id, task_id, instance_id, rg_id = ids
-
-        job_outputs: list[Any] | None = None
-        graph_inputs: list[Any] | None = None
+            raise TaskInputError(f"malformed request for `{fn.qualified_name}`: {exc!r}") from None
         args: list[Any] = []
-        if task_id in (_core.TASK_COMMIT, _core.TASK_CLEANUP):
-            kind = "commit" if task_id == _core.TASK_COMMIT else "cleanup"
-            if fn.params:
-                raise TaskInputError(
-                    f"{name} takes {len(fn.params)} parameters, so it cannot run as the {kind} "
-                    "task (termination tasks take only the optional TaskContext)"
-                )
-            try:
-                if kind == "commit":
-                    payloads = _core.decode_outputs(io)
-                else:  # an empty buffer means "no graph inputs"
-                    payloads = _core.wire_decode(io) if io else []
-                values = [decode_plain(p) for p in payloads]
-            except (_core.CodecError, ValueMismatchError) as exc:
-                what = "job outputs" if kind == "commit" else "graph inputs"
-                raise TaskInputError(f"cannot decode the {what} for {name}: {exc}") from None
-            if kind == "commit":
-                job_outputs = values
-            else:
-                graph_inputs = values
-        else:
+        if task_id >= 0:
             try:
                 payloads = _core.wire_decode(io)
             except _core.CodecError as exc:
-                raise TaskInputError(f"malformed inputs for {name}: {exc}") from None
-            if len(payloads) != len(fn.params):
-                names = ", ".join(p.name for p in fn.params) or "none"
+                raise TaskInputError(f"malformed inputs for `{fn.qualified_name}`: {exc}") from None
+            params = fn.params
+            if len(payloads) != len(params):
+                names = ", ".join(p.name for p in params) or "none"
                 raise TaskInputError(
-                    f"{name} takes {len(fn.params)} inputs ({names}) but received {len(payloads)}"
+                    f"`{fn.qualified_name}` takes {len(params)} inputs ({names}) but received "
+                    f"{len(payloads)}"
                 )
-            for pos, (param, data) in enumerate(zip(fn.params, payloads, strict=True)):
+            for pos, (param, data) in enumerate(zip(params, payloads, strict=True)):
                 try:
                     args.append(param.type.decode(data))
                 except ValueMismatchError as exc:
                     raise TaskInputError(
-                        f"{name} input {pos} (parameter `{param.name}` of type "
+                        f"`{fn.qualified_name}` input {pos} (parameter `{param.name}` of type "
                         f"{param.type.name}): {exc}"
                     ) from None
-
-        if fn.takes_context:
-            ctx = TaskContext(job_id, task_id, instance_id, rg_id, job_outputs, graph_inputs)
-            result = fn.fn(ctx, *args)
+            if not fn.takes_context:
+                return encode_result(fn, fn.fn(*args))
+            ctx = TaskContext(job_id, task_id, instance_id, rg_id)
         else:
-            result = fn.fn(*args)
-        return encode_result(fn, result)
+            ctx = self._termination_context(fn, io, job_id, task_id, instance_id, rg_id)
+        return encode_result(fn, fn.fn(ctx, *args) if fn.takes_context else fn.fn(*args))
+
+    @staticmethod
+    def _termination_context(
+        fn: TaskFunction[Any, Any],
+        io: bytes,
+        job_id: int,
+        task_id: int,
+        instance_id: int,
+        rg_id: int,
+    ) -> TaskContext:
+        """Commit: `io` holds the self-describing job outputs; cleanup: a wire frame of the
+        graph inputs (an empty buffer means none)."""
+        if task_id == _core.TASK_COMMIT:
+            kind, what = "commit", "job outputs"
+        elif task_id == _core.TASK_CLEANUP:
+            kind, what = "cleanup", "graph inputs"
+        else:
+            raise TaskInputError(f"invalid task id {task_id} for `{fn.qualified_name}`")
+        if fn.params:
+            raise TaskInputError(
+                f"`{fn.qualified_name}` takes {len(fn.params)} parameters, so it cannot run as "
+                f"the {kind} task (termination tasks take only the optional TaskContext)"
+            )
+        try:
+            if kind == "commit":
+                payloads = _core.decode_outputs(io)
+            else:
+                payloads = _core.wire_decode(io) if io else []
+            values = [decode_plain(p) for p in payloads]
+        except (_core.CodecError, ValueMismatchError) as exc:
+            raise TaskInputError(
+                f"cannot decode the {what} for `{fn.qualified_name}`: {exc}"
+            ) from None
+        if kind == "commit":
+            return TaskContext(job_id, task_id, instance_id, rg_id, job_outputs=values)
+        return TaskContext(job_id, task_id, instance_id, rg_id, graph_inputs=values)
 
 
 def encode_result(fn: TaskFunction[Any, Any], result: Any) -> bytes:
     """The wire frame of the task's outputs; raises `TaskOutputError` when they do not fit."""
-    name = f"`{fn.qualified_name}`"
-    n = len(fn.outputs)
-    if n == 0:
+    outputs = fn.outputs
+    n = len(outputs)
+    if n == 1:
+        values: Sequence[Any] = (result,)
+    elif n == 0:
         if result is not None:
             raise TaskOutputError(
-                f"{name} declares no outputs but returned {describe_value(result)}"
+                f"`{fn.qualified_name}` declares no outputs but returned {describe_value(result)}"
             )
-        values: Sequence[Any] = ()
-    elif n == 1:
-        values = (result,)
+        values = ()
     else:
         if not isinstance(result, (tuple, list)) or len(result) != n:
-            types = ", ".join(vt.name for vt in fn.outputs)
+            types = ", ".join(vt.name for vt in outputs)
             raise TaskOutputError(
-                f"{name} declares {n} outputs ({types}) but returned {describe_value(result)}"
+                f"`{fn.qualified_name}` declares {n} outputs ({types}) but returned "
+                f"{describe_value(result)}"
             )
         values = result
-    payloads = []
-    for pos, (vt, value) in enumerate(zip(fn.outputs, values, strict=True)):
-        try:
-            payloads.append(vt.encode(value))
-        except ValueMismatchError as exc:
-            raise TaskOutputError(f"{name} output {pos} (type {vt.name}): {exc}") from None
+    try:
+        payloads = [vt.encode(value) for vt, value in zip(outputs, values, strict=True)]
+    except ValueMismatchError:
+        for pos, (vt, value) in enumerate(zip(outputs, values, strict=True)):
+            try:
+                vt.encode(value)
+            except ValueMismatchError as exc:
+                raise TaskOutputError(
+                    f"`{fn.qualified_name}` output {pos} (type {vt.name}): {exc}"
+                ) from None
+        raise
     return _core.wire_encode(payloads)
 
 

@@ -11,22 +11,30 @@ when the previous task's result arrived). When a task times out or its executor 
 executor is killed (SIGKILL) and replaced before the result is returned; the rest of the batch
 continues on the new executor. Executor stderr is forwarded line by line to the
 ``orbweaver.executor`` logger.
+
+I/O discipline (why nothing can deadlock on a full pipe): a caller that holds an executor writes
+a request frame only while the executor is idle and reading, then reads the responses itself with
+`poll()` deadlines; the executor writes responses only while a request is being served, so its
+stdout never fills up unread. Its stderr is drained continuously by a forwarder thread.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import json
 import logging
+import math
 import os
 import queue
+import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +44,10 @@ from typing import IO, Any, Final
 from orbweaver import errors
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    FrameReader,
+    HEADER_BYTES,
     FrameTooLargeError,
     ProtocolError,
+    decode_body,
     encode_frame,
 )
 
@@ -56,8 +65,10 @@ executor_log = logging.getLogger("orbweaver.executor")
 DEFAULT_START_TIMEOUT_S: Final = 60.0
 DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 MAX_LOG_LINE_BYTES: Final = 64 * 1024
+_READ_CHUNK: Final = 1 << 20
 _STDERR_TAIL_LINES: Final = 20
-# Python's package root, so executors import the same orbweaver as the pool.
+_HEADER: Final = struct.Struct(">I")
+# The directory holding the `orbweaver` package, so executors import the same orbweaver.
 _PYTHON_ROOT: Final = str(Path(__file__).resolve().parents[2])
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -81,8 +92,8 @@ class ResultKind(enum.Enum):
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """One task instance to run. `task_io`: see `orbweaver.worker.protocol`. A
-    `hard_timeout_ms` of 0 or less means no timeout."""
+    """One task instance to run; `task_io` as described in `orbweaver.worker.protocol`.
+    A `hard_timeout_ms` of 0 or less means no timeout."""
 
     job_id: int
     task_id: int
@@ -96,8 +107,10 @@ class TaskRequest:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """`outputs` (a wire frame) on SUCCESS; otherwise `error`, a readable text such as
-    ``"ValueError: bad input\\n<traceback>"`` or ``"hard timeout (200 ms) exceeded"``."""
+    """`outputs` (a wire frame of msgpack outputs) on SUCCESS; otherwise `error`, a readable
+    text such as ``"ValueError: bad input\\n<traceback>"``, ``"executor crashed (exit code 3)"``
+    or ``"hard timeout (200 ms) exceeded"``. `elapsed_s` is the task's wall time as seen by the
+    pool."""
 
     kind: ResultKind
     outputs: bytes | None
@@ -110,39 +123,32 @@ class TaskResult:
 
 
 class _Eof:
-    """The executor closed its stdout."""
+    """The executor closed its stdout (it exited or crashed)."""
 
 
 class _ReadFailed:
+    """The executor sent a malformed frame."""
+
     def __init__(self, error: ProtocolError) -> None:
         self.error = error
 
 
 _EOF: Final = _Eof()
-
-
-class _Slot:
-    """One of the pool's `processes` places; `executor` is None after a failed respawn."""
-
-    __slots__ = ("executor",)
-
-    def __init__(self, executor: _Executor | None) -> None:
-        self.executor = executor
-
-
 _Message = dict[str, Any] | _Eof | _ReadFailed
 
 
 class _Executor:
-    """One executor process with its reader, stderr forwarder and writer threads."""
+    """One executor process. The thread holding it does the pipe I/O; a daemon thread forwards
+    its stderr to the log."""
 
-    def __init__(self, pool: ExecutorPool, serial: int) -> None:
-        self.serial = serial
-        self.pool = pool
-        self.messages: queue.Queue[_Message] = queue.Queue()
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+    def __init__(self, pool: ExecutorPool) -> None:
+        self.max_frame_bytes = pool.max_frame_bytes
+        self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+        self._buf = bytearray()
+        self._eof = False
         self._next_id = 0
+        self._write_lock = threading.Lock()
+        self._disposed = False
         cmd = [
             pool.python,
             "-m",
@@ -168,44 +174,19 @@ class _Executor:
             ) from exc
         self.pid = self.proc.pid
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
-        self._threads = [
-            threading.Thread(
-                target=self._read_frames,
-                args=(self.proc.stdout,),
-                daemon=True,
-                name=f"executor-{self.pid}-out",
-            ),
-            threading.Thread(
-                target=self._read_stderr,
-                args=(self.proc.stderr,),
-                daemon=True,
-                name=f"executor-{self.pid}-err",
-            ),
-            threading.Thread(
-                target=self._write_frames,
-                args=(self.proc.stdin,),
-                daemon=True,
-                name=f"executor-{self.pid}-in",
-            ),
-        ]
-        for t in self._threads:
-            t.start()
+        self._stdin = self.proc.stdin
+        self._out_fd = self.proc.stdout.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._out_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self._stderr_thread = threading.Thread(
+            target=self._read_stderr,
+            args=(self.proc.stderr,),
+            daemon=True,
+            name=f"executor-{self.pid}-stderr",
+        )
+        self._stderr_thread.start()
 
-    # -- threads ---------------------------------------------------------------------------------
-
-    def _read_frames(self, stream: IO[bytes]) -> None:
-        reader = FrameReader(stream, self.pool.max_frame_bytes)
-        try:
-            while True:
-                message = reader.read()
-                if message is None:
-                    break
-                self.messages.put(message)
-        except ProtocolError as exc:
-            self.messages.put(_ReadFailed(exc))
-        except (OSError, ValueError):  # the stream was closed under us (kill)
-            pass
-        self.messages.put(_EOF)
+    # -- stderr ----------------------------------------------------------------------------------
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         extra = {"executor_pid": self.pid}
@@ -216,7 +197,7 @@ class _Executor:
                 if not line:
                     return
                 complete = line.endswith(b"\n")
-                if skipping:
+                if skipping:  # the rest of an overly long line
                     skipping = not complete
                     continue
                 text = line.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -228,60 +209,116 @@ class _Executor:
         except (OSError, ValueError):
             return
 
-    def _write_frames(self, stream: IO[bytes]) -> None:
-        while True:
-            frame = self._outbox.get()
-            if frame is None:
-                break
-            try:
-                stream.write(frame)
-                stream.flush()
-            except (OSError, ValueError):
-                break  # the process is gone; the reader reports the EOF
-        with contextlib.suppress(OSError, ValueError):
-            stream.close()
-
-    # -- API -------------------------------------------------------------------------------------
-
-    def send(self, message: dict[str, Any]) -> None:
-        self._outbox.put(encode_frame(message, self.pool.max_frame_bytes))
+    # -- protocol --------------------------------------------------------------------------------
 
     def next_id(self) -> int:
         self._next_id += 1
         return self._next_id
 
+    def send(self, message: dict[str, Any]) -> bool:
+        """Write one frame; False when the executor is gone. Raises `FrameTooLargeError`."""
+        frame = memoryview(encode_frame(message, self.max_frame_bytes))
+        with self._write_lock:
+            try:
+                while frame:
+                    written = self._stdin.write(frame)
+                    if written is None:  # pragma: no cover - the pipe is blocking
+                        continue
+                    frame = frame[written:]
+            except (OSError, ValueError):
+                return False
+        return True
+
+    def recv(self, timeout: float | None) -> _Message | None:
+        """The next message, or None when `timeout` (seconds) passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                message = self._parse()
+            except ProtocolError as exc:
+                return _ReadFailed(exc)
+            if message is not None:
+                return message
+            if self._eof:
+                return _EOF
+            wait_ms: int | None = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait_ms = max(1, math.ceil(remaining * 1000))
+            if not self._poll.poll(wait_ms):
+                continue
+            try:
+                data = os.read(self._out_fd, _READ_CHUNK)
+            except InterruptedError:  # pragma: no cover - retried by Python already
+                continue
+            except OSError:
+                data = b""
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+
+    def _parse(self) -> dict[str, Any] | None:
+        buf = self._buf
+        if len(buf) < HEADER_BYTES:
+            return None
+        (size,) = _HEADER.unpack_from(buf)
+        if size > self.max_frame_bytes:
+            raise FrameTooLargeError(size, self.max_frame_bytes)
+        end = HEADER_BYTES + size
+        if len(buf) < end:
+            return None
+        body = bytes(buf[HEADER_BYTES:end])
+        del buf[:end]
+        return decode_body(body)
+
+    # -- process ---------------------------------------------------------------------------------
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def close_stdin(self) -> None:
-        self._outbox.put(None)
+    def request_shutdown(self) -> None:
+        """Ask the executor to exit once it is idle (shutdown frame, then stdin EOF)."""
+        with contextlib.suppress(Exception):
+            self.send({"op": "shutdown"})
+        with self._write_lock, contextlib.suppress(OSError, ValueError):
+            self._stdin.close()
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status, or None if the process is still running after `timeout`."""
+        try:
+            return self.proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
             self.proc.kill()
-        self.reap(5.0)
+        self.wait(10.0)
 
-    def reap(self, timeout: float) -> int | None:
-        """Wait for the process and its threads; returns the exit status (None if alive)."""
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self.close_stdin()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=1.0)
-        for s in (self.proc.stdout, self.proc.stderr):
+    def dispose(self) -> None:
+        """Kill the process (if needed) and release its pipes and thread. Only the thread that
+        holds the executor (or the pool when nobody does) may call this."""
+        if self._disposed:
+            return
+        self._disposed = True
+        if self.alive():
+            self.kill()
+        self._stderr_thread.join(timeout=5.0)
+        with contextlib.suppress(Exception):
+            self._poll.unregister(self._out_fd)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             with contextlib.suppress(OSError, ValueError):
-                if s is not None:
-                    s.close()
-        return code
+                if stream is not None:
+                    stream.close()
 
     def exit_description(self) -> str:
         """Why the process ended, e.g. ``killed by signal 9`` or ``exit code 3``."""
         code = self.proc.poll()
         if code is None:
-            code = self.reap(2.0)
+            code = self.wait(2.0)
         if code is None:
             self.kill()
             return "closed its output but kept running; killed"
@@ -306,11 +343,22 @@ def _forward(text: str, extra: dict[str, Any]) -> None:
     executor_log.log(level, "%s", text, extra=extra)
 
 
+class _Slot:
+    """One of the pool's `processes` places; `executor` is None after a failed respawn."""
+
+    __slots__ = ("executor",)
+
+    def __init__(self, executor: _Executor | None) -> None:
+        self.executor = executor
+
+
 class ExecutorPool:
     """A pool of `processes` executor processes serving tasks from `tasks_dir`.
 
-    `env` adds variables to the inherited environment of the executors; `python` is the
-    interpreter they run with; `max_frame_bytes` bounds every protocol frame (both ways).
+    `env` adds variables to the environment the executors inherit; `python` is the interpreter
+    they run with; `max_frame_bytes` bounds every protocol frame (both ways); `start_timeout`
+    bounds the wait for an executor's greeting; `close_timeout` is how long `close` lets busy
+    executors finish before terminating them.
     """
 
     def __init__(
@@ -341,9 +389,8 @@ class ExecutorPool:
         child_env["PYTHONUNBUFFERED"] = "1"
         self.child_env = child_env
         self._lock = threading.Lock()
-        self._idle: queue.Queue[_Slot | None] = queue.Queue()  # None: closed
-        self._all: list[_Executor] = []  # live executors (guarded by _lock)
-        self._serial = 0
+        self._idle: queue.Queue[_Slot | None] = queue.Queue()  # None: the pool closed
+        self._all: list[_Executor] = []  # live executors, guarded by _lock
         self._started = False
         self._closed = False
 
@@ -362,29 +409,27 @@ class ExecutorPool:
         self.close()
 
     def start(self) -> None:
-        """Spawn the executors and wait until each said hello. Raises `ExecutorPoolError`."""
+        """Spawn the executors and wait until each one greeted. Raises `ExecutorPoolError`
+        (after stopping whatever it started)."""
         with self._lock:
             if self._closed:
                 raise ExecutorPoolError("the executor pool is closed")
             if self._started:
                 return
             self._started = True
-        if not self.tasks_dir.is_dir():
-            self.close()
-            raise ExecutorPoolError(
-                f"tasks directory {self.tasks_dir} does not exist or is not a directory"
-            )
         spawned: list[_Executor] = []
         try:
+            if not self.tasks_dir.is_dir():
+                raise ExecutorPoolError(
+                    f"tasks directory {self.tasks_dir} does not exist or is not a directory"
+                )
             for _ in range(self.processes):
                 spawned.append(self._spawn_process())
             for ex in spawned:
                 self._await_hello(ex)
         except BaseException:
             for ex in spawned:
-                ex.kill()
-            with self._lock:
-                self._all.clear()
+                self._discard(ex)
             self.close()
             raise
         for ex in spawned:
@@ -398,49 +443,36 @@ class ExecutorPool:
         with self._lock:
             if self._closed:
                 raise ExecutorPoolError("the executor pool is closed")
-            self._serial += 1
-            ex = _Executor(self, self._serial)
+            ex = _Executor(self)
             self._all.append(ex)
         return ex
 
     def _await_hello(self, ex: _Executor) -> None:
-        try:
-            message = ex.messages.get(timeout=self.start_timeout)
-        except queue.Empty:
-            ex.kill()
-            raise ExecutorPoolError(
-                f"executor {ex.pid} did not start within {self.start_timeout:g} s" + _tail(ex)
-            ) from None
-        if not isinstance(message, dict) or message.get("op") != "hello":
-            if isinstance(message, _Eof):
-                why = f"exited before it was ready ({ex.exit_description()})"
-            elif isinstance(message, _ReadFailed):
-                why = f"sent a malformed greeting: {message.error}"
-            else:
-                why = f"sent {message!r} instead of a greeting"
-            ex.kill()
-            raise ExecutorPoolError(
-                f"executor {ex.pid} for tasks directory {self.tasks_dir} {why}" + _tail(ex)
-            )
-
-    def _spawn(self) -> _Executor:
-        ex = self._spawn_process()
-        try:
-            self._await_hello(ex)
-        except BaseException:
-            self._discard(ex)
-            raise
-        return ex
+        message = ex.recv(self.start_timeout)
+        if isinstance(message, dict) and message.get("op") == "hello":
+            return
+        if message is None:
+            why = f"did not start within {self.start_timeout:g} s"
+        elif isinstance(message, _Eof):
+            why = f"exited before it was ready ({ex.exit_description()})"
+        elif isinstance(message, _ReadFailed):
+            why = f"sent a malformed greeting: {message.error}"
+        else:
+            why = f"sent {_short(message)} instead of a greeting"
+        self._discard(ex)
+        raise ExecutorPoolError(
+            f"executor {ex.pid} for tasks directory {self.tasks_dir} {why}" + _tail(ex)
+        )
 
     def _discard(self, ex: _Executor) -> None:
-        ex.kill()
+        ex.dispose()
         with self._lock:
             if ex in self._all:
                 self._all.remove(ex)
 
     def _respawn(self, slot: _Slot, reason: str) -> _Executor:
-        """Kill the slot's executor (if any) and start a new one; raises `ExecutorPoolError`
-        (the slot then stays empty and the next caller tries again)."""
+        """Kill the slot's executor (if any) and start a new one. Raises `ExecutorPoolError`;
+        the slot then stays empty and the next caller tries again."""
         old = slot.executor
         slot.executor = None
         if old is not None:
@@ -448,7 +480,8 @@ class ExecutorPool:
         if self._closed:
             raise ExecutorPoolError("the executor pool was closed")
         try:
-            new = self._spawn()
+            new = self._spawn_process()
+            self._await_hello(new)
         except ExecutorPoolError as exc:
             raise ExecutorPoolError(f"cannot respawn an executor after {reason}: {exc}") from exc
         slot.executor = new
@@ -459,28 +492,34 @@ class ExecutorPool:
         return new
 
     def close(self) -> None:
-        """Shut the executors down (shutdown frame, then SIGTERM/SIGKILL after
-        `close_timeout`); idempotent. Tasks still running are interrupted."""
+        """Shut the executors down: a shutdown request, then SIGTERM and SIGKILL for those still
+        running after `close_timeout`. Idempotent. Callers waiting for or running on an executor
+        get `ExecutorPoolError`."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             executors = list(self._all)
-            self._all.clear()
-        for _ in range(self.processes):
-            self._idle.put(None)  # wake callers waiting for an executor
         for ex in executors:
-            with contextlib.suppress(Exception):
-                ex.send({"op": "shutdown"})
-            ex.close_stdin()
+            ex.request_shutdown()
         deadline = time.monotonic() + self.close_timeout
         for ex in executors:
-            if ex.reap(max(0.0, deadline - time.monotonic())) is None:
+            if ex.wait(deadline - time.monotonic()) is None:
                 with contextlib.suppress(OSError):
                     ex.proc.send_signal(signal.SIGTERM)
         for ex in executors:
-            if ex.reap(1.0) is None:
+            if ex.wait(1.0) is None:
                 ex.kill()
+        # Idle executors are released here; busy ones by the thread holding them.
+        while True:
+            try:
+                slot = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if slot is not None and slot.executor is not None:
+                self._discard(slot.executor)
+        for _ in range(self.processes):
+            self._idle.put(None)  # wake callers waiting for an executor
         if executors:
             log.info("executor pool closed", extra={"processes": len(executors)})
 
@@ -521,10 +560,10 @@ class ExecutorPool:
         return results
 
     def _acquire(self) -> _Slot:
-        if self._closed:
-            raise ExecutorPoolError("the executor pool is closed")
-        slot = self._idle.get()
+        slot = None if self._closed else self._idle.get()
         if slot is None or self._closed:
+            if slot is not None and slot.executor is not None:
+                self._discard(slot.executor)
             self._idle.put(None)  # pass the wake-up on
             raise ExecutorPoolError("the executor pool is closed")
         return slot
@@ -540,21 +579,19 @@ class ExecutorPool:
     def _run_in_slot(self, slot: _Slot, requests: list[TaskRequest]) -> list[TaskResult]:
         ex = slot.executor
         if ex is None:
-            ex = self._respawn(slot, "an earlier failed respawn")
+            self._respawn(slot, "an earlier failed respawn")
         elif not ex.alive():
             log.warning(
                 "executor died while idle",
                 extra={"executor_pid": ex.pid, "status": ex.exit_description()},
             )
-            ex = self._respawn(slot, "it died while idle")
+            self._respawn(slot, "it died while idle")
         results: list[TaskResult | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         while pending:
             chunk, pending = self._chunk(requests, pending, results)
             if chunk:
-                leftover = self._run_chunk(slot, requests, chunk, results)
-                pending = leftover + pending
-        assert all(r is not None for r in results)
+                pending = self._run_chunk(slot, requests, chunk, results) + pending
         return [r for r in results if r is not None]
 
     def _chunk(
@@ -563,8 +600,8 @@ class ExecutorPool:
         pending: list[int],
         results: list[TaskResult | None],
     ) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
-        """Take the next run of pending tasks that fits in one frame; tasks too large for any
-        frame get their error result right away."""
+        """The next run of pending tasks that fits in one frame (and the rest). A task too large
+        for any frame gets its error result right away."""
         chunk: list[tuple[int, dict[str, Any]]] = []
         size = 64
         for pos, i in enumerate(pending):
@@ -604,23 +641,19 @@ class ExecutorPool:
         results: list[TaskResult | None],
     ) -> list[int]:
         """Send a chunk and collect its results. On a timeout or crash the executor is
-        replaced and the tasks after the one at fault are returned to be sent again."""
+        replaced; the tasks after the one at fault are returned to be sent again."""
         ex = slot.executor
         assert ex is not None
-        ids: list[int] = []
-        tasks = []
-        for _, entry in chunk:
-            tid = ex.next_id()
-            ids.append(tid)
-            tasks.append({"id": tid, **entry})
+        ids = [ex.next_id() for _ in chunk]
+        tasks = [{"id": tid, **entry} for tid, (_, entry) in zip(ids, chunk, strict=True)]
         try:
-            ex.send({"op": "run", "tasks": tasks})
-        except FrameTooLargeError:  # estimate was off; send one by one
+            sent = ex.send({"op": "run", "tasks": tasks})
+        except FrameTooLargeError:  # the size estimate was off: one task per frame
             if len(chunk) > 1:
-                left = self._run_chunk(slot, requests, chunk[:1], results)
-                return left + [i for i, _ in chunk[1:]]
-            i = chunk[0][0]
-            results[i] = TaskResult(
+                return self._run_chunk(slot, requests, chunk[:1], results) + [
+                    i for i, _ in chunk[1:]
+                ]
+            results[chunk[0][0]] = TaskResult(
                 ResultKind.TASK_ERROR, None, "the task's input exceeds the executor frame limit"
             )
             return []
@@ -628,50 +661,32 @@ class ExecutorPool:
             req = requests[i]
             started = time.monotonic()
             timeout = req.hard_timeout_ms / 1000 if req.hard_timeout_ms > 0 else None
-            try:
-                message = ex.messages.get(timeout=timeout)
-            except queue.Empty:
-                elapsed = time.monotonic() - started
-                results[i] = TaskResult(
-                    ResultKind.TIMEOUT,
-                    None,
-                    f"hard timeout ({req.hard_timeout_ms} ms) exceeded",
-                    elapsed,
-                )
-                log.warning(
-                    "hard timeout: killing executor",
-                    extra={
-                        "executor_pid": ex.pid,
-                        "job_id": req.job_id,
-                        "task_id": req.task_id,
-                        "hard_timeout_ms": req.hard_timeout_ms,
-                    },
-                )
-                self._respawn(slot, "a hard timeout")
-                return [j for j, _ in chunk[pos + 1 :]]
+            message = ex.recv(timeout) if sent else _EOF
             elapsed = time.monotonic() - started
             if isinstance(message, dict) and message.get("id") == tid:
                 results[i] = _decode_result(message, elapsed)
                 continue
-            if isinstance(message, _Eof):
-                if self._closed:
-                    raise ExecutorPoolError("the executor pool was closed while a task ran")
+            if self._closed:
+                raise ExecutorPoolError("the executor pool was closed while a task ran")
+            if message is None:
+                kind = ResultKind.TIMEOUT
+                why = f"hard timeout ({req.hard_timeout_ms} ms) exceeded"
+            elif isinstance(message, _Eof):
+                kind = ResultKind.CRASH
                 why = f"executor crashed ({ex.exit_description()})"
             elif isinstance(message, _ReadFailed):
+                kind = ResultKind.CRASH
                 why = f"executor crashed (malformed response: {message.error})"
             else:
+                kind = ResultKind.CRASH
                 why = f"executor crashed (unexpected response {_short(message)})"
-            results[i] = TaskResult(ResultKind.CRASH, None, why, elapsed)
+            results[i] = TaskResult(kind, None, why, elapsed)
             log.warning(
-                "executor crash",
-                extra={
-                    "executor_pid": ex.pid,
-                    "job_id": req.job_id,
-                    "task_id": req.task_id,
-                    "reason": why,
-                },
+                "%s; replacing the executor",
+                why,
+                extra={"executor_pid": ex.pid, "job_id": req.job_id, "task_id": req.task_id},
             )
-            self._respawn(slot, "a crash")
+            self._respawn(slot, "a hard timeout" if kind is ResultKind.TIMEOUT else "a crash")
             return [j for j, _ in chunk[pos + 1 :]]
         return []
 
@@ -682,7 +697,6 @@ def _short(message: object) -> str:
 
 
 def _tail(ex: _Executor) -> str:
-    time.sleep(0.05)  # let the forwarder catch the last lines
     lines = list(ex.stderr_tail)
     return ("; executor stderr:\n" + "\n".join(lines)) if lines else ""
 

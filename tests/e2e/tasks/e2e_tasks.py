@@ -158,12 +158,63 @@ def neuron(layer: int, xs: list[float]) -> float:
 
 
 def _dense(layer: int):  # type: ignore[no-untyped-def]
-    def fn(x0: float, x1: float, x2: float, x3: float, x4: float, x5: float, x6: float,
-           x7: float, x8: float, x9: float, x10: float, x11: float, x12: float, x13: float,
-           x14: float, x15: float, x16: float, x17: float, x18: float, x19: float, x20: float,
-           x21: float, x22: float, x23: float, x24: float) -> float:
-        return neuron(layer, [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14,
-                              x15, x16, x17, x18, x19, x20, x21, x22, x23, x24])
+    def fn(
+        x0: float,
+        x1: float,
+        x2: float,
+        x3: float,
+        x4: float,
+        x5: float,
+        x6: float,
+        x7: float,
+        x8: float,
+        x9: float,
+        x10: float,
+        x11: float,
+        x12: float,
+        x13: float,
+        x14: float,
+        x15: float,
+        x16: float,
+        x17: float,
+        x18: float,
+        x19: float,
+        x20: float,
+        x21: float,
+        x22: float,
+        x23: float,
+        x24: float,
+    ) -> float:
+        return neuron(
+            layer,
+            [
+                x0,
+                x1,
+                x2,
+                x3,
+                x4,
+                x5,
+                x6,
+                x7,
+                x8,
+                x9,
+                x10,
+                x11,
+                x12,
+                x13,
+                x14,
+                x15,
+                x16,
+                x17,
+                x18,
+                x19,
+                x20,
+                x21,
+                x22,
+                x23,
+                x24,
+            ],
+        )
 
     return fn
 
