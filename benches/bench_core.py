@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from orbweaver import _core as core
 
 N_TASKS = 10_000
@@ -23,7 +24,7 @@ OUTPUT = core.wire_encode([b"\x01" * 16])
 
 
 def _submission(n: int) -> core.Submission:
-    t = {
+    t: dict[str, Any] = {
         "tdl_context": {"package": "bench", "task_func": "inc"},
         "inputs": [{"Value": {"Bytes": {}}}],
         "outputs": [{"Value": {"Bytes": {}}}],

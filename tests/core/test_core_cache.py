@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+
 from orbweaver import _core as core
 
 from ._helpers import flat, graph, layered, submission, task
@@ -94,7 +97,7 @@ def test_invalid_requests_change_nothing() -> None:
     cache = started(2)
     drain(cache)
     ctx = cache.register(1, 0, 1, 0)
-    cases = [
+    cases: list[Callable[[], object]] = [
         lambda: cache.report_success(1, 9, ctx.instance_id, core.wire_encode([b"x"])),
         lambda: cache.report_success(1, 0, ctx.instance_id, core.wire_encode([])),
         lambda: cache.report_success(1, 0, ctx.instance_id, b"\x07"),

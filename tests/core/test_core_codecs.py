@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from orbweaver import _core as core
 
 payload_lists = st.lists(st.binary(max_size=2048), max_size=12)
@@ -148,7 +149,7 @@ def test_exception_hierarchy() -> None:
     for cls in (core.InvalidGraphError, core.CodecError, core.InvalidRequestError):
         assert issubclass(cls, core.CoreError) and issubclass(cls, ValueError)
     assert issubclass(core.JobNotFoundError, LookupError)
-    for cls in (core.StaleError, core.RecoveryError, core.InternalError):
-        assert issubclass(cls, core.CoreError) and not issubclass(cls, ValueError)
+    for other in (core.StaleError, core.RecoveryError, core.InternalError):
+        assert issubclass(other, core.CoreError) and not issubclass(other, ValueError)
     assert core.StaleError.kind == "StaleError"
     assert core.CoreError.__module__ == "orbweaver._core"

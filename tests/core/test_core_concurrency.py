@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from orbweaver import _core as core
 
 from ._helpers import expected_outputs, graph, neuron, submission, task

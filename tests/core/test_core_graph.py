@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from orbweaver import _core as core
 
 from ._helpers import graph, submission, task

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orbweaver as ow
 import pytest
+
+import orbweaver as ow
 from orbweaver import _core
 from orbweaver.worker.pool import ExecutorPool, ResultKind, TaskRequest, TaskResult
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import orbweaver as ow
 import pytest
+
+import orbweaver as ow
 from orbweaver import _core, errors
 
 TASKS = Path(__file__).resolve().parent / "tasks"

@@ -10,8 +10,9 @@ import types
 from pathlib import Path
 from typing import Any
 
-import orbweaver as ow
 import pytest
+
+import orbweaver as ow
 from orbweaver import _core, errors
 from orbweaver.tdl.task import is_registered, registered_task
 from orbweaver.tdl.types import value_type

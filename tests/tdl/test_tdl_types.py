@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import orbweaver as ow
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import orbweaver as ow
 from orbweaver.tdl.types import (
     ValueMismatchError,
     decode_plain,
@@ -56,7 +57,7 @@ class Empty:
     pass
 
 
-def INT(width: str) -> dict[str, Any]:  # noqa: N802 - reads like the other constants
+def INT(width: str) -> dict[str, Any]:
     return {"Value": {"Primitive": {"Int": width}}}
 
 

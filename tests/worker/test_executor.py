@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from orbweaver import _core
 from orbweaver.worker.protocol import (
     PROTOCOL_VERSION,
@@ -196,6 +197,23 @@ def test_always_fail_is_decoded_with_type_message_and_traceback(executor: RawExe
     assert "integration_tasks.py" in tb and 'raise ValueError("always_fail' in tb
     assert "orbweaver/worker/executor.py" not in tb  # only user frames
     # The executor keeps serving after an in-task failure.
+    assert outputs(executor.run("integration_tasks", "fibonacci", wire(10))) == [55]
+
+
+def test_traceback_keeps_user_frames_and_names_the_cause(executor: RawExecutor) -> None:
+    response = executor.run("integration_tasks", "chained_failure", wire("b"))
+    error = response["error"]
+    assert error["type"] == "RuntimeError"
+    assert error["message"] == "lookup of 'b' failed"
+    assert error["traceback"].endswith(
+        "RuntimeError: lookup of 'b' failed\n(caused by KeyError: 'b')\n"
+    )
+    response = executor.run("integration_tasks", "fibonacci", wire(100_000))
+    assert response["error"]["type"] == "RecursionError"
+    tb = response["error"]["traceback"]
+    assert len(tb) < 2000  # only the last 8 frames, repeats collapsed
+    assert "[Previous line repeated 5 more times]" in tb
+    # The executor survives a RecursionError.
     assert outputs(executor.run("integration_tasks", "fibonacci", wire(10))) == [55]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import msgpack
 import psutil
 import pytest
+
 from orbweaver import _core
 from orbweaver.worker.pool import (
     ExecutorPool,
@@ -81,6 +83,16 @@ def _gone(pid: int) -> bool:
         return bool(proc.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+def _reapable(pid: int) -> bool:
+    """Dead with every thread gone (a zombie leader can outlive its threads for a moment)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return fields["State"].strip().startswith("Z") and int(fields["Threads"]) <= 1
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -171,7 +183,7 @@ def test_executor_killed_while_idle_is_replaced_without_blaming_the_next_task(
 ) -> None:
     [old] = pool.pids()
     psutil.Process(old).kill()
-    wait_for(lambda: _gone(old), "the executor to die")
+    wait_for(lambda: _reapable(old), "the executor to die")
     assert outputs(pool.run(req("fibonacci", 10))) == [55]
     assert pool.pids() != [old]
 
@@ -396,6 +408,32 @@ def _write_failing_python(tmp_path: Path) -> Path:
     script.write_text("#!/bin/sh\necho 'broken interpreter: cannot import orbweaver' >&2\nexit 7\n")
     script.chmod(0o755)
     return script
+
+
+def test_failed_respawn_raises_and_the_slot_recovers_later(
+    make_pool: Callable[..., ExecutorPool], tmp_path: Path
+) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(TASKS_DIR / "integration_tasks.py", tasks)
+    pool = ExecutorPool(tasks, 1)
+    pool.start()
+    try:
+        assert outputs(pool.run(req("fibonacci", 5))) == [5]  # the module is now imported
+        moved = tmp_path / "moved"
+        tasks.rename(moved)  # new executors cannot start any more
+        with pytest.raises(ExecutorPoolError) as info:
+            pool.run(req("crash"))
+        message = str(info.value)
+        assert message.startswith("cannot respawn an executor after a crash: executor ")
+        assert "exited before it was ready (exit code 2)" in message
+        assert "unusable tasks directory" in message
+        assert pool.pids() == []
+        moved.rename(tasks)
+        assert outputs(pool.run(req("fibonacci", 6))) == [8]  # the empty slot is refilled
+        assert len(pool.pids()) == 1
+    finally:
+        pool.close()
 
 
 def test_invalid_arguments() -> None:

@@ -412,6 +412,11 @@ def format_traceback(exc: BaseException) -> str:
     lines = ["Traceback (most recent call last):\n"]
     lines += traceback.format_list(frames[-TRACEBACK_FRAMES:])
     lines.append(f"{_exc_type(source)}: {_exc_message(source)}\n")
+    cause = source.__cause__
+    if cause is None and not source.__suppress_context__:
+        cause = source.__context__
+    if cause is not None:
+        lines.append(f"(caused by {_exc_type(cause)}: {_exc_message(cause)})\n")
     return "".join(lines)
 
 

@@ -49,9 +49,9 @@ class WorkerConfig:
     security: Security = field(default_factory=Security)
     ip_address: str = ""
     # Tasks registered ahead of a free executor, per executor process.
-    prefetch: int = 4
+    prefetch: int = 256
     # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks).
-    executor_batch: int = 8
+    executor_batch: int = 64
     poll_wait: float = 1.0
     heartbeat_interval: float = 1.0
     report_batch: int = 512

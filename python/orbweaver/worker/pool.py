@@ -648,6 +648,17 @@ class ExecutorPool:
         tasks = [{"id": tid, **entry} for tid, (_, entry) in zip(ids, chunk, strict=True)]
         try:
             sent = ex.send({"op": "run", "tasks": tasks})
+            if not sent and not self._closed:
+                # It died before reading the request: not the tasks' fault, try a new one.
+                log.warning(
+                    "executor died while idle",
+                    extra={"executor_pid": ex.pid, "status": ex.exit_description()},
+                )
+                ex = self._respawn(slot, "it died while idle")
+                ids = [ex.next_id() for _ in chunk]
+                for task, tid in zip(tasks, ids, strict=True):
+                    task["id"] = tid
+                sent = ex.send({"op": "run", "tasks": tasks})
         except FrameTooLargeError:  # the size estimate was off: one task per frame
             if len(chunk) > 1:
                 return self._run_chunk(slot, requests, chunk[:1], results) + [

@@ -5,13 +5,14 @@
 //! Lock order: cache shard -> (released) -> job lock -> TCB mutex -> instance-table shard. Queue
 //! offers happen only after the job lock is released (see `queue`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use crate::error::{CoreError, Result};
+use crate::hash::IdMap;
 use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
 pub use crate::job::Report;
@@ -28,7 +29,7 @@ pub const DEFAULT_TASK_CAPACITY: usize = 65_536;
 pub const DEFAULT_COMMIT_CAPACITY: usize = 1024;
 pub const DEFAULT_CLEANUP_CAPACITY: usize = 1024;
 
-type Shard = RwLock<HashMap<JobId, Arc<Job>>>;
+type Shard = RwLock<IdMap<JobId, Arc<Job>>>;
 
 #[derive(Debug)]
 pub struct JobCache {
@@ -46,7 +47,7 @@ impl JobCache {
         cleanup_capacity: usize,
     ) -> Result<Self> {
         Ok(Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             queue: InboundQueue::new(task_capacity, commit_capacity, cleanup_capacity)?,
             instances: InstanceTable::new(),
         })
@@ -285,13 +286,10 @@ impl JobCache {
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
-                Ok(job) => job.register_many(
-                    run.iter().map(|&(_, t)| t),
-                    em,
-                    now_ms,
-                    &self.instances,
-                    &mut out,
-                ),
+                Ok(job) => {
+                    let tasks: Vec<TaskId> = run.iter().map(|&(_, t)| t).collect();
+                    job.register_many(&tasks, em, now_ms, &self.instances, &mut out);
+                }
                 Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
             }
         }

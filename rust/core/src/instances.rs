@@ -7,14 +7,15 @@
 //! handles the rest: dead EMs and soft timeouts. The table's locks are leaves: nothing else is
 //! locked while one is held.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::hash::IdMap;
 use crate::ids::{ExecutionManagerId, JobId, TaskId, TaskInstanceId};
 
 const SHARDS: usize = 16;
+const ID_BLOCK_BITS: u32 = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceEntry {
@@ -37,7 +38,7 @@ pub struct InstanceGcReport {
 #[derive(Debug)]
 pub struct InstanceTable {
     next_id: AtomicU64,
-    shards: Box<[Mutex<HashMap<TaskInstanceId, InstanceEntry>>]>,
+    shards: Box<[Mutex<IdMap<TaskInstanceId, InstanceEntry>>]>,
 }
 
 impl Default for InstanceTable {
@@ -51,17 +52,25 @@ impl InstanceTable {
     pub fn new() -> Self {
         Self {
             next_id: AtomicU64::new(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(IdMap::default())).collect(),
         }
     }
 
-    fn shard(&self, id: TaskInstanceId) -> &Mutex<HashMap<TaskInstanceId, InstanceEntry>> {
-        &self.shards[(id as usize) % SHARDS]
+    fn shard(&self, id: TaskInstanceId) -> &Mutex<IdMap<TaskInstanceId, InstanceEntry>> {
+        // Blocks of consecutive ids share a shard: a batch reserves a block, so concurrent batches
+        // on different threads touch different shards instead of bouncing all of them.
+        &self.shards[((id >> ID_BLOCK_BITS) as usize) % SHARDS]
     }
 
     /// A fresh instance id (1, 2, 3, ... per process).
     pub fn next_id(&self) -> TaskInstanceId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `n` consecutive fresh ids (one atomic operation for a whole batch).
+    pub fn reserve(&self, n: usize) -> std::ops::Range<TaskInstanceId> {
+        let start = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        start..start + n as u64
     }
 
     pub fn insert(&self, id: TaskInstanceId, entry: InstanceEntry) {
@@ -114,6 +123,8 @@ mod tests {
         let t = InstanceTable::new();
         assert_eq!(t.next_id(), 1);
         assert_eq!(t.next_id(), 2);
+        assert_eq!(t.reserve(3), 3..6);
+        assert_eq!(t.next_id(), 6);
     }
 
     #[test]

@@ -610,30 +610,34 @@ impl Job {
         table: &InstanceTable,
     ) -> Result<ExecutionContext> {
         let inner = self.inner.read();
-        self.register_in(&inner, task, em, now_ms, table)
+        self.register_in(&inner, task, table.next_id(), em, now_ms, table)
     }
 
     /// Several registrations under one read lock (batch entry point).
     pub fn register_many(
         &self,
-        tasks: impl IntoIterator<Item = TaskId>,
+        tasks: &[TaskId],
         em: ExecutionManagerId,
         now_ms: u64,
         table: &InstanceTable,
         out: &mut Vec<Result<ExecutionContext>>,
     ) {
         let inner = self.inner.read();
+        let ids = table.reserve(tasks.len());
         out.extend(
             tasks
-                .into_iter()
-                .map(|t| self.register_in(&inner, t, em, now_ms, table)),
+                .iter()
+                .zip(ids)
+                .map(|(&t, id)| self.register_in(&inner, t, id, em, now_ms, table)),
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn register_in(
         &self,
         inner: &Inner,
         task: TaskId,
+        id: TaskInstanceId,
         em: ExecutionManagerId,
         now_ms: u64,
         table: &InstanceTable,
@@ -669,7 +673,6 @@ impl Job {
                     (&term.tcb, term.policy, &term.context, Some(io))
                 }
             };
-        let id = table.next_id();
         tcb.register(id, policy.max_num_instances)?;
         let task_io = match task_io {
             Some(io) => io,

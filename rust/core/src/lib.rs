@@ -8,6 +8,7 @@ pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod graph;
+pub mod hash;
 pub mod ids;
 pub mod instances;
 pub mod job;

@@ -118,6 +118,14 @@ def original_name(x: int) -> int:
     return -x
 
 
+@ow.task
+def chained_failure(key: str) -> int:
+    try:
+        return {"a": 1}[key]
+    except KeyError as exc:
+        raise RuntimeError(f"lookup of {key!r} failed") from exc
+
+
 def not_a_task(n: int) -> int:
     return n
 
