@@ -15,8 +15,9 @@ with ow.LocalCluster(workers=2) as cluster:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from orbweaver._core import __version__
-from orbweaver.client import Client, Job, JobInfo, Progress, ResourceGroup
 from orbweaver.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -35,7 +36,6 @@ from orbweaver.errors import (
     Unavailable,
 )
 from orbweaver.graph import OutputRef, TaskGraph, TaskHandle
-from orbweaver.local import LocalCluster
 from orbweaver.states import JobState
 from orbweaver.tdl import (
     Float32,
@@ -49,6 +49,33 @@ from orbweaver.tdl import (
     TaskPolicy,
     task,
 )
+
+if TYPE_CHECKING:
+    from orbweaver.client import Client, Job, JobInfo, Progress, ResourceGroup
+    from orbweaver.local import LocalCluster
+
+# The client side (gRPC) is imported on first use: executors import `orbweaver` for `@task`
+# and should not pay for grpc at every start and respawn.
+_LAZY = {
+    "Client": "orbweaver.client",
+    "Job": "orbweaver.client",
+    "JobInfo": "orbweaver.client",
+    "Progress": "orbweaver.client",
+    "ResourceGroup": "orbweaver.client",
+    "LocalCluster": "orbweaver.local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orbweaver' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlreadyExists",
