@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary, destination = job.result(timeout=args.timeout)
         except ow.JobFailed as exc:
-            print(f"job {job.id} FAILED: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             return 1
         except ow.JobTimeout:
             print(f"job {job.id} did not finish within {args.timeout:g} s", file=sys.stderr)

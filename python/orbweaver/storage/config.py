@@ -20,7 +20,7 @@ class StorageConfig:
     listen: str = "127.0.0.1:50051"
     security: Security = field(default_factory=Security)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    grpc_workers: int = 64
+    grpc_workers: int = 256
     # Inbound queue lane capacities (spec 3.1).
     task_capacity: int = 1 << 20
     commit_capacity: int = 1024

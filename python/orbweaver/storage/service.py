@@ -73,6 +73,7 @@ class StorageService:
         self._scheduler_lock = threading.Lock()
         self._scheduler_registered = False
         self._max_wait_ms = int(config.max_wait * 1000)
+        self._waiters = threading.BoundedSemaphore(max(1, config.grpc_workers // 2))
 
     # -----------------------------------------------------------------------------------------
     # Helpers
@@ -284,17 +285,25 @@ class StorageService:
         )
 
     def wait_job(self, job_id: int, timeout_ms: int) -> JobState:
-        """Block until the job is terminal or the (capped) timeout passes."""
-        deadline = time.monotonic() + min(timeout_ms, self._max_wait_ms) / 1000
-        while True:
-            state = self.get_state(job_id)
-            remaining = deadline - time.monotonic()
-            if state.is_terminal or remaining <= 0:
-                return state
-            with self._terminal:
-                # Re-check under the condition so a transition between the read and the wait
-                # is not missed; cap each wait so evicted-then-deleted jobs are re-read.
-                self._terminal.wait(min(remaining, 1.0))
+        """Block until the job is terminal or the (capped) timeout passes.
+
+        Each waiting call holds a gRPC worker thread, so at most half of them may wait long;
+        beyond that a call waits briefly and the client simply calls again."""
+        long_wait = self._waiters.acquire(blocking=False)
+        cap_ms = self._max_wait_ms if long_wait else 200
+        try:
+            deadline = time.monotonic() + min(timeout_ms, cap_ms) / 1000
+            while True:
+                state = self.get_state(job_id)
+                remaining = deadline - time.monotonic()
+                if state.is_terminal or remaining <= 0:
+                    return state
+                with self._terminal:
+                    # Capped waits: a missed notification costs at most one second.
+                    self._terminal.wait(min(remaining, 1.0))
+        finally:
+            if long_wait:
+                self._waiters.release()
 
     def progress(self, job_id: int, max_explanations: int) -> JobProgress:
         try:
