@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 CLIENTS = [
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    day = datetime(2025, 3, 12, tzinfo=timezone.utc)
+    day = datetime(2025, 3, 12, tzinfo=UTC)
     for i in range(args.files):
         # access.log is today's file, access.log.1 yesterday's, ...
         text = "\n".join(log_lines(rng, day - timedelta(days=i), args.lines)) + "\n"

@@ -147,18 +147,32 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _load_graph(spec: str, tasks_dir: str | None) -> Any:
+    """`MODULE:GRAPH`: a TaskGraph attribute, or a function without arguments returning one."""
+    from orbweaver.graph import TaskGraph
+    from orbweaver.tdl import TaskFunction
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise errors.InvalidArgument(f"expected MODULE:GRAPH, got {spec!r}")
     sys.path.insert(0, str(Path(tasks_dir).resolve()) if tasks_dir else os.getcwd())
-    module = importlib.import_module(module_name)
-    target = module
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise errors.InvalidArgument(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
     for part in attr.split("."):
+        if not hasattr(target, part):
+            raise errors.InvalidArgument(f"{module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
-    graph = target() if callable(target) and not hasattr(target, "compressed") else target
-    if not hasattr(graph, "compressed"):
+    if isinstance(target, TaskFunction):
+        raise errors.InvalidArgument(
+            f"{spec} is a task; name a TaskGraph or a function that builds one"
+        )
+    if callable(target) and not isinstance(target, TaskGraph):
+        target = target()
+    if not isinstance(target, TaskGraph):
         raise errors.InvalidArgument(f"{spec} is not an orbweaver TaskGraph")
-    return graph
+    return target
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
