@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
+
 from orbweaver.storage.db import (
     RECOVERABLE_STATES,
     CorruptedDbState,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+
 from orbweaver import _rpc
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
@@ -90,7 +91,7 @@ class FakeStorage(
 
     # -- RPCs -----------------------------------------------------------------------------------
 
-    def RegisterScheduler(  # noqa: N802
+    def RegisterScheduler(
         self, request: pb.RegisterSchedulerRequest, context: grpc.ServicerContext
     ) -> pb.SchedulerRegistration:
         with self.cond:
@@ -99,9 +100,7 @@ class FakeStorage(
             self.next_scheduler_id += 1
             return pb.SchedulerRegistration(scheduler_id=scheduler_id, session_id=self.session_id)
 
-    def PollAll(  # noqa: N802
-        self, request: pb.PollAllRequest, context: grpc.ServicerContext
-    ) -> pb.PollAllReply:
+    def PollAll(self, request: pb.PollAllRequest, context: grpc.ServicerContext) -> pb.PollAllReply:
         self.entered += 1
         if self.hang.is_set():
             self.release.wait(30)

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from orbweaver import errors
 from orbweaver.scheduler.core import (
     POLICY_GROUP_ROUND_ROBIN,

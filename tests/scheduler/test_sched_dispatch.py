@@ -9,10 +9,11 @@ import time
 from collections import Counter
 
 import pytest
+from sched_helpers import wait_until
+
 from orbweaver import errors
 from orbweaver.scheduler.core import InvalidSessionId
 from orbweaver.scheduler.dispatch import Delivery, DispatchQueue, DispatchQueueClosed
-from sched_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

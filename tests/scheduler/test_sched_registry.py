@@ -8,9 +8,10 @@ import threading
 from collections import Counter
 
 import pytest
+from sched_helpers import wait_until
+
 from orbweaver.scheduler.core import Assignment, Lane
 from orbweaver.scheduler.registry import EmRegistry
-from sched_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sched_helpers import FakeStorage, free_port, ready, ready_cleanup, ready_commit, wait_until
+
 from orbweaver import _rpc, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver.scheduler import SchedulerConfig, SchedulerRuntime, main
-from sched_helpers import FakeStorage, free_port, ready, ready_cleanup, ready_commit, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+
 from orbweaver import _rpc
 from orbweaver._core import TASK_CLEANUP, TASK_COMMIT
 from orbweaver._proto import orbweaver_pb2 as pb

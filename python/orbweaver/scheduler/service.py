@@ -120,7 +120,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     @_rpc.servicer_method
-    def NextTask(  # noqa: N802
+    def NextTask(
         self, request: pb.NextTaskRequest, context: grpc.ServicerContext
     ) -> pb.NextTaskReply:
         em_id = _em_id(request.execution_manager_id)
@@ -133,7 +133,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.NextTaskReply(assignment=self._to_proto(deliveries[0]))
 
     @_rpc.servicer_method
-    def NextTasks(  # noqa: N802
+    def NextTasks(
         self, request: pb.NextTasksRequest, context: grpc.ServicerContext
     ) -> pb.NextTasksReply:
         em_id = _em_id(request.execution_manager_id)
@@ -144,16 +144,14 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.NextTasksReply(assignments=[self._to_proto(d) for d in deliveries])
 
     @_rpc.servicer_method
-    def Heartbeat(  # noqa: N802
+    def Heartbeat(
         self, request: pb.SchedulerHeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.Void:
         self._registry.heartbeat(_em_id(request.execution_manager_id))
         return pb.Void()
 
     @_rpc.servicer_method
-    def Shutdown(  # noqa: N802
-        self, request: pb.ShutdownRequest, context: grpc.ServicerContext
-    ) -> pb.Void:
+    def Shutdown(self, request: pb.ShutdownRequest, context: grpc.ServicerContext) -> pb.Void:
         em_id = _em_id(request.execution_manager_id)
         if em_id not in self._registry:
             raise errors.NotFound(f"unknown execution manager {em_id}")

@@ -41,7 +41,7 @@ class DbError(Exception):
     """Base class of every DB-layer error."""
 
 
-class DbUnavailable(DbError):  # noqa: N818 (names fixed by the design)
+class DbUnavailable(DbError):
     """A transient failure: connection lost, deadlock or lock-wait timeout, database busy.
 
     ``outcome_unknown`` is true when the failure happened while committing a write, so the write
@@ -53,11 +53,11 @@ class DbUnavailable(DbError):  # noqa: N818 (names fixed by the design)
         self.outcome_unknown = outcome_unknown
 
 
-class CorruptedDbState(DbError):  # noqa: N818 (names fixed by the design)
+class CorruptedDbState(DbError):
     """A row violates an invariant the DB layer maintains (e.g. Succeeded without outputs)."""
 
 
-class ResourceGroupNotFound(DbError):  # noqa: N818 (names fixed by the design)
+class ResourceGroupNotFound(DbError):
     def __init__(
         self, *, resource_group_id: int | None = None, external_id: str | None = None
     ) -> None:
@@ -72,31 +72,31 @@ class ResourceGroupNotFound(DbError):  # noqa: N818 (names fixed by the design)
         super().__init__(f"{what} not found")
 
 
-class ResourceGroupAlreadyExists(DbError):  # noqa: N818 (names fixed by the design)
+class ResourceGroupAlreadyExists(DbError):
     def __init__(self, external_id: str) -> None:
         self.external_id = external_id
         super().__init__(f"resource group {external_id!r} already exists")
 
 
-class InvalidPassword(DbError):  # noqa: N818 (names fixed by the design)
+class InvalidPassword(DbError):
     def __init__(self, resource_group_id: int) -> None:
         self.resource_group_id = resource_group_id
         super().__init__(f"wrong password for resource group {resource_group_id}")
 
 
-class JobNotFound(DbError):  # noqa: N818 (names fixed by the design)
+class JobNotFound(DbError):
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id} not found")
 
 
-class IllegalExecutionManagerId(DbError):  # noqa: N818 (names fixed by the design)
+class IllegalExecutionManagerId(DbError):
     def __init__(self, execution_manager_id: int) -> None:
         self.execution_manager_id = execution_manager_id
         super().__init__(f"execution manager {execution_manager_id} is not registered")
 
 
-class ExecutionManagerAlreadyDead(DbError):  # noqa: N818 (names fixed by the design)
+class ExecutionManagerAlreadyDead(DbError):
     def __init__(self, execution_manager_id: int) -> None:
         self.execution_manager_id = execution_manager_id
         super().__init__(
@@ -104,7 +104,7 @@ class ExecutionManagerAlreadyDead(DbError):  # noqa: N818 (names fixed by the de
         )
 
 
-class InvalidJobStateTransition(DbError):  # noqa: N818 (names fixed by the design)
+class InvalidJobStateTransition(DbError):
     """The transition table (``states.is_valid_transition``) forbids ``from_state -> to_state``."""
 
     def __init__(self, from_state: int, to_state: int, *, job_id: int | None = None) -> None:
@@ -117,7 +117,7 @@ class InvalidJobStateTransition(DbError):  # noqa: N818 (names fixed by the desi
         )
 
 
-class UnexpectedJobState(DbError):  # noqa: N818 (names fixed by the design)
+class UnexpectedJobState(DbError):
     """The operation needs the job in one of ``expected`` but it is in ``current``."""
 
     def __init__(self, current: int, expected: Iterable[int], *, job_id: int | None = None) -> None:
