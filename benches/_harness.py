@@ -160,9 +160,12 @@ def private_server(buffer_pool: str = "1G") -> Iterator[MariaDBServer]:
     external = os.environ.get(EXTERNAL_ENV)
     if external:
         parts = urlsplit(external)
-        yield MariaDBServer(parts.hostname or "127.0.0.1", parts.port or 3306,
-                            unquote(parts.username or "root"),
-                            unquote(parts.password) if parts.password else None)
+        yield MariaDBServer(
+            parts.hostname or "127.0.0.1",
+            parts.port or 3306,
+            unquote(parts.username or "root"),
+            unquote(parts.password) if parts.password else None,
+        )
         return
     install = find_binary("mariadb-install-db", "mysql_install_db")
     daemon = find_binary("mariadbd", "mysqld")
@@ -172,9 +175,19 @@ def private_server(buffer_pool: str = "1G") -> Iterator[MariaDBServer]:
     datadir, sock, log = root / "data", root / "sock", root / "mariadb.log"
     try:
         result = subprocess.run(
-            [install, "--no-defaults", "--user=root", f"--datadir={datadir}",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+            [
+                install,
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={datadir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         if result.returncode != 0:
             out = (result.stdout + result.stderr).decode(errors="replace")[-4000:]
             raise RuntimeError(f"mariadb-install-db failed ({result.returncode}):\n{out}")
@@ -184,16 +197,29 @@ def private_server(buffer_pool: str = "1G") -> Iterator[MariaDBServer]:
             port = free_port()
             with open(log, "ab") as log_file:
                 proc = subprocess.Popen(
-                    [daemon, "--no-defaults", "--user=root", f"--datadir={datadir}",
-                     f"--socket={sock}", f"--port={port}", "--bind-address=127.0.0.1",
-                     "--skip-log-bin", f"--pid-file={root / 'mariadbd.pid'}",
-                     f"--log-error={log}", "--max-connections=500",
-                     f"--innodb-buffer-pool-size={buffer_pool}",
-                     "--innodb-flush-log-at-trx-commit=2"],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent())  # noqa: PLW1509 (one libc call)
-            server = MariaDBServer("127.0.0.1", port, socket=str(sock), datadir=str(datadir),
-                                   pid=proc.pid)
+                    [
+                        daemon,
+                        "--no-defaults",
+                        "--user=root",
+                        f"--datadir={datadir}",
+                        f"--socket={sock}",
+                        f"--port={port}",
+                        "--bind-address=127.0.0.1",
+                        "--skip-log-bin",
+                        f"--pid-file={root / 'mariadbd.pid'}",
+                        f"--log-error={log}",
+                        "--max-connections=500",
+                        f"--innodb-buffer-pool-size={buffer_pool}",
+                        "--innodb-flush-log-at-trx-commit=2",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent(),  # noqa: PLW1509 (one libc call)
+                )
+            server = MariaDBServer(
+                "127.0.0.1", port, socket=str(sock), datadir=str(datadir), pid=proc.pid
+            )
             try:
                 _wait_ready(server, proc, log)
             except (RuntimeError, TimeoutError) as exc:
@@ -222,7 +248,7 @@ def server_version(server: MariaDBServer) -> str:
         conn.close()
 
 
-# -- results files --------------------------------------------------------------------------------
+# -- results files --
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benches" / "results"
@@ -238,15 +264,24 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
     dirty = subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True, timeout=10, check=False)
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
@@ -273,8 +308,12 @@ def warn_if_busy(threshold: float = 0.5) -> None:
     """Say so when something else keeps the CPUs busy: the figures would not mean much."""
     load = os.getloadavg()[0]
     if load > threshold:
-        print(f"warning: load average {load:.2f} before the benchmark; other work on this "
-              "machine will distort the figures", file=sys.stderr, flush=True)
+        print(
+            f"warning: load average {load:.2f} before the benchmark; other work on this "
+            "machine will distort the figures",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def orbweaver_version() -> str:

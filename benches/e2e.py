@@ -53,7 +53,7 @@ WORKLOAD_TITLES = {"w1": "W1 wide job", "w2": "W2 small jobs", "nn": "NN"}
 TARGET_SPEEDUP_VS_RAY = 2.0
 
 
-# -- one workload run ------------------------------------------------------------------------------
+# -- one workload run --
 
 
 class Sizes:
@@ -64,13 +64,24 @@ class Sizes:
         self.nn_width = args.nn_width
 
     def tasks(self, workload: str) -> int:
-        return {"w1": self.wide, "w2": self.jobs * w.DIAMOND_TASKS,
-                "nn": self.nn_layers * self.nn_width}[workload]
+        return {
+            "w1": self.wide,
+            "w2": self.jobs * w.DIAMOND_TASKS,
+            "nn": self.nn_layers * self.nn_width,
+        }[workload]
 
     def describe(self) -> dict[str, Any]:
-        return {"w1": {"tasks": self.wide}, "w2": {"jobs": self.jobs, "tasks_per_job": 4},
-                "nn": {"layers": self.nn_layers, "width": self.nn_width,
-                       "fan_in": w.NN_FAN_IN, "seed": w.NN_SEED, "rtol": w.NN_RTOL}}
+        return {
+            "w1": {"tasks": self.wide},
+            "w2": {"jobs": self.jobs, "tasks_per_job": 4},
+            "nn": {
+                "layers": self.nn_layers,
+                "width": self.nn_width,
+                "fan_in": w.NN_FAN_IN,
+                "seed": w.NN_SEED,
+                "rtol": w.NN_RTOL,
+            },
+        }
 
 
 def check(workload: str, got: list[Any], sizes: Sizes, nn: w.NeuralNetwork | None) -> str | None:
@@ -85,8 +96,9 @@ def check(workload: str, got: list[Any], sizes: Sizes, nn: w.NeuralNetwork | Non
     if got == want:
         return None
     bad = [i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b]
-    return (f"{len(got)} outputs (want {len(want)}), {len(bad)} differ"
-            + (f"; first: output {bad[0]} = {got[bad[0]]!r}, want {want[bad[0]]!r}" if bad else ""))
+    return f"{len(got)} outputs (want {len(want)}), {len(bad)} differ" + (
+        f"; first: output {bad[0]} = {got[bad[0]]!r}, want {want[bad[0]]!r}" if bad else ""
+    )
 
 
 class Runner:
@@ -104,8 +116,9 @@ class Runner:
     def warm_up(self) -> None:
         raise NotImplementedError
 
-    def run(self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
-            ) -> tuple[list[Any], dict[str, float]]:
+    def run(
+        self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
+    ) -> tuple[list[Any], dict[str, float]]:
         raise NotImplementedError
 
 
@@ -129,8 +142,9 @@ class PeerRunner(Runner):
     def warm_up(self) -> None:
         self.peer.warm_up(self.workers)
 
-    def run(self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
-            ) -> tuple[list[Any], dict[str, float]]:
+    def run(
+        self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
+    ) -> tuple[list[Any], dict[str, float]]:
         if workload == "w1":
             return self.peer.wide(sizes.wide), {}
         if workload == "w2":
@@ -164,8 +178,13 @@ class OrbweaverRunner(Runner):
             url = f"sqlite:///{self.workdir / 'jobs.db'}"
             info["database"] = f"SQLite {sqlite3.sqlite_version} (file)"
         started = time.perf_counter()
-        self.cluster = ow.LocalCluster(workers=self.workers, db=url, tasks_dir=PEERS,
-                                       log_dir=self.workdir / "logs", start_timeout=120)
+        self.cluster = ow.LocalCluster(
+            workers=self.workers,
+            db=url,
+            tasks_dir=PEERS,
+            log_dir=self.workdir / "logs",
+            start_timeout=120,
+        )
         self.cluster.start()
         self._stack.callback(self.cluster.stop)
         info["cluster_start_s"] = round(time.perf_counter() - started, 2)
@@ -175,8 +194,9 @@ class OrbweaverRunner(Runner):
         self._stack.close()
 
     def warm_up(self) -> None:
-        import orbweaver as ow
         import ow_tasks as t
+
+        import orbweaver as ow
 
         client = self.cluster.client()
         g = ow.TaskGraph()
@@ -190,18 +210,21 @@ class OrbweaverRunner(Runner):
 
     @staticmethod
     def _diamond() -> Any:
-        import orbweaver as ow
         import ow_tasks as t
+
+        import orbweaver as ow
 
         g = ow.TaskGraph()
         a = g.add(t.inc)
         g.add(t.add, g.add(t.double, a), g.add(t.inc, a))
         return g
 
-    def run(self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
-            ) -> tuple[list[Any], dict[str, float]]:
-        import orbweaver as ow
+    def run(
+        self, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None
+    ) -> tuple[list[Any], dict[str, float]]:
         import ow_tasks as t
+
+        import orbweaver as ow
 
         client = self.cluster.client()
         t0 = time.perf_counter()
@@ -221,8 +244,9 @@ class OrbweaverRunner(Runner):
             previous = [g.add(t.dense_relu) for _ in range(nn.width)]
             for layer in range(1, nn.layers):
                 fn = t.LAYER_TASKS[layer % 3]
-                previous = [g.add(fn, *[previous[i] for i in nn.sources[layer][n]])
-                            for n in range(nn.width)]
+                previous = [
+                    g.add(fn, *[previous[i] for i in nn.sources[layer][n]]) for n in range(nn.width)
+                ]
             t1 = time.perf_counter()
             jobs = [client.submit(g, nn.inputs)]
         t2 = time.perf_counter()
@@ -233,7 +257,59 @@ class OrbweaverRunner(Runner):
         return outputs, {"build_s": t1 - t0, "submit_s": t2 - t1, "wait_and_outputs_s": t3 - t2}
 
 
-# -- a child process runs one system ---------------------------------------------------------------
+# -- CPU accounting --
+
+
+def _label(proc: Any, me: int) -> str:
+    """A short name for a process of a system under test."""
+    if proc.pid == me:
+        return "driver"
+    try:
+        cmd = " ".join(proc.cmdline())
+        name = proc.name()
+    except Exception:
+        return "other"
+    for needle, label in (
+        ("orbweaver storage", "storage"),
+        ("orbweaver scheduler", "scheduler"),
+        ("orbweaver worker", "execution manager"),
+        ("orbweaver.worker.executor", "executors"),
+        ("mariadbd", "mariadbd"),
+        ("raylet", "raylet"),
+        ("gcs_server", "gcs_server"),
+        ("ray::", "ray workers"),
+        ("default_worker.py", "ray workers"),
+        ("multiprocessing", "dask workers"),
+    ):
+        if needle in cmd or needle in name:
+            return label
+    return name or "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of this process and every descendant, by pid."""
+    import psutil
+
+    me = psutil.Process()
+    out: dict[int, tuple[str, float]] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            out[proc.pid] = (_label(proc, me.pid), t.user + t.system)
+    return out
+
+
+def cpu_delta(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent since ``before``, summed by process label (processes that exited in
+    between are not counted)."""
+    totals: dict[str, float] = {}
+    for pid, (label, cpu) in cpu_snapshot().items():
+        spent = cpu - before.get(pid, (label, 0.0))[1]
+        totals[label] = totals.get(label, 0.0) + spent
+    return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
+# -- a child process runs one system --
 
 
 def run_system(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,7 +321,7 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     else:
         runner = PeerRunner(args.child, args.workers)
     out: dict[str, Any] = {"system": args.child, "results": {}}
-    nn = (w.neural_network(sizes.nn_layers, sizes.nn_width) if "nn" in args.workloads else None)
+    nn = w.neural_network(sizes.nn_layers, sizes.nn_width) if "nn" in args.workloads else None
     try:
         out["info"] = runner.start()
         runner.warm_up()
@@ -253,6 +329,7 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
             runs = []
             errors: list[str] = []
             for i in range(args.repeat):
+                cpu_before = cpu_snapshot()
                 started = time.perf_counter()
                 try:
                     outputs, phases = runner.run(workload, sizes, nn)
@@ -261,14 +338,24 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
                     traceback.print_exc()
                     break
                 wall = time.perf_counter() - started
+                cpu = cpu_delta(cpu_before)
                 problem = check(workload, outputs, sizes, nn)
-                runs.append({"wall_s": round(wall, 4),
-                             "phases": {k: round(v, 4) for k, v in phases.items()},
-                             "correct": problem is None, "problem": problem})
-                print(f"  {args.child} {workload} run {i + 1}: {wall:.2f} s "
-                      f"({sizes.tasks(workload) / wall:,.0f} tasks/s)"
-                      f"{'' if problem is None else ' WRONG: ' + problem}",
-                      file=sys.stderr, flush=True)
+                runs.append(
+                    {
+                        "wall_s": round(wall, 4),
+                        "phases": {k: round(v, 4) for k, v in phases.items()},
+                        "cpu_s": cpu,
+                        "correct": problem is None,
+                        "problem": problem,
+                    }
+                )
+                print(
+                    f"  {args.child} {workload} run {i + 1}: {wall:.2f} s "
+                    f"({sizes.tasks(workload) / wall:,.0f} tasks/s)"
+                    f"{'' if problem is None else ' WRONG: ' + problem}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             out["results"][workload] = {"runs": runs, "errors": errors}
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -276,8 +363,9 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             runner.stop()
-    failed = "error" in out or any(r["errors"] or not all(x["correct"] for x in r["runs"])
-                                   for r in out["results"].values())
+    failed = "error" in out or any(
+        r["errors"] or not all(x["correct"] for x in r["runs"]) for r in out["results"].values()
+    )
     if failed:
         print(f"  {args.child}: logs kept in {workdir}", file=sys.stderr, flush=True)
     else:
@@ -288,22 +376,46 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
 def spawn_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_file = Path(f.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system,
-           "--result-file", str(result_file), "--workloads", ",".join(args.workloads),
-           "--repeat", str(args.repeat), "--db", args.db, "--workers", str(args.workers),
-           "--timeout", str(args.timeout), "--wide-tasks", str(args.wide_tasks),
-           "--small-jobs", str(args.small_jobs), "--nn-layers", str(args.nn_layers),
-           "--nn-width", str(args.nn_width)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        system,
+        "--result-file",
+        str(result_file),
+        "--workloads",
+        ",".join(args.workloads),
+        "--repeat",
+        str(args.repeat),
+        "--db",
+        args.db,
+        "--workers",
+        str(args.workers),
+        "--timeout",
+        str(args.timeout),
+        "--wide-tasks",
+        str(args.wide_tasks),
+        "--small-jobs",
+        str(args.small_jobs),
+        "--nn-layers",
+        str(args.nn_layers),
+        "--nn-width",
+        str(args.nn_width),
+    ]
     env = dict(os.environ)
     # Ray and Dask workers unpickle the task functions by module name: let them import them.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(PEERS), str(HERE.parent / "python"), env.get("PYTHONPATH", "")] if p)
+        p for p in [str(PEERS), str(HERE.parent / "python"), env.get("PYTHONPATH", "")] if p
+    )
     print(f"== {system}", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(cmd, env=env, timeout=args.timeout * 10, check=False)
         if result_file.stat().st_size == 0:
-            return {"system": system, "error": f"the {system} run exited with "
-                    f"{proc.returncode} without results", "results": {}}
+            return {
+                "system": system,
+                "error": f"the {system} run exited with {proc.returncode} without results",
+                "results": {},
+            }
         return dict(json.loads(result_file.read_text()))
     except subprocess.TimeoutExpired:
         return {"system": system, "error": "the run timed out", "results": {}}
@@ -311,7 +423,7 @@ def spawn_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         result_file.unlink(missing_ok=True)
 
 
-# -- summary ---------------------------------------------------------------------------------------
+# -- summary --
 
 
 def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,20 +433,30 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
         for workload in args.workloads:
             res = sysres.get("results", {}).get(workload)
             tasks = sizes.tasks(workload)
-            row: dict[str, Any] = {"workload": workload, "system": sysres["system"],
-                                   "tasks": tasks}
+            row: dict[str, Any] = {"workload": workload, "system": sysres["system"], "tasks": tasks}
             runs = res["runs"] if res else []
             if res and runs and not res["errors"]:
                 walls = [r["wall_s"] for r in runs]
                 wall = h.median(walls)
-                row.update({"wall_s": round(wall, 3), "best_wall_s": round(min(walls), 3),
-                            "tasks_per_s": round(tasks / wall, 1),
-                            "correct": all(r["correct"] for r in runs), "runs": runs})
+                row.update(
+                    {
+                        "wall_s": round(wall, 3),
+                        "best_wall_s": round(min(walls), 3),
+                        "tasks_per_s": round(tasks / wall, 1),
+                        "correct": all(r["correct"] for r in runs),
+                        "runs": runs,
+                    }
+                )
             else:
-                row.update({"wall_s": None, "tasks_per_s": None, "correct": False,
-                            "runs": runs,
-                            "error": (res["errors"] if res else None)
-                            or sysres.get("error", "not run")})
+                row.update(
+                    {
+                        "wall_s": None,
+                        "tasks_per_s": None,
+                        "correct": False,
+                        "runs": runs,
+                        "error": (res["errors"] if res else None) or sysres.get("error", "not run"),
+                    }
+                )
             rows.append(row)
     by = {(r["workload"], r["system"]): r for r in rows}
     ratios: dict[str, Any] = {}
@@ -354,11 +476,15 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
         "benchmark": "e2e",
         "versions": versions,
         "setup": {
-            "workers": args.workers, "repeat": args.repeat, "statistic": "median over repeats",
-            "orbweaver": {"db": args.db, "cluster": f"LocalCluster(workers={args.workers}, "
-                          f"db=<{args.db}>, tasks_dir=benches/peers)",
-                          **next((s.get("info", {}) for s in systems
-                                  if s["system"] == "orbweaver"), {})},
+            "workers": args.workers,
+            "repeat": args.repeat,
+            "statistic": "median over repeats",
+            "orbweaver": {
+                "db": args.db,
+                "cluster": f"LocalCluster(workers={args.workers}, "
+                f"db=<{args.db}>, tasks_dir=benches/peers)",
+                **next((s.get("info", {}) for s in systems if s["system"] == "orbweaver"), {}),
+            },
             "ray": f"ray.init(num_cpus={args.workers})",
             "dask": f"distributed.LocalCluster(n_workers={args.workers}, threads_per_worker=1)",
             "sizes": sizes.describe(),
@@ -375,8 +501,11 @@ def print_table(payload: dict[str, Any]) -> None:
 
     rows = payload["results"]
     systems = list(dict.fromkeys(r["system"] for r in rows))
-    table = Table(title=f"End to end, {payload['setup']['workers']} workers, median of "
-                        f"{payload['setup']['repeat']} (Orbweaver on {payload['setup']['orbweaver']['db']})")
+    setup = payload["setup"]
+    table = Table(
+        title=f"End to end, {setup['workers']} workers, median of {setup['repeat']} "
+        f"(Orbweaver on {setup['orbweaver']['db']})"
+    )
     table.add_column("workload")
     table.add_column("tasks", justify="right")
     for s in systems:
@@ -409,7 +538,7 @@ def print_table(payload: dict[str, Any]) -> None:
         console.print(f"[red]{system} failed:[/red] {error}")
 
 
-# -- command line ----------------------------------------------------------------------------------
+# -- command line --
 
 
 def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -417,8 +546,9 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
         items = [v.strip().lower() for v in value.split(",") if v.strip()]
         unknown = [v for v in items if v not in choices]
         if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)} "
-                                             f"(choose from {', '.join(choices)})")
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)} (choose from {', '.join(choices)})"
+            )
         return items
 
     return parse
@@ -426,18 +556,32 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", type=_csv(WORKLOADS), default=list(WORKLOADS),
-                        help="comma-separated: w1,w2,nn (default: all)")
-    parser.add_argument("--systems", type=_csv(SYSTEMS), default=None,
-                        help="comma-separated: orbweaver,ray,dask (default: orbweaver)")
-    parser.add_argument("--compare", type=_csv(SYSTEMS), default=[],
-                        help="peers to run too, e.g. ray,dask")
+    parser.add_argument(
+        "--workloads",
+        type=_csv(WORKLOADS),
+        default=list(WORKLOADS),
+        help="comma-separated: w1,w2,nn (default: all)",
+    )
+    parser.add_argument(
+        "--systems",
+        type=_csv(SYSTEMS),
+        default=None,
+        help="comma-separated: orbweaver,ray,dask (default: orbweaver)",
+    )
+    parser.add_argument(
+        "--compare", type=_csv(SYSTEMS), default=[], help="peers to run too, e.g. ray,dask"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per workload and system")
-    parser.add_argument("--db", choices=["mariadb", "sqlite"], default="mariadb",
-                        help="Orbweaver's database (default: a private MariaDB server)")
+    parser.add_argument(
+        "--db",
+        choices=["mariadb", "sqlite"],
+        default="mariadb",
+        help="Orbweaver's database (default: a private MariaDB server)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
-    parser.add_argument("--timeout", type=float, default=1200.0,
-                        help="seconds a single workload run may take")
+    parser.add_argument(
+        "--timeout", type=float, default=1200.0, help="seconds a single workload run may take"
+    )
     parser.add_argument("--wide-tasks", type=int, default=w.WIDE_TASKS)
     parser.add_argument("--small-jobs", type=int, default=w.SMALL_JOBS)
     parser.add_argument("--nn-layers", type=int, default=w.NN_LAYERS)

@@ -59,7 +59,7 @@ TARGET_JOBS = 100_000
 TARGET_READY_S = 10.0
 
 
-# -- the job ----------------------------------------------------------------------------------------
+# -- the job --
 
 
 def job_graph() -> ow.TaskGraph:
@@ -76,16 +76,22 @@ def job_graph() -> ow.TaskGraph:
     return g
 
 
-# -- filling the database ------------------------------------------------------------------------
+# -- filling the database --
 
 
 def _running_rows(db: Database) -> Any:
     """(state, blobs, outputs, error, ended) of every job: what recovery reads."""
     rows = db._transaction(  # type: ignore[attr-defined]
-        lambda cur: (cur.execute(
-            "SELECT state, compressed_serialized_task_graph, compressed_serialized_job_inputs, "
-            "serialized_job_outputs, error_message, ended_at, resource_group_id "
-            "FROM jobs ORDER BY id"), cur.fetchall())[1], write=False)
+        lambda cur: (
+            cur.execute(
+                "SELECT state, compressed_serialized_task_graph, compressed_serialized_job_inputs, "
+                "serialized_job_outputs, error_message, ended_at, resource_group_id "
+                "FROM jobs ORDER BY id"
+            ),
+            cur.fetchall(),
+        )[1],
+        write=False,
+    )
     return [tuple(bytes(v) if isinstance(v, (bytes, bytearray)) else v for v in r) for r in rows]
 
 
@@ -120,8 +126,9 @@ def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[s
 
             def batch(cur: Any, rows: list[Any] = rows) -> None:
                 cur.executemany(sql.insert_job, rows)
-                cur.execute("SELECT id FROM jobs WHERE state = ? ORDER BY id",
-                            (DbJobState.READY.db_name,))
+                cur.execute(
+                    "SELECT id FROM jobs WHERE state = ? ORDER BY id", (DbJobState.READY.db_name,)
+                )
                 ids = [int(r[0]) for r in cur.fetchall()]
                 cur.executemany(sql.update_job(terminal=False), [(running, i) for i in ids])
 
@@ -146,7 +153,7 @@ def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[s
     return {"method": method, "seconds": round(seconds, 2), "api_jobs": n_api}
 
 
-# -- one storage start -----------------------------------------------------------------------------
+# -- one storage start --
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -176,34 +183,55 @@ class Start:
     rss: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ready_s": round(self.ready_s, 3),
-                "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 3),
-                "recovered_jobs": self.recovered, "peak_rss_bytes": self.peak_rss,
-                "rss_bytes": self.rss}
+        return {
+            "ready_s": round(self.ready_s, 3),
+            "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 3),
+            "recovered_jobs": self.recovered,
+            "peak_rss_bytes": self.peak_rss,
+            "rss_bytes": self.rss,
+        }
 
 
 @contextlib.contextmanager
-def storage_process(url: str, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path,
-                                                                float, Path]]:
+def storage_process(
+    url: str, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, float, Path]]:
     ready = workdir / "storage.ready"
     ready.unlink(missing_ok=True)
     log_path = workdir / "storage.log"
     log_path.unlink(missing_ok=True)
-    env = {**os.environ, "ORBWEAVER_LOG_LEVEL": "INFO",
-           "PYTHONPATH": os.pathsep.join(p for p in [str(HERE.parent / "python"),
-                                                     os.environ.get("PYTHONPATH", "")] if p)}
-    cmd = [sys.executable, "-m", "orbweaver", "storage", "--db", url, "--listen", "127.0.0.1:0",
-           "--ready-file", str(ready)]
+    env = {
+        **os.environ,
+        "ORBWEAVER_LOG_LEVEL": "INFO",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in [str(HERE.parent / "python"), os.environ.get("PYTHONPATH", "")] if p
+        ),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "orbweaver",
+        "storage",
+        "--db",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+    ]
     with log_path.open("wb") as log_file:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         deadline = started + READY_TIMEOUT_S
         while not ready.exists():
             if proc.poll() is not None:
-                raise RuntimeError(f"storage exited with {proc.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')[-4000:]}")
+                raise RuntimeError(
+                    f"storage exited with {proc.returncode}:\n"
+                    f"{log_path.read_text(errors='replace')[-4000:]}"
+                )
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"storage not ready within {READY_TIMEOUT_S:g} s")
             time.sleep(0.002)
@@ -235,16 +263,22 @@ def start_storage(url: str, workdir: Path, jobs: int, sample_job: int | None) ->
                 p = job.progress()
                 if (p.state, p.total, p.ready) != (ow.JobState.RUNNING, TASKS_PER_JOB, 2):
                     raise RuntimeError(f"job {sample_job} after recovery: {p}")
-        return Start(ready_s, None if line is None else float(line["seconds"]), recovered,
-                     mem["VmHWM"], mem["VmRSS"])
+        return Start(
+            ready_s,
+            None if line is None else float(line["seconds"]),
+            recovered,
+            mem["VmHWM"],
+            mem["VmRSS"],
+        )
 
 
-# -- databases -----------------------------------------------------------------------------------
+# -- databases --
 
 
 @contextlib.contextmanager
-def backend(name: str, workdir: Path) -> Iterator[tuple[Callable[[], str], Callable[[str], None],
-                                                        str]]:
+def backend(
+    name: str, workdir: Path
+) -> Iterator[tuple[Callable[[], str], Callable[[str], None], str]]:
     """Yields (new empty database URL, drop it, server description)."""
     if name == "sqlite":
         counter = iter(range(1_000_000))
@@ -262,11 +296,14 @@ def backend(name: str, workdir: Path) -> Iterator[tuple[Callable[[], str], Calla
         yield new_sqlite, drop_sqlite, f"SQLite {sqlite3.sqlite_version} (file, embedded)"
         return
     with h.private_server() as server:
-        yield (server.create_database, server.drop_database,
-               f"MariaDB {h.server_version(server)} (private server, loopback TCP)")
+        yield (
+            server.create_database,
+            server.drop_database,
+            f"MariaDB {h.server_version(server)} (private server, loopback TCP)",
+        )
 
 
-# -- the run ---------------------------------------------------------------------------------------
+# -- the run --
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,8 +323,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 idle = [start_storage(url, workdir, 0, None) for _ in range(args.repeat)]
                 drop_db(url)
                 idle_rss = h.median([s.rss for s in idle])
-                log(f"{db_name}: idle storage ready in {h.median([s.ready_s for s in idle]):.2f}"
-                    f" s, RSS {idle_rss / 2**20:.1f} MiB")
+                log(
+                    f"{db_name}: idle storage ready in {h.median([s.ready_s for s in idle]):.2f}"
+                    f" s, RSS {idle_rss / 2**20:.1f} MiB"
+                )
                 for jobs in args.jobs:
                     url = new_db()
                     try:
@@ -297,25 +336,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         starts = []
                         for i in range(args.repeat):
                             s = start_storage(url, workdir, jobs, jobs // 2 + 1 if jobs else None)
-                            log(f"  start {i + 1}: ready {s.ready_s:.2f} s, recovery "
-                                f"{s.recovery_s:.2f} s, peak RSS {s.peak_rss / 2**20:.0f} MiB")
+                            log(
+                                f"  start {i + 1}: ready {s.ready_s:.2f} s, recovery "
+                                f"{s.recovery_s:.2f} s, peak RSS {s.peak_rss / 2**20:.0f} MiB"
+                            )
                             starts.append(s)
                     finally:
                         drop_db(url)
                     tasks = jobs * TASKS_PER_JOB
                     rss = h.median([s.rss for s in starts])
-                    results.append({
-                        "db": db_name, "jobs": jobs, "tasks": tasks, "seed": seeded,
-                        "ready_s": round(h.median([s.ready_s for s in starts]), 3),
-                        "recovery_s": round(h.median([s.recovery_s or 0.0 for s in starts]), 3),
-                        "peak_rss_bytes": int(h.median([s.peak_rss for s in starts])),
-                        "rss_bytes": int(rss),
-                        "idle_rss_bytes": int(idle_rss),
-                        "cache_bytes_per_task": round((rss - idle_rss) / tasks, 1),
-                        "idle_ready_s": round(h.median([s.ready_s for s in idle]), 3),
-                        "runs": [s.as_dict() for s in starts],
-                        "idle_runs": [s.as_dict() for s in idle],
-                    })
+                    results.append(
+                        {
+                            "db": db_name,
+                            "jobs": jobs,
+                            "tasks": tasks,
+                            "seed": seeded,
+                            "ready_s": round(h.median([s.ready_s for s in starts]), 3),
+                            "recovery_s": round(h.median([s.recovery_s or 0.0 for s in starts]), 3),
+                            "peak_rss_bytes": int(h.median([s.peak_rss for s in starts])),
+                            "rss_bytes": int(rss),
+                            "idle_rss_bytes": int(idle_rss),
+                            "cache_bytes_per_task": round((rss - idle_rss) / tasks, 1),
+                            "idle_ready_s": round(h.median([s.ready_s for s in idle]), 3),
+                            "runs": [s.as_dict() for s in starts],
+                            "idle_runs": [s.as_dict() for s in idle],
+                        }
+                    )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     target = [r for r in results if r["jobs"] == TARGET_JOBS]
@@ -323,15 +369,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "recovery",
         "versions": {"orbweaver": h.orbweaver_version()},
         "databases": servers,
-        "job": {"tasks": TASKS_PER_JOB, "graph_inputs": 2,
-                "shape": "double x2 -> inc x4 -> add x2 -> add -> inc",
-                "compressed_graph_bytes": len(g.compressed()),
-                "compressed_inputs_bytes": len(g.encode_inputs([1, 2])),
-                "state": "Running"},
+        "job": {
+            "tasks": TASKS_PER_JOB,
+            "graph_inputs": 2,
+            "shape": "double x2 -> inc x4 -> add x2 -> add -> inc",
+            "compressed_graph_bytes": len(g.compressed()),
+            "compressed_inputs_bytes": len(g.encode_inputs([1, 2])),
+            "state": "Running",
+        },
         "repeat": args.repeat,
         "statistic": "median over repeats",
-        "target": {"jobs": TARGET_JOBS, "ready_under_s": TARGET_READY_S,
-                   "met": {r["db"]: r["ready_s"] < TARGET_READY_S for r in target}},
+        "target": {
+            "jobs": TARGET_JOBS,
+            "ready_under_s": TARGET_READY_S,
+            "met": {r["db"]: r["ready_s"] < TARGET_READY_S for r in target},
+        },
         "results": results,
     }
 
@@ -340,31 +392,51 @@ def print_table(payload: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Storage recovery (Running jobs of 10 tasks; median of "
-                        f"{payload['repeat']} starts)")
-    for col in ("db", "jobs", "start to serving (s)", "recovery (s)", "peak RSS (MiB)",
-                "RSS idle -> recovered (MiB)", "cache bytes / task"):
+    table = Table(
+        title=f"Storage recovery (Running jobs of 10 tasks; median of {payload['repeat']} starts)"
+    )
+    for col in (
+        "db",
+        "jobs",
+        "start to serving (s)",
+        "recovery (s)",
+        "peak RSS (MiB)",
+        "RSS idle -> recovered (MiB)",
+        "cache bytes / task",
+    ):
         table.add_column(col, justify="left" if col == "db" else "right")
     for r in payload["results"]:
-        table.add_row(r["db"], f"{r['jobs']:,}", f"{r['ready_s']:.2f}", f"{r['recovery_s']:.2f}",
-                      f"{r['peak_rss_bytes'] / 2**20:.0f}",
-                      f"{r['idle_rss_bytes'] / 2**20:.0f} -> {r['rss_bytes'] / 2**20:.0f}",
-                      f"{r['cache_bytes_per_task']:.0f}")
+        table.add_row(
+            r["db"],
+            f"{r['jobs']:,}",
+            f"{r['ready_s']:.2f}",
+            f"{r['recovery_s']:.2f}",
+            f"{r['peak_rss_bytes'] / 2**20:.0f}",
+            f"{r['idle_rss_bytes'] / 2**20:.0f} -> {r['rss_bytes'] / 2**20:.0f}",
+            f"{r['cache_bytes_per_task']:.0f}",
+        )
     Console(width=max(Console().width, 120)).print(table)
     for db_name, met in payload["target"]["met"].items():
-        print(f"target: {TARGET_JOBS:,} jobs recovered and serving in < {TARGET_READY_S:g} s on "
-              f"{db_name}: {'met' if met else 'NOT met'}")
+        print(
+            f"target: {TARGET_JOBS:,} jobs recovered and serving in < {TARGET_READY_S:g} s on "
+            f"{db_name}: {'met' if met else 'NOT met'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--db", nargs="+", choices=["mariadb", "sqlite"],
-                        default=["mariadb", "sqlite"])
+    parser.add_argument(
+        "--db", nargs="+", choices=["mariadb", "sqlite"], default=["mariadb", "sqlite"]
+    )
     parser.add_argument("--repeat", type=int, default=3, help="storage starts per case")
-    parser.add_argument("--seed", choices=["bulk", "api"], default="bulk",
-                        help="bulk: the DB layer's statements, many rows per transaction "
-                             "(default); api: register_job + start_job per job")
+    parser.add_argument(
+        "--seed",
+        choices=["bulk", "api"],
+        default="bulk",
+        help="bulk: the DB layer's statements, many rows per transaction "
+        "(default); api: register_job + start_job per job",
+    )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "recovery.json")
     args = parser.parse_args(argv)
     if args.repeat < 1 or any(n < 1 for n in args.jobs):

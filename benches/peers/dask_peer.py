@@ -1,6 +1,7 @@
 """The benchmark workloads on Dask distributed (``LocalCluster(n_workers=2,
-threads_per_worker=1)``): ``client.submit`` graphs of futures (``pure=False``, so nothing is
-deduplicated by key) whose task bodies are the framework-free functions in ``workloads``."""
+threads_per_worker=1)``): ``client.map`` for the independent tasks, ``client.submit`` graphs of
+futures for the others (``pure=False``, so nothing is deduplicated by key); the task bodies are the
+framework-free functions in ``workloads``."""
 
 from __future__ import annotations
 
@@ -19,11 +20,21 @@ def dense(layer: int, *xs: float) -> float:
 
 
 def start(workers: int) -> None:
-    for name in ("distributed", "distributed.worker", "distributed.scheduler",
-                 "distributed.nanny", "distributed.core"):
+    for name in (
+        "distributed",
+        "distributed.worker",
+        "distributed.scheduler",
+        "distributed.nanny",
+        "distributed.core",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     _state["cluster"] = cluster
     _state["client"] = distributed.Client(cluster)
 
@@ -53,7 +64,7 @@ def warm_up(workers: int) -> None:
 
 def wide(n: int) -> list[int]:
     c = _client()
-    return list(c.gather([c.submit(w.inc, i, pure=False) for i in range(n)]))
+    return list(c.gather(c.map(w.inc, range(n), pure=False)))
 
 
 def small_jobs(xs: list[int]) -> list[int]:
@@ -61,8 +72,11 @@ def small_jobs(xs: list[int]) -> list[int]:
     finals = []
     for x in xs:
         a = c.submit(w.inc, x, pure=False)
-        finals.append(c.submit(w.add, c.submit(w.double, a, pure=False),
-                               c.submit(w.inc, a, pure=False), pure=False))
+        finals.append(
+            c.submit(
+                w.add, c.submit(w.double, a, pure=False), c.submit(w.inc, a, pure=False), pure=False
+            )
+        )
     return list(c.gather(finals))
 
 
@@ -70,7 +84,8 @@ def neural_network(nn: w.NeuralNetwork) -> list[float]:
     c = _client()
     previous = [c.submit(dense, 0, *nn.layer_inputs(n), pure=False) for n in range(nn.width)]
     for layer in range(1, nn.layers):
-        previous = [c.submit(dense, layer, *[previous[i] for i in nn.sources[layer][n]],
-                             pure=False)
-                    for n in range(nn.width)]
+        previous = [
+            c.submit(dense, layer, *[previous[i] for i in nn.sources[layer][n]], pure=False)
+            for n in range(nn.width)
+        ]
     return list(c.gather(previous))

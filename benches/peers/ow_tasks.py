@@ -3,8 +3,9 @@ directory ``benches/peers``). Every body is the framework-free function in ``wor
 
 from __future__ import annotations
 
-import orbweaver as ow
 import workloads as w
+
+import orbweaver as ow
 
 
 @ow.task
@@ -23,7 +24,7 @@ def add(a: int, b: int) -> int:
 
 
 def _dense(layer: int):  # type: ignore[no-untyped-def]
-    def fn(  # noqa: PLR0917 (25 inputs, as in workers spec 7.7)
+    def fn(
         x0: float,
         x1: float,
         x2: float,

@@ -30,8 +30,9 @@ def dense(layer: int, *xs: float) -> float:
 
 
 def start(workers: int) -> None:
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
 
 
 def stop() -> None:
@@ -63,6 +64,8 @@ def small_jobs(xs: list[int]) -> list[int]:
 def neural_network(nn: w.NeuralNetwork) -> list[float]:
     previous: list[Any] = [dense.remote(0, *nn.layer_inputs(n)) for n in range(nn.width)]
     for layer in range(1, nn.layers):
-        previous = [dense.remote(layer, *[previous[i] for i in nn.sources[layer][n]])
-                    for n in range(nn.width)]
+        previous = [
+            dense.remote(layer, *[previous[i] for i in nn.sources[layer][n]])
+            for n in range(nn.width)
+        ]
     return list(ray.get(previous))

@@ -90,19 +90,22 @@ class NeuralNetwork:
         return self.layers * self.width
 
     def layer_inputs(self, n: int) -> list[float]:
-        return self.inputs[n * self.fan_in:(n + 1) * self.fan_in]
+        return self.inputs[n * self.fan_in : (n + 1) * self.fan_in]
 
     def reference(self) -> list[float]:
         """The last layer's values, computed in this process."""
         values = [neuron(0, self.layer_inputs(n)) for n in range(self.width)]
         for layer in range(1, self.layers):
-            values = [neuron(layer, [values[i] for i in self.sources[layer][n]])
-                      for n in range(self.width)]
+            values = [
+                neuron(layer, [values[i] for i in self.sources[layer][n]])
+                for n in range(self.width)
+            ]
         return values
 
 
-def neural_network(layers: int = NN_LAYERS, width: int = NN_WIDTH, fan_in: int = NN_FAN_IN,
-                   seed: int = NN_SEED) -> NeuralNetwork:
+def neural_network(
+    layers: int = NN_LAYERS, width: int = NN_WIDTH, fan_in: int = NN_FAN_IN, seed: int = NN_SEED
+) -> NeuralNetwork:
     if width * fan_in < width or fan_in > width:
         raise ValueError("each layer needs width >= fan_in")
     rng = random.Random(seed)

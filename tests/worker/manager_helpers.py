@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from support.procs import ServiceProcess
 
 from orbweaver import _rpc, _taskid
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from support.procs import ServiceProcess
 
 FAKE_SCHEDULER_ID = 77
 # Longest a fake long poll parks a server thread, whatever the EM asks for.
@@ -100,17 +100,23 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
 
     # -- test controls --------------------------------------------------------------------------
 
-    def assign(self, job_id: int, task_id: int, session_id: int,
-               scheduler_id: int | None = None) -> int:
+    def assign(
+        self, job_id: int, task_id: int, session_id: int, scheduler_id: int | None = None
+    ) -> int:
         """Queue an assignment for the next poll; returns its assignment id."""
         with self._cond:
             self._next_id += 1
             aid = self._next_id
-            self._pending.append(pb.TaskAssignment(
-                assignment_id=aid, resource_group_id=1, job_id=job_id,
-                task_id=_taskid.to_proto(task_id),
-                scheduler_id=self.scheduler_id if scheduler_id is None else scheduler_id,
-                session_id=session_id))
+            self._pending.append(
+                pb.TaskAssignment(
+                    assignment_id=aid,
+                    resource_group_id=1,
+                    job_id=job_id,
+                    task_id=_taskid.to_proto(task_id),
+                    scheduler_id=self.scheduler_id if scheduler_id is None else scheduler_id,
+                    session_id=session_id,
+                )
+            )
             self._cond.notify_all()
         return aid
 
@@ -161,14 +167,23 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
                 self.acked.append(r.assignment_id)
         return ids
 
-    def _poll(self, em_id: int, records: Iterable[pb.TaskAssignmentRecord], max_items: int,
-              wait_ms: int, context: grpc.ServicerContext) -> list[pb.TaskAssignment]:
+    def _poll(
+        self,
+        em_id: int,
+        records: Iterable[pb.TaskAssignmentRecord],
+        max_items: int,
+        wait_ms: int,
+        context: grpc.ServicerContext,
+    ) -> list[pb.TaskAssignment]:
         records = list(records)
         with self._cond:
             if self._fail_polls > 0:
                 self._fail_polls -= 1
-                self.polls.append(Poll(time.monotonic(), em_id,
-                                       [r.assignment_id for r in records], max_items, True))
+                self.polls.append(
+                    Poll(
+                        time.monotonic(), em_id, [r.assignment_id for r in records], max_items, True
+                    )
+                )
                 failed = True
             else:
                 failed = False
@@ -195,28 +210,35 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
                 self._fail_polls, self._fail_after_delivery = self._fail_after_delivery, 0
             return out
 
-    def NextTasks(self, request: pb.NextTasksRequest,  # noqa: N802
-                  context: grpc.ServicerContext) -> pb.NextTasksReply:
-        out = self._poll(request.execution_manager_id, request.acks, request.max_items,
-                         request.wait_time_ms, context)
+    def NextTasks(
+        self, request: pb.NextTasksRequest, context: grpc.ServicerContext
+    ) -> pb.NextTasksReply:
+        out = self._poll(
+            request.execution_manager_id,
+            request.acks,
+            request.max_items,
+            request.wait_time_ms,
+            context,
+        )
         return pb.NextTasksReply(assignments=out)
 
-    def NextTask(self, request: pb.NextTaskRequest,  # noqa: N802
-                 context: grpc.ServicerContext) -> pb.NextTaskReply:
+    def NextTask(
+        self, request: pb.NextTaskRequest, context: grpc.ServicerContext
+    ) -> pb.NextTaskReply:
         acks = [request.prev_assignment] if request.HasField("prev_assignment") else []
         out = self._poll(request.execution_manager_id, acks, 1, request.wait_time_ms, context)
         if not out:
             return pb.NextTaskReply(no_task=pb.Void())
         return pb.NextTaskReply(assignment=out[0])
 
-    def Heartbeat(self, request: pb.SchedulerHeartbeatRequest,  # noqa: N802
-                  context: grpc.ServicerContext) -> pb.Void:
+    def Heartbeat(
+        self, request: pb.SchedulerHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.Void:
         with self._cond:
             self.heartbeats.append((time.monotonic(), request.execution_manager_id))
         return pb.Void()
 
-    def Shutdown(self, request: pb.ShutdownRequest,  # noqa: N802
-                 context: grpc.ServicerContext) -> pb.Void:
+    def Shutdown(self, request: pb.ShutdownRequest, context: grpc.ServicerContext) -> pb.Void:
         with self._cond:
             self.shutdowns.append((time.monotonic(), request))
             self._take_acks(request.execution_manager_id, request.prev_assignments)
@@ -278,8 +300,9 @@ class StorageTap(grpc.GenericRpcHandler):  # type: ignore[misc]
 
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             with self._lock:
-                call = TapCall(len(self.calls), time.monotonic(), short,
-                               request_type.FromString(request))
+                call = TapCall(
+                    len(self.calls), time.monotonic(), short, request_type.FromString(request)
+                )
                 self.calls.append(call)
             remaining = context.time_remaining()
             try:
@@ -306,12 +329,14 @@ class StorageTap(grpc.GenericRpcHandler):  # type: ignore[misc]
         return len(self.of(method))
 
     def registrations_of(self, job_id: int) -> list[TapCall]:
-        return self.of("RegisterTaskInstances",
-                       lambda c: any(i.job_id == job_id for i in c.request.items))
+        return self.of(
+            "RegisterTaskInstances", lambda c: any(i.job_id == job_id for i in c.request.items)
+        )
 
     def reports_of(self, job_id: int) -> list[TapCall]:
-        return self.of("ReportTaskOutcomes",
-                       lambda c: any(o.job_id == job_id for o in c.request.outcomes))
+        return self.of(
+            "ReportTaskOutcomes", lambda c: any(o.job_id == job_id for o in c.request.outcomes)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +353,19 @@ class SchedulerProcess(ServiceProcess):
     def __init__(self, storage_address: str, workdir: Path) -> None:
         cfg = workdir / "scheduler.toml"
         cfg.write_text(SCHEDULER_CONFIG)
-        super().__init__("scheduler", ["scheduler", "--storage", storage_address, "--listen",
-                                       "127.0.0.1:{port}", "--config", str(cfg)], workdir)
+        super().__init__(
+            "scheduler",
+            [
+                "scheduler",
+                "--storage",
+                storage_address,
+                "--listen",
+                "127.0.0.1:{port}",
+                "--config",
+                str(cfg),
+            ],
+            workdir,
+        )
 
     @property
     def address(self) -> str:

@@ -7,15 +7,27 @@ Threads, each with one job:
   Acknowledgements ride on the next `NextTasks` and are kept until a call succeeds, so they are
   never lost; an assignment is acknowledged only once storage accepted it or definitively
   rejected it (workers spec 1.7: responsibility moves from scheduler to storage at registration).
-* runners (one per executor process): take a batch of queued tasks, run it on the pool.
+  An assignment from a newer storage session first waits for a heartbeat (session refresh).
+* runners (one per executor process): take a batch of queued tasks (at most a fair share of
+  the queue, so queued work spreads over all idle executors), run it on the pool.
 * reporter: `ReportTaskOutcomes` (batch), retried with backoff until accepted or definitively
   stale — never silently dropped.
-* liveness: heartbeats to storage and scheduler; follows storage sessions; re-registers when
-  storage declares this EM dead (and tells the scheduler to reschedule what the old id held).
+* liveness: heartbeats to storage and scheduler (both at once, so a hung storage does not
+  starve the scheduler heartbeat); follows storage sessions; re-registers when storage declares
+  this EM dead (and tells the scheduler to reschedule what the old id held).
+
+`stop()` cancels the fetcher's in-flight long poll or registration (an assignment whose
+registration was cut short stays un-acknowledged, so the scheduler reschedules it after the
+`Shutdown`), lets registered tasks finish and report (up to `drain_timeout`), stops the
+heartbeats, then sends `Shutdown` -- nothing reaches the scheduler or storage after it returns.
+An executor pool that cannot run tasks any more (respawn failure) is fatal: the EM stops
+fetching, `wait()` returns and `exit_code` is 1; the tasks it could not run are not reported as
+failed (storage recovers them once this EM is gone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -23,8 +35,10 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -33,7 +47,13 @@ from orbweaver import _taskid, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
-from orbweaver.worker.pool import ExecutorPool, ResultKind, TaskRequest, TaskResult
+from orbweaver.worker.pool import (
+    ExecutorPool,
+    ExecutorPoolError,
+    ResultKind,
+    TaskRequest,
+    TaskResult,
+)
 
 log = logging.getLogger("orbweaver.worker")
 
@@ -85,16 +105,24 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.tasks = Counter("orbweaver_worker_tasks", "Tasks run, by result", ["result"],
-                             registry=r)
-        self.in_flight = Gauge("orbweaver_worker_tasks_in_flight",
-                               "Registered tasks not yet reported", registry=r)
-        self.rejected = Counter("orbweaver_worker_assignments_rejected",
-                                "Assignments storage refused to register", ["reason"],
-                                registry=r)
-        self.reports_dropped = Counter("orbweaver_worker_reports_dropped",
-                                       "Outcomes dropped because storage moved on", ["reason"],
-                                       registry=r)
+        self.tasks = Counter(
+            "orbweaver_worker_tasks", "Tasks run, by result", ["result"], registry=r
+        )
+        self.in_flight = Gauge(
+            "orbweaver_worker_tasks_in_flight", "Registered tasks not yet reported", registry=r
+        )
+        self.rejected = Counter(
+            "orbweaver_worker_assignments_rejected",
+            "Assignments storage refused to register",
+            ["reason"],
+            registry=r,
+        )
+        self.reports_dropped = Counter(
+            "orbweaver_worker_reports_dropped",
+            "Outcomes dropped because storage moved on",
+            ["reason"],
+            registry=r,
+        )
 
 
 def _default_ip() -> str:
@@ -110,8 +138,15 @@ class ExecutionManager:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.metrics = _Metrics()
+        # _stop_fetching: no new work (set first); _stop: everything winds down (after the
+        # drain); _finished: the EM stopped or wants to (what `wait()` reports).
         self._stop = threading.Event()
         self._stop_fetching = threading.Event()
+        self._finished = threading.Event()
+        self._started = False
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self._fatal: str | None = None
         self._storage_channel = make_channel(config.storage, config.security)
         self._scheduler_channel = make_channel(config.scheduler, config.security)
         self._liveness = pb_grpc.ExecutionManagerLivenessServiceStub(self._storage_channel)
@@ -125,11 +160,20 @@ class ExecutionManager:
         self._capacity = threading.Semaphore(config.processes * max(1, config.prefetch))
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        self._idle_runners = 0
+        self._idle_lock = threading.Lock()
         self._session = 0
         self._session_lock = threading.Lock()
         self._em_id = 0
         self._register_lock = threading.Lock()
         self._refresh = threading.Event()
+        # Heartbeats started / finished (a refresh waits for one that started after it asked).
+        self._beat_cond = threading.Condition()
+        self._beats_started = 0
+        self._beats_done = 0
+        # In-flight calls that stop() cancels, with the event that decides when.
+        self._calls: dict[Any, threading.Event] = {}
+        self._calls_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- identity and session -------------------------------------------------------------------
@@ -143,37 +187,84 @@ class ExecutionManager:
         with self._session_lock:
             return self._session
 
+    @property
+    def exit_code(self) -> int:
+        """0 after a requested stop, 1 after a fatal error (the executor pool broke)."""
+        return 1 if self._fatal is not None else 0
+
     def _advance_session(self, session_id: int) -> None:
         with self._session_lock:
             if session_id > self._session:
                 if self._session:
-                    log.warning("storage restarted: new session",
-                                extra={"old": self._session, "new": session_id})
+                    log.warning(
+                        "storage restarted: new session",
+                        extra={"old": self._session, "new": session_id},
+                    )
                 self._session = session_id
 
-    def _register(self, stale_id: int | None = None) -> None:
+    def _register(self, stale_id: int | None = None, stop: threading.Event | None = None) -> None:
         with self._register_lock:
             if stale_id is not None and stale_id != self._em_id:
                 return  # another thread already registered again
-            self._register_locked()
+            self._register_locked(stop or self._stop)
 
-    def _register_locked(self) -> None:
+    def _register_locked(self, stop: threading.Event) -> None:
         request = pb.RegisterExecutionManagerRequest(
-            ip_address=self.config.ip_address or _default_ip(), processes=self.config.processes)
-        reply = call_with_retry(lambda: self._liveness.RegisterExecutionManager(request,
-                                                                               timeout=10),
-                                deadline=None, stop=self._stop, what="register with storage")
+            ip_address=self.config.ip_address or _default_ip(), processes=self.config.processes
+        )
+        reply = call_with_retry(
+            lambda: self._liveness.RegisterExecutionManager(request, timeout=10),
+            deadline=None,
+            stop=stop,
+            what="register with storage",
+        )
         old = self._em_id
         self._em_id = reply.execution_manager_id
         self._advance_session(reply.session_id)
-        log.info("registered with storage", extra={"em_id": self._em_id,
-                                                    "session_id": reply.session_id})
+        log.info(
+            "registered with storage", extra={"em_id": self._em_id, "session_id": reply.session_id}
+        )
         if old:
             # The scheduler still holds assignments under the old id: have it reschedule them.
+            # Pending acks go along: those assignments reached storage, which owns them now
+            # (it re-offers whatever the dead id held), so the scheduler must not re-send them.
+            with self._acks_lock:
+                acks = list(self._acks)
             try:
-                self._scheduler.Shutdown(pb.ShutdownRequest(execution_manager_id=old), timeout=5)
+                self._scheduler.Shutdown(
+                    pb.ShutdownRequest(execution_manager_id=old, prev_assignments=acks),
+                    timeout=5,
+                )
             except grpc.RpcError as exc:
                 log.info("scheduler did not take the old id's shutdown: %s", exc.details())
+
+    # -- cancellable calls ----------------------------------------------------------------------
+
+    def _call(self, method: Any, request: Any, timeout: float, stop: threading.Event) -> Any:
+        """A unary call that `_cancel_calls` cuts short once `stop` is set; raises
+        `grpc.FutureCancelledError` then."""
+        return self._result(self._begin(method, request, timeout, stop))
+
+    def _begin(self, method: Any, request: Any, timeout: float, stop: threading.Event) -> Any:
+        future = method.future(request, timeout=timeout)
+        with self._calls_lock:
+            self._calls[future] = stop
+        if stop.is_set():
+            future.cancel()
+        return future
+
+    def _result(self, future: Any) -> Any:
+        try:
+            return future.result()
+        finally:
+            with self._calls_lock:
+                self._calls.pop(future, None)
+
+    def _cancel_calls(self) -> None:
+        with self._calls_lock:
+            doomed = [f for f, stop in self._calls.items() if stop.is_set()]
+        for future in doomed:
+            future.cancel()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -191,42 +282,75 @@ class ExecutionManager:
         except BaseException:
             self.stop(drain=False)
             raise
-        log.info("execution manager running", extra={
-            "em_id": self._em_id, "processes": self.config.processes,
-            "tasks_dir": str(self.config.tasks_dir)})
+        self._started = True
+        log.info(
+            "execution manager running",
+            extra={
+                "em_id": self._em_id,
+                "processes": self.config.processes,
+                "tasks_dir": str(self.config.tasks_dir),
+            },
+        )
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 
-    def stop(self, drain: bool = True) -> None:
-        """Stop fetching, let registered tasks finish and report (up to `drain_timeout`), tell
-        the scheduler, and shut the executors down."""
-        if self._stop.is_set():
-            return
+    def _thread(self, name: str) -> threading.Thread | None:
+        return next((t for t in self._threads if t.name == name), None)
+
+    def request_stop(self) -> None:
+        """Called from a signal handler, before `stop()`: stop fetching at once. While `start()`
+        is still waiting for storage, make it give up too; a running EM keeps its registered
+        tasks so that `stop()` can drain them."""
         self._stop_fetching.set()
-        fetcher = next((t for t in self._threads if t.name == "fetcher"), None)
+        if not self._started:
+            self._stop.set()
+        self._cancel_calls()
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop fetching (cutting an in-flight poll or registration short), let registered
+        tasks finish and report (up to `drain_timeout`), stop the heartbeats, tell the
+        scheduler, and shut the executors down. Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop_fetching.set()
+        self._cancel_calls()
+        with self._beat_cond:
+            self._beat_cond.notify_all()  # a fetcher waiting for a refresh
+        fetcher = self._thread("fetcher")
         if fetcher is not None:
             fetcher.join(self.config.poll_wait + 15)
         if drain:
             deadline = time.monotonic() + self.config.drain_timeout
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self._stop.is_set():
                 with self._in_flight_lock:
                     if self._in_flight == 0:
                         break
                 time.sleep(0.05)
-        self._send_shutdown()
         self._stop.set()
+        self._refresh.set()  # wake the liveness thread
+        self._cancel_calls()
+        liveness = self._thread("liveness")
+        if liveness is not None:
+            liveness.join(10)
+        # Only now, so that no heartbeat follows the Shutdown (it would re-register this EM).
+        self._send_shutdown()
         for _ in range(self.config.processes):
             self._work.put(None)
         self._reports.put(None)
-        for thread in self._threads:
-            if thread.name != "fetcher":
-                thread.join(10)
+        # Tasks still running after the drain are interrupted, not reported: storage recovers
+        # them once this EM stops heartbeating.
         self._pool.close()
+        for thread in self._threads:
+            if thread.name not in ("fetcher", "liveness"):
+                thread.join(10)
         self._storage_channel.close()
         self._scheduler_channel.close()
+        self._finished.set()
         log.info("execution manager stopped", extra={"em_id": self._em_id})
 
     def _send_shutdown(self) -> None:
@@ -236,43 +360,104 @@ class ExecutionManager:
             acks = list(self._acks)
             self._acks.clear()
         try:
-            self._scheduler.Shutdown(pb.ShutdownRequest(execution_manager_id=self._em_id,
-                                                        prev_assignments=acks), timeout=5)
+            self._scheduler.Shutdown(
+                pb.ShutdownRequest(execution_manager_id=self._em_id, prev_assignments=acks),
+                timeout=5,
+            )
         except grpc.RpcError as exc:
             log.info("scheduler shutdown call failed: %s", exc.details())
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._stop.wait(timeout)
+        """True once the EM stopped, or wants to (fatal error); then call `stop()`."""
+        return self._finished.wait(timeout)
+
+    def _fail(self, reason: str) -> None:
+        """A fatal error: stop fetching and let `wait()` return; `stop()` does the rest."""
+        if self._fatal is None:
+            self._fatal = reason
+            log.error("execution manager cannot go on: %s", reason, extra={"em_id": self._em_id})
+        self._stop_fetching.set()
+        self._cancel_calls()
+        self._finished.set()
 
     # -- liveness -------------------------------------------------------------------------------
 
     def _liveness_loop(self) -> None:
         interval = self.config.heartbeat_interval
         while not self._stop.is_set():
-            self._beat()
+            self._refresh.clear()  # a refresh asked for during the beat gets one more beat
+            try:
+                self._beat()
+            except Exception:
+                log.exception("heartbeat failed")
             self._refresh.wait(interval)
-            self._refresh.clear()
 
     def _beat(self) -> None:
-        em_id = self._em_id
+        with self._beat_cond:
+            self._beats_started += 1
+            number = self._beats_started
         try:
-            reply = self._liveness.UpdateExecutionManagerHeartbeat(
-                pb.HeartbeatRequest(execution_manager_id=em_id), timeout=5)
+            self._beat_once()
+        finally:
+            with self._beat_cond:
+                self._beats_done = number
+                self._beat_cond.notify_all()
+
+    def _beat_once(self) -> None:
+        em_id = self._em_id
+        # Both heartbeats at once: a storage that hangs must not delay the scheduler's.
+        scheduler_beat = self._begin(
+            self._scheduler.Heartbeat,
+            pb.SchedulerHeartbeatRequest(execution_manager_id=em_id),
+            5,
+            self._stop,
+        )
+        try:
+            reply = self._call(
+                self._liveness.UpdateExecutionManagerHeartbeat,
+                pb.HeartbeatRequest(execution_manager_id=em_id),
+                5,
+                self._stop,
+            )
             self._advance_session(reply.session_id)
+        except grpc.FutureCancelledError:
+            pass  # stopping
         except grpc.RpcError as exc:
             code = exc.code()
-            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
-                        grpc.StatusCode.INVALID_ARGUMENT):
-                log.warning("storage no longer knows this execution manager (%s); registering"
-                            " again", exc.details(), extra={"em_id": em_id})
-                self._register(stale_id=em_id)
+            if code in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                log.warning(
+                    "storage no longer knows this execution manager (%s); registering again",
+                    exc.details(),
+                    extra={"em_id": em_id},
+                )
+                try:
+                    self._register(stale_id=em_id)
+                except errors.Unavailable:
+                    if not self._stop.is_set():
+                        raise
             else:
                 log.info("storage heartbeat failed: %s", exc.details())
         try:
-            self._scheduler.Heartbeat(
-                pb.SchedulerHeartbeatRequest(execution_manager_id=self._em_id), timeout=5)
+            self._result(scheduler_beat)
+        except grpc.FutureCancelledError:
+            pass  # stopping
         except grpc.RpcError as exc:
             log.debug("scheduler heartbeat failed: %s", exc.details())
+
+    def _refresh_now(self) -> None:
+        """Ask for an immediate storage heartbeat and wait (bounded) until one that started
+        after the request is done, so the session and the EM id are current afterwards."""
+        with self._beat_cond:
+            wanted = self._beats_started + 1
+        self._refresh.set()
+        with self._beat_cond:
+            self._beat_cond.wait_for(
+                lambda: self._beats_done >= wanted or self._stop_fetching.is_set(), timeout=15
+            )
 
     # -- fetching and registration ---------------------------------------------------------------
 
@@ -289,16 +474,28 @@ class ExecutionManager:
                 free += 1
             with self._acks_lock:
                 acks = list(self._acks)
+            request = pb.NextTasksRequest(
+                execution_manager_id=self._em_id,
+                acks=acks,
+                max_items=free,
+                wait_time_ms=wait_ms,
+            )
             try:
-                reply = self._scheduler.NextTasks(
-                    pb.NextTasksRequest(execution_manager_id=self._em_id, acks=acks,
-                                        max_items=free, wait_time_ms=wait_ms),
-                    timeout=self.config.poll_wait + 10)
+                reply = self._call(
+                    self._scheduler.NextTasks,
+                    request,
+                    self.config.poll_wait + 10,
+                    self._stop_fetching,
+                )
+            except grpc.FutureCancelledError:
+                self._release(free)
+                break  # stopping; the acks stay queued for the Shutdown call
             except grpc.RpcError as exc:
                 self._release(free)
                 delay = next(delays)
-                log.warning("scheduler unreachable (%s), retrying in %.2f s",
-                            exc.code().name, delay)
+                log.warning(
+                    "scheduler unreachable (%s), retrying in %.2f s", exc.code().name, delay
+                )
                 self._stop_fetching.wait(delay)
                 continue
             delays = Backoff(base=0.05, cap=2.0).delays()
@@ -314,14 +511,24 @@ class ExecutionManager:
         for _ in range(max(0, n)):
             self._capacity.release()
 
+    def _settle(self, n: int) -> None:
+        """`n` registered tasks are done with: reported, or abandoned."""
+        with self._in_flight_lock:
+            self._in_flight -= n
+            self.metrics.in_flight.set(self._in_flight)
+
     def _ack(self, assignment: pb.TaskAssignment) -> None:
         with self._acks_lock:
-            self._acks.append(pb.TaskAssignmentRecord(assignment_id=assignment.assignment_id,
-                                                      scheduler_id=assignment.scheduler_id))
+            self._acks.append(
+                pb.TaskAssignmentRecord(
+                    assignment_id=assignment.assignment_id, scheduler_id=assignment.scheduler_id
+                )
+            )
 
     def _register_assignments(self, assignments: list[pb.TaskAssignment]) -> None:
         current = self.session_id
         by_session: dict[int, list[pb.TaskAssignment]] = {}
+        newer = False
         for a in assignments:
             if a.session_id < current:
                 # Polled before storage restarted; storage re-offers the task itself.
@@ -329,21 +536,43 @@ class ExecutionManager:
                 self._release(1)
                 self.metrics.rejected.labels("stale_session").inc()
                 continue
-            if a.session_id > current:
-                self._refresh.set()
+            newer = newer or a.session_id > current
             by_session.setdefault(a.session_id, []).append(a)
+        if newer:
+            # Storage restarted and this EM has not heard yet: catch up first (the session,
+            # and a new EM id if storage declared this one dead meanwhile).
+            self._refresh_now()
         for session_id, group in by_session.items():
             self._register_group(session_id, group)
 
     def _register_group(self, session_id: int, group: list[pb.TaskAssignment]) -> None:
         request = pb.RegisterTaskInstancesRequest(
-            execution_manager_id=self._em_id, session_id=session_id,
-            items=[pb.RegisterTaskInstancesRequest.Item(job_id=a.job_id, task_id=a.task_id)
-                   for a in group])
+            execution_manager_id=self._em_id,
+            session_id=session_id,
+            items=[
+                pb.RegisterTaskInstancesRequest.Item(job_id=a.job_id, task_id=a.task_id)
+                for a in group
+            ],
+        )
         try:
             reply = call_with_retry(
-                lambda: self._instances.RegisterTaskInstances(request, timeout=30),
-                deadline=None, stop=self._stop, what="register task instances")
+                lambda: self._call(
+                    self._instances.RegisterTaskInstances, request, 30, self._stop_fetching
+                ),
+                deadline=None,
+                stop=self._stop_fetching,
+                what="register task instances",
+            )
+        except (grpc.FutureCancelledError, errors.Unavailable) as exc:
+            # Stopping (or storage unreachable while stopping): do not acknowledge. The
+            # scheduler still owns these assignments and reschedules them after our Shutdown.
+            self._release(len(group))
+            log.info(
+                "registration cut short by shutdown: %s",
+                exc or "cancelled",
+                extra={"count": len(group)},
+            )
+            return
         except errors.NotFound:
             # Stale session: storage restarted and re-offers these tasks itself.
             self._refresh.set()
@@ -357,7 +586,8 @@ class ExecutionManager:
             # to reschedule everything the old id held, these assignments included.
             log.warning("storage refused registration: %s", exc)
             self._release(len(group))
-            self._register(stale_id=request.execution_manager_id)
+            with contextlib.suppress(errors.Unavailable):  # stopping
+                self._register(stale_id=request.execution_manager_id, stop=self._stop_fetching)
             return
         except errors.OrbweaverError as exc:
             log.error("cannot register task instances: %s", exc)
@@ -368,18 +598,24 @@ class ExecutionManager:
             if item.WhichOneof("result") == "error":
                 self._release(1)
                 self.metrics.rejected.labels(_CODE_NAMES.get(item.error.code, "unknown")).inc()
-                log.debug("assignment rejected: %s", item.error.message,
-                          extra={"job_id": a.job_id})
+                log.debug("assignment rejected: %s", item.error.message, extra={"job_id": a.job_id})
                 continue
             ctx = item.context
             task_id = _taskid.from_proto(ctx.task_id)
             request_ = TaskRequest(
-                job_id=ctx.job_id, task_id=task_id, instance_id=ctx.task_instance_id,
-                resource_group_id=ctx.resource_group_id, package=ctx.tdl_context.package,
-                task_func=ctx.tdl_context.task_func, task_io=ctx.serialized_task_io,
-                hard_timeout_ms=ctx.timeout_policy.hard_timeout_ms)
-            label = (f"{ctx.tdl_context.package}.{ctx.tdl_context.task_func}"
-                     f" (job {ctx.job_id}, {_taskid.describe(task_id)})")
+                job_id=ctx.job_id,
+                task_id=task_id,
+                instance_id=ctx.task_instance_id,
+                resource_group_id=ctx.resource_group_id,
+                package=ctx.tdl_context.package,
+                task_func=ctx.tdl_context.task_func,
+                task_io=ctx.serialized_task_io,
+                hard_timeout_ms=ctx.timeout_policy.hard_timeout_ms,
+            )
+            label = (
+                f"{ctx.tdl_context.package}.{ctx.tdl_context.task_func}"
+                f" (job {ctx.job_id}, {_taskid.describe(task_id)})"
+            )
             with self._in_flight_lock:
                 self._in_flight += 1
                 self.metrics.in_flight.set(self._in_flight)
@@ -387,28 +623,57 @@ class ExecutionManager:
 
     # -- running --------------------------------------------------------------------------------
 
+    def _take_batch(self) -> list[_Work] | None:
+        """The next batch for this runner (None: stop). A runner takes only its fair share of
+        the queue, so queued tasks spread over every idle executor instead of running one
+        after the other on the first runner that woke up."""
+        with self._idle_lock:
+            self._idle_runners += 1
+        first = self._work.get()
+        with self._idle_lock:
+            self._idle_runners -= 1
+            others = self._idle_runners
+        if first is None:
+            return None
+        share = -(-(self._work.qsize() + 1) // (others + 1))  # ceil
+        limit = min(max(1, self.config.executor_batch), max(1, share))
+        batch = [first]
+        while len(batch) < limit:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._work.put(None)  # leave the stop marker for this runner's next turn
+                break
+            batch.append(item)
+        return batch
+
     def _run_loop(self) -> None:
-        limit = max(1, self.config.executor_batch)
         while True:
-            first = self._work.get()
-            if first is None:
+            batch = self._take_batch()
+            if batch is None:
                 return
-            batch = [first]
-            while len(batch) < limit:
-                try:
-                    item = self._work.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._work.put(None)  # leave the stop marker for this runner's next turn
-                    break
-                batch.append(item)
             try:
                 results = self._pool.run_batch([w.request for w in batch])
+            except ExecutorPoolError as exc:
+                # Not the tasks' fault: do not report them as failed. Storage recovers them
+                # (this EM stops and goes silent).
+                if not (self._stop.is_set() or self._pool.closed):
+                    self._fail(f"executor pool failure: {exc}")
+                log.warning(
+                    "tasks not run: the executor pool is unusable",
+                    extra={"tasks": [w.label for w in batch]},
+                )
+                self._release(len(batch))
+                self._settle(len(batch))
+                continue
             except Exception as exc:
                 log.exception("executor pool failure")
-                results = [TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}",
-                                      0.0) for _ in batch]
+                results = [
+                    TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}", 0.0)
+                    for _ in batch
+                ]
             for work, result in zip(batch, results, strict=True):
                 self._finish(work, result)
 
@@ -420,8 +685,9 @@ class ExecutionManager:
             value = result.outputs or b""
         else:
             value = f"{work.label}: {result.error or result.kind.name.lower()}"
-        self._reports.put(_Outcome(work.session_id, req.job_id, req.task_id, req.instance_id,
-                                   value))
+        self._reports.put(
+            _Outcome(work.session_id, req.job_id, req.task_id, req.instance_id, value)
+        )
         self._release(1)
 
     # -- reporting ------------------------------------------------------------------------------
@@ -447,10 +713,12 @@ class ExecutionManager:
             for o in batch:
                 by_session.setdefault(o.session_id, []).append(o)
             for session_id, group in by_session.items():
-                self._send_reports(session_id, group)
-            with self._in_flight_lock:
-                self._in_flight -= len(batch)
-                self.metrics.in_flight.set(self._in_flight)
+                try:
+                    self._send_reports(session_id, group)
+                except Exception:
+                    log.exception("reporting outcomes failed", extra={"count": len(group)})
+                    self.metrics.reports_dropped.labels("error").inc(len(group))
+            self._settle(len(batch))
 
     def _send_reports(self, session_id: int, group: list[_Outcome]) -> None:
         if session_id < self.session_id:
@@ -459,29 +727,41 @@ class ExecutionManager:
             return
         outcomes = []
         for o in group:
-            outcome = pb.TaskOutcome(job_id=o.job_id, task_id=_taskid.to_proto(o.task_id),
-                                     task_instance_id=o.instance_id)
+            outcome = pb.TaskOutcome(
+                job_id=o.job_id, task_id=_taskid.to_proto(o.task_id), task_instance_id=o.instance_id
+            )
             if isinstance(o.value, bytes):
                 outcome.serialized_outputs = o.value
             else:
                 outcome.error_message = o.value
             outcomes.append(outcome)
-        request = pb.ReportTaskOutcomesRequest(execution_manager_id=self._em_id,
-                                               session_id=session_id, outcomes=outcomes)
+        request = pb.ReportTaskOutcomesRequest(
+            execution_manager_id=self._em_id, session_id=session_id, outcomes=outcomes
+        )
         try:
-            reply = call_with_retry(lambda: self._instances.ReportTaskOutcomes(request,
-                                                                              timeout=60),
-                                    deadline=None, stop=self._stop, what="report outcomes")
+            reply = call_with_retry(
+                lambda: self._call(self._instances.ReportTaskOutcomes, request, 60, self._stop),
+                deadline=None,
+                stop=self._stop,
+                what="report outcomes",
+            )
+        except grpc.FutureCancelledError:
+            self.metrics.reports_dropped.labels("shutdown").inc(len(group))
+            return
         except errors.NotFound:
             self._refresh.set()
             self.metrics.reports_dropped.labels("stale_session").inc(len(group))
             return
         except errors.OrbweaverError as exc:
-            log.error("outcomes rejected: %s", exc, extra={"count": len(group)})
-            self.metrics.reports_dropped.labels("rejected").inc(len(group))
+            reason = "shutdown" if self._stop.is_set() else "rejected"
+            log.error("outcomes not reported: %s", exc, extra={"count": len(group)})
+            self.metrics.reports_dropped.labels(reason).inc(len(group))
             return
         for o, status in zip(group, reply.statuses, strict=True):
             if status.code:
                 self.metrics.reports_dropped.labels("stale").inc()
-                log.debug("outcome not accepted: %s", status.message,
-                          extra={"job_id": o.job_id, "task": o.task_id})
+                log.debug(
+                    "outcome not accepted: %s",
+                    status.message,
+                    extra={"job_id": o.job_id, "task": o.task_id},
+                )

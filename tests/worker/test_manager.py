@@ -1,0 +1,887 @@
+"""The execution manager (EM) at runtime: the behaviours of workers spec 7.5, adapted to our EM
+(batch NextTasks / registration / reporting, a real pool of executor processes), plus dead-EM
+re-registration, concurrency up to `processes` and hard timeouts.
+
+The EM runs in the test process against a REAL storage process. It reaches storage through a
+`StorageTap` (a transparent recording proxy), so each test can see exactly which registrations,
+reports and heartbeats storage received and in which order. Where precise control over the
+assignments is needed, the scheduler is a `FakeScheduler` (an in-test gRPC SchedulerService that
+hands out crafted assignments and records acks, heartbeats and shutdowns); a few tests use the
+real scheduler process to show the whole path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import msgpack
+import psutil
+import pytest
+from manager_helpers import FakeScheduler, SchedulerProcess, StorageTap, TapCall
+
+import orbweaver as ow
+from orbweaver import _core
+from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver.client import Client, Job
+from orbweaver.states import JobState
+from orbweaver.worker.manager import ExecutionManager, WorkerConfig
+from orbweaver.worker.pool import ExecutorPoolError
+from support.procs import ServiceProcess, StorageProcess, wait_until
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+sys.path.insert(0, str(TASKS_DIR))
+import integration_tasks as it  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 30.0
+BACKENDS = pytest.mark.parametrize(
+    "db", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+)
+EM_THREADS = ("fetcher", "reporter", "liveness")
+
+
+def storage_config(em_stale_cutoff: float) -> str:
+    return f"""
+[storage]
+instance_gc_interval = 0.2
+em_stale_cutoff = {em_stale_cutoff}
+job_cache_gc_interval = 0.5
+job_cache_retention = 600.0
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(request: pytest.FixtureRequest) -> str:
+    """The database of the test's storage: SQLite, unless a test parametrizes it (indirectly)
+    over `BACKENDS`."""
+    backend = getattr(request, "param", "sqlite")
+    return str(request.getfixturevalue(f"{backend}_url"))
+
+
+@pytest.fixture
+def cutoff() -> float:
+    """Storage's em_stale_cutoff; tests that keep the EM quiet for a long time override it."""
+    return 3.0
+
+
+@pytest.fixture
+def storage(db: str, cutoff: float, tmp_path: Path) -> Iterator[StorageProcess]:
+    workdir = tmp_path / "storage"
+    workdir.mkdir()
+    proc = StorageProcess(db, workdir, config=storage_config(cutoff))
+    proc.start()
+    yield proc
+    proc.close()
+    if proc.popen is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.popen.pid, signal.SIGCONT)
+    proc.terminate()
+
+
+@pytest.fixture
+def tap(storage: StorageProcess) -> Iterator[StorageTap]:
+    t = StorageTap(storage.address)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def sched() -> Iterator[FakeScheduler]:
+    s = FakeScheduler().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(storage: StorageProcess) -> Iterator[Client]:
+    c = Client(storage.address)
+    c.default_resource_group = c.add_resource_group("em-tests", b"pw")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_em(tap: StorageTap, sched: FakeScheduler) -> Iterator[Callable[..., ExecutionManager]]:
+    """Build and start an EM wired to the tap and (by default) the fake scheduler."""
+    ems: list[ExecutionManager] = []
+
+    def make(start: bool = True, **overrides: Any) -> ExecutionManager:
+        values: dict[str, Any] = {
+            "storage": tap.address,
+            "scheduler": sched.address,
+            "tasks_dir": TASKS_DIR,
+            "processes": 1,
+            "heartbeat_interval": 0.25,
+            "poll_wait": 0.5,
+            "ip_address": "127.0.0.1",
+            "drain_timeout": 10.0,
+        }
+        values.update(overrides)
+        em = ExecutionManager(WorkerConfig(**values))
+        ems.append(em)
+        if start:
+            em.start()
+        return em
+
+    yield make
+    for em in ems:
+        em.stop(drain=False)
+
+
+def session_of(storage: StorageProcess) -> int:
+    return int(storage.stubs().session.GetSession(pb.Void(), timeout=10).session_id)
+
+
+def submit(
+    client: Client, fn: ow.TaskFunction, *inputs: Any, start: bool = True, **policy: Any
+) -> Job:
+    g = ow.TaskGraph()
+    g.add(fn, **policy)
+    return client.submit(g, list(inputs), start=start)
+
+
+def progress(job: Job) -> Any:
+    return job.progress()
+
+
+def decode(frame: bytes) -> list[Any]:
+    return [msgpack.unpackb(p, raw=False) for p in _core.wire_decode(frame)]
+
+
+def em_threads() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name in EM_THREADS or t.name.startswith(("runner-", "executor-"))
+    ]
+
+
+def sample(em: ExecutionManager, name: str, **labels: str) -> float:
+    return em.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def storage_beats(tap: StorageTap, em_id: int) -> list[TapCall]:
+    return tap.of(
+        "UpdateExecutionManagerHeartbeat", lambda c: c.request.execution_manager_id == em_id
+    )
+
+
+def registration_items(call: TapCall) -> list[str]:
+    assert call.reply is not None, f"registration ended with {call.code}"
+    reply = pb.RegisterTaskInstancesReply.FromString(call.reply)
+    return [i.WhichOneof("result") for i in reply.items]
+
+
+def declared_dead(storage: StorageProcess, em_id: int) -> bool:
+    """Probe (without heartbeating for it) whether storage considers `em_id` dead: a
+    registration for an unknown job is refused as a whole only when the EM is dead."""
+    request = pb.RegisterTaskInstancesRequest(
+        execution_manager_id=em_id,
+        session_id=session_of(storage),
+        items=[pb.RegisterTaskInstancesRequest.Item(job_id=10**9, task_id=pb.TaskId(index=0))],
+    )
+    try:
+        storage.stubs().instances.RegisterTaskInstances(request, timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-3: start and stop
+# ---------------------------------------------------------------------------------------------
+
+
+@BACKENDS
+def test_start_registers_once_and_heartbeats(
+    make_em: Callable[..., ExecutionManager],
+    tap: StorageTap,
+    sched: FakeScheduler,
+    storage: StorageProcess,
+) -> None:
+    em = make_em()
+    [reg] = tap.of("RegisterExecutionManager")
+    assert reg.code == grpc.StatusCode.OK
+    assert reg.reply is not None
+    reply = pb.ExecutionManagerRegistration.FromString(reg.reply)
+    assert reply.execution_manager_id == em.em_id > 0
+    assert em.session_id == reply.session_id == session_of(storage)
+    wait_until(lambda: storage_beats(tap, em.em_id), timeout=WAIT, what="a storage heartbeat")
+    wait_until(lambda: sched.heartbeat_count(em.em_id), timeout=WAIT, what="a scheduler heartbeat")
+    wait_until(lambda: len(storage_beats(tap, em.em_id)) >= 3, timeout=WAIT, what="more heartbeats")
+    assert tap.count("RegisterExecutionManager") == 1, "registered more than once"
+
+
+@pytest.mark.parametrize("breakage", ["tasks_dir_removed", "python_unusable"])
+def test_start_failure_is_clear_and_leaves_nothing_running(
+    breakage: str,
+    make_em: Callable[..., ExecutionManager],
+    tap: StorageTap,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    if breakage == "python_unusable":
+        # Executors inherit the environment: with a bogus PYTHONHOME the interpreter cannot
+        # even start, so the pool can never be made ready.
+        monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-such-python-home"))
+        em = make_em(start=False, tasks_dir=tasks, processes=2)
+        expected = "exited before it was ready"
+    else:
+        em = make_em(start=False, tasks_dir=tasks, processes=2)
+        tasks.rmdir()
+        expected = "tasks directory"
+    with pytest.raises(ExecutorPoolError, match=expected):
+        em.start()
+    # Nothing registered, nothing left behind: no EM threads, no executor processes.
+    assert tap.count("RegisterExecutionManager") == 0
+    assert em_threads() == []
+    wait_until(
+        lambda: {p.pid for p in me.children(recursive=True)} <= children_before,
+        timeout=WAIT,
+        what="executor processes to be gone",
+    )
+    em.stop()  # idempotent after a failed start
+    with pytest.raises(ValueError, match="does not exist"):
+        WorkerConfig(storage=tap.address, scheduler="127.0.0.1:1", tasks_dir=tmp_path / "nope")
+
+
+def test_stop_is_prompt_while_idle(
+    make_em: Callable[..., ExecutionManager], sched: FakeScheduler
+) -> None:
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    # A long poll wait: stop() must not wait for the long poll to run out.
+    em = make_em(processes=2, poll_wait=25.0)
+    assert len(em._pool.pids()) == 2
+    wait_until(
+        lambda: any(p.em_id == em.em_id for p in sched.polls),
+        timeout=WAIT,
+        what="the EM's long poll",
+    )
+    time.sleep(0.3)
+    started = time.monotonic()
+    em.stop()
+    assert time.monotonic() - started < 8.0, "stop() waited for the long poll"
+    assert em_threads() == []
+    wait_until(
+        lambda: {p.pid for p in me.children(recursive=True)} <= children_before,
+        timeout=WAIT,
+        what="executors to exit",
+    )
+    [(_, shutdown)] = sched.shutdowns
+    assert shutdown.execution_manager_id == em.em_id
+    assert sched.outstanding() == set()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_worker_process_exits_zero_on_sigterm(
+    busy: bool, storage: StorageProcess, sched: FakeScheduler, client: Client, tmp_path: Path
+) -> None:
+    worker = ServiceProcess(
+        "worker",
+        [
+            "worker",
+            "--storage",
+            storage.address,
+            "--scheduler",
+            sched.address,
+            "--tasks-dir",
+            str(TASKS_DIR),
+            "--processes",
+            "2",
+            "--ip",
+            "127.0.0.1",
+        ],
+        tmp_path,
+    )
+    worker.start()
+    try:
+        em_id = worker.port  # the worker's ready file carries its EM id
+        assert em_id > 0
+        wait_until(
+            lambda: any(p.em_id == em_id for p in sched.polls),
+            timeout=WAIT,
+            what="the worker's first poll",
+        )
+        assert worker.popen is not None
+        executors = psutil.Process(worker.popen.pid).children()
+        assert len(executors) == 2
+        if busy:
+            # SIGTERM while a task runs: the worker drains it (runs and reports it) first.
+            job = submit(client, it.nap, 1.0)
+            sched.assign(job.id, 0, session_of(storage))
+            wait_until(lambda: progress(job).running == 1, timeout=WAIT, what="the task")
+        started = time.monotonic()
+        code = worker.terminate(timeout=30)
+        assert code == 0, worker.logs()[-3000:]
+        assert time.monotonic() - started < 10.0, "SIGTERM took too long"
+        for p in executors:
+            assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        assert [s.execution_manager_id for _, s in sched.shutdowns] == [em_id]
+        assert sched.outstanding() == set()
+        if busy:
+            assert job.result(timeout=WAIT) == [1.0]
+    finally:
+        worker.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4: scheduler outages
+# ---------------------------------------------------------------------------------------------
+
+
+def test_scheduler_errors_are_retried_and_acks_are_never_lost(
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    storage: StorageProcess,
+    tap: StorageTap,
+) -> None:
+    # The scheduler is down when the EM starts.
+    sched.stop()
+    em = make_em()
+    wait_until(
+        lambda: len(storage_beats(tap, em.em_id)) >= 3,
+        timeout=WAIT,
+        what="the EM to keep running without a scheduler",
+    )
+    sched.start()  # same port
+    session = session_of(storage)
+
+    # Polls fail (UNAVAILABLE) right after an assignment was handed out: its ack is pending.
+    job_a = submit(client, it.fibonacci, 10)
+    sched.fail_polls_after_next_delivery(3)
+    a = sched.assign(job_a.id, 0, session)
+    assert job_a.result(timeout=WAIT) == [55]
+    wait_until(lambda: sched.is_acked(a), timeout=WAIT, what="the ack of A")
+    failed = [p for p in sched.polls if p.failed]
+    assert len(failed) == 3
+    assert any(a in p.acks for p in failed), "the ack was not pending during the outage"
+
+    # The scheduler crashes while B's registration is in flight (storage paused), so B's ack
+    # is pending while the scheduler is gone; then it comes back on the same port.
+    job_b = submit(client, it.fibonacci, 11)
+    assert storage.popen is not None
+    os.kill(storage.popen.pid, signal.SIGSTOP)
+    try:
+        b = sched.assign(job_b.id, 0, session)
+        wait_until(lambda: tap.registrations_of(job_b.id), timeout=WAIT, what="B registering")
+        sched.stop()
+    finally:
+        os.kill(storage.popen.pid, signal.SIGCONT)
+    assert job_b.result(timeout=WAIT) == [89]  # storage work goes on meanwhile
+    assert not sched.is_acked(b)
+    time.sleep(0.5)  # a few failed polls
+    sched.start()
+    job_c = submit(client, it.fibonacci, 12)
+    c = sched.assign(job_c.id, 0, session)
+    assert job_c.result(timeout=WAIT) == [144]
+    wait_until(
+        lambda: sched.is_acked(b) and sched.is_acked(c), timeout=WAIT, what="acks of B and C"
+    )
+    assert sched.outstanding() == set()
+    assert [len(registration_items(r)) for r in tap.of("RegisterTaskInstances")] == [1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-9: sessions and registration
+# ---------------------------------------------------------------------------------------------
+
+
+def test_older_session_is_dropped_without_touching_storage(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    old = session_of(storage)
+    storage.restart()
+    current = session_of(storage)
+    assert current > old
+    em = make_em()
+    assert em.session_id == current
+    job = submit(client, it.fibonacci, 10)
+    stale = sched.assign(job.id, 0, old)
+    wait_until(lambda: sched.is_acked(stale), timeout=WAIT, what="the stale assignment's ack")
+    assert tap.registrations_of(job.id) == [], "storage saw a registration"
+    assert sample(em, "orbweaver_worker_assignments_rejected_total", reason="stale_session") == 1
+    p = progress(job)
+    assert (p.state, p.running, p.succeeded) == (JobState.RUNNING, 0, 0)
+    # The EM polls again and the same task under the current session runs.
+    sched.assign(job.id, 0, current)
+    assert job.result(timeout=WAIT) == [55]
+    assert sched.outstanding() == set()
+
+
+@pytest.mark.parametrize("cutoff", [60.0])
+def test_newer_session_refreshes_before_registration(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    # Heartbeats only at start, so only a refresh can teach the EM the new session.
+    em = make_em(heartbeat_interval=60.0)
+    wait_until(lambda: storage_beats(tap, em.em_id), timeout=WAIT, what="the first beat")
+    old = em.session_id
+    storage.restart()
+    new = session_of(storage)
+    assert new > old
+    assert em.session_id == old
+    job = submit(client, it.fibonacci, 10)
+    beats_before = len(storage_beats(tap, em.em_id))
+    aid = sched.assign(job.id, 0, new)
+    assert job.result(timeout=WAIT) == [55]
+    [reg] = tap.registrations_of(job.id)
+    assert reg.request.session_id == new
+    assert reg.request.execution_manager_id == em.em_id
+    refresh = storage_beats(tap, em.em_id)[beats_before:]
+    assert refresh, "no refresh heartbeat"
+    assert refresh[0].seq < reg.seq, "the refresh did not come before the registration"
+    assert em.session_id == new
+    wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="ack")
+
+
+def test_equal_session_goes_straight_to_registration(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(heartbeat_interval=60.0)
+    wait_until(lambda: storage_beats(tap, em.em_id), timeout=WAIT, what="the first beat")
+    beats = len(storage_beats(tap, em.em_id))
+    job = submit(client, it.fibonacci, 10)
+    aid = sched.assign(job.id, 0, em.session_id)
+    assert job.result(timeout=WAIT) == [55]
+    [reg] = tap.registrations_of(job.id)
+    assert reg.request.session_id == em.session_id == session_of(storage)
+    assert registration_items(reg) == ["context"]
+    assert len(storage_beats(tap, em.em_id)) == beats, "an equal session caused a refresh"
+    wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="ack")
+    assert sched.outstanding() == set()
+
+
+@pytest.mark.parametrize("cutoff", [60.0])
+def test_registration_with_stale_session_refreshes_and_drops(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(heartbeat_interval=60.0)
+    wait_until(lambda: storage_beats(tap, em.em_id), timeout=WAIT, what="the first beat")
+    known = em.session_id
+    storage.restart()  # the EM does not know yet
+    new = session_of(storage)
+    job = submit(client, it.fibonacci, 10)
+    aid = sched.assign(job.id, 0, known)  # equal to the EM's session, stale for storage
+    wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="the dropped assignment's ack")
+    [reg] = tap.registrations_of(job.id)
+    assert reg.code == grpc.StatusCode.NOT_FOUND
+    wait_until(lambda: em.session_id == new, timeout=WAIT, what="the refresh")
+    assert any(c.seq > reg.seq for c in storage_beats(tap, em.em_id)), "no refresh heartbeat"
+    assert tap.reports_of(job.id) == []
+    p = progress(job)
+    assert (p.running, p.succeeded) == (0, 0)
+    # Still serving.
+    sched.assign(job.id, 0, new)
+    assert job.result(timeout=WAIT) == [55]
+    assert sched.outstanding() == set()
+
+
+def test_rejected_registrations_are_dropped_and_the_em_keeps_serving(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    session = session_of(storage)
+    make_em(processes=1)
+    done = submit(client, it.fibonacci, 5)
+    sched.assign(done.id, 0, session)
+    assert done.result(timeout=WAIT) == [5]
+    not_started = submit(client, it.fibonacci, 6, start=False)
+    cancelled = submit(client, it.fibonacci, 7)
+    cancelled.cancel()
+    assert cancelled.wait(timeout=WAIT) == JobState.CANCELLED
+    reports_before = tap.count("ReportTaskOutcomes")
+    # Handed out together: a terminal task, a job not started, a cancelled job, a task index
+    # that does not exist and a stale session.
+    rejected = [
+        sched.assign(done.id, 0, session),
+        sched.assign(not_started.id, 0, session),
+        sched.assign(cancelled.id, 0, session),
+        sched.assign(done.id, 5, session),
+        sched.assign(done.id, 0, session - 1),
+    ]
+    wait_until(
+        lambda: all(sched.is_acked(a) for a in rejected),
+        timeout=WAIT,
+        what="acks of the rejected assignments",
+    )
+    regs = tap.of("RegisterTaskInstances")[1:]
+    assert all(r.code == grpc.StatusCode.OK for r in regs)
+    assert [item for r in regs for item in registration_items(r)] == ["error"] * 4
+    assert tap.count("ReportTaskOutcomes") == reports_before
+    assert not_started.state == JobState.READY
+    # Still serving.
+    good = submit(client, it.fibonacci, 10)
+    sched.assign(good.id, 0, session)
+    assert good.result(timeout=WAIT) == [55]
+    assert em_threads(), "the EM stopped"
+    assert sched.outstanding() == set()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10-12: running and reporting
+# ---------------------------------------------------------------------------------------------
+
+
+@BACKENDS
+def test_success_is_reported_with_its_identity_and_outputs(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em()
+    session = session_of(storage)
+    job = submit(client, it.fibonacci, 10)
+    aid = sched.assign(job.id, 0, session)
+    assert job.result(timeout=WAIT) == [55]
+    [reg] = tap.registrations_of(job.id)
+    assert reg.reply is not None
+    [item] = pb.RegisterTaskInstancesReply.FromString(reg.reply).items
+    [report] = tap.reports_of(job.id)
+    assert report.code == grpc.StatusCode.OK
+    assert report.request.execution_manager_id == em.em_id
+    assert report.request.session_id == session
+    [outcome] = report.request.outcomes
+    assert (outcome.job_id, outcome.task_id.index) == (job.id, 0)
+    assert outcome.task_instance_id == item.context.task_instance_id > 0
+    assert outcome.WhichOneof("outcome") == "serialized_outputs"
+    assert decode(outcome.serialized_outputs) == [55]
+    wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="ack")
+    assert sched.outstanding() == set()
+
+
+def test_a_failure_then_a_success(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    make_em()
+    session = session_of(storage)
+    bad = submit(client, it.always_fail)
+    good = submit(client, it.fibonacci, 10)
+    sched.assign(bad.id, 0, session)
+    assert bad.wait(timeout=WAIT) == JobState.FAILED
+    sched.assign(good.id, 0, session)
+    assert good.result(timeout=WAIT) == [55]
+    error = bad.error() or ""
+    assert "ValueError" in error and "always_fail" in error
+    [bad_report] = tap.reports_of(bad.id)
+    [good_report] = tap.reports_of(good.id)
+    assert bad_report.request.outcomes[0].WhichOneof("outcome") == "error_message"
+    assert good_report.request.outcomes[0].WhichOneof("outcome") == "serialized_outputs"
+    assert sched.outstanding() == set()
+
+
+def test_storage_outage_while_reporting(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em()
+    old_session = session_of(storage)
+    job = submit(client, it.nap, 1.5)
+    sched.assign(job.id, 0, old_session)
+    wait_until(
+        lambda: [r for r in tap.registrations_of(job.id) if r.code == grpc.StatusCode.OK],
+        timeout=WAIT,
+        what="registration",
+    )
+    storage.kill()
+    # The task finishes while storage is down: the report is retried, not lost or fatal.
+    wait_until(lambda: len(tap.reports_of(job.id)) >= 2, timeout=WAIT, what="report retries")
+    assert all(r.code == grpc.StatusCode.UNAVAILABLE for r in tap.reports_of(job.id))
+    assert em_threads()
+    storage.start()  # same port, new session: the report is stale now
+    new_session = session_of(storage)
+    assert new_session > old_session
+    wait_until(
+        lambda: sample(em, "orbweaver_worker_reports_dropped_total", reason="stale_session") == 1,
+        timeout=WAIT,
+        what="the stale report to be dropped",
+    )
+    assert not [r for r in tap.reports_of(job.id) if r.code == grpc.StatusCode.OK]
+    # The recovered job is re-offered under the new session and completes.
+    wait_until(lambda: em.session_id == new_session, timeout=WAIT, what="session refresh")
+    sched.assign(job.id, 0, new_session)
+    assert job.result(timeout=WAIT) == [1.5]
+    later = submit(client, it.fibonacci, 10)
+    sched.assign(later.id, 0, new_session)
+    assert later.result(timeout=WAIT) == [55]
+
+
+# ---------------------------------------------------------------------------------------------
+# 13-15: liveness and shutdown
+# ---------------------------------------------------------------------------------------------
+
+
+def test_no_heartbeats_after_stop(
+    make_em: Callable[..., ExecutionManager], sched: FakeScheduler, tap: StorageTap
+) -> None:
+    em = make_em(heartbeat_interval=0.1)
+    wait_until(
+        lambda: len(storage_beats(tap, em.em_id)) >= 3 and sched.heartbeat_count(em.em_id) >= 3,
+        timeout=WAIT,
+        what="heartbeats",
+    )
+    em.stop()
+    storage_count, scheduler_count = len(storage_beats(tap, em.em_id)), sched.heartbeat_count()
+    time.sleep(1.0)  # ten intervals
+    assert len(storage_beats(tap, em.em_id)) == storage_count
+    assert sched.heartbeat_count() == scheduler_count
+    [(shutdown_at, _)] = sched.shutdowns
+    assert all(at < shutdown_at for at, _ in sched.heartbeats), "a heartbeat after Shutdown"
+
+
+def test_storage_and_scheduler_heartbeats_in_lockstep(
+    make_em: Callable[..., ExecutionManager], sched: FakeScheduler, tap: StorageTap
+) -> None:
+    em = make_em(heartbeat_interval=0.2)
+    wait_until(
+        lambda: len(storage_beats(tap, em.em_id)) >= 15,
+        timeout=WAIT,
+        what="three seconds of heartbeats",
+    )
+    storage_count = len(storage_beats(tap, em.em_id))
+    scheduler_count = sched.heartbeat_count(em.em_id)
+    assert abs(storage_count - scheduler_count) <= 2, (storage_count, scheduler_count)
+
+
+def test_stop_during_registration_leaves_the_assignment_unacked(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em()
+    session = session_of(storage)
+    job = submit(client, it.fibonacci, 10)
+    assert storage.popen is not None
+    os.kill(storage.popen.pid, signal.SIGSTOP)  # storage hangs: calls to it stay in flight
+    try:
+        aid = sched.assign(job.id, 0, session)
+        [reg] = wait_until(
+            lambda: tap.registrations_of(job.id),
+            timeout=WAIT,
+            what="the registration to be in flight",
+        )
+        assert reg.code is None
+        started = time.monotonic()
+        em.stop()
+        assert time.monotonic() - started < 10.0, "stop() waited for the registration"
+    finally:
+        os.kill(storage.popen.pid, signal.SIGCONT)
+    [(_, shutdown)] = sched.shutdowns
+    assert shutdown.execution_manager_id == em.em_id
+    assert aid not in sched.shutdown_acks()
+    assert sched.outstanding() == {aid}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dead EM, concurrency, hard timeouts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_em_declared_dead_registers_again_and_keeps_working(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(heartbeat_interval=0.2)
+    old_id = em.em_id
+    paused = threading.Event()
+    beat = em._beat
+
+    def pausable_beat() -> None:
+        if not paused.is_set():
+            beat()
+
+    em._beat = pausable_beat  # type: ignore[method-assign]
+    paused.set()
+    try:
+        wait_until(
+            lambda: declared_dead(storage, old_id),
+            timeout=WAIT,
+            what="storage to declare the silent EM dead",
+        )
+    finally:
+        paused.clear()
+    wait_until(lambda: em.em_id != old_id, timeout=WAIT, what="a new registration")
+    assert tap.count("RegisterExecutionManager") == 2
+    # The scheduler is told to reschedule what the old id held.
+    wait_until(
+        lambda: any(s.execution_manager_id == old_id for _, s in sched.shutdowns),
+        timeout=WAIT,
+        what="Shutdown for the old id",
+    )
+    job = submit(client, it.fibonacci, 10)
+    sched.assign(job.id, 0, session_of(storage))
+    assert job.result(timeout=WAIT) == [55]
+    [reg] = tap.registrations_of(job.id)
+    assert reg.request.execution_manager_id == em.em_id != old_id
+
+
+@pytest.fixture
+def real_scheduler(storage: StorageProcess, tmp_path: Path) -> Iterator[SchedulerProcess]:
+    workdir = tmp_path / "scheduler"
+    workdir.mkdir()
+    proc = SchedulerProcess(storage.address, workdir)
+    proc.start()
+    yield proc
+    proc.terminate()
+
+
+def test_tasks_run_concurrently_up_to_processes(
+    make_em: Callable[..., ExecutionManager],
+    real_scheduler: SchedulerProcess,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    processes = 3
+    make_em(scheduler=real_scheduler.address, processes=processes)
+    record = tmp_path / "intervals"
+    record.mkdir()
+    g = ow.TaskGraph()
+    names = [f"t{i}" for i in range(2 * processes)]
+    inputs: list[Any] = []
+    for name in names:
+        g.add(it.interval)
+        inputs += [str(record), name, 1.0]
+    job = client.submit(g, inputs)
+    pids = job.result(timeout=60)
+    spans = [json.loads((record / f"{n}.json").read_text()) for n in names]
+    assert pids == [s[2] for s in spans]
+    assert len(set(pids)) == processes, "not every executor was used"
+
+    def running_at(t: float) -> int:
+        return sum(1 for start, end, _ in spans if start <= t < end)
+
+    peak = max(running_at(start) for start, _, _ in spans)
+    assert peak == processes, f"at most {peak} tasks ran at once"
+
+
+def test_real_scheduler_full_path(
+    make_em: Callable[..., ExecutionManager],
+    real_scheduler: SchedulerProcess,
+    client: Client,
+    storage: StorageProcess,
+    tap: StorageTap,
+) -> None:
+    em = make_em(scheduler=real_scheduler.address, processes=2)
+    jobs = [submit(client, it.fibonacci, n) for n in range(12)]
+    bad = submit(client, it.always_fail)
+    assert [j.result(timeout=WAIT) for j in jobs] == [[it.fibonacci(n)] for n in range(12)]
+    assert bad.wait(timeout=WAIT) == JobState.FAILED
+    regs = tap.of("RegisterTaskInstances")
+    assert {r.request.execution_manager_id for r in regs} == {em.em_id}
+    # A storage restart in the middle of a task: the job still completes.
+    slow = submit(client, it.nap, 1.5)
+    wait_until(lambda: progress(slow).running == 1, timeout=WAIT, what="the nap to run")
+    storage.restart()
+    assert slow.result(timeout=60) == [1.5]
+    after = submit(client, it.fibonacci, 10)
+    assert after.result(timeout=WAIT) == [55]
+
+
+def test_hard_timeout_fails_the_task_and_respawns_the_executor(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(processes=1)
+    [executor] = em._pool.pids()
+    session = session_of(storage)
+    job = submit(client, it.sleep_forever, hard_timeout=0.5)
+    sched.assign(job.id, 0, session)
+    assert job.wait(timeout=WAIT) == JobState.FAILED
+    assert "hard timeout" in (job.error() or "")
+    [report] = tap.reports_of(job.id)
+    assert "hard timeout (500 ms) exceeded" in report.request.outcomes[0].error_message
+    [respawned] = em._pool.pids()
+    assert respawned != executor
+    assert (
+        not psutil.pid_exists(executor) or psutil.Process(executor).status() == psutil.STATUS_ZOMBIE
+    )
+    later = submit(client, it.pid)
+    sched.assign(later.id, 0, session)
+    assert later.result(timeout=WAIT) == [respawned]
+
+
+def test_an_unusable_executor_pool_is_fatal_and_blames_no_task(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+    tmp_path: Path,
+) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(TASKS_DIR / "integration_tasks.py", tasks)
+    em = make_em(tasks_dir=tasks, processes=1)
+    session = session_of(storage)
+    warm = submit(client, it.pid)  # the executor imports the tasks module
+    sched.assign(warm.id, 0, session)
+    assert warm.result(timeout=WAIT) == em._pool.pids()
+    shutil.rmtree(tasks)  # from now on no executor can start: the pool cannot respawn
+    job = submit(client, it.sleep_forever, hard_timeout=0.5)
+    aid = sched.assign(job.id, 0, session)
+    assert em.wait(timeout=WAIT), "the EM went on with a broken executor pool"
+    assert em.exit_code == 1
+    em.stop()
+    assert em_threads() == []
+    assert tap.reports_of(job.id) == [], "a task was blamed for the pool's failure"
+    assert job.state == JobState.RUNNING
+    assert sched.is_acked(aid)  # registered: storage owns it and recovers it
+    assert [s.execution_manager_id for _, s in sched.shutdowns] == [em.em_id]
