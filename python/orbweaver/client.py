@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -139,6 +139,21 @@ class Client:
 
     # -- jobs -----------------------------------------------------------------------------------
 
+    def _group(self, resource_group: ResourceGroup | None) -> ResourceGroup:
+        group = resource_group or self.default_resource_group
+        if group is None:
+            raise errors.InvalidArgument(
+                "no resource group: pass resource_group= or create the client with one"
+            )
+        return group
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_message_bytes:
+            raise errors.MessageTooLarge(
+                f"{what} is {size} bytes compressed, above the {self.max_message_bytes}"
+                " byte message limit; raise max_message_bytes on the client and the storage"
+            )
+
     def submit(
         self,
         graph: TaskGraph,
@@ -149,19 +164,10 @@ class Client:
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit `graph` with its graph inputs (flattened in task order, then position)."""
-        group = resource_group or self.default_resource_group
-        if group is None:
-            raise errors.InvalidArgument(
-                "no resource group: pass resource_group= or create the client with one"
-            )
+        group = self._group(resource_group)
         compressed_graph = graph.compressed()
         compressed_inputs = graph.encode_inputs(inputs)
-        size = len(compressed_graph) + len(compressed_inputs)
-        if size > self.max_message_bytes:
-            raise errors.MessageTooLarge(
-                f"the submission is {size} bytes compressed, above the {self.max_message_bytes}"
-                " byte message limit; raise max_message_bytes on the client and the storage"
-            )
+        self._check_size(len(compressed_graph) + len(compressed_inputs), "the submission")
         request = pb.RegisterJobRequest(
             resource_group_id=group.id,
             password=group.password,
@@ -172,6 +178,63 @@ class Client:
         )
         reply = self._call("submit job", self._jobs.RegisterJob, request)
         return Job(self, reply.job_id, graph)
+
+    def submit_many(
+        self,
+        graph: TaskGraph,
+        inputs: Iterable[Sequence[Any]],
+        *,
+        resource_group: ResourceGroup | None = None,
+        start: bool = True,
+        batch_size: int = 1000,
+    ) -> list[Job]:
+        """Submit one job of `graph` per entry of `inputs`: the jobs travel in batches of up to
+        `batch_size` (and the message size limit), each batch one call and one DB transaction.
+
+        Every input list is type-checked before anything is sent (`InvalidInput` names the job
+        and the input). Each job carries its own idempotency key, so a retried batch never
+        creates a job twice; a batch that fails leaves the batches before it submitted.
+        """
+        if batch_size < 1:
+            raise errors.InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
+        group = self._group(resource_group)
+        compressed_graph = graph.compressed()
+        encoded: list[bytes] = []
+        for index, values in enumerate(inputs):
+            try:
+                encoded.append(graph.encode_inputs(values))
+            except errors.InvalidInput as exc:
+                raise errors.InvalidInput(f"job {index}: {exc}") from None
+        # Room for the graph and the protobuf framing of each entry (key, lengths).
+        budget = self.max_message_bytes - len(compressed_graph) - 1024
+        jobs: list[Job] = []
+        batch: list[pb.JobInputs] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            request = pb.RegisterJobsRequest(
+                resource_group_id=group.id,
+                password=group.password,
+                compressed_serialized_task_graph=compressed_graph,
+                jobs=batch,
+                start=start,
+            )
+            reply = self._call("submit jobs", self._jobs.RegisterJobs, request)
+            jobs.extend(Job(self, j.job_id, graph) for j in reply.jobs)
+
+        for index, data in enumerate(encoded):
+            entry_bytes = len(data) + 48
+            self._check_size(len(compressed_graph) + entry_bytes + 1024, f"job {index}")
+            if batch and (len(batch) >= batch_size or batch_bytes + entry_bytes > budget):
+                flush()
+                batch, batch_bytes = [], 0
+            batch.append(
+                pb.JobInputs(compressed_serialized_inputs=data, idempotency_key=uuid.uuid4().hex)
+            )
+            batch_bytes += entry_bytes
+        if batch:
+            flush()
+        return jobs
 
     def get_job(self, job_id: int, graph: TaskGraph | None = None) -> Job:
         """A handle to an existing job; with its `graph`, outputs are decoded to typed values."""
@@ -236,6 +299,9 @@ class Job:
     def wait(self, timeout: float | None = None) -> JobState:
         """Wait (server-side, no polling loop) until the job is terminal or `timeout` seconds
         pass; returns the state either way."""
+        return JobState(self._wait(timeout, include_result=False).state)
+
+    def _wait(self, timeout: float | None, *, include_result: bool) -> pb.WaitJobReply:
         end = None if timeout is None else time.monotonic() + timeout
         stub = self.client._jobs
         while True:
@@ -244,7 +310,9 @@ class Job:
                 if end is None
                 else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
             )
-            request = pb.WaitJobRequest(job_id=self.id, timeout_ms=remaining_ms)
+            request = pb.WaitJobRequest(
+                job_id=self.id, timeout_ms=remaining_ms, include_result=include_result
+            )
 
             def call(r: pb.WaitJobRequest = request, t: int = remaining_ms) -> pb.WaitJobReply:
                 return stub.WaitJob(r, timeout=t / 1000 + 10)
@@ -253,18 +321,21 @@ class Job:
                 reply = call_with_retry(call, deadline=self.client.timeout, what="wait for job")
             except errors.NotFound as exc:
                 raise errors.JobNotFound(str(exc)) from exc
-            state = JobState(reply.state)
-            if state.is_terminal or (end is not None and time.monotonic() >= end):
-                return state
+            if JobState(reply.state).is_terminal or (end is not None and time.monotonic() >= end):
+                return reply
 
     def result(self, timeout: float | None = None) -> list[Any]:
         """Wait for the job and return its outputs; raise `JobFailed`, `JobCancelled` or
         `JobTimeout`."""
-        state = self.wait(timeout)
+        # One call returns the state with the outputs or the error.
+        reply = self._wait(timeout, include_result=True)
+        state = JobState(reply.state)
         if state == JobState.SUCCEEDED:
+            if reply.serialized_outputs:
+                return self._decode_outputs(reply.serialized_outputs)
             return self.outputs()
         if state == JobState.FAILED:
-            raise errors.JobFailed(self.id, self.error() or "unknown error")
+            raise errors.JobFailed(self.id, reply.error_message or self.error() or "unknown error")
         if state == JobState.CANCELLED:
             raise errors.JobCancelled(self.id)
         raise errors.JobTimeout(self.id, timeout or 0.0, state.name)
@@ -272,7 +343,10 @@ class Job:
     def outputs(self) -> list[Any]:
         """The job outputs (all outputs of the tasks without children, in task order)."""
         reply = self.client._job_call("get job outputs", "GetJobOutputs", self.id)
-        payloads = _core.decode_outputs(reply.serialized_outputs)
+        return self._decode_outputs(reply.serialized_outputs)
+
+    def _decode_outputs(self, serialized: bytes) -> list[Any]:
+        payloads = _core.decode_outputs(serialized)
         if self.graph is not None:
             return self.graph.decode_outputs(payloads)
         return _decode_plain(payloads)

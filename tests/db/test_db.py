@@ -21,6 +21,7 @@ from orbweaver.storage.db import (
     DbJobState,
     DbUnavailable,
     ExecutionManagerAlreadyDead,
+    IdempotencyKeyReused,
     IllegalExecutionManagerId,
     InvalidJobStateTransition,
     InvalidPassword,
@@ -445,6 +446,50 @@ def test_idempotency_key_deduplicates(db: Database, rg: int) -> None:
     # The key keeps deduplicating whatever the job's state.
     db.start_job(first)
     assert db.register_job(rg, b"graph", b"inputs", "submit-1") == (first, True)
+
+
+def test_idempotency_key_reused_for_another_job_is_refused(db: Database, rg: int) -> None:
+    first, _ = db.register_job(rg, b"graph", b"inputs", "k")
+    with pytest.raises(IdempotencyKeyReused, match=f"'k' already names job {first}"):
+        db.register_job(rg, b"graph", b"other inputs", "k")
+    with pytest.raises(IdempotencyKeyReused):
+        db.register_job(rg, b"other graph", b"inputs", "k")
+    with pytest.raises(IdempotencyKeyReused):
+        db.register_jobs(rg, b"graph", [(b"fresh", "k2"), (b"other inputs", "k")])
+    # Nothing of the refused batch was kept, not even its first, valid job.
+    assert [j.id for j in db.list_jobs()] == [first]
+
+
+def test_register_job_started_is_inserted_running(db: Database, rg: int) -> None:
+    job_id, dedup = db.register_job(rg, b"graph", b"inputs", "k", start=True)
+    assert dedup is False
+    assert db.get_state(job_id) == S.RUNNING
+    assert [r.id for r in db.recoverable_jobs(0, 10)] == [job_id]
+    db.commit_outputs(job_id, b"out", False)
+    assert db.get_state(job_id) == S.SUCCEEDED
+    # A retried start=True submission finds the job in whatever state it is now.
+    assert db.register_job(rg, b"graph", b"inputs", "k", start=True) == (job_id, True)
+
+
+def test_register_jobs_in_one_batch(db: Database, rg: int) -> None:
+    earlier, _ = db.register_job(rg, b"graph", b"in-1", "key-1")
+    results = db.register_jobs(
+        rg,
+        b"graph",
+        [(b"in-0", "key-0"), (b"in-1", "key-1"), (b"in-2", None), (b"in-0", "key-0")],
+        start=True,
+    )
+    ids = [job_id for job_id, _ in results]
+    assert [dedup for _, dedup in results] == [False, True, False, True]
+    assert ids[1] == earlier and ids[3] == ids[0]
+    assert len({ids[0], ids[1], ids[2]}) == 3
+    assert db.get_state(ids[0]) == S.RUNNING and db.get_state(ids[2]) == S.RUNNING
+    assert db.get_state(earlier) == S.READY  # deduplicated, so not started by the batch
+    rows = {r.id: r for r in db.recoverable_jobs(0, 10)}
+    assert rows[ids[0]].compressed_inputs == b"in-0"
+    assert rows[ids[2]].compressed_graph == b"graph"
+    with pytest.raises(ResourceGroupNotFound):
+        db.register_jobs(MISSING, b"graph", [(b"x", None)])
 
 
 def test_idempotency_key_concurrent_submissions(db_url: str) -> None:

@@ -52,6 +52,22 @@ def test_inputs_are_type_checked_at_submission(cluster: ow.LocalCluster) -> None
         cluster.client().submit(g, [1, 2])
 
 
+def test_submit_many_runs_each_job_with_its_inputs(cluster: ow.LocalCluster) -> None:
+    g = ow.TaskGraph(commit=t.publish)
+    a = g.add(t.double)
+    g.add(t.add, g.add(t.double, a), a)
+    client = cluster.client()
+    jobs = client.submit_many(g, ([x] for x in range(23)), batch_size=5)
+    assert len({job.id for job in jobs}) == 23
+    assert [job.result(timeout=60) for job in jobs] == [[6 * x] for x in range(23)]
+    # A mistake in any job's inputs is reported before anything is submitted.
+    before = len(client.jobs(limit=1000))
+    with pytest.raises(ow.InvalidInput, match=r"^job 2: graph input 0"):
+        client.submit_many(g, [[1], [2], ["three"]])
+    assert len(client.jobs(limit=1000)) == before
+    assert client.submit_many(g, []) == []
+
+
 def test_commit_task_receives_outputs(cluster: ow.LocalCluster, markers: Path) -> None:
     g = ow.TaskGraph(commit=t.publish)
     g.add(t.add, g.add(t.double), g.add(t.double))

@@ -15,7 +15,7 @@ from orbweaver._taskid import to_proto
 from orbweaver.states import JobState
 from support import graphs
 from support.driver import PASSWORD, Driver
-from support.graphs import decode_job_outputs, outputs_frame
+from support.graphs import compressed, decode_job_outputs, outputs_frame
 from support.procs import wait_until
 
 COMMIT, CLEANUP = _core.TASK_COMMIT, _core.TASK_CLEANUP
@@ -86,6 +86,80 @@ def test_register_job_is_idempotent_with_a_key(driver: Driver) -> None:
     b = driver.submit(graphs.single(), 1, key="k-1")
     c = driver.submit(graphs.single(), 1, key="k-2")
     assert a == b != c
+
+
+def test_register_job_key_reused_with_other_inputs_is_already_exists(driver: Driver) -> None:
+    first = driver.submit(graphs.single(), 1, key="k-1")
+    with pytest.raises(grpc.RpcError) as info:
+        driver.submit(graphs.single(), 2, key="k-1")
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert f"job {first}" in info.value.details()
+    assert driver.storage.serving()
+
+
+def _register_jobs(driver: Driver, *entries: tuple[int, str], start: bool) -> pb.RegisterJobsReply:
+    return driver.s.jobs.RegisterJobs(
+        pb.RegisterJobsRequest(
+            resource_group_id=driver.rg,
+            password=PASSWORD,
+            compressed_serialized_task_graph=compressed(graphs.single()),
+            jobs=[
+                pb.JobInputs(compressed_serialized_inputs=graphs.int_inputs(v), idempotency_key=k)
+                for v, k in entries
+            ],
+            start=start,
+        ),
+        timeout=30,
+    )
+
+
+def test_register_jobs_registers_and_starts_a_batch(driver: Driver) -> None:
+    earlier = driver.submit(graphs.single(), 3, key="b-3")
+    reply = _register_jobs(driver, (1, "b-1"), (2, ""), (3, "b-3"), start=True)
+    ids = [j.job_id for j in reply.jobs]
+    assert [j.deduplicated for j in reply.jobs] == [False, False, True]
+    assert ids[2] == earlier and len(set(ids)) == 3
+    assert [j.state for j in reply.jobs] == [JobState.RUNNING, JobState.RUNNING, JobState.READY]
+    # The two new jobs' input tasks are queued at once; each runs with its own input.
+    entries = driver.poll()
+    assert sorted(e.job_id for e in entries) == sorted(ids[:2])
+    for entry in entries:
+        ctx = driver.register(entry.job_id, entry.task_id.index)
+        want = 1 if entry.job_id == ids[0] else 2
+        assert msgpack.unpackb(_core.wire_decode(ctx.serialized_task_io)[0]) == want
+    # A retried batch returns the same jobs.
+    again = _register_jobs(driver, (1, "b-1"), (3, "b-3"), start=True)
+    assert [j.job_id for j in again.jobs] == [ids[0], ids[2]]
+
+
+def test_register_jobs_rejects_bad_entries_and_keeps_nothing(driver: Driver) -> None:
+    before = driver.s.jobs.ListJobs(pb.ListJobsRequest(limit=100), timeout=30).jobs
+    bad_inputs = pb.RegisterJobsRequest(
+        resource_group_id=driver.rg,
+        password=PASSWORD,
+        compressed_serialized_task_graph=compressed(graphs.single()),
+        jobs=[
+            pb.JobInputs(compressed_serialized_inputs=graphs.int_inputs(1)),
+            pb.JobInputs(compressed_serialized_inputs=graphs.int_inputs(1, 2)),
+        ],
+        start=True,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        driver.s.jobs.RegisterJobs(bad_inputs, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("job 1:")
+    empty = pb.RegisterJobsRequest(resource_group_id=driver.rg, password=PASSWORD)
+    assert code_of(driver.s.jobs.RegisterJobs, empty) == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_pw = pb.RegisterJobsRequest(
+        resource_group_id=driver.rg,
+        password=b"wrong",
+        compressed_serialized_task_graph=compressed(graphs.single()),
+        jobs=[pb.JobInputs(compressed_serialized_inputs=graphs.int_inputs(1))],
+    )
+    assert code_of(driver.s.jobs.RegisterJobs, wrong_pw) == grpc.StatusCode.UNAUTHENTICATED
+    after = driver.s.jobs.ListJobs(pb.ListJobsRequest(limit=100), timeout=30).jobs
+    assert len(after) == len(before)
+    assert driver.storage.serving()
 
 
 def test_start_job_starts_cached_job(driver: Driver) -> None:
@@ -372,6 +446,30 @@ def test_wait_job_returns_when_terminal(driver: Driver) -> None:
     short = driver.submit(graphs.single(), 5, start=True)
     reply = driver.s.jobs.WaitJob(pb.WaitJobRequest(job_id=short, timeout_ms=100), timeout=30)
     assert not reply.terminal and reply.state == JobState.RUNNING
+
+
+def test_wait_job_with_result_returns_outputs_or_error(driver: Driver) -> None:
+    ok = driver.submit(graphs.single(), 5, start=True)
+    run_single(driver, ok, 42)
+    reply = driver.s.jobs.WaitJob(
+        pb.WaitJobRequest(job_id=ok, timeout_ms=10_000, include_result=True), timeout=30
+    )
+    assert reply.state == JobState.SUCCEEDED
+    assert decode_job_outputs(reply.serialized_outputs) == [42]
+    bad = driver.submit(graphs.single(), 5, start=True)
+    [entry] = driver.poll()
+    ctx = driver.register(bad, entry.task_id.index)
+    driver.fail(bad, 0, ctx.task_instance_id, "ValueError: broken")
+    reply = driver.s.jobs.WaitJob(
+        pb.WaitJobRequest(job_id=bad, timeout_ms=10_000, include_result=True), timeout=30
+    )
+    assert reply.state == JobState.FAILED and "broken" in reply.error_message
+    assert not reply.serialized_outputs
+    running = driver.submit(graphs.single(), 5, start=True)
+    reply = driver.s.jobs.WaitJob(
+        pb.WaitJobRequest(job_id=running, timeout_ms=50, include_result=True), timeout=30
+    )
+    assert reply.state == JobState.RUNNING and not reply.serialized_outputs
 
 
 def test_progress_counts_and_explanations(driver: Driver) -> None:

@@ -217,6 +217,86 @@ class RegisterJobReply(_message.Message):
 Global___RegisterJobReply: _TypeAlias = RegisterJobReply  # noqa: Y015
 
 @_typing.final
+class JobInputs(_message.Message):
+    """Orbweaver: several jobs of one graph in one call and one DB transaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPRESSED_SERIALIZED_INPUTS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    compressed_serialized_inputs: _builtins.bytes
+    """zstd(wire frame of msgpack input payloads)."""
+    idempotency_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        compressed_serialized_inputs: _builtins.bytes = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_inputs", b"compressed_serialized_inputs", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobInputs: _TypeAlias = JobInputs  # noqa: Y015
+
+@_typing.final
+class RegisterJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    COMPRESSED_SERIALIZED_TASK_GRAPH_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    resource_group_id: _builtins.int
+    password: _builtins.bytes
+    compressed_serialized_task_graph: _builtins.bytes
+    """zstd(JSON task graph, schema 0.1.x), shared by every job of the call."""
+    start: _builtins.bool
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobInputs]: ...
+    def __init__(
+        self,
+        *,
+        resource_group_id: _builtins.int = ...,
+        password: _builtins.bytes = ...,
+        compressed_serialized_task_graph: _builtins.bytes = ...,
+        jobs: _abc.Iterable[Global___JobInputs] | None = ...,
+        start: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_task_graph", b"compressed_serialized_task_graph", "jobs", b"jobs", "password", b"password", "resource_group_id", b"resource_group_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobsRequest: _TypeAlias = RegisterJobsRequest  # noqa: Y015
+
+@_typing.final
+class RegisterJobsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisterJobReply]:
+        """One per job, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___RegisterJobReply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobsReply: _TypeAlias = RegisterJobsReply  # noqa: Y015
+
+@_typing.final
 class JobOutputsReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -263,17 +343,21 @@ class WaitJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESULT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     timeout_ms: _builtins.int
+    include_result: _builtins.bool
+    """Return the outputs (Succeeded) or the error message (Failed) with a terminal state."""
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        include_result: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_result", b"include_result", "job_id", b"job_id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,17 +369,24 @@ class WaitJobReply(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     TERMINAL_FIELD_NUMBER: _builtins.int
+    SERIALIZED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     terminal: _builtins.bool
+    serialized_outputs: _builtins.bytes
+    """With include_result: as in JobOutputsReply / JobErrorReply."""
+    error_message: _builtins.str
     def __init__(
         self,
         *,
         state: Global___JobState.ValueType = ...,
         terminal: _builtins.bool = ...,
+        serialized_outputs: _builtins.bytes = ...,
+        error_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "serialized_outputs", b"serialized_outputs", "state", b"state", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

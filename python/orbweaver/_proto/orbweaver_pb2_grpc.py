@@ -40,6 +40,11 @@ class JobOrchestrationServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobReply.FromString,
                 _registered_method=True)
+        self.RegisterJobs = channel.unary_unary(
+                '/orbweaver.v1.JobOrchestrationService/RegisterJobs',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsReply.FromString,
+                _registered_method=True)
         self.StartJob = channel.unary_unary(
                 '/orbweaver.v1.JobOrchestrationService/StartJob',
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobIdRequest.SerializeToString,
@@ -86,6 +91,12 @@ class JobOrchestrationServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RegisterJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterJobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +157,11 @@ def add_JobOrchestrationServiceServicer_to_server(servicer, server):
                     servicer.RegisterJob,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobReply.SerializeToString,
+            ),
+            'RegisterJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterJobs,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsReply.SerializeToString,
             ),
             'StartJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartJob,
@@ -215,6 +231,33 @@ class JobOrchestrationService:
             '/orbweaver.v1.JobOrchestrationService/RegisterJob',
             orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.JobOrchestrationService/RegisterJobs',
+            orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.RegisterJobsReply.FromString,
             options,
             channel_credentials,
             insecure,

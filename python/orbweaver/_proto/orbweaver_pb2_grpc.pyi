@@ -48,6 +48,7 @@ class JobOrchestrationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobOrchestrationServiceAsyncStub: ...
     RegisterJob: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterJobRequest, _orbweaver_pb2.RegisterJobReply]
+    RegisterJobs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterJobsRequest, _orbweaver_pb2.RegisterJobsReply]
     StartJob: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]
     CancelJob: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]
     GetJobState: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]
@@ -61,6 +62,7 @@ class JobOrchestrationServiceStub:
 class JobOrchestrationServiceAsyncStub(JobOrchestrationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterJob: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterJobRequest, _orbweaver_pb2.RegisterJobReply]  # type: ignore[assignment]
+    RegisterJobs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterJobsRequest, _orbweaver_pb2.RegisterJobsReply]  # type: ignore[assignment]
     StartJob: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]  # type: ignore[assignment]
     CancelJob: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]  # type: ignore[assignment]
     GetJobState: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobStateReply]  # type: ignore[assignment]
@@ -77,6 +79,13 @@ class JobOrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orbweaver_pb2.RegisterJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.RegisterJobReply, _abc.Awaitable[_orbweaver_pb2.RegisterJobReply]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterJobs(
+        self,
+        request: _orbweaver_pb2.RegisterJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.RegisterJobsReply, _abc.Awaitable[_orbweaver_pb2.RegisterJobsReply]]: ...
 
     @_abc_1.abstractmethod
     def StartJob(

@@ -38,7 +38,7 @@ def translate(
     # Database.
     if isinstance(exc, db_errors.ResourceGroupNotFound | db_errors.InvalidPassword):
         return errors.Unauthenticated("invalid resource group or password")
-    if isinstance(exc, db_errors.ResourceGroupAlreadyExists):
+    if isinstance(exc, db_errors.ResourceGroupAlreadyExists | db_errors.IdempotencyKeyReused):
         return errors.AlreadyExists(str(exc))
     if isinstance(exc, db_errors.JobNotFound):
         return errors.JobNotFound(str(exc))

@@ -68,6 +68,7 @@ class StorageService:
         self._on_fatal = on_fatal
         self._job_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._terminal = threading.Condition()
+        self._terminal_generation = 0  # bumped (under _terminal) whenever a job becomes terminal
         self._alive_ems: set[int] = set()
         self._alive_lock = threading.Lock()
         self._scheduler_lock = threading.Lock()
@@ -103,6 +104,7 @@ class StorageService:
 
     def _notify_terminal(self) -> None:
         with self._terminal:
+            self._terminal_generation += 1
             self._terminal.notify_all()
 
     # -----------------------------------------------------------------------------------------
@@ -153,27 +155,63 @@ class StorageService:
         start: bool = False,
         token_authenticated: bool = False,
     ) -> tuple[int, JobState, bool]:
-        if len(idempotency_key) > 128:
-            raise errors.InvalidArgument("idempotency key longer than 128 characters")
+        return self.register_jobs(
+            rg_id,
+            password,
+            graph,
+            [(inputs, idempotency_key)],
+            start=start,
+            token_authenticated=token_authenticated,
+        )[0]
+
+    def register_jobs(
+        self,
+        rg_id: int,
+        password: bytes,
+        graph: bytes,
+        jobs: Sequence[tuple[bytes, str]],
+        *,
+        start: bool = False,
+        token_authenticated: bool = False,
+    ) -> list[tuple[int, JobState, bool]]:
+        """Register jobs of one graph, ``(inputs, idempotency_key)`` each, in one DB transaction;
+        with ``start`` they are inserted Running and their input tasks enqueued at once."""
+        if not jobs:
+            raise errors.InvalidArgument("no jobs to register")
+        for index, (_, key) in enumerate(jobs):
+            if len(key) > 128:
+                raise errors.InvalidArgument(
+                    f"job {index}: idempotency key longer than 128 characters"
+                )
         self._authorize(rg_id, password, token_authenticated)
+        submissions: list[_core.Submission] = []
+        for index, (inputs, _) in enumerate(jobs):
+            try:
+                submissions.append(_core.Submission(graph, inputs))
+            except _core.CoreError as exc:
+                error = translate(exc)
+                if len(jobs) > 1 and isinstance(error, errors.InvalidArgument):
+                    error = type(error)(f"job {index}: {error}")
+                raise error from exc
         try:
-            submission = _core.Submission(graph, inputs)
-        except _core.CoreError as exc:
-            raise translate(exc) from exc
-        try:
-            job_id, deduplicated = self.db.register_job(
-                rg_id, graph, inputs, idempotency_key or None
+            registered = self.db.register_jobs(
+                rg_id, graph, [(inputs, key or None) for inputs, key in jobs], start=start
             )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
-        if deduplicated:
-            return job_id, self.get_state(job_id), True
-        self.cache.insert(job_id, rg_id, submission)
-        self.metrics.jobs_registered.inc()
-        state = JobState.READY
-        if start:
-            state = self.start_job(job_id)
-        return job_id, state, False
+        state = JobState.RUNNING if start else JobState.READY
+        results: list[tuple[int, JobState, bool]] = []
+        for (job_id, deduplicated), submission in zip(registered, submissions, strict=True):
+            if deduplicated:
+                results.append((job_id, self.get_state(job_id), True))
+                continue
+            with self._job_lock(job_id):
+                self.cache.insert(job_id, rg_id, submission)
+                if start:
+                    self.cache.start(job_id)
+            self.metrics.jobs_registered.inc()
+            results.append((job_id, state, False))
+        return results
 
     def start_job(self, job_id: int) -> JobState:
         with self._job_lock(job_id):
@@ -294,13 +332,17 @@ class StorageService:
         try:
             deadline = time.monotonic() + min(timeout_ms, cap_ms) / 1000
             while True:
+                # The generation read before the state check tells whether a job ended in
+                # between; without it such a notification would be missed.
+                with self._terminal:
+                    generation = self._terminal_generation
                 state = self.get_state(job_id)
                 remaining = deadline - time.monotonic()
                 if state.is_terminal or remaining <= 0:
                     return state
                 with self._terminal:
-                    # Capped waits: a missed notification costs at most one second.
-                    self._terminal.wait(min(remaining, 1.0))
+                    if self._terminal_generation == generation:
+                        self._terminal.wait(min(remaining, 1.0))  # 1 s: a safety net only
         finally:
             if long_wait:
                 self._waiters.release()

@@ -14,6 +14,7 @@ from orbweaver import _core, _taskid, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import code_for, servicer_method
+from orbweaver.states import JobState
 from orbweaver.storage.service import StorageService
 
 Ctx = grpc.ServicerContext
@@ -70,6 +71,23 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
         return pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
 
     @servicer_method
+    def RegisterJobs(self, request: pb.RegisterJobsRequest, context: Ctx) -> pb.RegisterJobsReply:
+        registered = self.svc.register_jobs(
+            request.resource_group_id,
+            request.password,
+            request.compressed_serialized_task_graph,
+            [(job.compressed_serialized_inputs, job.idempotency_key) for job in request.jobs],
+            start=request.start,
+            token_authenticated=self.token_authenticated,
+        )
+        return pb.RegisterJobsReply(
+            jobs=[
+                pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
+                for job_id, state, dedup in registered
+            ]
+        )
+
+    @servicer_method
     def StartJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
         return pb.JobStateReply(state=_state(self.svc.start_job(request.job_id)))
 
@@ -92,7 +110,12 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
     @servicer_method
     def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobReply:
         state = self.svc.wait_job(request.job_id, request.timeout_ms)
-        return pb.WaitJobReply(state=_state(state), terminal=state.is_terminal)
+        reply = pb.WaitJobReply(state=_state(state), terminal=state.is_terminal)
+        if request.include_result and state == JobState.SUCCEEDED:
+            reply.serialized_outputs = self.svc.get_outputs(request.job_id)
+        elif request.include_result and state == JobState.FAILED:
+            reply.error_message = self.svc.get_error(request.job_id)
+        return reply
 
     @servicer_method
     def GetJobProgress(self, request: pb.JobProgressRequest, context: Ctx) -> pb.JobProgressReply:

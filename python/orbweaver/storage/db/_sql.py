@@ -20,6 +20,7 @@ from .errors import (
     DbError,
     DbUnavailable,
     ExecutionManagerAlreadyDead,
+    IdempotencyKeyReused,
     IllegalExecutionManagerId,
     InvalidJobStateTransition,
     InvalidPassword,
@@ -109,12 +110,13 @@ class Statements:
 
         # -- jobs
         self.find_idempotent_job = (
-            "SELECT id FROM jobs WHERE resource_group_id = ? AND idempotency_key = ?"
+            "SELECT id, compressed_serialized_task_graph, compressed_serialized_job_inputs "
+            "FROM jobs WHERE resource_group_id = ? AND idempotency_key = ?"
         )
         self.insert_job = (
             "INSERT INTO jobs (resource_group_id, state, compressed_serialized_task_graph, "
             "compressed_serialized_job_inputs, idempotency_key, created_at, updated_at) "
-            f"VALUES (?, '{DbJobState.READY.db_name}', ?, ?, ?, {now}, {now})"
+            f"VALUES (?, ?, ?, ?, ?, {now}, {now})"
         )
         self.lock_job = f"SELECT state FROM jobs WHERE id = ?{d.for_update}"
         self.get_state = "SELECT state FROM jobs WHERE id = ?"
@@ -358,46 +360,79 @@ class SqlDatabase(abc.ABC):
         compressed_graph: bytes,
         compressed_inputs: bytes,
         idempotency_key: str | None = None,
+        *,
+        start: bool = False,
     ) -> tuple[int, bool]:
+        return self.register_jobs(
+            resource_group_id, compressed_graph, [(compressed_inputs, idempotency_key)], start=start
+        )[0]
+
+    def register_jobs(
+        self,
+        resource_group_id: int,
+        compressed_graph: bytes,
+        jobs: Sequence[tuple[bytes, str | None]],
+        *,
+        start: bool = False,
+    ) -> list[tuple[int, bool]]:
         rg = _valid_id(resource_group_id, "resource_group_id")
         graph = _check_bytes(compressed_graph, "compressed_graph")
-        inputs = _check_bytes(compressed_inputs, "compressed_inputs")
-        key = (
-            None
-            if idempotency_key is None
-            else _check_text(idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY_LEN)
-        )
+        max_key = MAX_IDEMPOTENCY_KEY_LEN
+        entries = [
+            (
+                _check_bytes(inputs, "compressed_inputs"),
+                None if key is None else _check_text(key, "idempotency_key", max_key),
+            )
+            for inputs, key in jobs
+        ]
         if not _in_range(rg):
             raise ResourceGroupNotFound(resource_group_id=rg)
+        # A job submitted with start=True is inserted Running: one transaction instead of an
+        # insert and a locked Ready -> Running update (recovery treats both rows alike).
+        state = (DbJobState.RUNNING if start else DbJobState.READY).db_name
         sql = self._sql
 
-        def find_existing(cur: Cursor) -> int | None:
+        def find_existing(inputs: bytes, key: str, cur: Cursor) -> int | None:
             cur.execute(sql.find_idempotent_job, (rg, key))
             row = cur.fetchone()
-            return None if row is None else int(row[0])
+            if row is None:
+                return None
+            job_id = int(row[0])
+            if _as_bytes(row[1]) != graph or _as_bytes(row[2]) != inputs:
+                raise IdempotencyKeyReused(key, job_id)
+            return job_id
 
-        def insert(cur: Cursor) -> tuple[int, bool]:
-            if key is not None:
-                existing = find_existing(cur)
-                if existing is not None:
-                    return existing, True
-            cur.execute(sql.insert_job, (rg, graph, inputs, key))
+        def insert(cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
+            cur.execute(sql.insert_job, (rg, state, graph, inputs, key))
             return int(cur.lastrowid or 0), False
 
+        def insert_all(cur: Cursor) -> list[tuple[int, bool]]:
+            # Insert first: a key seen before makes the whole batch fail on the unique index,
+            # and only then is each key looked up (the rare path).
+            return [insert(cur, inputs, key) for inputs, key in entries]
+
+        def insert_or_find_all(cur: Cursor) -> list[tuple[int, bool]]:
+            results = []
+            for inputs, key in entries:
+                existing = None if key is None else find_existing(inputs, key, cur)
+                results.append(insert(cur, inputs, key) if existing is None else (existing, True))
+            return results
+
         try:
-            return self._transaction(insert, write=True)
+            try:
+                return self._transaction(insert_all, write=True)
+            except DuplicateKeyError:
+                pass
+            # Some keys exist: look each one up, still in one transaction (all or nothing). A
+            # concurrent submission with the same key can win a race in between: try again.
+            for _attempt in range(5):
+                try:
+                    return self._transaction(insert_or_find_all, write=True)
+                except DuplicateKeyError:
+                    continue
+            raise DbUnavailable("idempotency keys kept colliding with concurrent submissions")
         except ForeignKeyViolationError:
             raise ResourceGroupNotFound(resource_group_id=rg) from None
-        except DuplicateKeyError:
-            if key is None:
-                raise
-            # A concurrent submission with the same key committed first.
-            existing = self._transaction(find_existing, write=False)
-            if existing is None:
-                raise DbUnavailable(
-                    "idempotency key collided with a job that is gone; retry"
-                ) from None
-            return existing, True
 
     def _lock_job(self, cur: Cursor, job_id: int) -> DbJobState:
         cur.execute(self._sql.lock_job, (job_id,))

@@ -16,6 +16,7 @@ __all__ = [
     "DbError",
     "DbUnavailable",
     "ExecutionManagerAlreadyDead",
+    "IdempotencyKeyReused",
     "IllegalExecutionManagerId",
     "InvalidJobStateTransition",
     "InvalidPassword",
@@ -82,6 +83,18 @@ class InvalidPassword(DbError):
     def __init__(self, resource_group_id: int) -> None:
         self.resource_group_id = resource_group_id
         super().__init__(f"wrong password for resource group {resource_group_id}")
+
+
+class IdempotencyKeyReused(DbError):
+    """An idempotency key already names a job with a different graph or inputs."""
+
+    def __init__(self, idempotency_key: str, job_id: int) -> None:
+        self.idempotency_key = idempotency_key
+        self.job_id = job_id
+        super().__init__(
+            f"idempotency key {idempotency_key!r} already names job {job_id}, which was submitted"
+            " with a different graph or inputs"
+        )
 
 
 class JobNotFound(DbError):

@@ -73,13 +73,29 @@ class Database(Protocol):
         compressed_graph: bytes,
         compressed_inputs: bytes,
         idempotency_key: str | None = None,
+        *,
+        start: bool = False,
     ) -> tuple[int, bool]:
-        """Insert a Ready job; returns ``(job_id, deduplicated)``.
+        """Insert a Ready job (Running with ``start``: one transaction, not insert then start);
+        returns ``(job_id, deduplicated)``.
 
         With an ``idempotency_key`` that already exists for the resource group, nothing is inserted
-        and the existing job's id is returned with ``deduplicated=True``. Unknown resource group
-        => ``ResourceGroupNotFound``.
+        and the existing job's id is returned with ``deduplicated=True``; if that job was submitted
+        with a different graph or inputs => ``IdempotencyKeyReused``. Unknown resource group =>
+        ``ResourceGroupNotFound``.
         """
+        ...
+
+    def register_jobs(
+        self,
+        resource_group_id: int,
+        compressed_graph: bytes,
+        jobs: Sequence[tuple[bytes, str | None]],
+        *,
+        start: bool = False,
+    ) -> list[tuple[int, bool]]:
+        """:meth:`register_job` for several jobs of one graph, ``(compressed_inputs,
+        idempotency_key)`` each, in one transaction; results in the order given."""
         ...
 
     def start_job(self, job_id: int) -> None:
