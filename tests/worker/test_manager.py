@@ -35,7 +35,7 @@ from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.client import Client, Job
 from orbweaver.states import JobState
-from orbweaver.worker.manager import ExecutionManager, WorkerConfig
+from orbweaver.worker.manager import PREFETCH_INITIAL, ExecutionManager, WorkerConfig
 from orbweaver.worker.pool import ExecutorPoolError
 from support.procs import ServiceProcess, StorageProcess, wait_until
 
@@ -830,6 +830,38 @@ def test_real_scheduler_full_path(
     assert slow.result(timeout=60) == [1.5]
     after = submit(client, it.fibonacci, 10)
     assert after.result(timeout=WAIT) == [55]
+
+
+def test_tiny_tasks_are_fetched_in_growing_batches(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    processes = 2
+    em = make_em(processes=processes)
+    session = session_of(storage)
+    count = 3000
+    g = ow.TaskGraph()
+    for _ in range(count):
+        g.add(it.fibonacci)
+    job = client.submit(g, [1] * count)
+    for index in range(count):
+        sched.assign(job.id, index, session)
+    assert job.result(timeout=90) == [1] * count
+    polls = [p for p in sched.polls if p.em_id == em.em_id and not p.failed]
+    # Before any task ran, the EM asks for a few tasks per executor only.
+    assert polls[0].max_items == processes * (1 + PREFETCH_INITIAL)
+    # Once tiny tasks were seen it holds far more, and fetches and registers them in batches
+    # many times that size (one per task would be 3000 registrations).
+    limit = sample(em, "orbweaver_worker_prefetch_limit")
+    assert limit > processes * (1 + 4 * PREFETCH_INITIAL), limit
+    sizes = [len(r.request.items) for r in tap.registrations_of(job.id)]
+    assert sum(sizes) == count
+    assert max(sizes) >= 4 * polls[0].max_items, sizes
+    assert len(sizes) <= count // 20, sizes
+    wait_until(lambda: sched.outstanding() == set(), timeout=WAIT, what="every ack")
 
 
 def test_hard_timeout_fails_the_task_and_respawns_the_executor(

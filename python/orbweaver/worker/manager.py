@@ -4,6 +4,10 @@ instances with storage, runs them on a pool of executor processes and reports th
 Threads, each with one job:
 
 * fetcher: `NextTasks` (batch, long poll) -> `RegisterTaskInstances` (batch) -> work queue.
+  How many tasks the EM holds (being fetched or registered, queued or running) is sized by a
+  `PrefetchSizer` from the observed task run time: about 50 ms of queued work per executor
+  (at least one task, at most `prefetch`), so tiny tasks are fetched and run in big batches
+  while slow ones are left to other EMs instead of piling up here.
   Acknowledgements ride on the next `NextTasks` and are kept until a call succeeds, so they are
   never lost; an assignment is acknowledged only once storage accepted it or definitively
   rejected it (workers spec 1.7: responsibility moves from scheduler to storage at registration).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import socket
@@ -38,7 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -59,6 +64,78 @@ log = logging.getLogger("orbweaver.worker")
 
 _CODE_NAMES = {code.value[0]: code.name.lower() for code in grpc.StatusCode}
 
+# Queued work the EM aims to hold per executor, on top of the task it runs.
+PREFETCH_TARGET_S: Final = 0.05
+# Tasks queued per executor before any task run time has been observed.
+PREFETCH_INITIAL: Final = 4
+# Weight of the newest observation in the moving average of task run times.
+PREFETCH_EWMA_WEIGHT: Final = 0.2
+
+
+class PrefetchSizer:
+    """How many tasks an execution manager holds for `executors` executor processes, from an
+    exponentially weighted moving average of the observed task run times.
+
+    `ahead` (tasks queued per executor beyond the one it runs) is about `target_s` of work: at
+    least 1, at most `max_ahead`. It starts at `initial` and grows at most twofold per
+    observation (a first slow run, such as one that imports the task module, settles before the
+    EM takes much), and shrinks at once when tasks get slower. `limit` is what the EM may hold
+    at a time: being fetched or registered, queued, or running. Not thread-safe."""
+
+    def __init__(
+        self,
+        executors: int,
+        max_ahead: int = 256,
+        *,
+        target_s: float = PREFETCH_TARGET_S,
+        initial: int = PREFETCH_INITIAL,
+        weight: float = PREFETCH_EWMA_WEIGHT,
+    ) -> None:
+        if executors < 1:
+            raise ValueError(f"prefetch: executors must be at least 1, got {executors}")
+        if max_ahead < 1:
+            raise ValueError(f"prefetch: max_ahead must be at least 1, got {max_ahead}")
+        if not target_s > 0:
+            raise ValueError(f"prefetch: target_s must be positive, got {target_s}")
+        if not 0 < weight <= 1:
+            raise ValueError(f"prefetch: weight must be in (0, 1], got {weight}")
+        self.executors = executors
+        self.max_ahead = max_ahead
+        self.target_s = target_s
+        self.weight = weight
+        self._ahead = max(1, min(max_ahead, initial))
+        self._average: float | None = None
+
+    @property
+    def average_s(self) -> float | None:
+        """The moving average of task run times (None before the first observation)."""
+        return self._average
+
+    @property
+    def ahead(self) -> int:
+        """Tasks queued per executor, beyond the one it runs."""
+        return self._ahead
+
+    @property
+    def limit(self) -> int:
+        """Tasks the EM may hold at a time."""
+        return self.executors * (1 + self._ahead)
+
+    def wanted(self, average_s: float) -> int:
+        """`ahead` for tasks that take `average_s` each, before the growth limit."""
+        return max(1, min(self.max_ahead, round(self.target_s / average_s)))
+
+    def observe(self, elapsed_s: float) -> None:
+        """One task ran for `elapsed_s` seconds (ignored unless positive and finite)."""
+        if not (elapsed_s > 0 and math.isfinite(elapsed_s)):
+            return
+        if self._average is None:
+            self._average = elapsed_s
+        else:
+            self._average += self.weight * (elapsed_s - self._average)
+        wanted = self.wanted(self._average)
+        self._ahead = wanted if wanted <= self._ahead else min(wanted, 2 * self._ahead)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -68,9 +145,11 @@ class WorkerConfig:
     processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     security: Security = field(default_factory=Security)
     ip_address: str = ""
-    # Tasks registered ahead of a free executor, per executor process.
+    # Most tasks queued ahead of an executor process; the EM holds about 50 ms of work per
+    # executor (see `PrefetchSizer`), this is the upper bound for tiny tasks.
     prefetch: int = 256
-    # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks).
+    # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks); a
+    # batch also holds no more than about 50 ms of work.
     executor_batch: int = 64
     poll_wait: float = 1.0
     heartbeat_interval: float = 1.0
@@ -81,6 +160,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError("worker: --processes must be at least 1")
+        if self.prefetch < 1:
+            raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
         if not self.tasks_dir.is_dir():
             raise ValueError(f"worker: tasks directory {self.tasks_dir} does not exist")
 
@@ -110,6 +191,11 @@ class _Metrics:
         )
         self.in_flight = Gauge(
             "orbweaver_worker_tasks_in_flight", "Registered tasks not yet reported", registry=r
+        )
+        self.prefetch_limit = Gauge(
+            "orbweaver_worker_prefetch_limit",
+            "Tasks the EM may hold at a time (being fetched or registered, queued or running)",
+            registry=r,
         )
         self.rejected = Counter(
             "orbweaver_worker_assignments_rejected",
@@ -157,7 +243,12 @@ class ExecutionManager:
         self._reports: queue.Queue[_Outcome | None] = queue.Queue()
         self._acks: deque[pb.TaskAssignmentRecord] = deque()
         self._acks_lock = threading.Lock()
-        self._capacity = threading.Semaphore(config.processes * max(1, config.prefetch))
+        # Tasks held (reserved for a poll, being registered, queued or running), bounded by the
+        # sizer's limit; runners feed the sizer with the run times they observe.
+        self._sizer = PrefetchSizer(config.processes, config.prefetch)
+        self._held = 0
+        self._window = threading.Condition()
+        self.metrics.prefetch_limit.set(self._sizer.limit)
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self._idle_runners = 0
@@ -464,14 +555,11 @@ class ExecutionManager:
     def _fetch_loop(self) -> None:
         delays = Backoff(base=0.05, cap=2.0).delays()
         wait_ms = int(self.config.poll_wait * 1000)
-        batch = max(1, self.config.processes * max(1, self.config.prefetch))
         while not self._stop_fetching.is_set():
-            # Reserve capacity first so registered tasks never pile up beyond the prefetch.
-            if not self._capacity.acquire(timeout=0.2):
+            # Reserve room first so held tasks never pile up beyond the prefetch limit.
+            free = self._reserve(timeout=0.2)
+            if not free:
                 continue
-            free = 1
-            while free < batch and self._capacity.acquire(blocking=False):
-                free += 1
             with self._acks_lock:
                 acks = list(self._acks)
             request = pb.NextTasksRequest(
@@ -507,9 +595,37 @@ class ExecutionManager:
             if assignments:
                 self._register_assignments(assignments)
 
+    def _reserve(self, timeout: float) -> int:
+        """Reserve every free place under the prefetch limit (waiting up to `timeout` for one);
+        returns how many (0: none, or stopping)."""
+        with self._window:
+            self._window.wait_for(
+                lambda: self._held < self._sizer.limit or self._stop_fetching.is_set(), timeout
+            )
+            if self._stop_fetching.is_set():
+                return 0
+            free = max(0, self._sizer.limit - self._held)
+            self._held += free
+            return free
+
     def _release(self, n: int) -> None:
-        for _ in range(max(0, n)):
-            self._capacity.release()
+        """`n` held tasks (or reserved places) are no longer held."""
+        if n <= 0:
+            return
+        with self._window:
+            self._held -= n
+            self._window.notify_all()
+
+    def _observe(self, results: list[TaskResult]) -> None:
+        with self._window:
+            before = self._sizer.limit
+            for result in results:
+                self._sizer.observe(result.elapsed_s)
+            limit = self._sizer.limit
+            if limit > before:
+                self._window.notify_all()
+        if limit != before:
+            self.metrics.prefetch_limit.set(limit)
 
     def _settle(self, n: int) -> None:
         """`n` registered tasks are done with: reported, or abandoned."""
@@ -636,7 +752,9 @@ class ExecutionManager:
         if first is None:
             return None
         share = -(-(self._work.qsize() + 1) // (others + 1))  # ceil
-        limit = min(max(1, self.config.executor_batch), max(1, share))
+        with self._window:
+            ahead = self._sizer.ahead  # about 50 ms of work
+        limit = min(max(1, self.config.executor_batch), max(1, share), ahead)
         batch = [first]
         while len(batch) < limit:
             try:
@@ -674,6 +792,7 @@ class ExecutionManager:
                     TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}", 0.0)
                     for _ in batch
                 ]
+            self._observe(results)
             for work, result in zip(batch, results, strict=True):
                 self._finish(work, result)
 
