@@ -4,7 +4,9 @@ with MariaDB persistence, and the same workloads on Ray and Dask distributed, in
 * ``w1`` wide job: one job of 10,000 independent ``inc(x: int) -> int`` tasks; the time covers
   building the graph, submitting it, waiting and gathering every output.
 * ``w2`` small jobs: 1,000 diamond jobs (4 tasks each) submitted back to back, then all waited for
-  and their outputs gathered.
+  and their outputs gathered. Orbweaver submits them with ``Client.submit_many`` (the API for
+  many jobs of one graph, as Ray's and Dask's submissions are non-blocking); ``--w2-submit each``
+  uses one blocking ``Client.submit`` per job instead.
 * ``nn``: workers spec 7.7, 10 layers x 1,000 neurons with 25 inputs each (relu / sigmoid /
   identity by layer); wall time, and the outputs checked against an in-process computation to a
   relative tolerance of 1e-12.
@@ -156,8 +158,11 @@ class PeerRunner(Runner):
 class OrbweaverRunner(Runner):
     name = "orbweaver"
 
-    def __init__(self, workers: int, db: str, timeout: float, workdir: Path) -> None:
+    def __init__(
+        self, workers: int, db: str, timeout: float, workdir: Path, w2_submit: str = "many"
+    ) -> None:
         self.workers = workers
+        self.w2_submit = w2_submit
         self.db = db
         self.timeout = timeout
         self.workdir = workdir
@@ -237,7 +242,10 @@ class OrbweaverRunner(Runner):
         elif workload == "w2":
             g = self._diamond()
             t1 = time.perf_counter()
-            jobs = [client.submit(g, [x]) for x in range(sizes.jobs)]
+            if self.w2_submit == "many":  # one call (and one transaction) per 1,000 jobs
+                jobs = client.submit_many(g, [[x] for x in range(sizes.jobs)])
+            else:  # one blocking call per job
+                jobs = [client.submit(g, [x]) for x in range(sizes.jobs)]
         else:
             assert nn is not None
             g = ow.TaskGraph()
@@ -317,7 +325,7 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"owbench-{args.child}-"))
     runner: Runner
     if args.child == "orbweaver":
-        runner = OrbweaverRunner(args.workers, args.db, args.timeout, workdir)
+        runner = OrbweaverRunner(args.workers, args.db, args.timeout, workdir, args.w2_submit)
     else:
         runner = PeerRunner(args.child, args.workers)
     out: dict[str, Any] = {"system": args.child, "results": {}}
@@ -401,6 +409,8 @@ def spawn_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.nn_layers),
         "--nn-width",
         str(args.nn_width),
+        "--w2-submit",
+        args.w2_submit,
     ]
     env = dict(os.environ)
     # Ray and Dask workers unpickle the task functions by module name: let them import them.
@@ -481,6 +491,7 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
             "statistic": "median over repeats",
             "orbweaver": {
                 "db": args.db,
+                "w2_submit": "Client.submit_many" if args.w2_submit == "many" else "Client.submit",
                 "cluster": f"LocalCluster(workers={args.workers}, "
                 f"db=<{args.db}>, tasks_dir=benches/peers)",
                 **next((s.get("info", {}) for s in systems if s["system"] == "orbweaver"), {}),
@@ -586,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-jobs", type=int, default=w.SMALL_JOBS)
     parser.add_argument("--nn-layers", type=int, default=w.NN_LAYERS)
     parser.add_argument("--nn-width", type=int, default=w.NN_WIDTH)
+    parser.add_argument(
+        "--w2-submit",
+        choices=["many", "each"],
+        default="many",
+        help="Orbweaver W2: Client.submit_many (default) or one Client.submit per job",
+    )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "e2e.json")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)

@@ -132,6 +132,9 @@ class Submission:
     rule of storage spec 2.3 plus task-name validation."""
 
     def __new__(cls, compressed_graph: bytes, compressed_inputs: bytes) -> Submission: ...
+    @staticmethod
+    def with_graph(graph: TaskGraph, compressed_inputs: bytes) -> Submission:
+        """A submission of an already-parsed graph (shared, not copied) with new inputs."""
     @property
     def graph(self) -> TaskGraph: ...
     @property

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from orbweaver import _core
 from orbweaver.states import JobState
 from orbweaver.storage.db import Database
+from orbweaver.storage.submissions import SubmissionParser
 
 log = logging.getLogger("orbweaver.storage.recovery")
 
@@ -34,6 +35,7 @@ class RecoveryReport:
 
 def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> RecoveryReport:
     report = RecoveryReport()
+    parser = SubmissionParser()  # jobs of one graph share its parse and its memory
     started = time.perf_counter()
     after = 0
     while True:
@@ -44,7 +46,7 @@ def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> Recove
         for row in rows:
             after = row.id
             try:
-                submission = _core.Submission(row.compressed_graph, row.compressed_inputs)
+                submission = parser.parse(row.compressed_graph, row.compressed_inputs)
                 cache.recover(
                     row.id,
                     row.resource_group_id,

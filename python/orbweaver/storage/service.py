@@ -27,6 +27,7 @@ from orbweaver.storage.db import Database, JobRow
 from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.metrics import StorageMetrics
+from orbweaver.storage.submissions import SubmissionParser
 
 log = logging.getLogger("orbweaver.storage")
 
@@ -68,6 +69,7 @@ class StorageService:
         self._on_fatal = on_fatal
         self._job_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._terminal = threading.Condition()
+        self._submissions = SubmissionParser()
         self._terminal_generation = 0  # bumped (under _terminal) whenever a job becomes terminal
         self._alive_ems: set[int] = set()
         self._alive_lock = threading.Lock()
@@ -187,7 +189,7 @@ class StorageService:
         submissions: list[_core.Submission] = []
         for index, (inputs, _) in enumerate(jobs):
             try:
-                submissions.append(_core.Submission(graph, inputs))
+                submissions.append(self._submissions.parse(graph, inputs))
             except _core.CoreError as exc:
                 error = translate(exc)
                 if len(jobs) > 1 and isinstance(error, errors.InvalidArgument):

@@ -40,6 +40,16 @@ impl Submission {
         Self::new(Arc::new(graph), inputs)
     }
 
+    /// Inputs for an already-parsed (shared) graph: jobs of one graph share its parse and its
+    /// memory. Same rules as [`Self::parse`].
+    ///
+    /// # Errors
+    /// Malformed inputs, empty graph or wrong number of inputs.
+    pub fn with_graph(graph: Arc<TaskGraph>, compressed_inputs: &[u8]) -> Result<Self> {
+        let inputs = Self::decode_inputs(compressed_inputs, DEFAULT_MAX_DECOMPRESSED_SIZE)?;
+        Self::new(graph, inputs)
+    }
+
     fn decode_inputs(compressed: &[u8], max_size: usize) -> Result<Vec<Payload>> {
         let frame = decompress(compressed, max_size).map_err(|e| {
             CoreError::graph(
@@ -97,6 +107,24 @@ mod tests {
         let s = Submission::parse(&z(ONE_TASK.as_bytes()), &inputs).expect("valid");
         assert_eq!(s.graph.num_tasks(), 1);
         assert_eq!(&*s.inputs[0], b"x");
+    }
+
+    #[test]
+    fn submissions_of_one_graph_share_it_and_keep_their_own_inputs() {
+        let first_inputs = z(&wire_encode(&[b"x".as_slice()]).expect("enc"));
+        let first = Submission::parse(&z(ONE_TASK.as_bytes()), &first_inputs).expect("valid");
+        let inputs = z(&wire_encode(&[b"y".as_slice()]).expect("enc"));
+        let second = Submission::with_graph(Arc::clone(&first.graph), &inputs).expect("valid");
+        assert!(Arc::ptr_eq(&first.graph, &second.graph));
+        assert_eq!(
+            (&*first.inputs[0], &*second.inputs[0]),
+            (&b"x"[..], &b"y"[..])
+        );
+        let e =
+            Submission::with_graph(Arc::clone(&first.graph), &z(&[0, 0, 0, 0])).expect_err("count");
+        assert_eq!(e.kind(), "TaskGraphInputSizeMismatch");
+        let e = Submission::with_graph(first.graph, b"junk").expect_err("zstd");
+        assert_eq!(e.kind(), "MalformedInputs");
     }
 
     #[test]

@@ -127,6 +127,16 @@ impl Submission {
         Ok(Self { inner })
     }
 
+    /// A submission of `graph` (already parsed, shared, not copied) with new inputs.
+    #[staticmethod]
+    fn with_graph(py: Python<'_>, graph: &TaskGraph, compressed_inputs: &[u8]) -> PyResult<Self> {
+        let shared = Arc::clone(&graph.inner);
+        let inner = py
+            .detach(|| CoreSubmission::with_graph(shared, compressed_inputs))
+            .py()?;
+        Ok(Self { inner })
+    }
+
     #[getter]
     fn graph(&self) -> TaskGraph {
         TaskGraph {

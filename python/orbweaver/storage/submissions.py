@@ -1,0 +1,51 @@
+"""Parse job submissions, sharing one parsed graph between the jobs of a graph.
+
+Jobs are usually submitted many at a time from one ``TaskGraph`` (``Client.submit_many``, a
+program submitting in a loop), and recovery reads thousands of jobs that often share a graph.
+Parsing the JSON graph once per distinct graph, and sharing the immutable parsed graph between
+those jobs' cache entries, saves the parse time and the memory of a copy per job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from orbweaver import _core
+
+__all__ = ["SubmissionParser"]
+
+
+class SubmissionParser:
+    """``_core.Submission`` with a bounded LRU of parsed graphs keyed by their exact bytes.
+
+    Only graphs of at most ``max_graph_bytes`` (compressed) are remembered, at most
+    ``max_graphs`` of them, so the cache holds no more than their product. Thread-safe.
+    """
+
+    def __init__(self, max_graphs: int = 128, max_graph_bytes: int = 256 * 1024) -> None:
+        self._max_graphs = max_graphs
+        self._max_graph_bytes = max_graph_bytes
+        self._lock = threading.Lock()
+        self._graphs: OrderedDict[bytes, _core.TaskGraph] = OrderedDict()
+
+    def parse(self, compressed_graph: bytes, compressed_inputs: bytes) -> _core.Submission:
+        """Validate and parse; raises ``_core.CoreError`` exactly as ``_core.Submission`` does."""
+        key = bytes(compressed_graph)
+        with self._lock:
+            graph = self._graphs.get(key)
+            if graph is not None:
+                self._graphs.move_to_end(key)
+        if graph is not None:
+            return _core.Submission.with_graph(graph, compressed_inputs)
+        submission = _core.Submission(key, compressed_inputs)
+        if len(key) <= self._max_graph_bytes and self._max_graphs > 0:
+            with self._lock:
+                self._graphs[key] = submission.graph
+                while len(self._graphs) > self._max_graphs:
+                    self._graphs.popitem(last=False)
+        return submission
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._graphs)
