@@ -83,8 +83,12 @@ class Client:
         token: str | None = None,
         security: Security | None = None,
         timeout: float = 30.0,
+        connect_timeout: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """`timeout`: how long a call keeps retrying transient failures (a storage restart);
+        `connect_timeout`: how long the first call waits for a storage that was never reached,
+        so a wrong address fails fast."""
         if security is None:
             security = Security(token=token)
         elif token is not None:
@@ -92,6 +96,8 @@ class Client:
         self.address = address
         self.default_resource_group = resource_group
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._reached = False
         self.max_message_bytes = max_message_bytes
         self._channel = make_channel(address, security, max_message_bytes=max_message_bytes)
         self._jobs = pb_grpc.JobOrchestrationServiceStub(self._channel)
@@ -103,9 +109,23 @@ class Client:
         self, what: str, fn: Callable[..., T], request: Any, timeout: float | None = None
     ) -> T:
         per_call = timeout if timeout is not None else self.timeout
-        return call_with_retry(
-            lambda: fn(request, timeout=per_call), deadline=self.timeout, what=what
-        )
+        if self._reached:
+            return call_with_retry(
+                lambda: fn(request, timeout=per_call), deadline=self.timeout, what=what
+            )
+        try:
+            result = call_with_retry(
+                lambda: fn(request, timeout=per_call),
+                deadline=min(self.timeout, self.connect_timeout),
+                what=what,
+            )
+        except errors.Unavailable as exc:
+            raise errors.Unavailable(
+                f"cannot reach the Orbweaver storage service at {self.address} within "
+                f"{self.connect_timeout:g} s: is it running, and is the address right? ({exc})"
+            ) from exc
+        self._reached = True
+        return result
 
     def close(self) -> None:
         self._channel.close()

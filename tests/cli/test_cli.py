@@ -159,6 +159,17 @@ def test_submit_argument_errors(args: list[str], message: str) -> None:
     assert message in proc.stderr, show(proc)
 
 
+@pytest.mark.parametrize("command", [["status"], ["cancel", "1"]])
+def test_unreachable_storage_is_a_readable_error(command: list[str]) -> None:
+    """No storage listens there: the command says so (after the client's connect timeout, 5 s,
+    not the 30 s a reached storage gets to come back)."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = cli(*command, "--storage", address, timeout=60)
+    assert proc.returncode == 2, show(proc)
+    assert "Traceback" not in proc.stderr, show(proc)
+    assert f"cannot reach the Orbweaver storage service at {address}" in proc.stderr, show(proc)
+
+
 def test_worker_needs_a_tasks_dir() -> None:
     proc = cli("worker", "--storage", "127.0.0.1:9", "--scheduler", "127.0.0.1:9")
     assert proc.returncode == 2, show(proc)
