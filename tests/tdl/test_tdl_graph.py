@@ -250,6 +250,26 @@ def test_per_task_policy_overrides() -> None:
     )
 
 
+def test_json_text_is_exactly_the_dumped_dict() -> None:
+    """to_json builds the text without the dicts; it must be byte for byte json.dumps(to_dict())
+    for every shape: policies shared and overridden, multi-output sources, termination tasks."""
+    g = ow.TaskGraph(commit=gt.commit_ok, cleanup=gt.cleanup_no_ctx)
+    a = g.add(gt.double)
+    b = g.add(gt.double, retries=3, instances=2, hard_timeout=1)
+    c = g.add(gt.double, a, retries=3, instances=2, hard_timeout=1)
+    g.add(gt.double, b)
+    pair = g.add(gt.split, c)
+    g.add(gt.concat, g.add(gt.to_str, pair[1]), g.add(gt.to_str, pair[0]))
+    g.add(gt.norm, g.add(gt.make_point))
+    g.add(gt.constant)
+    text = g.to_json()
+    assert text == json.dumps(g.to_dict(), separators=(",", ":"))
+    assert json.loads(text)["tasks"][5]["input_sources"] == [{"task_idx": 4, "position": 1}]
+    plain = ow.TaskGraph()
+    plain.add(gt.double)
+    assert plain.to_json() == json.dumps(plain.to_dict(), separators=(",", ":"))
+
+
 def test_empty_graph_is_invalid() -> None:
     with pytest.raises(errors.InvalidGraph, match="no tasks"):
         ow.TaskGraph().to_json()
