@@ -120,6 +120,27 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             self._cond.notify_all()
         return aid
 
+    def assign_many(self, items: Iterable[tuple[int, int]], session_id: int) -> list[int]:
+        """Queue several (job, task) assignments at once, so that one poll hands them all out;
+        returns their assignment ids."""
+        with self._cond:
+            ids = []
+            for job_id, task_id in items:
+                self._next_id += 1
+                ids.append(self._next_id)
+                self._pending.append(
+                    pb.TaskAssignment(
+                        assignment_id=self._next_id,
+                        resource_group_id=1,
+                        job_id=job_id,
+                        task_id=_taskid.to_proto(task_id),
+                        scheduler_id=self.scheduler_id,
+                        session_id=session_id,
+                    )
+                )
+            self._cond.notify_all()
+        return ids
+
     def fail_polls(self, count: int) -> None:
         """Answer the next `count` polls with UNAVAILABLE (their acks are not taken)."""
         with self._cond:

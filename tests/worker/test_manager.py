@@ -581,6 +581,8 @@ def test_success_is_reported_with_its_identity_and_outputs(
     assert reg.reply is not None
     [item] = pb.RegisterTaskInstancesReply.FromString(reg.reply).items
     [report] = tap.reports_of(job.id)
+    # Storage applied the report before the tap saw its reply go back: wait for that.
+    assert report.done.wait(WAIT)
     assert report.code == grpc.StatusCode.OK
     assert report.request.execution_manager_id == em.em_id
     assert report.request.session_id == session
@@ -636,7 +638,9 @@ def test_storage_outage_while_reporting(
     storage.kill()
     # The task finishes while storage is down: the report is retried, not lost or fatal.
     wait_until(lambda: len(tap.reports_of(job.id)) >= 2, timeout=WAIT, what="report retries")
-    assert all(r.code == grpc.StatusCode.UNAVAILABLE for r in tap.reports_of(job.id))
+    reports = tap.reports_of(job.id)[:2]
+    assert all(r.done.wait(WAIT) for r in reports)
+    assert all(r.code == grpc.StatusCode.UNAVAILABLE for r in reports)
     assert em_threads()
     storage.start()  # same port, new session: the report is stale now
     new_session = session_of(storage)
@@ -907,13 +911,21 @@ def test_an_unusable_executor_pool_is_fatal_and_blames_no_task(
     sched.assign(warm.id, 0, session)
     assert warm.result(timeout=WAIT) == em._pool.pids()
     shutil.rmtree(tasks)  # from now on no executor can start: the pool cannot respawn
-    job = submit(client, it.sleep_forever, hard_timeout=0.5)
-    aid = sched.assign(job.id, 0, session)
+    # Handed out together: a task that times out (its executor is killed and cannot be
+    # replaced), then one that never gets an executor.
+    timed_out = submit(client, it.sleep_forever, hard_timeout=0.5)
+    never_ran = submit(client, it.fibonacci, 10)
+    aids = sched.assign_many([(timed_out.id, 0), (never_ran.id, 0)], session)
     assert em.wait(timeout=WAIT), "the EM went on with a broken executor pool"
     assert em.exit_code == 1
     em.stop()
     assert em_threads() == []
-    assert tap.reports_of(job.id) == [], "a task was blamed for the pool's failure"
-    assert job.state == JobState.RUNNING
-    assert sched.is_acked(aid)  # registered: storage owns it and recovers it
+    # The timeout happened before the pool broke: it is reported, not lost.
+    assert timed_out.state == JobState.FAILED
+    assert "hard timeout (500 ms) exceeded" in (timed_out.error() or "")
+    # The task that never ran is not blamed for the pool's failure.
+    assert tap.reports_of(never_ran.id) == [], "a task was blamed for the pool's failure"
+    assert never_ran.state == JobState.RUNNING
+    assert sample(em, "orbweaver_worker_tasks_total", result="not_run") == 1
+    assert all(sched.is_acked(a) for a in aids)  # registered: storage owns and recovers them
     assert [s.execution_manager_id for _, s in sched.shutdowns] == [em.em_id]

@@ -410,30 +410,104 @@ def _write_failing_python(tmp_path: Path) -> Path:
     return script
 
 
-def test_failed_respawn_raises_and_the_slot_recovers_later(
-    make_pool: Callable[..., ExecutorPool], tmp_path: Path
-) -> None:
+@pytest.fixture
+def movable_tasks(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A private copy of the tasks directory (the path, and where to move it so that no new
+    executor can start)."""
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     shutil.copy(TASKS_DIR / "integration_tasks.py", tasks)
+    yield tasks, tmp_path / "moved"
+
+
+@pytest.mark.parametrize(
+    ("culprit", "kind", "reason"),
+    [
+        (req("crash"), ResultKind.CRASH, "a crash"),
+        (req("sleep_forever", timeout_ms=300), ResultKind.TIMEOUT, "a hard timeout"),
+    ],
+    ids=["crash", "timeout"],
+)
+def test_failed_respawn_keeps_the_results_of_the_batch_and_the_slot_recovers_later(
+    culprit: TaskRequest,
+    kind: ResultKind,
+    reason: str,
+    movable_tasks: tuple[Path, Path],
+) -> None:
+    tasks, moved = movable_tasks
     pool = ExecutorPool(tasks, 1)
     pool.start()
     try:
         assert outputs(pool.run(req("fibonacci", 5))) == [5]  # the module is now imported
-        moved = tmp_path / "moved"
         tasks.rename(moved)  # new executors cannot start any more
-        with pytest.raises(ExecutorPoolError) as info:
-            pool.run(req("crash"))
-        message = str(info.value)
-        assert message.startswith("cannot respawn an executor after a crash: executor ")
-        assert "exited before it was ready (exit code 2)" in message
-        assert "unusable tasks directory" in message
+        results = pool.run_batch(
+            [req("fibonacci", 7), req("fibonacci", 8), culprit, req("fibonacci", 9), req("pid")]
+        )
+        # What ran before the respawn failed is returned; the rest is not silently dropped.
+        assert [r.kind for r in results] == [
+            ResultKind.SUCCESS,
+            ResultKind.SUCCESS,
+            kind,
+            ResultKind.NOT_RUN,
+            ResultKind.NOT_RUN,
+        ]
+        assert outputs(results[0]) == [13]
+        assert outputs(results[1]) == [21]
+        assert results[2].error in (
+            "executor crashed (exit code 3)",
+            "hard timeout (300 ms) exceeded",
+        )
+        for r in results[3:]:
+            assert r.outputs is None
+            assert r.error is not None
+            assert r.error.startswith(
+                f"not run: cannot respawn an executor after {reason}: executor "
+            )
+            assert "exited before it was ready (exit code 2)" in r.error
+            assert "unusable tasks directory" in r.error
+        assert pool.respawn_failure == (results[3].error or "").removeprefix("not run: ")
         assert pool.pids() == []
+        # Still no executor: nothing of the next batch runs, and it says why.
+        later = pool.run_batch([req("fibonacci", 3), req("fibonacci", 4)])
+        assert [r.kind for r in later] == [ResultKind.NOT_RUN] * 2
+        assert all(
+            (r.error or "").startswith("not run: cannot respawn an executor after an earlier")
+            for r in later
+        )
         moved.rename(tasks)
         assert outputs(pool.run(req("fibonacci", 6))) == [8]  # the empty slot is refilled
+        assert pool.respawn_failure is None
         assert len(pool.pids()) == 1
     finally:
         pool.close()
+
+
+def test_executor_dead_while_idle_and_no_respawn_possible(
+    movable_tasks: tuple[Path, Path],
+) -> None:
+    tasks, moved = movable_tasks
+    pool = ExecutorPool(tasks, 1)
+    pool.start()
+    try:
+        [old] = pool.pids()
+        psutil.Process(old).kill()
+        wait_for(lambda: _reapable(old), "the executor to die")
+        tasks.rename(moved)
+        results = pool.run_batch([req("fibonacci", 7), req("fibonacci", 8)])
+        assert [r.kind for r in results] == [ResultKind.NOT_RUN] * 2
+        assert all(
+            (r.error or "").startswith(
+                "not run: cannot respawn an executor after it died while idle: "
+            )
+            for r in results
+        )
+        assert pool.respawn_failure is not None
+        moved.rename(tasks)
+        assert outputs(pool.run(req("fibonacci", 10))) == [55]
+        assert pool.respawn_failure is None
+    finally:
+        pool.close()
+    assert not _executor_children()
 
 
 def test_invalid_arguments() -> None:

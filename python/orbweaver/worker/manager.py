@@ -25,8 +25,9 @@ registration was cut short stays un-acknowledged, so the scheduler reschedules i
 `Shutdown`), lets registered tasks finish and report (up to `drain_timeout`), stops the
 heartbeats, then sends `Shutdown` -- nothing reaches the scheduler or storage after it returns.
 An executor pool that cannot run tasks any more (respawn failure) is fatal: the EM stops
-fetching, `wait()` returns and `exit_code` is 1; the tasks it could not run are not reported as
-failed (storage recovers them once this EM is gone).
+fetching, `wait()` returns and `exit_code` is 1; the results of tasks that did run are still
+reported, the tasks it could not run are not reported as failed (storage recovers them once
+this EM is gone).
 """
 
 from __future__ import annotations
@@ -775,16 +776,8 @@ class ExecutionManager:
             try:
                 results = self._pool.run_batch([w.request for w in batch])
             except ExecutorPoolError as exc:
-                # Not the tasks' fault: do not report them as failed. Storage recovers them
-                # (this EM stops and goes silent).
-                if not (self._stop.is_set() or self._pool.closed):
-                    self._fail(f"executor pool failure: {exc}")
-                log.warning(
-                    "tasks not run: the executor pool is unusable",
-                    extra={"tasks": [w.label for w in batch]},
-                )
-                self._release(len(batch))
-                self._settle(len(batch))
+                # The pool closed (this EM is stopping): not the tasks' fault.
+                self._abandon(batch, str(exc))
                 continue
             except Exception as exc:
                 log.exception("executor pool failure")
@@ -793,8 +786,32 @@ class ExecutionManager:
                     for _ in batch
                 ]
             self._observe(results)
+            not_run = []
             for work, result in zip(batch, results, strict=True):
-                self._finish(work, result)
+                if result.kind is ResultKind.NOT_RUN:
+                    not_run.append((work, result))
+                else:
+                    self._finish(work, result)  # reported, even if the pool broke afterwards
+            if not_run:
+                self._abandon([w for w, _ in not_run], not_run[0][1].error or "not run")
+            elif (failure := self._pool.respawn_failure) is not None:
+                self._abandon([], failure)
+
+    def _abandon(self, batch: list[_Work], reason: str) -> None:
+        """The executor pool cannot run tasks: fatal, unless the EM is stopping anyway. The tasks
+        of `batch` did not run; not their fault, so they are not reported as failed: storage
+        recovers them once this EM stops and goes silent."""
+        if not (self._stop.is_set() or self._pool.closed):
+            self._fail(f"executor pool failure: {reason}")
+        if not batch:
+            return
+        self.metrics.tasks.labels("not_run").inc(len(batch))
+        log.warning(
+            "tasks not run: the executor pool is unusable",
+            extra={"tasks": [w.label for w in batch], "reason": reason},
+        )
+        self._release(len(batch))
+        self._settle(len(batch))
 
     def _finish(self, work: _Work, result: TaskResult) -> None:
         self.metrics.tasks.labels(result.kind.name.lower()).inc()

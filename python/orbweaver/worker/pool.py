@@ -9,8 +9,10 @@
 Every task gets its own hard timeout, counted from the moment it starts (for the tasks of a batch:
 when the previous task's result arrived). When a task times out or its executor dies, the
 executor is killed (SIGKILL) and replaced before the result is returned; the rest of the batch
-continues on the new executor. Executor stderr is forwarded line by line to the
-``orbweaver.executor`` logger.
+continues on the new executor. When no new executor can be started, the results the batch
+already produced are returned all the same and the tasks left get a `ResultKind.NOT_RUN` result
+saying why (`respawn_failure` tells it too, until a later respawn succeeds). Executor stderr is
+forwarded line by line to the ``orbweaver.executor`` logger.
 
 I/O discipline (why nothing can deadlock on a full pipe): a caller that holds an executor writes
 a request frame only while the executor is idle and reading, then reads the responses itself with
@@ -88,6 +90,9 @@ class ResultKind(enum.Enum):
     TASK_ERROR = "task_error"
     CRASH = "crash"
     TIMEOUT = "timeout"
+    # The pool could not run the task (no executor could be started for it): not the task's
+    # fault, it never ran.
+    NOT_RUN = "not_run"
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,9 @@ class TaskRequest:
 @dataclass(frozen=True)
 class TaskResult:
     """`outputs` (a wire frame of msgpack outputs) on SUCCESS; otherwise `error`, a readable
-    text such as ``"ValueError: bad input\\n<traceback>"``, ``"executor crashed (exit code 3)"``
-    or ``"hard timeout (200 ms) exceeded"``. `elapsed_s` is the task's wall time as seen by the
+    text such as ``"ValueError: bad input\\n<traceback>"``, ``"executor crashed (exit code 3)"``,
+    ``"hard timeout (200 ms) exceeded"`` or ``"not run: cannot respawn an executor after a
+    crash: ..."``. `elapsed_s` is the task's wall time as seen by the
     pool."""
 
     kind: ResultKind
@@ -344,12 +350,14 @@ def _forward(text: str, extra: dict[str, Any]) -> None:
 
 
 class _Slot:
-    """One of the pool's `processes` places; `executor` is None after a failed respawn."""
+    """One of the pool's `processes` places; `executor` is None after a failed respawn, and
+    `failure` says why."""
 
-    __slots__ = ("executor",)
+    __slots__ = ("executor", "failure")
 
     def __init__(self, executor: _Executor | None) -> None:
         self.executor = executor
+        self.failure: str | None = None
 
 
 class ExecutorPool:
@@ -391,6 +399,7 @@ class ExecutorPool:
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Slot | None] = queue.Queue()  # None: the pool closed
         self._all: list[_Executor] = []  # live executors, guarded by _lock
+        self._slots: list[_Slot] = []
         self._started = False
         self._closed = False
 
@@ -432,8 +441,9 @@ class ExecutorPool:
                 self._discard(ex)
             self.close()
             raise
-        for ex in spawned:
-            self._idle.put(_Slot(ex))
+        self._slots = [_Slot(ex) for ex in spawned]
+        for slot in self._slots:
+            self._idle.put(slot)
         log.info(
             "executor pool started",
             extra={"processes": self.processes, "tasks_dir": str(self.tasks_dir)},
@@ -483,8 +493,13 @@ class ExecutorPool:
             new = self._spawn_process()
             self._await_hello(new)
         except ExecutorPoolError as exc:
-            raise ExecutorPoolError(f"cannot respawn an executor after {reason}: {exc}") from exc
+            if self._closed:
+                raise
+            slot.failure = f"cannot respawn an executor after {reason}: {exc}"
+            log.error("%s", slot.failure)
+            raise ExecutorPoolError(slot.failure) from exc
         slot.executor = new
+        slot.failure = None
         log.info(
             "executor respawned",
             extra={"reason": reason, "old_pid": old.pid if old else None, "executor_pid": new.pid},
@@ -527,6 +542,12 @@ class ExecutorPool:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def respawn_failure(self) -> str | None:
+        """Why an executor could not be respawned, while its place stays empty (None: every
+        place has an executor, or its next caller has not tried again yet)."""
+        return next((s.failure for s in self._slots if s.failure is not None), None)
+
     def pids(self) -> list[int]:
         """Process ids of the current executors."""
         with self._lock:
@@ -540,8 +561,9 @@ class ExecutorPool:
 
     def run_batch(self, requests: Sequence[TaskRequest]) -> list[TaskResult]:
         """Run the tasks in order on one executor, in one round trip; one result per task.
-        Blocks until an executor is free. Raises `ExecutorPoolError` when the pool is closed
-        or an executor cannot be respawned."""
+        Blocks until an executor is free. When an executor cannot be respawned, the tasks not
+        run yet get a `ResultKind.NOT_RUN` result (the results already produced are kept).
+        Raises `ExecutorPoolError` when the pool is not started or closed."""
         if not requests:
             return []
         if not self._started:
@@ -577,21 +599,29 @@ class ExecutorPool:
         self._idle.put(slot)
 
     def _run_in_slot(self, slot: _Slot, requests: list[TaskRequest]) -> list[TaskResult]:
-        ex = slot.executor
-        if ex is None:
-            self._respawn(slot, "an earlier failed respawn")
-        elif not ex.alive():
-            log.warning(
-                "executor died while idle",
-                extra={"executor_pid": ex.pid, "status": ex.exit_description()},
-            )
-            self._respawn(slot, "it died while idle")
         results: list[TaskResult | None] = [None] * len(requests)
-        pending = list(range(len(requests)))
-        while pending:
-            chunk, pending = self._chunk(requests, pending, results)
-            if chunk:
-                pending = self._run_chunk(slot, requests, chunk, results) + pending
+        try:
+            ex = slot.executor
+            if ex is None:
+                self._respawn(slot, "an earlier failed respawn")
+            elif not ex.alive():
+                log.warning(
+                    "executor died while idle",
+                    extra={"executor_pid": ex.pid, "status": ex.exit_description()},
+                )
+                self._respawn(slot, "it died while idle")
+            pending = list(range(len(requests)))
+            while pending:
+                chunk, pending = self._chunk(requests, pending, results)
+                if chunk:
+                    pending = self._run_chunk(slot, requests, chunk, results) + pending
+        except ExecutorPoolError as exc:
+            if self._closed or slot.failure is None:
+                raise
+            # No executor for the rest of the batch: keep what ran, say why the rest did not.
+            not_run = TaskResult(ResultKind.NOT_RUN, None, f"not run: {exc}")
+            results = [not_run if r is None else r for r in results]
+        assert all(r is not None for r in results), "a task of the batch has no result"
         return [r for r in results if r is not None]
 
     def _chunk(
