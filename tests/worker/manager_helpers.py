@@ -7,7 +7,9 @@
 * `StorageTap`: a transparent gRPC proxy in front of a REAL storage process. The EM talks to the
   tap, the tap forwards every call unchanged (bytes in, bytes out, status codes preserved) and
   keeps a log of what was called, with which request and how it ended, so a test can see exactly
-  what storage saw (registrations, reports, heartbeats and their order).
+  what storage saw (registrations, reports, heartbeats and their order). It can also answer the
+  next calls of a method with an error status instead of forwarding them (`fail_next`), to play
+  a storage that refuses a call.
 * `SchedulerProcess`: a real `python -m orbweaver scheduler` process.
 """
 
@@ -120,12 +122,12 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             self._cond.notify_all()
         return aid
 
-    def assign_many(self, items: Iterable[tuple[int, int]], session_id: int) -> list[int]:
-        """Queue several (job, task) assignments at once, so that one poll hands them all out;
-        returns their assignment ids."""
+    def assign_many(self, items: Iterable[tuple[int, int, int]]) -> list[int]:
+        """Queue several (job, task, session) assignments at once, so that one poll hands them
+        all out; returns their assignment ids."""
         with self._cond:
             ids = []
-            for job_id, task_id in items:
+            for job_id, task_id, session_id in items:
                 self._next_id += 1
                 ids.append(self._next_id)
                 self._pending.append(
@@ -297,6 +299,7 @@ class StorageTap(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._channel = _rpc.make_channel(target)
         self._lock = threading.Lock()
         self.calls: list[TapCall] = []
+        self._faults: dict[str, list[grpc.StatusCode]] = {}
         self._server = _rpc.make_server("127.0.0.1:0", max_workers=64)
         self._server.grpc_server.add_generic_rpc_handlers((self,))
         self._server.start()
@@ -325,6 +328,13 @@ class StorageTap(grpc.GenericRpcHandler):  # type: ignore[misc]
                     len(self.calls), time.monotonic(), short, request_type.FromString(request)
                 )
                 self.calls.append(call)
+            with self._lock:
+                faults = self._faults.get(short)
+                fault = faults.pop(0) if faults else None
+            if fault is not None:
+                call.code = fault
+                call.done.set()
+                context.abort(fault, f"storage tap: injected {fault.name} for {short}")
             remaining = context.time_remaining()
             try:
                 reply: bytes = forward(request, timeout=remaining if remaining else 30)
@@ -338,6 +348,12 @@ class StorageTap(grpc.GenericRpcHandler):  # type: ignore[misc]
             return reply
 
         return grpc.unary_unary_rpc_method_handler(handle)
+
+    def fail_next(self, method: str, *codes: grpc.StatusCode) -> None:
+        """Answer the next calls of `method` (short name) with these codes, one call each,
+        without forwarding them to storage."""
+        with self._lock:
+            self._faults.setdefault(method, []).extend(codes)
 
     # -- queries --------------------------------------------------------------------------------
 

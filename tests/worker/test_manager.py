@@ -559,6 +559,75 @@ def test_rejected_registrations_are_dropped_and_the_em_keeps_serving(
     assert sched.outstanding() == set()
 
 
+REFUSALS = pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL],
+    ids=["invalid_argument", "internal"],
+)
+
+
+@REFUSALS
+def test_registration_refused_as_a_whole_hands_the_assignments_back(
+    code: grpc.StatusCode,
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tap: StorageTap,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    em = make_em()
+    session = session_of(storage)
+    warm = submit(client, it.fibonacci, 5)
+    sched.assign(warm.id, 0, session)
+    assert warm.result(timeout=WAIT) == [5]
+    stale_job = submit(client, it.fibonacci, 6)
+    job = submit(client, it.fibonacci, 10)
+    tap.fail_next("RegisterTaskInstances", code)
+    # One poll: an assignment of an older session (acknowledged without storage) and one that
+    # storage refuses as a whole.
+    stale, refused = sched.assign_many([(stale_job.id, 0, session - 1), (job.id, 0, session)])
+    [(_, shutdown)] = wait_until(lambda: sched.shutdowns, timeout=WAIT, what="the hand-back")
+    # A Shutdown for the EM's own id: it acknowledges what the EM is done with (the pending ack
+    # rides along) and leaves the refused assignment for the scheduler to reschedule.
+    assert shutdown.execution_manager_id == em.em_id
+    assert [r.assignment_id for r in shutdown.prev_assignments] == [stale]
+    assert sched.outstanding() == {refused}
+    [reg] = tap.registrations_of(job.id)
+    assert reg.code == code
+    assert any(
+        r.levelname == "ERROR" and "cannot register task instances" in r.getMessage()
+        for r in caplog.records
+    )
+    assert sample(em, "orbweaver_worker_assignments_rejected_total", reason=code.name.lower()) == 1
+    # The EM goes on: the rescheduled task is offered again and runs.
+    again = sched.assign(job.id, 0, session)
+    assert job.result(timeout=WAIT) == [55]
+    wait_until(lambda: sched.is_acked(again), timeout=WAIT, what="the ack of the rerun")
+    assert sched.outstanding() == {refused}
+    assert len(sched.shutdowns) == 1
+    assert em_threads()
+
+
+@REFUSALS
+def test_registration_refused_as_a_whole_is_rescheduled_by_the_scheduler(
+    code: grpc.StatusCode,
+    make_em: Callable[..., ExecutionManager],
+    real_scheduler: SchedulerProcess,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(scheduler=real_scheduler.address, processes=1)
+    tap.fail_next("RegisterTaskInstances", code)
+    job = submit(client, it.fibonacci, 10)
+    assert job.result(timeout=WAIT) == [55]
+    regs = tap.registrations_of(job.id)
+    assert [r.code for r in regs] == [code, grpc.StatusCode.OK]
+    assert {r.request.execution_manager_id for r in regs} == {em.em_id}
+    later = submit(client, it.fibonacci, 11)
+    assert later.result(timeout=WAIT) == [89]
+
+
 # ---------------------------------------------------------------------------------------------
 # 10-12: running and reporting
 # ---------------------------------------------------------------------------------------------
@@ -915,7 +984,7 @@ def test_an_unusable_executor_pool_is_fatal_and_blames_no_task(
     # replaced), then one that never gets an executor.
     timed_out = submit(client, it.sleep_forever, hard_timeout=0.5)
     never_ran = submit(client, it.fibonacci, 10)
-    aids = sched.assign_many([(timed_out.id, 0), (never_ran.id, 0)], session)
+    aids = sched.assign_many([(timed_out.id, 0, session), (never_ran.id, 0, session)])
     assert em.wait(timeout=WAIT), "the EM went on with a broken executor pool"
     assert em.exit_code == 1
     em.stop()

@@ -11,6 +11,10 @@ Threads, each with one job:
   Acknowledgements ride on the next `NextTasks` and are kept until a call succeeds, so they are
   never lost; an assignment is acknowledged only once storage accepted it or definitively
   rejected it (workers spec 1.7: responsibility moves from scheduler to storage at registration).
+  When storage refuses a registration as a whole (INVALID_ARGUMENT, INTERNAL, ...), the
+  assignments are handed back: a `Shutdown` for this EM's own id, carrying the pending acks,
+  makes the scheduler reschedule exactly them (the next poll registers the EM with it again);
+  fetching then pauses (growing backoff) so that they can go elsewhere.
   An assignment from a newer storage session first waits for a heartbeat (session refresh).
 * runners (one per executor process): take a batch of queued tasks (at most a fair share of
   the queue, so queued work spreads over all idle executors), run it on the pool.
@@ -555,8 +559,19 @@ class ExecutionManager:
 
     def _fetch_loop(self) -> None:
         delays = Backoff(base=0.05, cap=2.0).delays()
+        refusals = Backoff(base=0.5, cap=10.0).delays()
         wait_ms = int(self.config.poll_wait * 1000)
+        owed = 0  # refused assignments not handed back to the scheduler yet
         while not self._stop_fetching.is_set():
+            if owed:
+                if not self._hand_back(owed):
+                    self._stop_fetching.wait(next(delays))
+                    continue  # stopping: the final Shutdown hands them back
+                owed = 0
+                pause = next(refusals)
+                log.info("fetching paused for %.2f s after a refused registration", pause)
+                if self._stop_fetching.wait(pause):
+                    break
             # Reserve room first so held tasks never pile up beyond the prefetch limit.
             free = self._reserve(timeout=0.2)
             if not free:
@@ -594,7 +609,40 @@ class ExecutionManager:
             assignments = list(reply.assignments)
             self._release(free - len(assignments))
             if assignments:
-                self._register_assignments(assignments)
+                owed = self._register_assignments(assignments)
+                if not owed:
+                    refusals = Backoff(base=0.5, cap=10.0).delays()
+
+    def _hand_back(self, count: int) -> bool:
+        """Have the scheduler reschedule the `count` assignments storage refused. The protocol
+        has no per-assignment release, but `Shutdown` for this EM's id reschedules whatever the
+        scheduler holds un-acknowledged for it; with the pending acks riding along (and no poll
+        in flight: only the fetcher polls, and it is here) that is exactly the refused ones.
+        False when the scheduler did not take it (try again) or the EM is stopping."""
+        with self._acks_lock:
+            acks = list(self._acks)
+        request = pb.ShutdownRequest(execution_manager_id=self._em_id, prev_assignments=acks)
+        try:
+            self._call(self._scheduler.Shutdown, request, 10, self._stop_fetching)
+        except grpc.FutureCancelledError:
+            return False
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning(
+                    "scheduler did not take back %d refused assignments (%s); retrying",
+                    count,
+                    exc.code().name,
+                )
+                return False
+            # It does not know this EM (it restarted, or declared it dead): it holds nothing
+            # for it any more. The acks stay queued for the next poll.
+            log.info("scheduler holds no assignments for this EM: %s", exc.details())
+            return True
+        with self._acks_lock:
+            for _ in acks:
+                self._acks.popleft()
+        log.info("refused assignments handed back to the scheduler", extra={"count": count})
+        return True
 
     def _reserve(self, timeout: float) -> int:
         """Reserve every free place under the prefetch limit (waiting up to `timeout` for one);
@@ -642,7 +690,9 @@ class ExecutionManager:
                 )
             )
 
-    def _register_assignments(self, assignments: list[pb.TaskAssignment]) -> None:
+    def _register_assignments(self, assignments: list[pb.TaskAssignment]) -> int:
+        """Register what a poll brought; returns how many assignments storage refused as a
+        whole (to hand back to the scheduler)."""
         current = self.session_id
         by_session: dict[int, list[pb.TaskAssignment]] = {}
         newer = False
@@ -659,10 +709,15 @@ class ExecutionManager:
             # Storage restarted and this EM has not heard yet: catch up first (the session,
             # and a new EM id if storage declared this one dead meanwhile).
             self._refresh_now()
+        refused = 0
         for session_id, group in by_session.items():
-            self._register_group(session_id, group)
+            if not self._register_group(session_id, group):
+                refused += len(group)
+        return refused
 
-    def _register_group(self, session_id: int, group: list[pb.TaskAssignment]) -> None:
+    def _register_group(self, session_id: int, group: list[pb.TaskAssignment]) -> bool:
+        """Register one session's assignments; False when storage refused them as a whole
+        (not acknowledged: they must go back to the scheduler)."""
         request = pb.RegisterTaskInstancesRequest(
             execution_manager_id=self._em_id,
             session_id=session_id,
@@ -689,7 +744,7 @@ class ExecutionManager:
                 exc or "cancelled",
                 extra={"count": len(group)},
             )
-            return
+            return True
         except errors.NotFound:
             # Stale session: storage restarted and re-offers these tasks itself.
             self._refresh.set()
@@ -697,7 +752,7 @@ class ExecutionManager:
                 self._ack(a)
             self._release(len(group))
             self.metrics.rejected.labels("stale_session").inc(len(group))
-            return
+            return True
         except errors.FailedPrecondition as exc:
             # This EM was declared dead. Do not acknowledge: re-registering tells the scheduler
             # to reschedule everything the old id held, these assignments included.
@@ -705,11 +760,23 @@ class ExecutionManager:
             self._release(len(group))
             with contextlib.suppress(errors.Unavailable):  # stopping
                 self._register(stale_id=request.execution_manager_id, stop=self._stop_fetching)
-            return
+            return True
         except errors.OrbweaverError as exc:
-            log.error("cannot register task instances: %s", exc)
+            # Refused as a whole, and retrying will not help: not acknowledged, handed back.
+            cause = exc.__cause__
+            code = cause.code() if isinstance(cause, grpc.RpcError) else None
+            reason = code.name.lower() if isinstance(code, grpc.StatusCode) else "error"
+            log.error(
+                "cannot register task instances (%s): %s; handing %d assignments back to the"
+                " scheduler",
+                reason,
+                exc,
+                len(group),
+                extra={"jobs": sorted({a.job_id for a in group})},
+            )
             self._release(len(group))
-            return
+            self.metrics.rejected.labels(reason).inc(len(group))
+            return False
         for a, item in zip(group, reply.items, strict=True):
             self._ack(a)
             if item.WhichOneof("result") == "error":
@@ -737,6 +804,7 @@ class ExecutionManager:
                 self._in_flight += 1
                 self.metrics.in_flight.set(self._in_flight)
             self._work.put(_Work(session_id, request_, label))
+        return True
 
     # -- running --------------------------------------------------------------------------------
 
