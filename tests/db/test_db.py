@@ -325,6 +325,27 @@ def test_commit_outputs_wrong_state(db: Database, rg: int) -> None:
     assert (info.value.from_state, info.value.to_state) == (S.READY, S.SUCCEEDED)
 
 
+def test_commit_outputs_many_in_one_transaction(db: Database, rg: int) -> None:
+    a, b, c = (new_job(db, rg, S.RUNNING) for _ in range(3))
+    assert db.commit_outputs_many([(b, b"ob", True), (a, b"oa", False)]) == [
+        S.COMMIT_READY,
+        S.SUCCEEDED,
+    ]
+    assert (db.get_state(a), db.get_outputs(a)) == (S.SUCCEEDED, b"oa")
+    assert db.get_state(b) == S.COMMIT_READY
+    assert db.commit_outputs_many([]) == []
+    # All or nothing: one job that may not complete leaves every other one untouched.
+    with pytest.raises(InvalidJobStateTransition, match=f"job {a}: cannot go from Succeeded"):
+        db.commit_outputs_many([(c, b"oc", False), (a, b"again", False)])
+    assert db.get_state(c) == S.RUNNING and db.get_outputs(a) == b"oa"
+    with pytest.raises(JobNotFound):
+        db.commit_outputs_many([(c, b"oc", False), (MISSING, b"x", False)])
+    assert db.get_state(c) == S.RUNNING
+    with pytest.raises(ValueError, match="twice"):
+        db.commit_outputs_many([(c, b"1", False), (c, b"2", False)])
+    assert db.commit_outputs_many([(c, b"oc", False)]) == [S.SUCCEEDED]
+
+
 def test_fail_job(db: Database, rg: int) -> None:
     for state in (S.RUNNING, S.COMMIT_READY, S.CLEANUP_READY):
         job_id = new_job(db, rg, state)

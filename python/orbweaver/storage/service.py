@@ -11,6 +11,7 @@ they complete, fail or terminate a job.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -424,6 +425,7 @@ class StorageService:
         results = self.cache.report_batch(items)
         out: list[errors.OrbweaverError | None] = []
         succeeded = failed = 0
+        completed: list[_core.Outcome] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, _core.CoreError):
                 out.append(self._task_error(result, item[0]))
@@ -432,15 +434,55 @@ class StorageService:
                 failed += 1
             else:
                 succeeded += 1
-            if result is not None:
+            if result is not None and result.kind == _core.OUTCOME_JOB_COMPLETED:
+                completed.append(result)
+            elif result is not None:
                 self._apply_outcome(result)
             out.append(None)
+        if completed:
+            self._complete_jobs(completed)
         self.metrics.task_successes.inc(succeeded)
         self.metrics.task_failures.inc(failed)
         return out
 
+    def _complete_jobs(self, outcomes: list[_core.Outcome]) -> None:
+        """Persist the outputs of every job the batch completed in one transaction, then move
+        their cache entries on. The jobs' lock stripes are taken in order (no deadlock: every
+        other path holds one stripe at a time)."""
+        stripes = sorted({job_id % _LOCK_STRIPES for job_id in (o.job_id for o in outcomes)})
+        with contextlib.ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._job_locks[stripe])
+            live = []
+            for outcome in outcomes:
+                try:
+                    if self.cache.state(outcome.job_id) == JobState.RUNNING:
+                        live.append(outcome)
+                except _core.JobNotFoundError:
+                    pass  # evicted: it was cancelled or failed meanwhile
+            if not live:
+                return
+            rows = [(o.job_id, o.outputs or b"", o.has_commit) for o in live]
+            try:
+                self._persist(
+                    f"commit outputs of {len(rows)} jobs",
+                    lambda: self.db.commit_outputs_many(rows),
+                )
+                now = now_ms()
+                states = [JobState(self.cache.complete(o.job_id, now)) for o in live]
+            except db_errors.DbError as exc:
+                raise self._fatal(f"jobs completing: cache and database disagree: {exc}") from exc
+            except _core.CoreError as exc:
+                raise self._fatal(f"jobs completing: {exc}") from exc
+        terminal = [state for state in states if state.is_terminal]
+        for state in terminal:
+            self.metrics.job_terminated(state)
+        if terminal:
+            self._notify_terminal()
+
     def _apply_outcome(self, outcome: _core.Outcome) -> None:
-        """Persist and apply the job-level consequence of a report."""
+        """Persist and apply the job-level consequence of a report (a completed job goes
+        through :meth:`_complete_jobs`)."""
         job_id = outcome.job_id
         kind = outcome.kind
         with self._job_lock(job_id):
@@ -449,16 +491,7 @@ class StorageService:
             except _core.JobNotFoundError:
                 return
             try:
-                if kind == _core.OUTCOME_JOB_COMPLETED:
-                    if current != JobState.RUNNING:
-                        return  # cancelled or failed meanwhile; the completion is moot
-                    outputs = outcome.outputs or b""
-                    self._persist(
-                        f"commit outputs of job {job_id}",
-                        lambda: self.db.commit_outputs(job_id, outputs, outcome.has_commit),
-                    )
-                    new_state = JobState(self.cache.complete(job_id, now_ms()))
-                elif kind == _core.OUTCOME_JOB_FAILED:
+                if kind == _core.OUTCOME_JOB_FAILED:
                     if current.is_terminal:
                         return
                     message = outcome.message or "task failed"

@@ -61,6 +61,8 @@ class Cursor(Protocol):
 
     def fetchall(self) -> Any: ...
 
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> Any: ...
+
 
 class DuplicateKeyError(DbError):
     """Driver-independent unique-key violation; translated by the operation that caused it."""
@@ -92,6 +94,10 @@ class Dialect:
 _TERMINAL_SQL = ", ".join(f"'{s.db_name}'" for s in sorted(TERMINAL_STATES))
 
 
+# Rows locked per SELECT ... FOR UPDATE of a batched transition.
+_LOCK_CHUNK = 500
+
+
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -119,6 +125,8 @@ class Statements:
             f"VALUES (?, ?, ?, ?, ?, {now}, {now})"
         )
         self.lock_job = f"SELECT state FROM jobs WHERE id = ?{d.for_update}"
+        self.lock_jobs_prefix = "SELECT id, state FROM jobs WHERE id IN ("
+        self.lock_jobs_suffix = f"){d.for_update}"
         self.get_state = "SELECT state FROM jobs WHERE id = ?"
         self.get_outputs = "SELECT state, serialized_job_outputs FROM jobs WHERE id = ?"
         self.get_error = "SELECT state, error_message FROM jobs WHERE id = ?"
@@ -494,6 +502,46 @@ class SqlDatabase(abc.ABC):
         outputs = _check_bytes(serialized_outputs, "serialized_outputs")
         target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
         return self._transition(job_id, lambda _: target, outputs=outputs)
+
+    def commit_outputs_many(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[int]:
+        checked = []
+        for job_id, serialized_outputs, has_commit in jobs:
+            jid = _valid_id(job_id, "job_id")
+            if not _in_range(jid):
+                raise JobNotFound(jid)
+            target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
+            checked.append((jid, _check_bytes(serialized_outputs, "serialized_outputs"), target))
+        if len({jid for jid, _, _ in checked}) != len(checked):
+            raise ValueError("commit_outputs_many: a job appears twice")
+        sql = self._sql
+
+        def tx(cur: Cursor) -> list[int]:
+            # Lock and validate every row first (one query per chunk, ids in order so that two
+            # such transactions lock in the same order), then one batched UPDATE per target.
+            states: dict[int, DbJobState] = {}
+            ids = sorted(jid for jid, _, _ in checked)
+            for start in range(0, len(ids), _LOCK_CHUNK):
+                chunk = ids[start : start + _LOCK_CHUNK]
+                cur.execute(
+                    sql.lock_jobs_prefix + _placeholders(len(chunk)) + sql.lock_jobs_suffix, chunk
+                )
+                for row in cur.fetchall():
+                    states[int(row[0])] = _db_state(row[1], int(row[0]))
+            updates: dict[DbJobState, list[tuple[str, bytes, int]]] = {}
+            for jid, outputs, target in checked:
+                current = states.get(jid)
+                if current is None:
+                    raise JobNotFound(jid)
+                if not is_valid_transition(current, target):
+                    raise InvalidJobStateTransition(current, target, job_id=jid)
+                updates.setdefault(target, []).append((target.db_name, outputs, jid))
+            for target, params in updates.items():
+                cur.executemany(sql.update_job(terminal=target.is_terminal, outputs=True), params)
+            return [int(target) for _, _, target in checked]
+
+        if not checked:
+            return []
+        return self._transaction(tx, write=True)
 
     def set_state(self, job_id: int, state: int) -> None:
         target = _state_arg(state)

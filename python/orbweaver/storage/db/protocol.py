@@ -109,6 +109,11 @@ class Database(Protocol):
         """
         ...
 
+    def commit_outputs_many(self, jobs: Sequence[tuple[int, bytes, bool]]) -> list[int]:
+        """:meth:`commit_outputs` for several ``(job_id, serialized_outputs, has_commit)`` in one
+        transaction, all or nothing; returns the new states in the order given."""
+        ...
+
     def set_state(self, job_id: int, state: int) -> None:
         """Validated transition to ``state`` (``ended_at`` set when terminal).
 
