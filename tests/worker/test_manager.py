@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -344,6 +345,66 @@ def test_worker_process_exits_zero_on_sigterm(
             assert job.result(timeout=WAIT) == [1.0]
     finally:
         worker.kill()
+
+
+@pytest.mark.parametrize("storage_state", ["unreachable", "hung"])
+def test_sigterm_while_starting_exits_zero(
+    storage_state: str, storage: StorageProcess, sched: FakeScheduler, tmp_path: Path
+) -> None:
+    # The worker cannot register: storage refuses connections, or accepts the call and hangs.
+    tap = StorageTap(storage.address if storage_state == "hung" else "127.0.0.1:1")
+    assert storage.popen is not None
+    if storage_state == "hung":
+        os.kill(storage.popen.pid, signal.SIGSTOP)  # the fixture resumes it
+    args = [
+        "worker",
+        "--storage",
+        tap.address,
+        "--scheduler",
+        sched.address,
+        "--tasks-dir",
+        str(TASKS_DIR),
+        "--processes",
+        "2",
+        "--ip",
+        "127.0.0.1",
+    ]
+    worker = ServiceProcess("worker", args, tmp_path)
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "orbweaver", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker.env,
+            start_new_session=True,
+        )
+    try:
+        wait_until(
+            lambda: tap.count("RegisterExecutionManager") >= 1,
+            timeout=WAIT,
+            what="the worker to try to register",
+        )
+        executors = psutil.Process(popen.pid).children()
+        assert len(executors) == 2
+        if storage_state == "hung":
+            # The registration call is in flight (it would hang for its whole deadline).
+            assert tap.of("RegisterExecutionManager")[-1].code is None
+        popen.send_signal(signal.SIGTERM)
+        code = popen.wait(timeout=60)
+        output = log_path.read_text(errors="replace")
+        assert code == 0, output[-3000:]
+        assert "Traceback" not in output and "Unavailable" not in output, output[-3000:]
+        for p in executors:
+            assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        # It never registered: nothing to tell the scheduler, nothing it could have drained.
+        assert sched.shutdowns == []
+        assert sched.polls == []
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(10)
+        tap.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,12 +308,15 @@ class ExecutionManager:
         request = pb.RegisterExecutionManagerRequest(
             ip_address=self.config.ip_address or _default_ip(), processes=self.config.processes
         )
-        reply = call_with_retry(
-            lambda: self._liveness.RegisterExecutionManager(request, timeout=10),
-            deadline=None,
-            stop=stop,
-            what="register with storage",
-        )
+        try:
+            reply = call_with_retry(
+                lambda: self._call(self._liveness.RegisterExecutionManager, request, 10, stop),
+                deadline=None,
+                stop=stop,
+                what="register with storage",
+            )
+        except grpc.FutureCancelledError:
+            raise errors.Unavailable("register with storage: stopped while calling") from None
         old = self._em_id
         self._em_id = reply.execution_manager_id
         self._advance_session(reply.session_id)
@@ -365,6 +368,9 @@ class ExecutionManager:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the executors, register with storage (retrying until it answers) and start
+        the EM's threads. A stop requested meanwhile (`request_stop`, e.g. SIGTERM) makes it
+        give up and return without error: nothing was fetched, so nothing needs draining."""
         try:
             self._pool.start()
             self._register()
@@ -375,8 +381,12 @@ class ExecutionManager:
             for i in range(self.config.processes):
                 self._spawn(f"runner-{i}", self._run_loop)
             self._spawn("fetcher", self._fetch_loop)
-        except BaseException:
+        except BaseException as exc:
+            asked_to_stop = self._stop_fetching.is_set()
             self.stop(drain=False)
+            if asked_to_stop and isinstance(exc, errors.Unavailable):
+                log.info("execution manager stopped while starting: %s", exc)
+                return
             raise
         self._started = True
         log.info(
