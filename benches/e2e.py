@@ -4,9 +4,10 @@ with MariaDB persistence, and the same workloads on Ray and Dask distributed, in
 * ``w1`` wide job: one job of 10,000 independent ``inc(x: int) -> int`` tasks; the time covers
   building the graph, submitting it, waiting and gathering every output.
 * ``w2`` small jobs: 1,000 diamond jobs (4 tasks each) submitted back to back, then all waited for
-  and their outputs gathered. Orbweaver submits them with ``Client.submit_many`` (the API for
-  many jobs of one graph, as Ray's and Dask's submissions are non-blocking); ``--w2-submit each``
-  uses one blocking ``Client.submit`` per job instead.
+  and their outputs gathered. Orbweaver submits them with ``Client.submit_many`` and collects them
+  with ``Client.gather`` (the APIs for many jobs, as Ray's and Dask's submissions are non-blocking
+  and they collect with ``ray.get`` / ``gather`` of a list); ``--w2-submit each`` uses one blocking
+  ``Client.submit`` and one ``Job.result`` per job instead.
 * ``nn``: workers spec 7.7, 10 layers x 1,000 neurons with 25 inputs each (relu / sigmoid /
   identity by layer); wall time, and the outputs checked against an in-process computation to a
   relative tolerance of 1e-12.
@@ -259,8 +260,12 @@ class OrbweaverRunner(Runner):
             jobs = [client.submit(g, nn.inputs)]
         t2 = time.perf_counter()
         outputs: list[Any] = []
-        for job in jobs:
-            outputs.extend(job.result(timeout=self.timeout))
+        if workload == "w2" and self.w2_submit == "many":  # as ray.get / Dask's gather of a list
+            for result in client.gather(jobs, timeout=self.timeout):
+                outputs.extend(result)
+        else:
+            for job in jobs:
+                outputs.extend(job.result(timeout=self.timeout))
         t3 = time.perf_counter()
         return outputs, {"build_s": t1 - t0, "submit_s": t2 - t1, "wait_and_outputs_s": t3 - t2}
 
@@ -491,7 +496,11 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
             "statistic": "median over repeats",
             "orbweaver": {
                 "db": args.db,
-                "w2_submit": "Client.submit_many" if args.w2_submit == "many" else "Client.submit",
+                "w2_submit": (
+                    "Client.submit_many + Client.gather"
+                    if args.w2_submit == "many"
+                    else "Client.submit + Job.result per job"
+                ),
                 "cluster": f"LocalCluster(workers={args.workers}, "
                 f"db=<{args.db}>, tasks_dir=benches/peers)",
                 **next((s.get("info", {}) for s in systems if s["system"] == "orbweaver"), {}),
@@ -601,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "--w2-submit",
         choices=["many", "each"],
         default="many",
-        help="Orbweaver W2: Client.submit_many (default) or one Client.submit per job",
+        help="Orbweaver W2: Client.submit_many + gather (default) or submit + result per job",
     )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "e2e.json")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)

@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 # Server-side waits are cut into chunks so a dead connection is noticed and retried.
 _WAIT_CHUNK_MS = 20_000
+# Jobs per WaitJobs call in Client.gather.
+_GATHER_CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +258,42 @@ class Client:
             flush()
         return jobs
 
+    def gather(self, jobs: Sequence[Job], timeout: float | None = None) -> list[list[Any]]:
+        """Wait for every job and return their outputs, in order (like ``ray.get`` of a list or
+        Dask's ``gather``): a few server-side waits for all of them instead of one per job.
+        Raises `JobFailed` / `JobCancelled` for the first such job in order, `JobTimeout` if
+        one is still unfinished after `timeout` seconds."""
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: dict[int, pb.WaitJobReply] = {}
+        ids = list(dict.fromkeys(job.id for job in jobs))
+        for start in range(0, len(ids), _GATHER_CHUNK):
+            chunk = ids[start : start + _GATHER_CHUNK]
+            while chunk:
+                remaining_ms = (
+                    _WAIT_CHUNK_MS
+                    if end is None
+                    else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
+                )
+                request = pb.WaitJobsRequest(
+                    job_ids=chunk, timeout_ms=remaining_ms, include_result=True
+                )
+
+                def call(
+                    r: pb.WaitJobsRequest = request, t: int = remaining_ms
+                ) -> pb.WaitJobsReply:
+                    return self._jobs.WaitJobs(r, timeout=t / 1000 + 10)
+
+                try:
+                    reply = call_with_retry(call, deadline=self.timeout, what="wait for jobs")
+                except errors.NotFound as exc:
+                    raise errors.JobNotFound(str(exc)) from exc
+                for job_id, job_reply in zip(chunk, reply.jobs, strict=True):
+                    replies[job_id] = job_reply
+                chunk = [j for j in chunk if not JobState(replies[j].state).is_terminal]
+                if end is not None and time.monotonic() >= end:
+                    break
+        return [job._result_of(replies[job.id], timeout) for job in jobs]
+
     def get_job(self, job_id: int, graph: TaskGraph | None = None) -> Job:
         """A handle to an existing job; with its `graph`, outputs are decoded to typed values."""
         job = Job(self, job_id, graph)
@@ -348,12 +386,14 @@ class Job:
         """Wait for the job and return its outputs; raise `JobFailed`, `JobCancelled` or
         `JobTimeout`."""
         # One call returns the state with the outputs or the error.
-        reply = self._wait(timeout, include_result=True)
+        return self._result_of(self._wait(timeout, include_result=True), timeout)
+
+    def _result_of(self, reply: pb.WaitJobReply, timeout: float | None) -> list[Any]:
         state = JobState(reply.state)
         if state == JobState.SUCCEEDED:
             if reply.serialized_outputs:
                 return self._decode_outputs(reply.serialized_outputs)
-            return self.outputs()
+            return self.outputs()  # omitted (too big to travel with others) or an old server
         if state == JobState.FAILED:
             raise errors.JobFailed(self.id, reply.error_message or self.error() or "unknown error")
         if state == JobState.CANCELLED:

@@ -60,12 +60,27 @@ def test_submit_many_runs_each_job_with_its_inputs(cluster: ow.LocalCluster) -> 
     jobs = client.submit_many(g, ([x] for x in range(23)), batch_size=5)
     assert len({job.id for job in jobs}) == 23
     assert [job.result(timeout=60) for job in jobs] == [[6 * x] for x in range(23)]
+    assert client.gather(jobs, timeout=60) == [[6 * x] for x in range(23)]
     # A mistake in any job's inputs is reported before anything is submitted.
     before = len(client.jobs(limit=1000))
     with pytest.raises(ow.InvalidInput, match=r"^job 2: graph input 0"):
         client.submit_many(g, [[1], [2], ["three"]])
     assert len(client.jobs(limit=1000)) == before
     assert client.submit_many(g, []) == []
+
+
+def test_gather_waits_for_all_and_raises_the_first_failure(cluster: ow.LocalCluster) -> None:
+    client = cluster.client()
+    g = ow.TaskGraph()
+    g.add(t.double)
+    jobs = client.submit_many(g, [[x] for x in range(5)])
+    assert client.gather(jobs[::-1], timeout=60) == [[2 * x] for x in reversed(range(5))]
+    bad = ow.TaskGraph()
+    bad.add(t.always_fail)
+    failing = client.submit(bad, [1])
+    with pytest.raises(ow.JobFailed, match=f"job {failing.id} failed"):
+        client.gather([jobs[0], failing], timeout=60)
+    assert client.gather([], timeout=1) == []
 
 
 def test_commit_task_receives_outputs(cluster: ow.LocalCluster, markers: Path) -> None:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import msgpack
 import pytest
 
 from orbweaver import _core
@@ -148,6 +149,30 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.token}")]
         return continuation(details._replace(metadata=metadata), request)
+
+
+def test_wait_jobs_leaves_results_beyond_the_message_budget_out(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """WaitJobs carries outputs up to half the message limit; the rest are marked omitted (the
+    client fetches those one by one) instead of failing the whole reply."""
+    proc = StorageProcess(sqlite_url, tmp_path, config="[storage]\nmax_message_bytes = 1048576\n")
+    proc.start()
+    try:
+        d = Driver(proc).setup()
+        jobs = [d.submit(graphs.single(), n, start=True) for n in range(3)]
+        for entry in d.poll():
+            ctx = d.register(entry.job_id, entry.task_id.index)
+            big = msgpack.packb(os.urandom(300_000))  # incompressible: 300 kB stored each
+            d.succeed(entry.job_id, 0, ctx.task_instance_id, _core.wire_encode([big]))
+        request = pb.WaitJobsRequest(job_ids=jobs, timeout_ms=10_000, include_result=True)
+        reply = d.s.jobs.WaitJobs(request, timeout=30)
+        assert all(j.state == JobState.SUCCEEDED for j in reply.jobs)
+        assert [j.result_omitted for j in reply.jobs] == [False, True, True]
+        assert reply.jobs[0].serialized_outputs and not reply.jobs[2].serialized_outputs
+    finally:
+        proc.close()
+        proc.terminate()
 
 
 def test_oversized_messages_get_a_clear_status(sqlite_url: str, tmp_path: Path) -> None:

@@ -472,6 +472,39 @@ def test_wait_job_with_result_returns_outputs_or_error(driver: Driver) -> None:
     assert reply.state == JobState.RUNNING and not reply.serialized_outputs
 
 
+def test_wait_jobs_returns_when_all_are_terminal(driver: Driver) -> None:
+    first, second = (driver.submit(graphs.single(), v, start=True) for v in (1, 2))
+    result: list[pb.WaitJobsReply] = []
+    request = pb.WaitJobsRequest(job_ids=[second, first], timeout_ms=30_000, include_result=True)
+    waiter = threading.Thread(
+        target=lambda: result.append(driver.s.jobs.WaitJobs(request, timeout=60))
+    )
+    waiter.start()
+    entries = {e.job_id: e for e in driver.poll()}
+    ctx = driver.register(first, entries[first].task_id.index)
+    driver.succeed(first, 0, ctx.task_instance_id, outputs_frame(10))
+    assert not result  # one job is still running
+    ctx = driver.register(second, entries[second].task_id.index)
+    driver.fail(second, 0, ctx.task_instance_id, "ValueError: nope")
+    waiter.join(60)
+    [reply] = result
+    assert [j.state for j in reply.jobs] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert "nope" in reply.jobs[0].error_message
+    assert decode_job_outputs(reply.jobs[1].serialized_outputs) == [10]
+    # A deadline returns what is known; an unknown job is NOT_FOUND; too many is refused.
+    running = driver.submit(graphs.single(), 5, start=True)
+    short = pb.WaitJobsRequest(job_ids=[first, running], timeout_ms=50)
+    states = [j.state for j in driver.s.jobs.WaitJobs(short, timeout=30).jobs]
+    assert states == [JobState.SUCCEEDED, JobState.RUNNING]
+    unknown = pb.WaitJobsRequest(job_ids=[first, 999_999], timeout_ms=50)
+    with pytest.raises(grpc.RpcError) as info:
+        driver.s.jobs.WaitJobs(unknown, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "999999" in info.value.details()
+    too_many = pb.WaitJobsRequest(job_ids=list(range(1, 10_002)), timeout_ms=50)
+    assert code_of(driver.s.jobs.WaitJobs, too_many) == grpc.StatusCode.INVALID_ARGUMENT
+    assert driver.storage.serving()
+
+
 def test_progress_counts_and_explanations(driver: Driver) -> None:
     job = driver.submit(graphs.diamond(), 3, start=True)
     reply = driver.s.jobs.GetJobProgress(

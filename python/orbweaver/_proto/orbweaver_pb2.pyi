@@ -371,11 +371,14 @@ class WaitJobReply(_message.Message):
     TERMINAL_FIELD_NUMBER: _builtins.int
     SERIALIZED_OUTPUTS_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    RESULT_OMITTED_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     terminal: _builtins.bool
     serialized_outputs: _builtins.bytes
     """With include_result: as in JobOutputsReply / JobErrorReply."""
     error_message: _builtins.str
+    result_omitted: _builtins.bool
+    """WaitJobs only: the outputs did not fit in this reply; fetch them with GetJobOutputs."""
     def __init__(
         self,
         *,
@@ -383,14 +386,65 @@ class WaitJobReply(_message.Message):
         terminal: _builtins.bool = ...,
         serialized_outputs: _builtins.bytes = ...,
         error_message: _builtins.str = ...,
+        result_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "serialized_outputs", b"serialized_outputs", "state", b"state", "terminal", b"terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "result_omitted", b"result_omitted", "serialized_outputs", b"serialized_outputs", "state", b"state", "terminal", b"terminal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitJobReply: _TypeAlias = WaitJobReply  # noqa: Y015
+
+@_typing.final
+class WaitJobsRequest(_message.Message):
+    """Orbweaver: wait for several jobs at once; returns when all are terminal or at the deadline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESULT_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    include_result: _builtins.bool
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        timeout_ms: _builtins.int = ...,
+        include_result: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_result", b"include_result", "job_ids", b"job_ids", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitJobsRequest: _TypeAlias = WaitJobsRequest  # noqa: Y015
+
+@_typing.final
+class WaitJobsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitJobReply]:
+        """One per requested job, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___WaitJobReply] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitJobsReply: _TypeAlias = WaitJobsReply  # noqa: Y015
 
 @_typing.final
 class TaskCounts(_message.Message):

@@ -75,6 +75,11 @@ class JobOrchestrationServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobReply.FromString,
                 _registered_method=True)
+        self.WaitJobs = channel.unary_unary(
+                '/orbweaver.v1.JobOrchestrationService/WaitJobs',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsReply.FromString,
+                _registered_method=True)
         self.GetJobProgress = channel.unary_unary(
                 '/orbweaver.v1.JobOrchestrationService/GetJobProgress',
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobProgressRequest.SerializeToString,
@@ -138,6 +143,12 @@ class JobOrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJobProgress(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -192,6 +203,11 @@ def add_JobOrchestrationServiceServicer_to_server(servicer, server):
                     servicer.WaitJob,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobReply.SerializeToString,
+            ),
+            'WaitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitJobs,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsReply.SerializeToString,
             ),
             'GetJobProgress': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobProgress,
@@ -420,6 +436,33 @@ class JobOrchestrationService:
             '/orbweaver.v1.JobOrchestrationService/WaitJob',
             orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.JobOrchestrationService/WaitJobs',
+            orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.WaitJobsReply.FromString,
             options,
             channel_credentials,
             insecure,

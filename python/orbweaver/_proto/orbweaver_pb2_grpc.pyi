@@ -55,6 +55,7 @@ class JobOrchestrationServiceStub:
     GetJobOutputs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobOutputsReply]
     GetJobError: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobErrorReply]
     WaitJob: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobRequest, _orbweaver_pb2.WaitJobReply]
+    WaitJobs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobsRequest, _orbweaver_pb2.WaitJobsReply]
     GetJobProgress: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobProgressRequest, _orbweaver_pb2.JobProgressReply]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ListJobsRequest, _orbweaver_pb2.ListJobsReply]
 
@@ -69,6 +70,7 @@ class JobOrchestrationServiceAsyncStub(JobOrchestrationServiceStub):
     GetJobOutputs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobOutputsReply]  # type: ignore[assignment]
     GetJobError: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobErrorReply]  # type: ignore[assignment]
     WaitJob: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobRequest, _orbweaver_pb2.WaitJobReply]  # type: ignore[assignment]
+    WaitJobs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobsRequest, _orbweaver_pb2.WaitJobsReply]  # type: ignore[assignment]
     GetJobProgress: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobProgressRequest, _orbweaver_pb2.JobProgressReply]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ListJobsRequest, _orbweaver_pb2.ListJobsReply]  # type: ignore[assignment]
 
@@ -128,6 +130,13 @@ class JobOrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orbweaver_pb2.WaitJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.WaitJobReply, _abc.Awaitable[_orbweaver_pb2.WaitJobReply]]: ...
+
+    @_abc_1.abstractmethod
+    def WaitJobs(
+        self,
+        request: _orbweaver_pb2.WaitJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.WaitJobsReply, _abc.Awaitable[_orbweaver_pb2.WaitJobsReply]]: ...
 
     @_abc_1.abstractmethod
     def GetJobProgress(

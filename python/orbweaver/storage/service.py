@@ -34,6 +34,8 @@ log = logging.getLogger("orbweaver.storage")
 
 T = TypeVar("T")
 _LOCK_STRIPES = 256
+# Most jobs one WaitJobs call may name.
+MAX_WAIT_JOBS = 10_000
 
 
 def now_ms() -> int:
@@ -326,23 +328,36 @@ class StorageService:
         )
 
     def wait_job(self, job_id: int, timeout_ms: int) -> JobState:
-        """Block until the job is terminal or the (capped) timeout passes.
+        """Block until the job is terminal or the (capped) timeout passes."""
+        return self.wait_jobs([job_id], timeout_ms)[0]
+
+    def wait_jobs(self, job_ids: Sequence[int], timeout_ms: int) -> list[JobState]:
+        """Block until every job is terminal or the (capped) timeout passes; the states in the
+        order given. An unknown job id is `JobNotFound`.
 
         Each waiting call holds a gRPC worker thread, so at most half of them may wait long;
         beyond that a call waits briefly and the client simply calls again."""
+        if len(job_ids) > MAX_WAIT_JOBS:
+            raise errors.InvalidArgument(
+                f"{len(job_ids)} jobs in one wait; at most {MAX_WAIT_JOBS} are allowed"
+            )
         long_wait = self._waiters.acquire(blocking=False)
         cap_ms = self._max_wait_ms if long_wait else 200
+        states: dict[int, JobState] = {}
+        pending = list(dict.fromkeys(job_ids))
         try:
             deadline = time.monotonic() + min(timeout_ms, cap_ms) / 1000
             while True:
-                # The generation read before the state check tells whether a job ended in
+                # The generation read before the state checks tells whether a job ended in
                 # between; without it such a notification would be missed.
                 with self._terminal:
                     generation = self._terminal_generation
-                state = self.get_state(job_id)
+                for job_id in pending:
+                    states[job_id] = self.get_state(job_id)
+                pending = [j for j in pending if not states[j].is_terminal]
                 remaining = deadline - time.monotonic()
-                if state.is_terminal or remaining <= 0:
-                    return state
+                if not pending or remaining <= 0:
+                    return [states[j] for j in job_ids]
                 with self._terminal:
                     if self._terminal_generation == generation:
                         self._terminal.wait(min(remaining, 1.0))  # 1 s: a safety net only

@@ -56,6 +56,7 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
     def __init__(self, svc: StorageService, token_authenticated: bool) -> None:
         self.svc = svc
         self.token_authenticated = token_authenticated
+        self.max_message_bytes = svc.config.max_message_bytes
 
     @servicer_method
     def RegisterJob(self, request: pb.RegisterJobRequest, context: Ctx) -> pb.RegisterJobReply:
@@ -110,11 +111,34 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
     @servicer_method
     def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobReply:
         state = self.svc.wait_job(request.job_id, request.timeout_ms)
+        return self._wait_reply(request.job_id, state, request.include_result, None)
+
+    @servicer_method
+    def WaitJobs(self, request: pb.WaitJobsRequest, context: Ctx) -> pb.WaitJobsReply:
+        states = self.svc.wait_jobs(request.job_ids, request.timeout_ms)
+        # Results beyond half the message limit are left for GetJobOutputs.
+        budget = [self.max_message_bytes // 2]
+        return pb.WaitJobsReply(
+            jobs=[
+                self._wait_reply(job_id, state, request.include_result, budget)
+                for job_id, state in zip(request.job_ids, states, strict=True)
+            ]
+        )
+
+    def _wait_reply(
+        self, job_id: int, state: JobState, include_result: bool, budget: list[int] | None
+    ) -> pb.WaitJobReply:
         reply = pb.WaitJobReply(state=_state(state), terminal=state.is_terminal)
-        if request.include_result and state == JobState.SUCCEEDED:
-            reply.serialized_outputs = self.svc.get_outputs(request.job_id)
-        elif request.include_result and state == JobState.FAILED:
-            reply.error_message = self.svc.get_error(request.job_id)
+        if include_result and state == JobState.SUCCEEDED:
+            outputs = self.svc.get_outputs(job_id)
+            if budget is not None and len(outputs) > budget[0]:
+                reply.result_omitted = True
+            else:
+                reply.serialized_outputs = outputs
+                if budget is not None:
+                    budget[0] -= len(outputs)
+        elif include_result and state == JobState.FAILED:
+            reply.error_message = self.svc.get_error(job_id)
         return reply
 
     @servicer_method
