@@ -1,7 +1,7 @@
 """Recovery benchmark: how fast a restarted storage service rebuilds its job cache.
 
 For each database backend and each job count N, a fresh database is filled with N Running jobs of
-10 tasks each (the rows ``register_job`` + ``start_job`` of the DB layer write), then a storage
+10 tasks each (the rows a started submission writes), then a storage
 process (``python -m orbweaver storage --db URL --listen 127.0.0.1:0 --ready-file F``) is started
 on it, ``--repeat`` times. Measured per start:
 
@@ -96,10 +96,11 @@ def _running_rows(db: Database) -> Any:
 
 
 def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Insert `jobs` Running jobs. ``api``: ``register_job`` + ``start_job`` per job (a thread
-    pool). ``bulk``: the first jobs through the API, the rest with the DB layer's own INSERT and
-    UPDATE statements executed many rows per transaction; every row is then compared with the
-    API-made ones (only the ids and timestamps differ)."""
+    """Insert `jobs` Running jobs as a started submission does. ``api``: ``register_job(...,
+    start=True)`` per job (a thread pool). ``bulk``: the first jobs that way, the rest with
+    ``register_jobs(..., start=True)`` (what ``Client.submit_many`` runs), many jobs per
+    transaction; every row is then compared with the API-made ones (only ids and timestamps
+    differ)."""
     g = job_graph()
     graph = g.compressed()
     db = open_database(url)
@@ -108,8 +109,7 @@ def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[s
         rg = db.add_resource_group("bench", b"")
 
         def api_job(i: int) -> None:
-            job_id, _ = db.register_job(rg, graph, g.encode_inputs([i, i + 1]), None)
-            db.start_job(job_id)
+            db.register_job(rg, graph, g.encode_inputs([i, i + 1]), None, start=True)
 
         n_api = jobs if method == "api" else min(jobs, API_SAMPLE)
         if n_api:
@@ -118,21 +118,12 @@ def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[s
             threads = 8 if url.startswith(("mariadb", "mysql")) else 1
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(api_job, range(n_api), chunksize=64))
-        sql = db._sql  # type: ignore[attr-defined]  # the statements register_job/start_job run
         running = DbJobState.RUNNING.db_name
         for lo in range(n_api, jobs, BULK_BATCH):
             hi = min(jobs, lo + BULK_BATCH)
-            rows = [(rg, graph, g.encode_inputs([i, i + 1]), None) for i in range(lo, hi)]
-
-            def batch(cur: Any, rows: list[Any] = rows) -> None:
-                cur.executemany(sql.insert_job, rows)
-                cur.execute(
-                    "SELECT id FROM jobs WHERE state = ? ORDER BY id", (DbJobState.READY.db_name,)
-                )
-                ids = [int(r[0]) for r in cur.fetchall()]
-                cur.executemany(sql.update_job(terminal=False), [(running, i) for i in ids])
-
-            db._transaction(batch, write=True)  # type: ignore[attr-defined]
+            db.register_jobs(
+                rg, graph, [(g.encode_inputs([i, i + 1]), None) for i in range(lo, hi)], start=True
+            )
             if hi % 20_000 == 0:
                 log(f"  seeded {hi:,} jobs")
         seconds = time.perf_counter() - started
@@ -144,7 +135,7 @@ def seed(url: str, jobs: int, method: str, log: Callable[[str], None]) -> dict[s
         if {(r[0], r[1], r[3], r[4], r[5], r[6]) for r in rows} != {
             (running, graph, None, None, None, rg)
         }:
-            raise RuntimeError("a seeded row is not what register_job + start_job write")
+            raise RuntimeError("a seeded row is not what a started submission writes")
         expected_inputs = sorted(g.encode_inputs([i, i + 1]) for i in range(jobs))
         if sorted(r[2] for r in rows) != expected_inputs:
             raise RuntimeError("seeded inputs differ from what a submission stores")
@@ -434,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed",
         choices=["bulk", "api"],
         default="bulk",
-        help="bulk: the DB layer's statements, many rows per transaction "
-        "(default); api: register_job + start_job per job",
+        help="bulk: register_jobs, many jobs per transaction (default); api: register_job per job",
     )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "recovery.json")
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ def run_until_signal(service: Service, on_ready: Callable[[], None] | None = Non
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start()
-    if on_ready is not None:
+    if on_ready is not None and not stop.is_set():  # a start cut short by a signal is not ready
         on_ready()
     while not stop.wait(0.2):
         if service.wait(0):

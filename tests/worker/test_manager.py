@@ -369,9 +369,10 @@ def test_sigterm_while_starting_exits_zero(
     ]
     worker = ServiceProcess("worker", args, tmp_path)
     log_path = tmp_path / "worker.log"
+    ready_file = tmp_path / "never-ready"
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "orbweaver", *args],
+            [sys.executable, "-m", "orbweaver", *args, "--ready-file", str(ready_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=worker.env,
@@ -393,6 +394,7 @@ def test_sigterm_while_starting_exits_zero(
         output = log_path.read_text(errors="replace")
         assert code == 0, output[-3000:]
         assert "Traceback" not in output and "Unavailable" not in output, output[-3000:]
+        assert not ready_file.exists()  # a start cut short never announces readiness
         for p in executors:
             assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
         # It never registered: nothing to tell the scheduler, nothing it could have drained.
