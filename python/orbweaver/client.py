@@ -70,6 +70,13 @@ class JobInfo:
     error: str | None
 
 
+def _wait_chunk_ms(end: float | None) -> int:
+    """The next server-side wait: a chunk, or what is left until `end` (monotonic)."""
+    if end is None:
+        return _WAIT_CHUNK_MS
+    return max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
+
+
 def _decode_plain(payloads: list[bytes]) -> list[Any]:
     return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in payloads]
 
@@ -269,11 +276,7 @@ class Client:
         for start in range(0, len(ids), _GATHER_CHUNK):
             chunk = ids[start : start + _GATHER_CHUNK]
             while chunk:
-                remaining_ms = (
-                    _WAIT_CHUNK_MS
-                    if end is None
-                    else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
-                )
+                remaining_ms = _wait_chunk_ms(end)
                 request = pb.WaitJobsRequest(
                     job_ids=chunk, timeout_ms=remaining_ms, include_result=True
                 )
@@ -363,11 +366,7 @@ class Job:
         end = None if timeout is None else time.monotonic() + timeout
         stub = self.client._jobs
         while True:
-            remaining_ms = (
-                _WAIT_CHUNK_MS
-                if end is None
-                else max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
-            )
+            remaining_ms = _wait_chunk_ms(end)
             request = pb.WaitJobRequest(
                 job_id=self.id, timeout_ms=remaining_ms, include_result=include_result
             )

@@ -270,12 +270,7 @@ class TaskGraph:
         """The graph as a Spider task-graph JSON object (not validated)."""
         tasks = []
         for t in self._tasks:
-            d: dict[str, Any] = {"tdl_context": _tdl_context(t.fn)}
-            policy = t.policy.to_json()
-            if policy is not None:
-                d["execution_policy"] = policy
-            d["inputs"] = [p.type.descriptor for p in t.fn.params]
-            d["outputs"] = [vt.descriptor for vt in t.fn.outputs]
+            d = _task_json(t.fn, t.policy)
             d["input_sources"] = (
                 None
                 if t.sources is None
@@ -299,13 +294,7 @@ class TaskGraph:
             key = (id(t.fn), t.policy)
             head = heads.get(key)
             if head is None:
-                d: dict[str, Any] = {"tdl_context": _tdl_context(t.fn)}
-                policy = t.policy.to_json()
-                if policy is not None:
-                    d["execution_policy"] = policy
-                d["inputs"] = [p.type.descriptor for p in t.fn.params]
-                d["outputs"] = [vt.descriptor for vt in t.fn.outputs]
-                head = heads[key] = _dumps(d)[:-1] + ',"input_sources":'
+                head = heads[key] = _dumps(_task_json(t.fn, t.policy))[:-1] + ',"input_sources":'
             if t.sources is None:
                 parts.append(head + "null}")
             else:
@@ -399,6 +388,17 @@ class TaskGraph:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _task_json(fn: TaskFunction[Any, Any], policy: TaskPolicy) -> dict[str, Any]:
+    """A task's JSON object without its ``input_sources``."""
+    d: dict[str, Any] = {"tdl_context": _tdl_context(fn)}
+    policy_json = policy.to_json()
+    if policy_json is not None:
+        d["execution_policy"] = policy_json
+    d["inputs"] = [p.type.descriptor for p in fn.params]
+    d["outputs"] = [vt.descriptor for vt in fn.outputs]
+    return d
 
 
 def _tdl_context(fn: TaskFunction[Any, Any]) -> dict[str, str]:

@@ -3,12 +3,13 @@ SQLite or MariaDB, with short liveness settings so failures are detected within 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import orbweaver as ow
+from support.procs import ServiceProcess
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -62,3 +63,45 @@ def sqlite_cluster(sqlite_url: str, tmp_path: Path, markers: Path) -> Iterator[o
     c = make_cluster(sqlite_url, tmp_path)
     with c:
         yield c
+
+
+@pytest.fixture
+def extra_workers(
+    tmp_path: Path, markers: Path
+) -> Iterator[Callable[[ow.LocalCluster, int], list[ServiceProcess]]]:
+    """Start `count` more `orbweaver worker` processes (one executor each) for a cluster."""
+    started: list[ServiceProcess] = []
+
+    def start(cluster: ow.LocalCluster, count: int) -> list[ServiceProcess]:
+        procs = []
+        for i in range(count):
+            workdir = tmp_path / f"extra-worker-{len(started)}"
+            workdir.mkdir()
+            proc = ServiceProcess(
+                "worker",
+                [
+                    "worker",
+                    "--storage",
+                    cluster.address,
+                    "--scheduler",
+                    cluster.scheduler_address,
+                    "--tasks-dir",
+                    str(TASKS_DIR),
+                    "--processes",
+                    "1",
+                    "--ip",
+                    "127.0.0.1",
+                ],
+                workdir,
+                env={"ORBWEAVER_TOKEN": cluster.token, "ORBWEAVER_TEST_MARKERS": str(markers)},
+            )
+            proc.start()
+            started.append(proc)
+            procs.append(proc)
+            assert proc.port > 0, f"extra worker {i} has no EM id"
+        return procs
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.kill()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,48 +23,6 @@ import placement_tasks as pt  # noqa: E402
 pytestmark = pytest.mark.timeout(240)
 
 GROUPS = ("alpha", "beta", "gamma")
-
-
-@pytest.fixture
-def extra_workers(
-    tmp_path: Path, markers: Path
-) -> Iterator[Callable[[ow.LocalCluster, int], list[ServiceProcess]]]:
-    """Start `count` more `orbweaver worker` processes (one executor each) for a cluster."""
-    started: list[ServiceProcess] = []
-
-    def start(cluster: ow.LocalCluster, count: int) -> list[ServiceProcess]:
-        procs = []
-        for i in range(count):
-            workdir = tmp_path / f"extra-worker-{len(started)}"
-            workdir.mkdir()
-            proc = ServiceProcess(
-                "worker",
-                [
-                    "worker",
-                    "--storage",
-                    cluster.address,
-                    "--scheduler",
-                    cluster.scheduler_address,
-                    "--tasks-dir",
-                    str(TASKS_DIR),
-                    "--processes",
-                    "1",
-                    "--ip",
-                    "127.0.0.1",
-                ],
-                workdir,
-                env={"ORBWEAVER_TOKEN": cluster.token, "ORBWEAVER_TEST_MARKERS": str(markers)},
-            )
-            proc.start()
-            started.append(proc)
-            procs.append(proc)
-            assert proc.port > 0, f"extra worker {i} has no EM id"
-        return procs
-
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.kill()
 
 
 def submit_jobs(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,46 +25,23 @@ HOLD_S = 0.2
 
 
 def test_slow_tasks_of_one_job_spread_over_two_workers(
-    sqlite_cluster: ow.LocalCluster, tmp_path: Path, markers: Path
+    sqlite_cluster: ow.LocalCluster,
+    extra_workers: Callable[[ow.LocalCluster, int], list[ServiceProcess]],
 ) -> None:
     cluster = sqlite_cluster
-    workdir = tmp_path / "extra-worker"
-    workdir.mkdir()
-    extra = ServiceProcess(
-        "worker",
-        [
-            "worker",
-            "--storage",
-            cluster.address,
-            "--scheduler",
-            cluster.scheduler_address,
-            "--tasks-dir",
-            str(TASKS_DIR),
-            "--processes",
-            "1",
-            "--ip",
-            "127.0.0.1",
-        ],
-        workdir,
-        env={"ORBWEAVER_TOKEN": cluster.token, "ORBWEAVER_TEST_MARKERS": str(markers)},
-    )
-    extra.start()
-    try:
-        assert extra.popen is not None
-        em_pids = {cluster.pid("worker"), extra.popen.pid}
-        g = ow.TaskGraph()
-        inputs: list[float | int] = []
-        for x in range(TASKS):
-            g.add(pt.where)
-            inputs += [x, HOLD_S]
-        # All tasks become ready at once: an EM that fetched as many as it may hold
-        # (256 per executor) would take them all in its first poll.
-        job = cluster.client().submit(g, inputs)
-        outputs = job.result(timeout=180)
-        assert outputs[0::2] == [3 * x for x in range(TASKS)]
-        ran_on = Counter(outputs[1::2])
-        assert set(ran_on) <= em_pids, f"a task ran somewhere unexpected: {ran_on}"
-        assert set(ran_on) == em_pids, f"one execution manager ran every task: {ran_on}"
-    finally:
-        extra.terminate()
-        extra.kill()
+    [extra] = extra_workers(cluster, 1)
+    assert extra.popen is not None
+    em_pids = {cluster.pid("worker"), extra.popen.pid}
+    g = ow.TaskGraph()
+    inputs: list[float | int] = []
+    for x in range(TASKS):
+        g.add(pt.where)
+        inputs += [x, HOLD_S]
+    # All tasks become ready at once: an EM that fetched as many as it may hold
+    # (256 per executor) would take them all in its first poll.
+    job = cluster.client().submit(g, inputs)
+    outputs = job.result(timeout=180)
+    assert outputs[0::2] == [3 * x for x in range(TASKS)]
+    ran_on = Counter(outputs[1::2])
+    assert set(ran_on) <= em_pids, f"a task ran somewhere unexpected: {ran_on}"
+    assert set(ran_on) == em_pids, f"one execution manager ran every task: {ran_on}"
