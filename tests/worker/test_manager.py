@@ -2,12 +2,16 @@
 (batch NextTasks / registration / reporting, a real pool of executor processes), plus dead-EM
 re-registration, concurrency up to `processes` and hard timeouts.
 
-The EM runs in the test process against a REAL storage process. It reaches storage through a
-`StorageTap` (a transparent recording proxy), so each test can see exactly which registrations,
-reports and heartbeats storage received and in which order. Where precise control over the
-assignments is needed, the scheduler is a `FakeScheduler` (an in-test gRPC SchedulerService that
-hands out crafted assignments and records acks, heartbeats and shutdowns); a few tests use the
-real scheduler process to show the whole path.
+The EM runs in the test process against a REAL storage process and, for the behaviours that
+do not need crafted assignments (1, 3, 4, 10-15), a REAL scheduler process. It reaches each
+through a tap (a transparent recording proxy), so a test sees exactly what storage and the
+scheduler received and in which order: registrations, reports, polls, deliveries, acks,
+heartbeats, shutdowns.
+
+Behaviours 5-9 (and the precise ack-during-outage half of 4) need assignments a real scheduler
+never hands out: an older or forged session, a scheduler that fails exactly the polls after a
+delivery. For those the scheduler is a `FakeScheduler`, an in-test gRPC SchedulerService that
+hands out crafted assignments and records what the EM says; storage stays real.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import grpc
 import msgpack
 import psutil
 import pytest
-from manager_helpers import FakeScheduler, SchedulerProcess, StorageTap, TapCall
+from manager_helpers import FakeScheduler, SchedulerProcess, SchedulerTap, StorageTap, TapCall
 
 import orbweaver as ow
 from orbweaver import _core
@@ -119,14 +123,36 @@ def client(storage: StorageProcess) -> Iterator[Client]:
 
 
 @pytest.fixture
-def make_em(tap: StorageTap, sched: FakeScheduler) -> Iterator[Callable[..., ExecutionManager]]:
-    """Build and start an EM wired to the tap and (by default) the fake scheduler."""
+def real_scheduler(storage: StorageProcess, tmp_path: Path) -> Iterator[SchedulerProcess]:
+    workdir = tmp_path / "scheduler"
+    workdir.mkdir()
+    proc = SchedulerProcess(storage.address, workdir)
+    proc.start()
+    yield proc
+    proc.terminate()
+
+
+@pytest.fixture
+def stap(real_scheduler: SchedulerProcess) -> Iterator[SchedulerTap]:
+    """The real scheduler, seen through a tap."""
+    t = SchedulerTap(real_scheduler.address)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def make_em(
+    tap: StorageTap, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ExecutionManager]]:
+    """Build and start an EM wired to the storage tap and to `scheduler=` (by default the fake
+    scheduler)."""
     ems: list[ExecutionManager] = []
 
     def make(start: bool = True, **overrides: Any) -> ExecutionManager:
+        if "scheduler" not in overrides:
+            overrides["scheduler"] = request.getfixturevalue("sched").address
         values: dict[str, Any] = {
             "storage": tap.address,
-            "scheduler": sched.address,
             "tasks_dir": TASKS_DIR,
             "processes": 1,
             "heartbeat_interval": 0.25,
@@ -190,6 +216,11 @@ def registration_items(call: TapCall) -> list[str]:
     return [i.WhichOneof("result") for i in reply.items]
 
 
+def accepted_reports(tap: StorageTap, job_id: int) -> list[TapCall]:
+    """Reports of `job_id` storage accepted (their reply went back through the tap)."""
+    return [r for r in tap.reports_of(job_id) if r.code == grpc.StatusCode.OK]
+
+
 def declared_dead(storage: StorageProcess, em_id: int) -> bool:
     """Probe (without heartbeating for it) whether storage considers `em_id` dead: a
     registration for an unknown job is refused as a whole only when the EM is dead."""
@@ -214,10 +245,10 @@ def declared_dead(storage: StorageProcess, em_id: int) -> bool:
 def test_start_registers_once_and_heartbeats(
     make_em: Callable[..., ExecutionManager],
     tap: StorageTap,
-    sched: FakeScheduler,
+    stap: SchedulerTap,
     storage: StorageProcess,
 ) -> None:
-    em = make_em()
+    em = make_em(scheduler=stap.address)
     [reg] = tap.of("RegisterExecutionManager")
     assert reg.code == grpc.StatusCode.OK
     assert reg.reply is not None
@@ -225,9 +256,10 @@ def test_start_registers_once_and_heartbeats(
     assert reply.execution_manager_id == em.em_id > 0
     assert em.session_id == reply.session_id == session_of(storage)
     wait_until(lambda: storage_beats(tap, em.em_id), timeout=WAIT, what="a storage heartbeat")
-    wait_until(lambda: sched.heartbeat_count(em.em_id), timeout=WAIT, what="a scheduler heartbeat")
+    wait_until(lambda: stap.heartbeats(em.em_id), timeout=WAIT, what="a scheduler heartbeat")
     wait_until(lambda: len(storage_beats(tap, em.em_id)) >= 3, timeout=WAIT, what="more heartbeats")
     assert tap.count("RegisterExecutionManager") == 1, "registered more than once"
+    assert stap.polls(em.em_id), "the EM does not poll the scheduler"
 
 
 @pytest.mark.parametrize("breakage", ["tasks_dir_removed", "python_unusable"])
@@ -268,15 +300,15 @@ def test_start_failure_is_clear_and_leaves_nothing_running(
 
 
 def test_stop_is_prompt_while_idle(
-    make_em: Callable[..., ExecutionManager], sched: FakeScheduler
+    make_em: Callable[..., ExecutionManager], stap: SchedulerTap
 ) -> None:
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
     # A long poll wait: stop() must not wait for the long poll to run out.
-    em = make_em(processes=2, poll_wait=25.0)
+    em = make_em(scheduler=stap.address, processes=2, poll_wait=25.0)
     assert len(em._pool.pids()) == 2
-    wait_until(
-        lambda: any(p.em_id == em.em_id for p in sched.polls),
+    [poll] = wait_until(
+        lambda: [c for c in stap.polls(em.em_id) if c.code is None],
         timeout=WAIT,
         what="the EM's long poll",
     )
@@ -290,9 +322,12 @@ def test_stop_is_prompt_while_idle(
         timeout=WAIT,
         what="executors to exit",
     )
-    [(_, shutdown)] = sched.shutdowns
-    assert shutdown.execution_manager_id == em.em_id
-    assert sched.outstanding() == set()
+    assert poll.done.wait(WAIT)
+    assert poll.code == grpc.StatusCode.CANCELLED, "the long poll was not cut short"
+    [shutdown] = stap.shutdowns()
+    assert shutdown.request.execution_manager_id == em.em_id
+    assert shutdown.done.wait(WAIT) and shutdown.code == grpc.StatusCode.OK
+    assert stap.outstanding() == set()
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
@@ -463,6 +498,37 @@ def test_scheduler_errors_are_retried_and_acks_are_never_lost(
     )
     assert sched.outstanding() == set()
     assert [len(registration_items(r)) for r in tap.of("RegisterTaskInstances")] == [1, 1, 1]
+
+
+def test_scheduler_killed_mid_run_is_survived(
+    make_em: Callable[..., ExecutionManager],
+    real_scheduler: SchedulerProcess,
+    stap: SchedulerTap,
+    client: Client,
+    tap: StorageTap,
+) -> None:
+    em = make_em(scheduler=stap.address, processes=2)
+    running = [submit(client, it.nap, 1.0) for _ in range(2)]
+    wait_until(
+        lambda: sum(progress(j).running for j in running) == 2, timeout=WAIT, what="two naps"
+    )
+    real_scheduler.kill()  # SIGKILL: every assignment it held is gone with it
+    # The EM keeps running the tasks it holds and reporting them; its polls fail meanwhile.
+    assert [j.result(timeout=WAIT) for j in running] == [[1.0], [1.0]]
+    wait_until(
+        lambda: [c for c in stap.polls(em.em_id) if c.code == grpc.StatusCode.UNAVAILABLE],
+        timeout=WAIT,
+        what="failed polls",
+    )
+    queued = [submit(client, it.fibonacci, n) for n in range(8)]  # while no scheduler runs
+    real_scheduler.start()  # same port, a new scheduler
+    assert [j.result(timeout=WAIT) for j in queued] == [[it.fibonacci(n)] for n in range(8)]
+    assert em_threads(), "the EM stopped"
+    assert tap.count("RegisterExecutionManager") == 1, "the EM registered again"
+    # Every task ran once: one accepted report per job.
+    for job in running + queued:
+        accepted = wait_until(lambda j=job: accepted_reports(tap, j.id), timeout=WAIT)
+        assert len(accepted) == 1, (job.id, accepted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,14 +764,13 @@ def test_registration_refused_as_a_whole_is_rescheduled_by_the_scheduler(
 def test_success_is_reported_with_its_identity_and_outputs(
     storage: StorageProcess,
     make_em: Callable[..., ExecutionManager],
-    sched: FakeScheduler,
+    stap: SchedulerTap,
     client: Client,
     tap: StorageTap,
 ) -> None:
-    em = make_em()
+    em = make_em(scheduler=stap.address)
     session = session_of(storage)
     job = submit(client, it.fibonacci, 10)
-    aid = sched.assign(job.id, 0, session)
     assert job.result(timeout=WAIT) == [55]
     [reg] = tap.registrations_of(job.id)
     assert reg.reply is not None
@@ -721,24 +786,23 @@ def test_success_is_reported_with_its_identity_and_outputs(
     assert outcome.task_instance_id == item.context.task_instance_id > 0
     assert outcome.WhichOneof("outcome") == "serialized_outputs"
     assert decode(outcome.serialized_outputs) == [55]
-    wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="ack")
-    assert sched.outstanding() == set()
+    # The scheduler handed the task out once, with the session storage runs, and got its ack.
+    [(aid, assignment)] = stap.delivered(job.id).items()
+    assert assignment.session_id == session
+    wait_until(lambda: aid in stap.acked(), timeout=WAIT, what="ack")
+    assert stap.outstanding() == set()
 
 
 def test_a_failure_then_a_success(
-    storage: StorageProcess,
     make_em: Callable[..., ExecutionManager],
-    sched: FakeScheduler,
+    stap: SchedulerTap,
     client: Client,
     tap: StorageTap,
 ) -> None:
-    make_em()
-    session = session_of(storage)
+    make_em(scheduler=stap.address)
     bad = submit(client, it.always_fail)
-    good = submit(client, it.fibonacci, 10)
-    sched.assign(bad.id, 0, session)
     assert bad.wait(timeout=WAIT) == JobState.FAILED
-    sched.assign(good.id, 0, session)
+    good = submit(client, it.fibonacci, 10)
     assert good.result(timeout=WAIT) == [55]
     error = bad.error() or ""
     assert "ValueError" in error and "always_fail" in error
@@ -746,20 +810,20 @@ def test_a_failure_then_a_success(
     [good_report] = tap.reports_of(good.id)
     assert bad_report.request.outcomes[0].WhichOneof("outcome") == "error_message"
     assert good_report.request.outcomes[0].WhichOneof("outcome") == "serialized_outputs"
-    assert sched.outstanding() == set()
+    assert len(stap.delivered(bad.id)) == len(stap.delivered(good.id)) == 1
+    wait_until(lambda: stap.outstanding() == set(), timeout=WAIT, what="every ack")
 
 
 def test_storage_outage_while_reporting(
     storage: StorageProcess,
     make_em: Callable[..., ExecutionManager],
-    sched: FakeScheduler,
+    stap: SchedulerTap,
     client: Client,
     tap: StorageTap,
 ) -> None:
-    em = make_em()
+    em = make_em(scheduler=stap.address)
     old_session = session_of(storage)
     job = submit(client, it.nap, 1.5)
-    sched.assign(job.id, 0, old_session)
     wait_until(
         lambda: [r for r in tap.registrations_of(job.id) if r.code == grpc.StatusCode.OK],
         timeout=WAIT,
@@ -780,14 +844,18 @@ def test_storage_outage_while_reporting(
         timeout=WAIT,
         what="the stale report to be dropped",
     )
-    assert not [r for r in tap.reports_of(job.id) if r.code == grpc.StatusCode.OK]
-    # The recovered job is re-offered under the new session and completes.
-    wait_until(lambda: em.session_id == new_session, timeout=WAIT, what="session refresh")
-    sched.assign(job.id, 0, new_session)
+    # Storage recovered the job and re-offered its task; the scheduler hands it out again under
+    # the new session and the same EM runs it.
     assert job.result(timeout=WAIT) == [1.5]
+    accepted = wait_until(lambda: accepted_reports(tap, job.id), timeout=WAIT, what="the report")
+    assert [r.request.session_id for r in accepted] == [new_session]
+    assert sorted(a.session_id for a in stap.delivered(job.id).values()) == [
+        old_session,
+        new_session,
+    ]
     later = submit(client, it.fibonacci, 10)
-    sched.assign(later.id, 0, new_session)
     assert later.result(timeout=WAIT) == [55]
+    assert tap.count("RegisterExecutionManager") == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -796,66 +864,72 @@ def test_storage_outage_while_reporting(
 
 
 def test_no_heartbeats_after_stop(
-    make_em: Callable[..., ExecutionManager], sched: FakeScheduler, tap: StorageTap
+    make_em: Callable[..., ExecutionManager], stap: SchedulerTap, tap: StorageTap
 ) -> None:
-    em = make_em(heartbeat_interval=0.1)
+    em = make_em(scheduler=stap.address, heartbeat_interval=0.1)
     wait_until(
-        lambda: len(storage_beats(tap, em.em_id)) >= 3 and sched.heartbeat_count(em.em_id) >= 3,
+        lambda: len(storage_beats(tap, em.em_id)) >= 3 and len(stap.heartbeats(em.em_id)) >= 3,
         timeout=WAIT,
         what="heartbeats",
     )
     em.stop()
-    storage_count, scheduler_count = len(storage_beats(tap, em.em_id)), sched.heartbeat_count()
+    storage_count, scheduler_count = len(storage_beats(tap, em.em_id)), len(stap.heartbeats())
     time.sleep(1.0)  # ten intervals
     assert len(storage_beats(tap, em.em_id)) == storage_count
-    assert sched.heartbeat_count() == scheduler_count
-    [(shutdown_at, _)] = sched.shutdowns
-    assert all(at < shutdown_at for at, _ in sched.heartbeats), "a heartbeat after Shutdown"
+    assert len(stap.heartbeats()) == scheduler_count
+    [shutdown] = stap.shutdowns()
+    assert all(h.seq < shutdown.seq for h in stap.heartbeats()), "a heartbeat after Shutdown"
 
 
 def test_storage_and_scheduler_heartbeats_in_lockstep(
-    make_em: Callable[..., ExecutionManager], sched: FakeScheduler, tap: StorageTap
+    make_em: Callable[..., ExecutionManager], stap: SchedulerTap, tap: StorageTap
 ) -> None:
-    em = make_em(heartbeat_interval=0.2)
+    em = make_em(scheduler=stap.address, heartbeat_interval=0.2)
     wait_until(
         lambda: len(storage_beats(tap, em.em_id)) >= 15,
         timeout=WAIT,
         what="three seconds of heartbeats",
     )
     storage_count = len(storage_beats(tap, em.em_id))
-    scheduler_count = sched.heartbeat_count(em.em_id)
+    scheduler_count = len(stap.heartbeats(em.em_id))
     assert abs(storage_count - scheduler_count) <= 2, (storage_count, scheduler_count)
 
 
 def test_stop_during_registration_leaves_the_assignment_unacked(
-    storage: StorageProcess,
     make_em: Callable[..., ExecutionManager],
-    sched: FakeScheduler,
+    stap: SchedulerTap,
     client: Client,
     tap: StorageTap,
 ) -> None:
-    em = make_em()
-    session = session_of(storage)
-    job = submit(client, it.fibonacci, 10)
-    assert storage.popen is not None
-    os.kill(storage.popen.pid, signal.SIGSTOP)  # storage hangs: calls to it stay in flight
+    em = make_em(scheduler=stap.address)
+    release = tap.hold_next("RegisterTaskInstances")  # the registration stays in flight
     try:
-        aid = sched.assign(job.id, 0, session)
+        job = submit(client, it.fibonacci, 10)
         [reg] = wait_until(
             lambda: tap.registrations_of(job.id),
             timeout=WAIT,
             what="the registration to be in flight",
         )
         assert reg.code is None
+        [aid] = stap.delivered(job.id)
         started = time.monotonic()
         em.stop()
         assert time.monotonic() - started < 10.0, "stop() waited for the registration"
     finally:
-        os.kill(storage.popen.pid, signal.SIGCONT)
-    [(_, shutdown)] = sched.shutdowns
-    assert shutdown.execution_manager_id == em.em_id
-    assert aid not in sched.shutdown_acks()
-    assert sched.outstanding() == {aid}
+        release.set()
+    assert reg.done.wait(WAIT) and reg.code == grpc.StatusCode.CANCELLED  # storage never saw it
+    [shutdown] = stap.shutdowns()
+    assert shutdown.request.execution_manager_id == em.em_id
+    assert shutdown.done.wait(WAIT) and shutdown.code == grpc.StatusCode.OK
+    assert aid not in stap.acked()
+    assert stap.outstanding() == {aid}
+    # Not acknowledged, so the scheduler reschedules it when the EM leaves: another EM runs it.
+    other = make_em(scheduler=stap.address)
+    assert job.result(timeout=WAIT) == [55]
+    [again] = set(stap.delivered(job.id)) - {aid}
+    ran = [r for r in tap.registrations_of(job.id) if r.code == grpc.StatusCode.OK]
+    assert [r.request.execution_manager_id for r in ran] == [other.em_id]
+    wait_until(lambda: again in stap.acked(), timeout=WAIT, what="the rerun's ack")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -902,16 +976,6 @@ def test_em_declared_dead_registers_again_and_keeps_working(
     assert job.result(timeout=WAIT) == [55]
     [reg] = tap.registrations_of(job.id)
     assert reg.request.execution_manager_id == em.em_id != old_id
-
-
-@pytest.fixture
-def real_scheduler(storage: StorageProcess, tmp_path: Path) -> Iterator[SchedulerProcess]:
-    workdir = tmp_path / "scheduler"
-    workdir.mkdir()
-    proc = SchedulerProcess(storage.address, workdir)
-    proc.start()
-    yield proc
-    proc.terminate()
 
 
 def test_tasks_run_concurrently_up_to_processes(
