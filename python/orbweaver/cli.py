@@ -113,6 +113,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         listen=args.listen,
         token=args.token or os.environ.get("ORBWEAVER_TOKEN") or None,
         log_dir=args.log_dir,
+        metrics_port=args.metrics_port,
     )
     import signal
     import threading
@@ -127,6 +128,12 @@ def cmd_local(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  database {db}; tasks from {tasks_dir}", flush=True)
+        if args.metrics_port is not None:
+            port = args.metrics_port
+            print(
+                f"  metrics: storage :{port}, scheduler :{port + 1}, worker :{port + 2}",
+                flush=True,
+            )
         print(
             f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
             flush=True,
@@ -323,11 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def service(
-        name: str, help_: str, fn: Callable[[argparse.Namespace], int]
+        name: str,
+        help_: str,
+        fn: Callable[[argparse.Namespace], int],
+        metrics_help: str = "serve Prometheus metrics on this port",
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
-        p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+        p.add_argument("--metrics-port", type=int, help=metrics_help)
         p.add_argument("--log-level", help="debug, info (default), warning, error")
         p.add_argument("--token", help="shared cluster token (default: $ORBWEAVER_TOKEN)")
         p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -350,7 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(fn=cmd_demo)
 
-    p = service("local", "run storage, scheduler and a worker on this machine", cmd_local)
+    p = service(
+        "local",
+        "run storage, scheduler and a worker on this machine",
+        cmd_local,
+        metrics_help="serve Prometheus metrics: storage on this port, the scheduler on the "
+        "next, the worker on the one after",
+    )
     p.add_argument("--db", help="database URL (default: sqlite:///orbweaver.db)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--tasks-dir", help="directory of task modules (default: current directory)")

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgpack
@@ -94,10 +95,13 @@ class Client:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tasks_dir: str | Path | None = None,
     ) -> None:
         """`timeout`: how long a call keeps retrying transient failures (a storage restart);
         `connect_timeout`: how long the first call waits for a storage that was never reached,
-        so a wrong address fails fast."""
+        so a wrong address fails fast; `tasks_dir`: the tasks directory of the workers this
+        client submits to, when known (a `LocalCluster`'s): a graph with a task that does not
+        live there is refused at submission instead of failing in every executor."""
         if security is None:
             security = Security(token=token)
         elif token is not None:
@@ -108,11 +112,23 @@ class Client:
         self.connect_timeout = connect_timeout
         self._reached = False
         self.max_message_bytes = max_message_bytes
+        self.tasks_dir = Path(tasks_dir).resolve() if tasks_dir is not None else None
         self._channel = make_channel(address, security, max_message_bytes=max_message_bytes)
         self._jobs = pb_grpc.JobOrchestrationServiceStub(self._channel)
         self._groups = pb_grpc.ResourceGroupManagementServiceStub(self._channel)
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _check_tasks_dir(self, graph: TaskGraph) -> None:
+        if self.tasks_dir is None:
+            return
+        for fn in graph.functions():
+            if fn.tasks_dir != self.tasks_dir:
+                raise errors.InvalidGraph(
+                    f"task `{fn.qualified_name}` is defined in {fn.tasks_dir}, but the workers "
+                    f"import tasks from {self.tasks_dir}: pass tasks_dir= to the cluster (or "
+                    "move the task there)"
+                )
 
     def _call(
         self, what: str, fn: Callable[..., T], request: Any, timeout: float | None = None
@@ -194,6 +210,7 @@ class Client:
     ) -> Job:
         """Submit `graph` with its graph inputs (flattened in task order, then position)."""
         group = self._group(resource_group)
+        self._check_tasks_dir(graph)
         compressed_graph = graph.compressed()
         compressed_inputs = graph.encode_inputs(inputs)
         self._check_size(len(compressed_graph) + len(compressed_inputs), "the submission")
@@ -227,6 +244,7 @@ class Client:
         if batch_size < 1:
             raise errors.InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
         group = self._group(resource_group)
+        self._check_tasks_dir(graph)
         compressed_graph = graph.compressed()
         encoded: list[bytes] = []
         for index, values in enumerate(inputs):

@@ -256,13 +256,14 @@ class TaskGraph:
                     out.append(GraphOutput(len(out), ti, t.fn.qualified_name, pos, vt))
         return out
 
+    def functions(self) -> list[TaskFunction[Any, Any]]:
+        """The distinct task functions used, termination tasks included, in graph order."""
+        fns = [t.fn for t in self._tasks] + [f for f in (self._commit, self._cleanup) if f]
+        return list(dict.fromkeys(fns))
+
     def tasks_dirs(self) -> list[Path]:
         """The distinct tasks directories of the functions used (termination tasks included)."""
-        fns = [t.fn for t in self._tasks] + [f for f in (self._commit, self._cleanup) if f]
-        seen: dict[Path, None] = {}
-        for fn in fns:
-            seen.setdefault(fn.tasks_dir, None)
-        return list(seen)
+        return list(dict.fromkeys(fn.tasks_dir for fn in self.functions()))
 
     # -- serialisation ---------------------------------------------------------------------------
 

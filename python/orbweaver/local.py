@@ -26,6 +26,7 @@ from typing import IO, Literal
 
 from orbweaver import errors
 from orbweaver.client import Client, ResourceGroup
+from orbweaver.tdl.task import registered_tasks_dirs
 
 log = logging.getLogger("orbweaver.local")
 
@@ -43,9 +44,19 @@ class _Process:
     port: int = 0
 
 
+def _default_tasks_dir() -> Path:
+    """Where the cluster's executors import tasks from when `tasks_dir` is not given: the
+    directory of the module that defines the tasks, when the tasks imported so far all live in
+    one; otherwise the directory of the module that creates the cluster."""
+    dirs = registered_tasks_dirs()
+    if len(dirs) == 1:
+        return dirs[0]
+    return _caller_dir()
+
+
 def _caller_dir() -> Path:
     """The directory of the module that created the cluster: where its tasks usually live."""
-    for frame in inspect.stack()[2:]:
+    for frame in inspect.stack()[3:]:
         module = inspect.getmodule(frame.frame)
         name = module.__name__ if module is not None else ""
         if name.startswith("orbweaver") or name.startswith("contextlib"):
@@ -78,11 +89,17 @@ class LocalCluster:
         scheduler_args: list[str] | None = None,
         worker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        """`metrics_port`: serve Prometheus metrics, the storage service's on this port, the
+        scheduler's on the next and the worker's on the one after."""
         if workers < 1:
             raise ValueError("LocalCluster needs at least one worker process")
+        if metrics_port is not None and not 0 < metrics_port <= 65533:
+            raise ValueError(f"metrics_port must be in 1..65533, got {metrics_port}")
+        self.metrics_port = metrics_port
         self.workers = workers
-        self.tasks_dir = Path(tasks_dir).resolve() if tasks_dir else _caller_dir()
+        self.tasks_dir = Path(tasks_dir).resolve() if tasks_dir else _default_tasks_dir()
         self.listen = listen
         self.token = token or secrets.token_urlsafe(24)
         self.start_timeout = start_timeout
@@ -153,6 +170,9 @@ class LocalCluster:
             return client.resource_group(DEFAULT_GROUP, b"")
 
     def new_client(self, **kwargs: object) -> Client:
+        """A new client of this cluster: it carries the token and the default resource group,
+        and refuses a graph whose tasks the cluster's executors could not import."""
+        kwargs.setdefault("tasks_dir", self.tasks_dir)
         client = Client(self.address, token=self.token, **kwargs)  # type: ignore[arg-type]
         if self._group is not None:
             client.default_resource_group = self._group
@@ -185,6 +205,9 @@ class LocalCluster:
                 "--processes",
                 str(self.workers),
             ]
+        if self.metrics_port is not None:
+            offset = ("storage", "scheduler", "worker").index(name)
+            args += ["--metrics-port", str(self.metrics_port + offset)]
         return [*args, "--ready-file", str(ready_file), *self._extra_args[name]]
 
     def start_component(self, name: Component) -> None:

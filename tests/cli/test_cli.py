@@ -7,6 +7,7 @@ The CLI is run as `python -m orbweaver`, the same `main` as the `orbweaver` scri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -17,12 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import orbweaver as ow
 
@@ -66,6 +69,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise AssertionError(f"no {count} consecutive free ports")
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -196,6 +216,7 @@ def test_demo(tmp_path: Path) -> None:
 class Local:
     popen: subprocess.Popen[str]
     port: int
+    metrics_port: int
     lines: list[str] = field(default_factory=list)
     address: str = ""
     token: str = ""
@@ -219,15 +240,17 @@ class Local:
 
 def start_local(tmp: Path) -> Local:
     port = free_port()
+    metrics_port = free_ports(3)
     popen = subprocess.Popen(
         [*ORBWEAVER, "local", "--db", f"sqlite:///{tmp / 'jobs.db'}", "--workers", "2",
-         "--tasks-dir", str(TASKS), "--listen", f"127.0.0.1:{port}", "--log-dir", str(tmp)],
+         "--tasks-dir", str(TASKS), "--listen", f"127.0.0.1:{port}", "--log-dir", str(tmp),
+         "--metrics-port", str(metrics_port)],
         env=base_env(),
         stdout=subprocess.PIPE,
         stderr=(tmp / "local.stderr").open("w"),
         text=True,
     )  # fmt: skip
-    local = Local(popen, port)
+    local = Local(popen, port, metrics_port)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
@@ -285,6 +308,30 @@ class TestLocal:
         out = local.run("outputs", str(job_id))
         assert out.returncode == 0, show(out)
         assert json.loads(out.stdout) == [14]
+
+    def test_every_component_serves_its_metrics(self, local: Local) -> None:
+        base = local.metrics_port
+        assert any(
+            f"metrics: storage :{base}, scheduler :{base + 1}, worker :{base + 2}" in line
+            for line in local.lines
+        ), local.lines
+        proc = local.submit("cli_tasks:diamond", [1, 2], "--wait")
+        assert proc.returncode == 0, show(proc)
+        expected = {
+            base: ("orbweaver_storage_jobs_registered_total", {}),
+            base + 1: ("orbweaver_scheduler_assignments_dispatched_total", {}),
+            base + 2: ("orbweaver_worker_tasks_total", {"result": "success"}),
+        }
+        for port, (name, labels) in expected.items():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            values = [
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == name and labels.items() <= sample.labels.items()
+            ]
+            assert values and sum(values) > 0, (port, name, text[:2000])
 
     def test_submit_prints_dataclass_outputs_as_objects(self, local: Local) -> None:
         proc = local.submit("cli_tasks:segment", ["ab", 3.0, 4.0], "--wait")

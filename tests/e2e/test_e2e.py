@@ -3,8 +3,11 @@ MariaDB: the behaviours users rely on."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -165,6 +168,79 @@ def test_wrong_password_is_rejected(cluster: ow.LocalCluster) -> None:
         client.resource_group("team-a", "wrong")
     with pytest.raises(ow.Unauthenticated), ow.Client(cluster.address) as tokenless:
         tokenless.submit(g, [1], resource_group=group)
+
+
+def test_tasks_the_executors_cannot_import_are_refused_at_submission(
+    cluster: ow.LocalCluster,
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker" / "tasks"))
+    import integration_tasks as elsewhere
+
+    client = cluster.client()
+    g = ow.TaskGraph()
+    g.add(t.inc)
+    g.add(elsewhere.fibonacci)
+    jobs_before = len(client.jobs(limit=1000))
+    with pytest.raises(ow.InvalidGraph) as err:
+        client.submit(g, [1, 10])
+    message = str(err.value)
+    assert "task `integration_tasks.fibonacci`" in message
+    assert str(cluster.tasks_dir) in message and "tasks_dir=" in message
+    with pytest.raises(ow.InvalidGraph, match=r"integration_tasks\.fibonacci"):
+        client.submit_many(g, [[1, 10]])
+    assert len(client.jobs(limit=1000)) == jobs_before, "a refused graph was registered"
+    # A client of the same storage that does not know the workers' tasks directory submits it;
+    # it then fails in the executor with a readable error.
+    with cluster.new_client(tasks_dir=None) as blind:
+        job = blind.submit(g, [1, 10])
+        assert job.wait(timeout=60) == ow.JobState.FAILED
+        assert "integration_tasks" in (job.error() or "")
+
+
+def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path: Path) -> None:
+    """The program that creates the cluster lives elsewhere than its tasks module: the executors
+    import from the tasks module's directory all the same."""
+    tasks = tmp_path / "lib"
+    tasks.mkdir()
+    (tasks / "shouting.py").write_text(
+        textwrap.dedent(
+            """
+            import orbweaver as ow
+
+            @ow.task
+            def shout(word: str) -> str:
+                return word.upper() + "!"
+            """
+        )
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(tasks)!r})
+            import orbweaver as ow
+            import shouting
+
+            with ow.LocalCluster(workers=1, log_dir={str(tmp_path / "logs")!r}) as cluster:
+                g = ow.TaskGraph()
+                g.add(shouting.shout)
+                print(cluster.tasks_dir)
+                print(cluster.client().submit(g, ["hey"]).result(timeout=60)[0])
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(app / "main.py")],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(ow.__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [str(tasks), "HEY!"]
 
 
 def test_several_resource_groups_share_the_cluster(cluster: ow.LocalCluster) -> None:

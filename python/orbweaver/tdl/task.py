@@ -151,6 +151,20 @@ def registered_task(package: str, task_func: str) -> TaskFunction[Any, Any] | No
     return _registry.get((package, task_func))
 
 
+def registered_tasks_dirs() -> list[Path]:
+    """The distinct tasks directories of the tasks registered in this process so far (Orbweaver's
+    own and unaddressable ones left out), in registration order."""
+    seen: dict[Path, None] = {}
+    for (package, _), fn in list(_registry.items()):
+        if package == "orbweaver":
+            continue
+        try:
+            seen.setdefault(fn.tasks_dir, None)
+        except errors.InvalidArgument:
+            continue
+    return list(seen)
+
+
 def is_registered(obj: object) -> bool:
     """Whether `obj` is a `TaskFunction` registered under its own address."""
     if not isinstance(obj, TaskFunction) or obj._address is None:
