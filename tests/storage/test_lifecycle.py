@@ -78,6 +78,7 @@ def test_evicted_jobs_are_served_from_the_database(short: Driver) -> None:
         (d.cancel, (done,)),
         (d.start, (done,)),
         (d.register, (done, 0)),
+        (d.fail, (failed, 0, ctx.task_instance_id, "a late retry of the report")),
         (d.outputs, (failed,)),
     ):
         with pytest.raises(grpc.RpcError) as info:
@@ -209,23 +210,40 @@ def test_sigterm_stops_cleanly_with_json_logs(sqlite_url: str, tmp_path: Path) -
     assert all({"ts", "level", "component", "msg"} <= entry.keys() for entry in lines)
 
 
-def test_start_up_failure_is_reported(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orbweaver",
-            "storage",
-            "--db",
-            "postgres://nope",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+def run_storage(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orbweaver", "storage", "--listen", "127.0.0.1:0", *args],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "python")},
     )
+
+
+def test_start_up_failure_is_reported(tmp_path: Path) -> None:
+    result = run_storage("--db", "postgres://nope")
     assert result.returncode != 0
     assert "postgres" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("task_capacity = 0", "task_capacity must be > 0"),
+        ("recovery_page_size = -5", "recovery_page_size must be > 0"),
+        ("em_stale_cutoff = 0.0", "em_stale_cutoff must be > 0 seconds"),
+        ("job_cache_retention = -1.0", "job_cache_retention must be > 0 seconds"),
+        ("job_retention = 0.0", "job_retention must be > 0 seconds (or unset)"),
+        ("max_wait = 0", "max_wait must be > 0 seconds"),
+    ],
+)
+def test_a_zero_or_negative_setting_is_refused_at_start(
+    setting: str, message: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "storage.toml"
+    config.write_text(f"[storage]\n{setting}\n")
+    result = run_storage("--db", sqlite_url, "--config", str(config))
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

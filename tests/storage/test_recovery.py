@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
@@ -180,3 +182,13 @@ def test_ten_thousand_running_jobs_recover_through_paging(
     wait_until(drain, timeout=120, interval=0, what="all recovered jobs offered")
     assert seen == set(ids)
     assert {driver.state(j) for j in ids[::997]} == {JobState.RUNNING}
+    # The restart read the jobs page by page, never all rows at once.
+    [*_, recovered] = [
+        entry
+        for line in storage.logs().splitlines()
+        if line.startswith("{")
+        for entry in [json.loads(line)]
+        if entry["msg"] == "job cache recovered"
+    ]
+    assert recovered["jobs"] >= len(ids)
+    assert recovered["pages"] >= len(ids) // 100, recovered

@@ -310,6 +310,36 @@ def test_unknown_execution_manager_is_rejected(driver: Driver) -> None:
     assert driver.storage.serving()
 
 
+def test_reports_for_a_job_not_in_the_cache_are_refused(driver: Driver) -> None:
+    """Success and failure reports for a job the cache does not hold: FAILED_PRECONDITION ("cache
+    stale", storage spec 8.3; NOT_FOUND on these RPCs means a stale session, which EMs treat
+    differently), nothing created, the service stays up."""
+    unknown = 999_999
+    for report in (
+        lambda: driver.succeed(unknown, 0, 1, outputs_frame(1)),
+        lambda: driver.fail(unknown, 0, 1, "boom"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            report()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"job {unknown}" in (info.value.details() or "")
+    assert code_of(driver.state, unknown) == grpc.StatusCode.NOT_FOUND
+    # A finished job: its instance reports again (a retry after a lost reply) change nothing.
+    job = driver.submit(graphs.single(), 5, start=True)
+    ctx = driver.register(job, 0)
+    driver.succeed(job, 0, ctx.task_instance_id, outputs_frame(8))
+    assert (
+        code_of(driver.succeed, job, 0, ctx.task_instance_id, outputs_frame(9))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert code_of(driver.fail, job, 0, ctx.task_instance_id, "late") == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert driver.state(job) == JobState.SUCCEEDED
+    assert decode_job_outputs(driver.outputs(job)) == [8]
+    assert driver.storage.serving()
+
+
 def test_success_transitions_job_to_succeeded(driver: Driver) -> None:
     job = driver.submit(graphs.diamond(), 3, start=True)
     seen = []
@@ -417,6 +447,29 @@ def test_commit_task_receives_outputs_and_finishes_job(driver: Driver) -> None:
     driver.succeed(job, COMMIT, ctx.task_instance_id, b"")
     assert driver.state(job) == JobState.SUCCEEDED
     assert decode_job_outputs(driver.outputs(job)) == [11]
+
+
+def test_each_lane_delivers_its_entry_intact(driver: Driver) -> None:
+    """Ready, commit and cleanup lanes hand out entries with resource group, job and task kind
+    as registered."""
+    ready = driver.submit(graphs.single(), 5, start=True)
+    [entry] = driver.poll()
+    assert (entry.resource_group_id, entry.job_id, entry.task_id.index) == (driver.rg, ready, 0)
+    assert entry.task_id.WhichOneof("kind") == "index"
+    committing = driver.submit(graphs.single(commit=True), 5, start=True)
+    run_single(driver, committing)
+    [commit] = driver.poll("commit")
+    assert (commit.resource_group_id, commit.job_id) == (driver.rg, committing)
+    assert commit.task_id.WhichOneof("kind") == "commit"
+    cleaning = driver.submit(graphs.single(cleanup=True), 5, start=True)
+    assert [e.job_id for e in driver.poll()] == [cleaning]
+    assert driver.cancel(cleaning) == JobState.CLEANUP_READY
+    [cleanup] = driver.poll("cleanup")
+    assert (cleanup.resource_group_id, cleanup.job_id) == (driver.rg, cleaning)
+    assert cleanup.task_id.WhichOneof("kind") == "cleanup"
+    # Nothing else is queued: each entry went out once, on its own lane.
+    for lane in ("tasks", "commit", "cleanup"):
+        assert driver.poll(lane, wait_ms=50) == [], lane
 
 
 def test_commit_ready_job_without_cleanup_cannot_be_cancelled(driver: Driver) -> None:

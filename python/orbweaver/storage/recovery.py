@@ -70,6 +70,7 @@ def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> Recove
         extra={
             "jobs": report.total,
             "failed": len(report.failed),
+            "pages": report.pages,
             "seconds": round(report.seconds, 3),
             **{f"state_{s.name.lower()}": n for s, n in report.recovered.items()},
         },
