@@ -379,6 +379,27 @@ def test_package_import_error_is_reported(executor: RawExecutor) -> None:
     assert "broken_import.py" in response["error"]["traceback"]
 
 
+def test_init_hook_runs_in_the_executor(executor: RawExecutor) -> None:
+    assert outputs(executor.run("integration_tasks", "assert_initialized", wire())) == [
+        executor.proc.pid
+    ]
+
+
+def test_failing_init_hook_is_reported_and_the_executor_survives() -> None:
+    ex = RawExecutor(env={"ORBWEAVER_TEST_TASKS_INIT_SHOULD_FAIL": "1"})
+    try:
+        for _ in range(2):  # every attempt reports it; the executor keeps serving
+            response = ex.run("integration_tasks", "assert_initialized", wire())
+            assert response["error"]["type"] == "PackageImportError"
+            message = response["error"]["message"]
+            assert "integration_tasks" in message
+            assert "initialisation failed on purpose" in message
+            assert "integration_tasks.py" in response["error"]["traceback"]
+        assert outputs(ex.run("nested_pkg", "sub.mod.triple", wire(2))) == [6]
+    finally:
+        ex.close()
+
+
 def test_response_larger_than_the_frame_limit_becomes_an_error() -> None:
     ex = RawExecutor(args=["--max-frame-bytes", "4096"])
     try:

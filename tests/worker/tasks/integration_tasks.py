@@ -12,6 +12,14 @@ from pathlib import Path
 
 import orbweaver as ow
 
+# The analogue of the reference package's init hook: importing the tasks module is its
+# initialisation. It fails on purpose when ORBWEAVER_TEST_TASKS_INIT_SHOULD_FAIL is set; the
+# `assert_initialized` task checks that it ran in the executor that runs the task.
+INIT_SHOULD_FAIL = "ORBWEAVER_TEST_TASKS_INIT_SHOULD_FAIL"
+if os.environ.get(INIT_SHOULD_FAIL):
+    raise RuntimeError(f"integration_tasks initialisation failed on purpose ({INIT_SHOULD_FAIL})")
+_initialised_in = os.getpid()
+
 
 @ow.task
 def fibonacci(n: int) -> int:
@@ -162,3 +170,11 @@ def exit_via_sys_exit() -> int:
 @ow.task
 def make_text(n: int) -> str:
     return "x" * n
+
+
+@ow.task
+def assert_initialized() -> int:
+    """The pid the module was initialised in, which must be this executor's."""
+    if _initialised_in != os.getpid():
+        raise AssertionError(f"initialised in {_initialised_in}, running in {os.getpid()}")
+    return _initialised_in
