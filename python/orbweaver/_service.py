@@ -1,5 +1,6 @@
-"""Running a long-lived component in the foreground: start it, announce readiness, stop cleanly
-on SIGTERM/SIGINT (or when the component stops by itself), and return its exit code."""
+"""Running a long-lived component: in the foreground, start it, announce readiness, stop cleanly
+on SIGTERM/SIGINT (or when the component stops by itself) and return its exit code; and its
+Prometheus endpoint, which lives exactly as long as the component."""
 
 from __future__ import annotations
 
@@ -10,7 +11,27 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 log = logging.getLogger("orbweaver")
+
+
+class MetricsServer:
+    """A component's Prometheus endpoint (`/metrics` on `host:port`; port 0 picks a free one).
+    `close()` frees the port, so a component stopped inside a longer-lived process (tests, an
+    application embedding a worker) leaves nothing listening."""
+
+    def __init__(self, port: int, registry: CollectorRegistry, host: str = "0.0.0.0") -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
 
 
 class Service(Protocol):

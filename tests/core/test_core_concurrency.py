@@ -218,3 +218,30 @@ def test_concurrent_pollers_see_every_entry_exactly_once() -> None:
     assert len(seen) == n_jobs * per_job
     assert len(set(seen)) == n_jobs * per_job
     assert cache.queue_depths() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("call", ["poll", "poll_all"])
+def test_a_waiting_poll_releases_the_gil(call: str) -> None:
+    """A poll that waits does so without the GIL: while it waits, this thread runs Python and
+    hands it the work it waits for. With the GIL held, this thread could not run until the
+    30 s wait ran out, and the poll would return empty."""
+    cache = core.JobCache()
+    returned: list[object] = []
+    about_to_poll = threading.Event()
+
+    def poller() -> None:
+        about_to_poll.set()
+        if call == "poll":
+            returned.append(cache.poll(core.LANE_TASK, 1, 30_000))
+        else:
+            returned.append(cache.poll_all(1, 1, 1, 30_000)[0])
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    about_to_poll.wait(TIMEOUT_S)
+    total = sum(i * i for i in range(200_000))  # Python work while the poll waits
+    assert total > 0 and thread.is_alive() and returned == []
+    cache.insert(1, 4, submission(graph([task("inc", 1, 1, None)]), [b"v"]))
+    cache.start(1)
+    thread.join(TIMEOUT_S)
+    assert returned == [[(4, 1, 0)]]

@@ -18,6 +18,8 @@ import pytest
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.states import JobState
+from orbweaver.storage.config import StorageConfig
+from orbweaver.storage.server import StorageRuntime
 from support import graphs
 from support.driver import Driver
 from support.graphs import decode_job_outputs, outputs_frame
@@ -122,6 +124,25 @@ def test_metrics_endpoint(sqlite_url: str, tmp_path: Path) -> None:
     finally:
         proc.close()
         proc.terminate()
+
+
+def test_stopping_the_runtime_closes_the_metrics_endpoint(sqlite_url: str) -> None:
+    port = free_port()
+    runtime = StorageRuntime(
+        StorageConfig(db_url=sqlite_url, listen="127.0.0.1:0", metrics_port=port)
+    )
+    runtime.start()
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        assert b"orbweaver_storage_recovery_seconds" in text
+    finally:
+        runtime.stop()
+    with socket.socket() as again:
+        # Free again: nothing of the stopped component listens (REUSEADDR: only the closed
+        # connections' TIME_WAIT may remain, and a listener would still make this fail).
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("0.0.0.0", port))
+        again.listen()
 
 
 def test_token_is_required_when_configured(sqlite_url: str, tmp_path: Path) -> None:

@@ -21,10 +21,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -861,6 +863,24 @@ def test_storage_outage_while_reporting(
 # ---------------------------------------------------------------------------------------------
 # 13-15: liveness and shutdown
 # ---------------------------------------------------------------------------------------------
+
+
+def test_stop_closes_the_metrics_endpoint(
+    make_em: Callable[..., ExecutionManager], stap: SchedulerTap
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    em = make_em(scheduler=stap.address, metrics_port=port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert b"orbweaver_worker_prefetch_limit" in reply.read()
+    em.stop()
+    with socket.socket() as again:
+        # Free again: nothing of the stopped component listens (REUSEADDR: only the closed
+        # connections' TIME_WAIT may remain, and a listener would still make this fail).
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("0.0.0.0", port))
+        again.listen()
 
 
 def test_no_heartbeats_after_stop(

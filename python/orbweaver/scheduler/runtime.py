@@ -28,12 +28,12 @@ from types import FrameType
 from typing import Any
 
 import grpc
-from prometheus_client import start_http_server
 
 from orbweaver import _rpc, _taskid, errors
 from orbweaver._log import setup_logging
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._service import MetricsServer
 from orbweaver.scheduler.core import (
     POLICIES,
     Assignment,
@@ -268,7 +268,7 @@ class SchedulerRuntime:
         self._server: _rpc.Server | None = None
         self._storage: _StorageClient | None = None
         self._core_thread: threading.Thread | None = None
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
         self._scheduler_id: int | None = None
         self._port: int | None = None
 
@@ -296,10 +296,7 @@ class SchedulerRuntime:
 
     @property
     def metrics_port(self) -> int | None:
-        if self._metrics_server is None:
-            return None
-        port: int = self._metrics_server.server_address[1]
-        return port
+        return None if self._metrics_server is None else self._metrics_server.port
 
     @property
     def registry(self) -> EmRegistry:
@@ -394,8 +391,8 @@ class SchedulerRuntime:
         )
         add_to_server(servicer, server.grpc_server)
         if cfg.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(
-                cfg.metrics_port, addr=cfg.metrics_host, registry=self.metrics.registry
+            self._metrics_server = MetricsServer(
+                cfg.metrics_port, self.metrics.registry, cfg.metrics_host
             )
         self._registry.start_tracking(cfg.liveness_tracking_interval_s)
         self._core_thread = threading.Thread(
@@ -462,8 +459,7 @@ class SchedulerRuntime:
                     )
             self._registry.stop_tracking()
             if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
+                metrics_server.close()
             self._torn_down = True
             self._stopped.set()
 

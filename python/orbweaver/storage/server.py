@@ -16,10 +16,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from prometheus_client import start_http_server
-
 from orbweaver import _core
 from orbweaver._rpc import Server, make_server
+from orbweaver._service import MetricsServer
 from orbweaver.storage import servicer
 from orbweaver.storage.config import StorageConfig
 from orbweaver.storage.db import Database, open_database
@@ -45,6 +44,7 @@ class StorageRuntime:
     metrics: StorageMetrics = field(default_factory=StorageMetrics)
     _stopped: threading.Event = field(default_factory=threading.Event)
     _fatal: str | None = None
+    _metrics_server: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -101,7 +101,7 @@ class StorageRuntime:
         for name in servicer.SERVICE_NAMES:
             self.server.set_serving(name, True)
         if cfg.metrics_port is not None:
-            start_http_server(cfg.metrics_port, registry=self.metrics.registry)
+            self._metrics_server = MetricsServer(cfg.metrics_port, self.metrics.registry)
         resent = self.cache.resend_ready()
         log.info(
             "storage serving",
@@ -131,6 +131,8 @@ class StorageRuntime:
             self.loops.stop()
         if self.db is not None:
             self.db.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         log.info("storage stopped")
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -51,12 +51,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from orbweaver import _taskid, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
+from orbweaver._service import MetricsServer
 from orbweaver.worker.pool import (
     ExecutorPool,
     ExecutorPoolError,
@@ -234,6 +235,7 @@ class ExecutionManager:
         self._stop = threading.Event()
         self._stop_fetching = threading.Event()
         self._finished = threading.Event()
+        self._metrics_server: MetricsServer | None = None
         self._started = False
         self._stopped = False
         self._stop_lock = threading.Lock()
@@ -375,7 +377,8 @@ class ExecutionManager:
             self._pool.start()
             self._register()
             if self.config.metrics_port is not None:
-                start_http_server(self.config.metrics_port, registry=self.metrics.registry)
+                port = self.config.metrics_port
+                self._metrics_server = MetricsServer(port, self.metrics.registry)
             self._spawn("liveness", self._liveness_loop)
             self._spawn("reporter", self._report_loop)
             for i in range(self.config.processes):
@@ -456,6 +459,8 @@ class ExecutionManager:
                 thread.join(10)
         self._storage_channel.close()
         self._scheduler_channel.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         self._finished.set()
         log.info("execution manager stopped", extra={"em_id": self._em_id})
 
