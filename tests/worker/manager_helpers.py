@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -310,6 +310,12 @@ class GrpcTap(grpc.GenericRpcHandler):  # type: ignore[misc]
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._server.grpc_server.stop(0).wait(10)

@@ -104,9 +104,8 @@ def storage(db: str, cutoff: float, tmp_path: Path) -> Iterator[StorageProcess]:
 
 @pytest.fixture
 def tap(storage: StorageProcess) -> Iterator[StorageTap]:
-    t = StorageTap(storage.address)
-    yield t
-    t.close()
+    with StorageTap(storage.address) as t:
+        yield t
 
 
 @pytest.fixture
@@ -137,9 +136,8 @@ def real_scheduler(storage: StorageProcess, tmp_path: Path) -> Iterator[Schedule
 @pytest.fixture
 def stap(real_scheduler: SchedulerProcess) -> Iterator[SchedulerTap]:
     """The real scheduler, seen through a tap."""
-    t = SchedulerTap(real_scheduler.address)
-    yield t
-    t.close()
+    with SchedulerTap(real_scheduler.address) as t:
+        yield t
 
 
 @pytest.fixture
