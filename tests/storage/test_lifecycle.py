@@ -48,8 +48,7 @@ def run_single(d: Driver, job: int, value: int) -> None:
 
 
 def live(d: Driver, job: int) -> bool:
-    reply = d.s.jobs.GetJobProgress(pb.JobProgressRequest(job_id=job), timeout=10)
-    return bool(reply.live)
+    return bool(d.progress(job).live)
 
 
 @pytest.fixture
@@ -120,7 +119,16 @@ def test_metrics_endpoint(sqlite_url: str, tmp_path: Path) -> None:
         assert 'orbweaver_storage_jobs{state="RUNNING"} 1.0' in metrics
         assert 'orbweaver_storage_jobs_recovered{state="RUNNING"} 1.0' in metrics
         assert "orbweaver_storage_recovery_seconds" in metrics
-        assert "orbweaver_storage_task_successes_total" in metrics
+        # Transitions are counted as they happen.
+        d.setup()  # an EM of the new session
+        [entry, *_] = d.poll(max_items=1)
+        ctx = d.register(entry.job_id, entry.task_id.index)
+        d.succeed(entry.job_id, entry.task_id.index, ctx.task_instance_id, outputs_frame(1))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        metrics = text.decode()
+        assert "orbweaver_storage_task_instances_registered_total 1.0" in metrics
+        assert "orbweaver_storage_task_successes_total 1.0" in metrics
+        assert 'orbweaver_storage_queue_depth{lane="task"} 2.0' in metrics
     finally:
         proc.close()
         proc.terminate()

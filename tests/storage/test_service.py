@@ -190,6 +190,7 @@ def test_cancel_job_transitions_to_cancelled(driver: Driver) -> None:
     job = driver.submit(graphs.single(), 1, start=True)
     assert driver.cancel(job) == JobState.CANCELLED
     assert driver.state(job) == JobState.CANCELLED
+    assert driver.progress(job).live, "evicted at once: eviction waits for the retention period"
     # Cancelling again is harmless.
     assert driver.cancel(job) == JobState.CANCELLED
 
@@ -381,6 +382,40 @@ def test_stale_session_is_not_found(driver: Driver) -> None:
         code_of(driver.fail, job, 0, ctx.task_instance_id, "x", session=stale)
         == grpc.StatusCode.NOT_FOUND
     )
+
+
+def test_stale_session_fences_the_batch_calls_as_a_whole(driver: Driver) -> None:
+    job = driver.submit(graphs.flat(2), 1, 2, start=True)
+    stale = driver.session - 1
+    items = [pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=to_proto(t)) for t in (0, 1)]
+    register = pb.RegisterTaskInstancesRequest(
+        execution_manager_id=driver.em, session_id=stale, items=items
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        driver.s.instances.RegisterTaskInstances(register, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "stale session" in (info.value.details() or "")
+    assert driver.progress(job).counts.running == 0, "a stale batch registered instances"
+    contexts = [driver.register(job, t) for t in (0, 1)]
+    report = pb.ReportTaskOutcomesRequest(
+        execution_manager_id=driver.em,
+        session_id=stale,
+        outcomes=[
+            pb.TaskOutcome(
+                job_id=job,
+                task_id=to_proto(t),
+                task_instance_id=ctx.task_instance_id,
+                serialized_outputs=outputs_frame(t),
+            )
+            for t, ctx in enumerate(contexts)
+        ],
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        driver.s.instances.ReportTaskOutcomes(report, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "stale session" in (info.value.details() or "")
+    assert driver.state(job) == JobState.RUNNING
+    assert driver.progress(job).counts.succeeded == 0
 
 
 def test_instance_limit_and_first_success_wins(driver: Driver) -> None:

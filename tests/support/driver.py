@@ -143,3 +143,6 @@ class Driver:
             ),
             timeout=30,
         )
+
+    def progress(self, job: int) -> pb.JobProgressReply:
+        return self.s.jobs.GetJobProgress(pb.JobProgressRequest(job_id=job), timeout=30)
