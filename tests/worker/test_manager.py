@@ -35,7 +35,7 @@ import grpc
 import msgpack
 import psutil
 import pytest
-from manager_helpers import FakeScheduler, SchedulerProcess, SchedulerTap, StorageTap, TapCall
+from manager_helpers import FakeScheduler, SchedulerProcess
 
 import orbweaver as ow
 from orbweaver import _core
@@ -45,6 +45,7 @@ from orbweaver.states import JobState
 from orbweaver.worker.manager import PREFETCH_INITIAL, ExecutionManager, WorkerConfig
 from orbweaver.worker.pool import ExecutorPoolError
 from support.procs import ServiceProcess, StorageProcess, wait_until
+from support.taps import SchedulerTap, StorageTap, TapCall
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 sys.path.insert(0, str(TASKS_DIR))
