@@ -26,11 +26,14 @@ dead_em_cutoff_s = 3.0
 """
 
 
-def make_cluster(db_url: str, tmp_path: Path, workers: int = 2) -> ow.LocalCluster:
+def make_cluster(
+    db_url: str, tmp_path: Path, workers: int = 2, scheduler_settings: str = ""
+) -> ow.LocalCluster:
+    """`scheduler_settings`: extra lines for the scheduler's `[scheduler]` table."""
     storage_cfg = tmp_path / "storage.toml"
     storage_cfg.write_text(STORAGE_CONFIG)
     scheduler_cfg = tmp_path / "scheduler.toml"
-    scheduler_cfg.write_text(SCHEDULER_CONFIG)
+    scheduler_cfg.write_text(SCHEDULER_CONFIG + scheduler_settings)
     markers = tmp_path / "markers"
     markers.mkdir(exist_ok=True)
     return ow.LocalCluster(

@@ -111,6 +111,15 @@ def hang(x: int) -> int:
 
 
 @ow.task
+def log_run(label: str) -> str:
+    """Append `label` to the run log (one line per task run, in the order they ran)."""
+    with _marker("run-order.log").open("a") as log:
+        log.write(label + "\n")
+    time.sleep(0.03)
+    return label
+
+
+@ow.task
 def slow_inc(x: int) -> int:
     time.sleep(0.02)
     return x + 1
