@@ -305,6 +305,8 @@ class TestLocal:
         assert proc.returncode == 0, show(proc)
         job_id = submitted_id(proc)
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == [14]
+        # The progress bar's final state: the job, its state and every task done.
+        assert re.search(rf"job {job_id} SUCCEEDED .* 3/3", proc.stdout), proc.stdout
         out = local.run("outputs", str(job_id))
         assert out.returncode == 0, show(out)
         assert json.loads(out.stdout) == [14]

@@ -243,6 +243,33 @@ def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path
     assert proc.stdout.splitlines() == [str(tasks), "HEY!"]
 
 
+def test_local_cluster_database_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `db=`: a temporary SQLite file, removed with the cluster. With `db=`: the file
+    stays, and a later cluster on it finds the jobs and reuses the default resource group."""
+    monkeypatch.delenv("ORBWEAVER_KEEP_LOCAL", raising=False)
+    g = ow.TaskGraph()
+    g.add(t.inc)
+    with ow.LocalCluster(workers=1, tasks_dir=t.inc.tasks_dir) as cluster:
+        assert cluster.db_url.startswith("sqlite:///")
+        temporary = Path(cluster.db_url.removeprefix("sqlite:///"))
+        assert temporary.is_file()
+        assert cluster.client().submit(g, [1]).result(timeout=60) == [2]
+    assert not temporary.exists() and not temporary.parent.exists()
+
+    db = tmp_path / "jobs.db"
+    with ow.LocalCluster(workers=1, db=f"sqlite:///{db}", tasks_dir=t.inc.tasks_dir) as first:
+        job = first.client().submit(g, [41])
+        assert job.result(timeout=60) == [42]
+        group = first.resource_group
+    assert db.is_file()
+    with ow.LocalCluster(workers=1, db=f"sqlite:///{db}", tasks_dir=t.inc.tasks_dir) as second:
+        assert second.resource_group.id == group.id  # the default group, found again
+        client = second.client()
+        assert client.get_job(job.id).outputs() == [42]
+        assert client.submit(g, [1]).result(timeout=60) == [2]
+        assert len(client.jobs()) == 2
+
+
 def test_several_resource_groups_share_the_cluster(cluster: ow.LocalCluster) -> None:
     client = cluster.client()
     groups = [client.add_resource_group(f"group-{i}", f"pw{i}") for i in range(3)]
