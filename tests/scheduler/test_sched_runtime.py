@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -212,6 +213,61 @@ def test_poll_errors_do_not_kill_the_runtime(
         assert warnings and any("INTERNAL" in str(getattr(r, "code", "")) for r in warnings)
         assert runtime.running
         assert [t.name for t in scheduler_threads()].count("orbweaver-scheduler-core") == 1
+    finally:
+        em.close()
+
+
+def test_an_unexpected_error_in_the_core_loop_is_logged_and_retried(
+    fake_storage: FakeStorage,
+    runtime: SchedulerRuntime,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in one pass of the core loop (here: placement raising) is logged with its
+    traceback and retried; nothing buffered is lost and the scheduler keeps serving."""
+    decide = runtime._core.decide
+    bugs = [RuntimeError("injected placement bug")] * 2
+
+    def buggy_decide(free_slots: int) -> list[Any]:
+        if bugs:
+            raise bugs.pop()
+        return decide(free_slots)
+
+    em = Em(runtime, 1)
+    try:
+        with caplog.at_level(logging.ERROR, logger="orbweaver.scheduler"):
+            monkeypatch.setattr(runtime._core, "decide", buggy_decide)
+            fake_storage.push("tasks", *[ready(1, 5, i) for i in range(5)])
+            got = em.collect(5)
+        assert sorted(a.task_id.index for a in got) == list(range(5))
+        assert not bugs
+        failures = [r for r in caplog.records if "core loop iteration failed" in r.getMessage()]
+        assert len(failures) == 2
+        assert all("injected placement bug" in str(getattr(r, "error", "")) for r in failures)
+        assert all(r.exc_info is not None for r in failures), "no traceback logged"
+        assert runtime.running
+    finally:
+        em.close()
+
+
+def test_malformed_inbound_entries_are_skipped(
+    fake_storage: FakeStorage, runtime: SchedulerRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    em = Em(runtime, 1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="orbweaver.scheduler"):
+            fake_storage.push(
+                "tasks",
+                pb.ReadyTask(resource_group_id=1, job_id=7),  # no task id
+                pb.ReadyTask(resource_group_id=1, job_id=7, task_id=pb.TaskId(index=2**40)),
+                ready_commit(1, 8),  # a commit entry on the task lane
+                ready(1, 9, 0),
+            )
+            [only] = em.collect(1)
+        assert (only.job_id, only.task_id.index) == (9, 0)
+        skipped = [r for r in caplog.records if "malformed inbound entry" in r.getMessage()]
+        assert len(skipped) == 3
+        assert runtime.running
     finally:
         em.close()
 
