@@ -10,7 +10,9 @@ of CHUNK tasks, the way a storage service would serve batched RPCs.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import threading
 from typing import Any
 
@@ -97,3 +99,38 @@ def test_submission_parse_flat_10k(benchmark: Any) -> None:
     graph = core.compress(SUBMISSION.graph.to_json().encode())
     inputs = core.compress(core.wire_encode([b"\x00" * 16] * N_TASKS))
     benchmark(core.Submission, graph, inputs)
+
+
+JOBS_FOR_MEMORY = 20
+# Each task's one input value is 16 bytes behind a 16-byte `Arc` header: payload, not state.
+PAYLOAD_PER_TASK = 16 + 16
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_resident_bytes_per_task_flat_10k(benchmark: Any) -> None:
+    """Seen from Python: how much the process grows per task when 20 flat 10,000-task jobs,
+    each parsed from its own submission, sit in a `JobCache` (payloads excluded). Timed: the
+    parse + insert of the 20 jobs. Allocator slack included, unlike the Rust bench's count of
+    the bytes requested."""
+    held: list[core.JobCache] = []
+
+    def fill() -> None:
+        cache = core.JobCache()
+        for job in range(1, JOBS_FOR_MEMORY + 1):
+            cache.insert(job, 1, _submission(N_TASKS))
+        held.append(cache)
+
+    gc.collect()
+    before = _resident_bytes()
+    benchmark.pedantic(fill, rounds=1, iterations=1)
+    gc.collect()
+    grown = _resident_bytes() - before
+    tasks = JOBS_FOR_MEMORY * N_TASKS
+    per_task = grown / tasks - PAYLOAD_PER_TASK
+    benchmark.extra_info.update(jobs=JOBS_FOR_MEMORY, tasks=tasks, resident_bytes_per_task=per_task)
+    print(f"\nresident bytes per flat task, from Python: {per_task:.1f} (payloads excluded)")
+    assert len(held[0]) == JOBS_FOR_MEMORY
