@@ -9,6 +9,7 @@ Fixtures for any test package:
   test. Tests using it are marked ``mariadb``.
 * ``sqlite_url``: a URL to a fresh SQLite file under ``tmp_path``.
 * ``db_url``: parametrized over ``sqlite`` and ``mariadb`` (ids ``sqlite`` / ``mariadb``).
+* ``storage``: a real storage process on ``db_url`` (a test package may override it).
 
 The server is started once per session from the MariaDB binaries on this machine
 (``mariadb-install-db`` + ``mariadbd``) in a temporary directory, listening on 127.0.0.1 on a free
@@ -41,6 +42,7 @@ from support.mariadb_server import (  # noqa: E402
     external_server,
     private_server,
 )
+from support.procs import StorageProcess  # noqa: E402
 
 REQUIRE_MARIADB_ENV = "ORBWEAVER_REQUIRE_MARIADB"
 EXTERNAL_MARIADB_ENV = "ORBWEAVER_TEST_MARIADB_URL"
@@ -88,6 +90,16 @@ def sqlite_url(tmp_path: Path) -> str:
 def db_url(request: pytest.FixtureRequest) -> str:
     """A fresh database URL, once per backend."""
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def storage(db_url: str, tmp_path: Path) -> Iterator[StorageProcess]:
+    """A real storage process (`python -m orbweaver storage`) on a fresh database."""
+    proc = StorageProcess(db_url, tmp_path)
+    proc.start()
+    yield proc
+    proc.close()
+    proc.terminate()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -22,15 +22,6 @@ LOST = grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.fixture
-def storage(db_url: str, tmp_path: Path) -> Iterator[StorageProcess]:
-    proc = StorageProcess(db_url, tmp_path)
-    proc.start()
-    yield proc
-    proc.close()
-    proc.terminate()
-
-
-@pytest.fixture
 def tap(storage: StorageProcess) -> Iterator[StorageTap]:
     with StorageTap(storage.address) as tap:
         yield tap
