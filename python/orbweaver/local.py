@@ -55,11 +55,12 @@ def _default_tasks_dir() -> Path:
 
 
 def _caller_dir() -> Path:
-    """The directory of the module that created the cluster: where its tasks usually live."""
-    for frame in inspect.stack()[3:]:
+    """The directory of the module that created the cluster: the first frame outside
+    Orbweaver (and `contextlib`, for `with` blocks)."""
+    for frame in inspect.stack():
         module = inspect.getmodule(frame.frame)
         name = module.__name__ if module is not None else ""
-        if name.startswith("orbweaver") or name.startswith("contextlib"):
+        if name.split(".")[0] in ("orbweaver", "contextlib"):
             continue
         filename = frame.frame.f_globals.get("__file__")
         if filename:

@@ -241,6 +241,24 @@ def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [str(tasks), "HEY!"]
+    # No task imported yet when the cluster is made: the directory of the module making it.
+    (app / "lazy.py").write_text(
+        "import orbweaver as ow\n\n\ndef make():\n    return ow.LocalCluster(workers=1)\n"
+    )
+    (tmp_path / "run_lazy.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(app)!r})\nimport lazy\n"
+        "cluster = lazy.make()\nprint(cluster.tasks_dir)\ncluster.stop()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "run_lazy.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(ow.__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [str(app)]
 
 
 def test_local_cluster_database_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
