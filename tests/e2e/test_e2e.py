@@ -197,6 +197,20 @@ def test_tasks_the_executors_cannot_import_are_refused_at_submission(
         assert "integration_tasks" in (job.error() or "")
 
 
+def run_program(script: Path) -> list[str]:
+    """Run a user's program in its own directory; its output lines."""
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(ow.__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()
+
+
 def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path: Path) -> None:
     """The program that creates the cluster lives elsewhere than its tasks module: the executors
     import from the tasks module's directory all the same."""
@@ -231,16 +245,7 @@ def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(app / "main.py")],
-        cwd=app,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(ow.__file__).resolve().parents[1])},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == [str(tasks), "HEY!"]
+    assert run_program(app / "main.py") == [str(tasks), "HEY!"]
     # No task imported yet when the cluster is made: the directory of the module making it.
     (app / "lazy.py").write_text(
         "import orbweaver as ow\n\n\ndef make():\n    return ow.LocalCluster(workers=1)\n"
@@ -249,16 +254,7 @@ def test_local_cluster_defaults_to_the_directory_that_defines_the_tasks(tmp_path
         f"import sys\nsys.path.insert(0, {str(app)!r})\nimport lazy\n"
         "cluster = lazy.make()\nprint(cluster.tasks_dir)\ncluster.stop()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "run_lazy.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(ow.__file__).resolve().parents[1])},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == [str(app)]
+    assert run_program(tmp_path / "run_lazy.py") == [str(app)]
 
 
 def test_local_cluster_database_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
