@@ -128,12 +128,9 @@ def cmd_local(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"  database {db}; tasks from {tasks_dir}", flush=True)
-        if args.metrics_port is not None:
-            port = args.metrics_port
-            print(
-                f"  metrics: storage :{port}, scheduler :{port + 1}, worker :{port + 2}",
-                flush=True,
-            )
+        if cluster.metrics_ports:
+            where = ", ".join(f"{name} :{port}" for name, port in cluster.metrics_ports.items())
+            print(f"  metrics: {where}", flush=True)
         print(
             f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
             flush=True,

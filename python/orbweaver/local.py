@@ -138,6 +138,14 @@ class LocalCluster:
         return f"127.0.0.1:{self._scheduler_port}"
 
     @property
+    def metrics_ports(self) -> dict[Component, int]:
+        """Where each component serves its metrics (empty without `metrics_port`)."""
+        if self.metrics_port is None:
+            return {}
+        names: tuple[Component, ...] = ("storage", "scheduler", "worker")
+        return {name: self.metrics_port + i for i, name in enumerate(names)}
+
+    @property
     def resource_group(self) -> ResourceGroup:
         if self._group is None:
             raise RuntimeError("the cluster is not started")
@@ -206,9 +214,8 @@ class LocalCluster:
                 "--processes",
                 str(self.workers),
             ]
-        if self.metrics_port is not None:
-            offset = ("storage", "scheduler", "worker").index(name)
-            args += ["--metrics-port", str(self.metrics_port + offset)]
+        if name in self.metrics_ports:
+            args += ["--metrics-port", str(self.metrics_ports[name])]
         return [*args, "--ready-file", str(ready_file), *self._extra_args[name]]
 
     def start_component(self, name: Component) -> None:
