@@ -27,7 +27,11 @@ from orbweaver import errors
 log = logging.getLogger("orbweaver.rpc")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# `Bearer <token>`: the cluster token (services) or the operator token (clients).
 TOKEN_METADATA_KEY = "authorization"
+# A client acting within a resource group: its numeric id and its password (binary metadata).
+GROUP_METADATA_KEY = "orbweaver-group"
+PASSWORD_METADATA_KEY = "orbweaver-password-bin"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 T = TypeVar("T")
@@ -148,8 +152,13 @@ def _call_details_name(details: Any) -> str:
 
 
 class _TokenServerInterceptor(_ServerInterceptor):
-    def __init__(self, token: str) -> None:
+    """Service calls must carry the cluster token. Health checks and the services named in
+    `client_services` pass through: their servicers authenticate each caller themselves
+    (resource-group credentials or the operator token, never the cluster token)."""
+
+    def __init__(self, token: str, client_services: Iterable[str] = ()) -> None:
         self._expected = f"Bearer {token}"
+        self._open = (_HEALTH_PREFIX, *(f"/{name}/" for name in client_services))
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid cluster token")
@@ -157,18 +166,66 @@ class _TokenServerInterceptor(_ServerInterceptor):
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        if _call_details_name(handler_call_details).startswith(_HEALTH_PREFIX):
+        if _call_details_name(handler_call_details).startswith(self._open):
             return continuation(handler_call_details)
         for key, value in handler_call_details.invocation_metadata or ():
-            if key == TOKEN_METADATA_KEY and _constant_time_eq(value, self._expected):
+            if key == TOKEN_METADATA_KEY and constant_time_eq(value, self._expected):
                 return continuation(handler_call_details)
         return self._deny
 
 
-def _constant_time_eq(a: str, b: str) -> bool:
+def constant_time_eq(a: str | bytes, b: str | bytes) -> bool:
     import hmac
 
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(
+        a.encode() if isinstance(a, str) else a, b.encode() if isinstance(b, str) else b
+    )
+
+
+class UndecodableRequest:
+    """What the lenient deserializer hands a servicer for bytes that are not the request message:
+    `servicer_method` answers INVALID_ARGUMENT (gRPC's own handling would answer INTERNAL)."""
+
+    __slots__ = ("error", "message_name")
+
+    def __init__(self, message_name: str, error: str) -> None:
+        self.message_name = message_name
+        self.error = error
+
+
+def _lenient(message_cls: Any) -> Callable[[bytes], Any]:
+    name = message_cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except Exception as exc:
+            return UndecodableRequest(name, f"{type(exc).__name__}: {exc}")
+
+    return deserialize
+
+
+def add_servicer(server: grpc.Server, servicer: Any, service_name: str) -> None:
+    """Register `servicer` for the `orbweaver.v1` service `service_name` (e.g.
+    ``"JobOrchestrationService"``), decoding requests leniently (see `UndecodableRequest`)."""
+    from orbweaver._proto import orbweaver_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=_serialize,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
 
 
 @dataclass(slots=True)
@@ -204,11 +261,14 @@ def make_server(
     *,
     max_workers: int = 32,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    client_services: Iterable[str] = (),
 ) -> Server:
-    """Create a server bound to `listen` (`host:port`, port 0 picks a free port)."""
+    """Create a server bound to `listen` (`host:port`, port 0 picks a free port). With a cluster
+    token, every call must carry it except those to `client_services` (full service names),
+    whose servicers authenticate clients themselves."""
     security = security or Security()
     interceptors: list[_ServerInterceptor] = (
-        [_TokenServerInterceptor(security.token)] if security.token else []
+        [_TokenServerInterceptor(security.token, client_services)] if security.token else []
     )
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     server = grpc.server(
@@ -244,7 +304,7 @@ _CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.OrbweaverError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.MessageTooLarge,
@@ -257,6 +317,7 @@ _ERROR_TO_CODE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.MessageTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
@@ -290,6 +351,12 @@ def servicer_method(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        if isinstance(request, UndecodableRequest):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{fn.__name__}: the request is not a valid {request.message_name}: "
+                f"{request.error}",
+            )
         try:
             return fn(self, request, context)
         except errors.OrbweaverError as exc:

@@ -132,7 +132,9 @@ def cmd_local(args: argparse.Namespace) -> int:
             where = ", ".join(f"{name} :{port}" for name, port in cluster.metrics_ports.items())
             print(f"  metrics: {where}", flush=True)
         print(
-            f"  export ORBWEAVER_STORAGE={cluster.address} ORBWEAVER_TOKEN={cluster.token}",
+            f"  export ORBWEAVER_STORAGE={cluster.address}"
+            f" ORBWEAVER_OPERATOR_TOKEN={cluster.operator_token}"
+            f" ORBWEAVER_RESOURCE_GROUP={cluster.resource_group.name}",
             flush=True,
         )
         stop.wait()
@@ -145,9 +147,11 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
+    """A client with the credentials of the environment: the operator token, or a resource
+    group (`--resource-group`, password from `$ORBWEAVER_PASSWORD`)."""
     from orbweaver.client import Client
 
-    return Client(args.storage, security=_security(args))
+    return Client(args.storage, resource_group=args.resource_group or None)
 
 
 def _load_graph(spec: str, tasks_dir: str | None) -> Any:
@@ -189,9 +193,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise errors.InvalidArgument(f"--inputs is not valid JSON: {exc}") from exc
     if not isinstance(inputs, list):
         raise errors.InvalidArgument("--inputs must be a JSON list")
-    password = os.environ.get("ORBWEAVER_PASSWORD", "").encode()
     with _client(args) as client:
-        group: ResourceGroup = client.resource_group(args.resource_group, password)
+        group: ResourceGroup | None = client.default_resource_group
+        if group is None:
+            raise errors.InvalidArgument(
+                "submit: name the resource group (--resource-group or ORBWEAVER_RESOURCE_GROUP)"
+            )
         job = client.submit(graph, inputs, resource_group=group)
         print(f"job {job.id} submitted", flush=True)
         if not args.wait:
@@ -350,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
             help=f"storage address host:port (default: $ORBWEAVER_STORAGE or {DEFAULT_STORAGE})",
         )
-        p.add_argument("--token", help="cluster token (default: $ORBWEAVER_TOKEN)")
+        p.add_argument(
+            "--resource-group",
+            default=os.environ.get("ORBWEAVER_RESOURCE_GROUP"),
+            help="act within this resource group, with the password in $ORBWEAVER_PASSWORD "
+            "(default: $ORBWEAVER_RESOURCE_GROUP; the operator token in "
+            "$ORBWEAVER_OPERATOR_TOKEN sees every group)",
+        )
         return p
 
     p = sub.add_parser("demo", help="run a built-in example job on an embedded local cluster")
@@ -392,11 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")
     p.add_argument("--inputs", default="[]", help="graph inputs as a JSON list")
     p.add_argument("--tasks-dir", help="where MODULE lives (default: current directory)")
-    p.add_argument(
-        "--resource-group",
-        default="default",
-        help="resource group name (password from $ORBWEAVER_PASSWORD)",
-    )
     p.add_argument("--wait", action="store_true", help="show progress and wait for the result")
 
     p = client_cmd("status", "show a job's progress (or list jobs)", cmd_status)

@@ -23,6 +23,11 @@ class MessageTooLarge(InvalidArgument):
     """A message exceeds the configured gRPC size limit."""
 
 
+class LimitExceeded(InvalidArgument):
+    """A value exceeds a configured size or count limit (decompressed inputs, outputs, tasks per
+    job, ...); the message names the size, the limit and the setting."""
+
+
 class NotFound(OrbweaverError, LookupError):
     """The requested object does not exist."""
 
@@ -32,7 +37,12 @@ class JobNotFound(NotFound):
 
 
 class Unauthenticated(OrbweaverError):
-    """Missing or wrong resource-group password or cluster token."""
+    """Missing or wrong credentials: resource-group password, operator token or cluster token."""
+
+
+class PermissionDenied(Unauthenticated):
+    """The credentials are valid but do not allow this call (e.g. a resource group's credentials
+    asking to create resource groups, or the cluster token used for a client call)."""
 
 
 class AlreadyExists(OrbweaverError):

@@ -3,7 +3,9 @@
 It starts the storage service (embedded SQLite unless `db=` names another database), a scheduler
 and one execution manager with `workers` executor processes, each as its own child process
 running the same code as `orbweaver storage|scheduler|worker`. The components authenticate each
-other with a random cluster token, which the cluster's client carries.
+other with a random cluster token. The cluster's client acts as the operator, with a random
+operator token only the storage process is given; the cluster creates a resource group
+("default", with a random password when it is new) for the jobs the client submits.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class LocalCluster:
         tasks_dir: str | Path | None = None,
         listen: str = "127.0.0.1:0",
         token: str | None = None,
+        operator_token: str | None = None,
         start_timeout: float = 60.0,
         log_dir: str | Path | None = None,
         storage_args: list[str] | None = None,
@@ -103,6 +106,7 @@ class LocalCluster:
         self.tasks_dir = Path(tasks_dir).resolve() if tasks_dir else _default_tasks_dir()
         self.listen = listen
         self.token = token or secrets.token_urlsafe(24)
+        self.operator_token = operator_token or secrets.token_urlsafe(24)
         self.start_timeout = start_timeout
         self._tmp = Path(tempfile.mkdtemp(prefix="orbweaver-local-"))
         self.db_url = db or f"sqlite:///{self._tmp / 'jobs.db'}"
@@ -114,6 +118,9 @@ class LocalCluster:
             "worker": list(worker_args or []),
         }
         self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
+        # Client credentials of this process are not the components' business.
+        for name in ("ORBWEAVER_OPERATOR_TOKEN", "ORBWEAVER_PASSWORD", "ORBWEAVER_RESOURCE_GROUP"):
+            self._env.pop(name, None)
         # Children import orbweaver exactly as this process does.
         self._env["PYTHONPATH"] = os.pathsep.join(
             p
@@ -174,21 +181,25 @@ class LocalCluster:
 
     def _default_group(self, client: Client) -> ResourceGroup:
         try:
-            return client.add_resource_group(DEFAULT_GROUP, b"")
+            return client.add_resource_group(DEFAULT_GROUP, secrets.token_urlsafe(16))
         except errors.AlreadyExists:
-            return client.resource_group(DEFAULT_GROUP, b"")
+            # A database kept from an earlier run: the operator acts within it as it is.
+            return client.resource_group(DEFAULT_GROUP)
 
-    def new_client(self, **kwargs: object) -> Client:
-        """A new client of this cluster: it carries the token and the default resource group,
-        and refuses a graph whose tasks the cluster's executors could not import."""
+    def new_client(self, *, operator: bool = True, **kwargs: object) -> Client:
+        """A new client of this cluster, refusing a graph whose tasks the cluster's executors
+        could not import. With `operator` (the default) it holds the operator token and submits
+        to the default resource group; without, pass `resource_group=` (and `password=`)."""
         kwargs.setdefault("tasks_dir", self.tasks_dir)
-        client = Client(self.address, token=self.token, **kwargs)  # type: ignore[arg-type]
-        if self._group is not None:
+        if operator:
+            kwargs.setdefault("operator_token", self.operator_token)
+        client = Client(self.address, **kwargs)  # type: ignore[arg-type]
+        if operator and self._group is not None and "resource_group" not in kwargs:
             client.default_resource_group = self._group
         return client
 
     def client(self) -> Client:
-        """The cluster's client, carrying the cluster token and the default resource group."""
+        """The cluster's client: the operator, submitting to the default resource group."""
         if self._client is None:
             raise RuntimeError("the cluster is not started")
         return self._client
@@ -227,8 +238,11 @@ class LocalCluster:
         ready_file.unlink(missing_ok=True)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         args = self._command(name, ready_file)
+        env = self._env
+        if name == "storage":  # the only component that checks the operator token
+            env = {**env, "ORBWEAVER_OPERATOR_TOKEN": self.operator_token}
         popen = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
+            args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         proc = _Process(name, args, popen, ready_file, log_file)
         self._procs[name] = proc

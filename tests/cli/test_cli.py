@@ -222,7 +222,13 @@ class Local:
     token: str = ""
 
     def env(self, **extra: str) -> dict[str, str]:
-        return base_env(ORBWEAVER_STORAGE=self.address, ORBWEAVER_TOKEN=self.token, **extra)
+        env = {
+            "ORBWEAVER_STORAGE": self.address,
+            "ORBWEAVER_OPERATOR_TOKEN": self.token,
+            "ORBWEAVER_RESOURCE_GROUP": "default",
+            **extra,
+        }
+        return base_env(**env)
 
     def run(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         return cli(*args, env=self.env(**extra_env))
@@ -235,7 +241,7 @@ class Local:
         )  # fmt: skip
 
     def client(self) -> ow.Client:
-        return ow.Client(self.address, token=self.token)
+        return ow.Client(self.address, operator_token=self.token)
 
 
 def start_local(tmp: Path) -> Local:
@@ -271,7 +277,11 @@ def start_local(tmp: Path) -> Local:
             logs = "\n".join(f"{p.name}:\n{p.read_text()[-2000:]}" for p in tmp.glob("*.*"))
             raise AssertionError(f"`orbweaver local` did not start: {local.lines}\n{logs}")
         local.lines.append(line)
-        m = re.search(r"export ORBWEAVER_STORAGE=(\S+) ORBWEAVER_TOKEN=(\S+)", line)
+        m = re.search(
+            r"export ORBWEAVER_STORAGE=(\S+) ORBWEAVER_OPERATOR_TOKEN=(\S+)"
+            r" ORBWEAVER_RESOURCE_GROUP=default",
+            line,
+        )
         if m:
             local.address, local.token = m[1], m[2]
     return local
@@ -408,9 +418,10 @@ class TestLocal:
     def test_resource_group_and_password(self, local: Local) -> None:
         with local.client() as client:
             group = client.add_resource_group("team-a", "s3cret")
+        # A member of the group: its name and password, no operator token.
         proc = local.submit(
             "cli_tasks:diamond", [1, 2], "--resource-group", "team-a", "--wait",
-            ORBWEAVER_PASSWORD="s3cret",
+            ORBWEAVER_PASSWORD="s3cret", ORBWEAVER_OPERATOR_TOKEN="",
         )  # fmt: skip
         assert proc.returncode == 0, show(proc)
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == [6]
@@ -419,8 +430,9 @@ class TestLocal:
         assert re.search(rf"^\W*{job_id}\W+{group.id}\W+SUCCEEDED", listing.stdout, re.MULTILINE)
 
         wrong = local.submit(
-            "cli_tasks:diamond", [1, 2], "--resource-group", "team-a", ORBWEAVER_PASSWORD="nope"
-        )
+            "cli_tasks:diamond", [1, 2], "--resource-group", "team-a", ORBWEAVER_PASSWORD="nope",
+            ORBWEAVER_OPERATOR_TOKEN="",
+        )  # fmt: skip
         assert wrong.returncode == 2, show(wrong)
         assert "Unauthenticated" in wrong.stderr and "job" not in wrong.stdout
 
@@ -431,7 +443,11 @@ class TestLocal:
             (local.run("status", "999999"), "JobNotFound", "999999"),
             (local.run("outputs", "999999"), "JobNotFound", "999999"),
             (local.run("cancel", "999999"), "JobNotFound", "999999"),
-            (local.run("jobs", "--token", "not-the-token"), "Unauthenticated", "token"),
+            (
+                local.run("jobs", ORBWEAVER_OPERATOR_TOKEN="not-the-token"),
+                "Unauthenticated",
+                "token",
+            ),
         ]
         for proc, kind, detail in cases:
             assert proc.returncode == 2, show(proc)
@@ -496,11 +512,12 @@ def test_services_work_together_and_stop_cleanly_on_sigterm(tmp_path: Path) -> N
         )  # fmt: skip
         started.append(worker)
 
-        with ow.Client(storage_addr, token=token) as client:
-            client.add_resource_group("default", "")
+        with ow.Client(storage_addr) as client:
+            client.add_resource_group("default", "pw")
         proc = cli(
             "submit", "cli_tasks:diamond", "--inputs", "[10, 11]", "--tasks-dir", str(TASKS),
-            "--storage", storage_addr, "--token", token, "--wait",
+            "--storage", storage_addr, "--resource-group", "default", "--wait",
+            env=base_env(ORBWEAVER_PASSWORD="pw"),
         )  # fmt: skip
         assert proc.returncode == 0, show(proc)
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == [42]

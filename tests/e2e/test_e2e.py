@@ -166,8 +166,12 @@ def test_wrong_password_is_rejected(cluster: ow.LocalCluster) -> None:
     assert client.submit(g, [1], resource_group=group).result(timeout=60) == [2]
     with pytest.raises(ow.Unauthenticated):
         client.resource_group("team-a", "wrong")
-    with pytest.raises(ow.Unauthenticated), ow.Client(cluster.address) as tokenless:
-        tokenless.submit(g, [1], resource_group=group)
+    # Without the operator token, the group's own credentials are what counts.
+    with ow.Client(cluster.address) as member:
+        assert member.submit(g, [2], resource_group=group).result(timeout=60) == [3]
+        forged = ow.ResourceGroup(group.id, group.name, b"wrong")
+        with pytest.raises(ow.Unauthenticated):
+            member.submit(g, [1], resource_group=forged)
 
 
 def test_tasks_the_executors_cannot_import_are_refused_at_submission(

@@ -77,7 +77,8 @@ def test_register_job_requires_password(driver: Driver) -> None:
         == grpc.StatusCode.UNAUTHENTICATED
     )
     assert (
-        code_of(driver.submit, graphs.single(), 1, password=b"") == grpc.StatusCode.UNAUTHENTICATED
+        code_of(driver.submit, graphs.single(), 1, password=b"", stubs=driver.raw)
+        == grpc.StatusCode.UNAUTHENTICATED
     )
 
 
@@ -608,7 +609,9 @@ def test_progress_counts_and_explanations(driver: Driver) -> None:
 
 
 def test_poll_returns_empty_when_no_tasks(driver: Driver) -> None:
-    reply = driver.s.queue.PollReadyTasks(pb.PollRequest(max_items=10, wait_ms=50), timeout=30)
+    reply = driver.s.queue.PollReadyTasks(
+        pb.PollRequest(max_items=10, wait_ms=50, scheduler_id=driver.scheduler), timeout=30
+    )
     assert list(reply.tasks) == [] and reply.session_id == driver.session
 
 
@@ -653,16 +656,13 @@ def test_register_em_rejects_bad_ip(driver: Driver) -> None:
 
 def test_scheduler_registration_resends_only_when_replacing(driver: Driver) -> None:
     s = driver.s
+    # The driver's scheduler registered first after the start: nothing to re-offer then.
+    first = driver.scheduler
     job = driver.submit(graphs.single(), 5, start=True)
     assert len(driver.poll()) == 1
-    first = s.schedulers.RegisterScheduler(
-        pb.RegisterSchedulerRequest(host="h", port=1), timeout=10
-    )
     assert driver.poll(wait_ms=300) == []
-    second = s.schedulers.RegisterScheduler(
-        pb.RegisterSchedulerRequest(host="h", port=2), timeout=10
-    )
-    assert second.scheduler_id != first.scheduler_id
+    second = driver.register_scheduler(host="h", port=2)
+    assert second != first
     entries = wait_until(lambda: driver.poll(wait_ms=200), what="resent entry")
     assert [(e.job_id, e.task_id.index) for e in entries] == [(job, 0)]
     assert [x.port for x in s.schedulers.GetSchedulers(pb.Void(), timeout=10).schedulers] == [2]

@@ -7,24 +7,70 @@ from typing import Any
 import grpc
 
 from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver._rpc import GROUP_METADATA_KEY, PASSWORD_METADATA_KEY
 from orbweaver._taskid import to_proto
 from support.graphs import compressed, int_inputs
-from support.procs import StorageProcess
+from support.procs import StorageProcess, stubs_for
 
 PASSWORD = b"s3cret"
 
 
+class _Metadata(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds fixed metadata (a resource group's credentials) to every call."""
+
+    def __init__(self, metadata: list[tuple[str, str | bytes]]) -> None:
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or []), *self._metadata]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def group_metadata(rg: int, password: bytes) -> list[tuple[str, str | bytes]]:
+    return [(GROUP_METADATA_KEY, str(rg)), (PASSWORD_METADATA_KEY, password)]
+
+
 class Driver:
-    """Talks to a storage process the way clients, the scheduler and EMs do."""
+    """Talks to a storage process the way clients, the scheduler and EMs do: `s` carries the
+    driver's resource group credentials on every call, `raw` carries none."""
 
     def __init__(self, storage: StorageProcess) -> None:
         self.storage = storage
         self.rg = 0
         self.em = 0
+        self.scheduler = 0
+        self._stubs: Any = None
+
+    @property
+    def raw(self) -> Any:
+        return self.storage.stubs()
 
     @property
     def s(self) -> Any:
-        return self.storage.stubs()
+        if not self.rg:
+            return self.storage.stubs()
+        if self._stubs is None or self._stubs.channel_of is not self.storage.channel():
+            channel = grpc.intercept_channel(
+                self.storage.channel(), _Metadata(group_metadata(self.rg, PASSWORD))
+            )
+            self._stubs = stubs_for(channel)
+            self._stubs.channel_of = self.storage.channel()
+        return self._stubs
+
+    def as_group(self, rg: int, password: bytes) -> Any:
+        """Stubs carrying another group's credentials."""
+        channel = grpc.intercept_channel(
+            self.storage.channel(), _Metadata(group_metadata(rg, password))
+        )
+        return stubs_for(channel)
+
+    def register_scheduler(self, host: str = "127.0.0.1", port: int = 1) -> int:
+        self.scheduler = int(
+            self.raw.schedulers.RegisterScheduler(
+                pb.RegisterSchedulerRequest(host=host, port=port), timeout=10
+            ).scheduler_id
+        )
+        return self.scheduler
 
     @property
     def session(self) -> int:
@@ -47,6 +93,7 @@ class Driver:
         self.em = self.s.liveness.RegisterExecutionManager(
             pb.RegisterExecutionManagerRequest(ip_address="127.0.0.1"), timeout=10
         ).execution_manager_id
+        self.register_scheduler()
         return self
 
     def submit(
@@ -56,8 +103,10 @@ class Driver:
         start: bool = False,
         key: str = "",
         password: bytes = PASSWORD,
+        stubs: Any = None,
     ) -> int:
-        reply = self.s.jobs.RegisterJob(
+        """Submit into the driver's group (with `stubs`: through other credentials)."""
+        reply = (stubs or self.s).jobs.RegisterJob(
             pb.RegisterJobRequest(
                 resource_group_id=self.rg,
                 password=password,
@@ -92,6 +141,7 @@ class Driver:
     ) -> list[pb.ReadyTask]:
         reply = self.s.queue.PollAll(
             pb.PollAllRequest(
+                scheduler_id=self.scheduler,
                 max_tasks=max_items if lane == "tasks" else 0,
                 max_commit=max_items if lane == "commit" else 0,
                 max_cleanup=max_items if lane == "cleanup" else 0,

@@ -47,6 +47,20 @@ class MariaDBServer:
     datadir: str | None = None
     log_path: str | None = None
     pid: int | None = None
+    # A private server can be taken down (SIGKILL) and brought back on the same port and data.
+    _down: Callable[[], None] | None = field(default=None, repr=False)
+    _up: Callable[[], None] | None = field(default=None, repr=False)
+
+    def kill(self) -> None:
+        """SIGKILL the server (an outage); `restart()` brings it back. Private servers only."""
+        if self._down is None:
+            raise RuntimeError("only a private server can be killed")
+        self._down()
+
+    def restart(self) -> None:
+        if self._up is None:
+            raise RuntimeError("only a private server can be restarted")
+        self._up()
 
     @property
     def server_url(self) -> str:
@@ -287,9 +301,29 @@ def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[
             break
         if proc is None:
             raise RuntimeError(f"could not start a private MariaDB server: {last_failure}")
+        current = [proc]
+        command = list(proc.args)  # type: ignore[arg-type]
+
+        def down() -> None:
+            current[0].kill()
+            current[0].wait(STOP_TIMEOUT_SEC)
+
+        def up() -> None:
+            with open(log, "ab") as log_file:
+                current[0] = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 (one libc call)
+                )
+            server.pid = current[0].pid
+            _wait_until_ready(server, current[0], log)
+
+        server._down, server._up = down, up
         try:
             yield server
         finally:
-            _stop(proc)
+            _stop(current[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)

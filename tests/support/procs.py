@@ -127,6 +127,23 @@ class ServiceProcess:
         self.start()
 
 
+def stubs_for(ch: grpc.Channel) -> Any:
+    """Every storage service's stub on one channel."""
+
+    class Stubs:
+        jobs = pb_grpc.JobOrchestrationServiceStub(ch)
+        instances = pb_grpc.TaskInstanceManagementServiceStub(ch)
+        queue = pb_grpc.InboundQueueServiceStub(ch)
+        groups = pb_grpc.ResourceGroupManagementServiceStub(ch)
+        liveness = pb_grpc.ExecutionManagerLivenessServiceStub(ch)
+        schedulers = pb_grpc.SchedulerRegistrationServiceStub(ch)
+        session = pb_grpc.SessionManagementServiceStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+        channel_of: Any = None
+
+    return Stubs
+
+
 class StorageProcess(ServiceProcess):
     def __init__(
         self,
@@ -165,19 +182,7 @@ class StorageProcess(ServiceProcess):
         return self._channel
 
     def stubs(self) -> Any:
-        ch = self.channel()
-
-        class Stubs:
-            jobs = pb_grpc.JobOrchestrationServiceStub(ch)
-            instances = pb_grpc.TaskInstanceManagementServiceStub(ch)
-            queue = pb_grpc.InboundQueueServiceStub(ch)
-            groups = pb_grpc.ResourceGroupManagementServiceStub(ch)
-            liveness = pb_grpc.ExecutionManagerLivenessServiceStub(ch)
-            schedulers = pb_grpc.SchedulerRegistrationServiceStub(ch)
-            session = pb_grpc.SessionManagementServiceStub(ch)
-            health = health_pb2_grpc.HealthStub(ch)
-
-        return Stubs
+        return stubs_for(self.channel())
 
     def serving(self) -> bool:
         try:

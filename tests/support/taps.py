@@ -1,7 +1,8 @@
 """Taps: transparent recording gRPC proxies in front of REAL service processes.
 
 A test points the component under test at the tap instead of the service. The tap forwards every
-unary call unchanged (bytes in, bytes out, status codes and client cancellation preserved) and
+unary call unchanged (bytes and credentials in, bytes out, status codes and client cancellation
+preserved) and
 keeps a log of what was called, with which request and how it ended, so the test sees exactly
 what the service saw and in which order. It can also play faults: answer the next calls of a
 method with an error instead of forwarding them (`fail_next`), forward a call and then lose its
@@ -104,7 +105,15 @@ class GrpcTap(grpc.GenericRpcHandler):  # type: ignore[misc]
                     call.done.set()
                     return b""
             remaining = context.time_remaining()
-            future = forward.future(request, timeout=remaining if remaining else 30)
+            # Credentials travel as metadata: forward the caller's (not the transport's own).
+            metadata = [
+                (key, value)
+                for key, value in context.invocation_metadata()
+                if not key.startswith((":", "grpc-")) and key != "user-agent"
+            ]
+            future = forward.future(
+                request, timeout=remaining if remaining else 30, metadata=metadata
+            )
             # A caller that goes away cancels the forwarded call too: the service must see the
             # cancellation (the scheduler requeues what a vanished long poll would have taken).
             context.add_callback(future.cancel)

@@ -13,9 +13,17 @@ Error statuses (every service):
   NOT_FOUND            unknown job / EM / resource group; on task-instance RPCs: stale session
   FAILED_PRECONDITION  the request is valid but the state does not allow it (job not started,
                        already terminated, stale instance, EM declared dead, ...)
-  UNAUTHENTICATED      missing or wrong resource-group password or cluster token
+  UNAUTHENTICATED      missing or wrong credentials (resource-group password, operator token,
+                       cluster token)
+  PERMISSION_DENIED    valid credentials that do not allow the call
   ALREADY_EXISTS       duplicate resource group
-  RESOURCE_EXHAUSTED   message larger than the configured limit
+  RESOURCE_EXHAUSTED   message larger than the configured gRPC limit (a decompressed size or a
+                       count above a storage limit is INVALID_ARGUMENT naming the setting)
+
+Credentials (Orbweaver): service calls carry the cluster token (`authorization: Bearer T`);
+client calls (JobOrchestrationService, ResourceGroupManagementService) carry either the
+operator token the same way, or a resource group's id (`orbweaver-group`) and password
+(`orbweaver-password-bin`). A resource group sees only its own jobs.
   INTERNAL             a broken invariant only
 """
 
@@ -573,9 +581,14 @@ class ListJobsRequest(_message.Message):
     STATES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     BEFORE_JOB_ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_GROUP_ID_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     before_job_id: _builtins.int
     """Only jobs with id < before_job_id (0: no bound), newest first."""
+    resource_group_id: _builtins.int
+    """Orbweaver: only this resource group's jobs (0: the caller's group, or every group for the
+    operator).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """Empty: all states."""
@@ -586,10 +599,11 @@ class ListJobsRequest(_message.Message):
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         limit: _builtins.int = ...,
         before_job_id: _builtins.int = ...,
+        resource_group_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_job_id", b"before_job_id", "limit", b"limit", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_job_id", b"before_job_id", "limit", b"limit", "resource_group_id", b"resource_group_id", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1054,17 +1068,21 @@ class PollRequest(_message.Message):
 
     MAX_ITEMS_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
     max_items: _builtins.int
     wait_ms: _builtins.int
+    scheduler_id: _builtins.int
+    """Orbweaver: only the registered scheduler may take entries (its id from RegisterScheduler)."""
     def __init__(
         self,
         *,
         max_items: _builtins.int = ...,
         wait_ms: _builtins.int = ...,
+        scheduler_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_items", b"max_items", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_items", b"max_items", "scheduler_id", b"scheduler_id", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1129,10 +1147,16 @@ class PollAllRequest(_message.Message):
     MAX_COMMIT_FIELD_NUMBER: _builtins.int
     MAX_CLEANUP_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
     max_tasks: _builtins.int
     max_commit: _builtins.int
     max_cleanup: _builtins.int
     wait_ms: _builtins.int
+    scheduler_id: _builtins.int
+    """Orbweaver: only the registered scheduler may take entries (its id from RegisterScheduler).
+    An entry taken but not registered as a task instance within the storage's visibility
+    timeout is offered again.
+    """
     def __init__(
         self,
         *,
@@ -1140,10 +1164,11 @@ class PollAllRequest(_message.Message):
         max_commit: _builtins.int = ...,
         max_cleanup: _builtins.int = ...,
         wait_ms: _builtins.int = ...,
+        scheduler_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cleanup", b"max_cleanup", "max_commit", b"max_commit", "max_tasks", b"max_tasks", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cleanup", b"max_cleanup", "max_commit", b"max_commit", "max_tasks", b"max_tasks", "scheduler_id", b"scheduler_id", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1254,6 +1279,76 @@ class VerifyResourceGroupRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyResourceGroupRequest: _TypeAlias = VerifyResourceGroupRequest  # noqa: Y015
+
+@_typing.final
+class ListResourceGroupsRequest(_message.Message):
+    """Orbweaver: resource groups by id; the operator sees every group, a group only itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_id: _builtins.int
+    """Only groups with id > after_id, ordered by id."""
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        after_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResourceGroupsRequest: _TypeAlias = ListResourceGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ResourceGroupInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_RESOURCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    resource_group_id: _builtins.int
+    external_resource_group_id: _builtins.str
+    created_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        resource_group_id: _builtins.int = ...,
+        external_resource_group_id: _builtins.str = ...,
+        created_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "external_resource_group_id", b"external_resource_group_id", "resource_group_id", b"resource_group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceGroupInfo: _TypeAlias = ResourceGroupInfo  # noqa: Y015
+
+@_typing.final
+class ListResourceGroupsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceGroupInfo]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___ResourceGroupInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResourceGroupsReply: _TypeAlias = ListResourceGroupsReply  # noqa: Y015
 
 @_typing.final
 class RegisterExecutionManagerRequest(_message.Message):

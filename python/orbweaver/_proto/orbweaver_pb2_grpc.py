@@ -992,18 +992,31 @@ class ResourceGroupManagementServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.VerifyResourceGroupRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ResourceGroupReply.FromString,
                 _registered_method=True)
+        self.ListResourceGroups = channel.unary_unary(
+                '/orbweaver.v1.ResourceGroupManagementService/ListResourceGroups',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsReply.FromString,
+                _registered_method=True)
 
 
 class ResourceGroupManagementServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def AddResourceGroup(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Needs the operator token when the storage has one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyResourceGroup(self, request, context):
+        """Exactly one of the id and the external id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourceGroups(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1021,6 +1034,11 @@ def add_ResourceGroupManagementServiceServicer_to_server(servicer, server):
                     servicer.VerifyResourceGroup,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.VerifyResourceGroupRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ResourceGroupReply.SerializeToString,
+            ),
+            'ListResourceGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourceGroups,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1077,6 +1095,33 @@ class ResourceGroupManagementService:
             '/orbweaver.v1.ResourceGroupManagementService/VerifyResourceGroup',
             orbweaver_dot_v1_dot_orbweaver__pb2.VerifyResourceGroupRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.ResourceGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourceGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.ResourceGroupManagementService/ListResourceGroups',
+            orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.ListResourceGroupsReply.FromString,
             options,
             channel_credentials,
             insecure,

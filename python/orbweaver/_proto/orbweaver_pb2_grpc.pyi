@@ -13,9 +13,17 @@ Error statuses (every service):
   NOT_FOUND            unknown job / EM / resource group; on task-instance RPCs: stale session
   FAILED_PRECONDITION  the request is valid but the state does not allow it (job not started,
                        already terminated, stale instance, EM declared dead, ...)
-  UNAUTHENTICATED      missing or wrong resource-group password or cluster token
+  UNAUTHENTICATED      missing or wrong credentials (resource-group password, operator token,
+                       cluster token)
+  PERMISSION_DENIED    valid credentials that do not allow the call
   ALREADY_EXISTS       duplicate resource group
-  RESOURCE_EXHAUSTED   message larger than the configured limit
+  RESOURCE_EXHAUSTED   message larger than the configured gRPC limit (a decompressed size or a
+                       count above a storage limit is INVALID_ARGUMENT naming the setting)
+
+Credentials (Orbweaver): service calls carry the cluster token (`authorization: Bearer T`);
+client calls (JobOrchestrationService, ResourceGroupManagementService) carry either the
+operator token the same way, or a resource group's id (`orbweaver-group`) and password
+(`orbweaver-password-bin`). A resource group sees only its own jobs.
   INTERNAL             a broken invariant only
 """
 
@@ -267,13 +275,19 @@ class ResourceGroupManagementServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ResourceGroupManagementServiceAsyncStub: ...
     AddResourceGroup: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.AddResourceGroupRequest, _orbweaver_pb2.ResourceGroupReply]
+    """Needs the operator token when the storage has one."""
     VerifyResourceGroup: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.VerifyResourceGroupRequest, _orbweaver_pb2.ResourceGroupReply]
+    """Exactly one of the id and the external id."""
+    ListResourceGroups: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ListResourceGroupsRequest, _orbweaver_pb2.ListResourceGroupsReply]
 
 @_typing.type_check_only
 class ResourceGroupManagementServiceAsyncStub(ResourceGroupManagementServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     AddResourceGroup: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.AddResourceGroupRequest, _orbweaver_pb2.ResourceGroupReply]  # type: ignore[assignment]
+    """Needs the operator token when the storage has one."""
     VerifyResourceGroup: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.VerifyResourceGroupRequest, _orbweaver_pb2.ResourceGroupReply]  # type: ignore[assignment]
+    """Exactly one of the id and the external id."""
+    ListResourceGroups: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ListResourceGroupsRequest, _orbweaver_pb2.ListResourceGroupsReply]  # type: ignore[assignment]
 
 class ResourceGroupManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -281,14 +295,23 @@ class ResourceGroupManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _orbweaver_pb2.AddResourceGroupRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orbweaver_pb2.ResourceGroupReply, _abc.Awaitable[_orbweaver_pb2.ResourceGroupReply]]: ...
+    ) -> _typing.Union[_orbweaver_pb2.ResourceGroupReply, _abc.Awaitable[_orbweaver_pb2.ResourceGroupReply]]:
+        """Needs the operator token when the storage has one."""
 
     @_abc_1.abstractmethod
     def VerifyResourceGroup(
         self,
         request: _orbweaver_pb2.VerifyResourceGroupRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orbweaver_pb2.ResourceGroupReply, _abc.Awaitable[_orbweaver_pb2.ResourceGroupReply]]: ...
+    ) -> _typing.Union[_orbweaver_pb2.ResourceGroupReply, _abc.Awaitable[_orbweaver_pb2.ResourceGroupReply]]:
+        """Exactly one of the id and the external id."""
+
+    @_abc_1.abstractmethod
+    def ListResourceGroups(
+        self,
+        request: _orbweaver_pb2.ListResourceGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.ListResourceGroupsReply, _abc.Awaitable[_orbweaver_pb2.ListResourceGroupsReply]]: ...
 
 def add_ResourceGroupManagementServiceServicer_to_server(servicer: ResourceGroupManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

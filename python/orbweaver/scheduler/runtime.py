@@ -206,9 +206,15 @@ class _StorageClient:
         )
         return reply
 
-    def poll_all(self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int) -> Any:
+    def poll_all(
+        self, scheduler_id: int, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+    ) -> Any:
         request = pb.PollAllRequest(
-            max_tasks=max_tasks, max_commit=max_commit, max_cleanup=max_cleanup, wait_ms=wait_ms
+            scheduler_id=scheduler_id,
+            max_tasks=max_tasks,
+            max_commit=max_commit,
+            max_cleanup=max_cleanup,
+            wait_ms=wait_ms,
         )
         timeout = self._config.storage_rpc_timeout_s + wait_ms / 1000.0
         return self._observe(lambda: self._inbound.PollAll(request, timeout=timeout))
@@ -496,6 +502,12 @@ class SchedulerRuntime:
                 self.metrics.storage_poll_errors.inc()
                 code = exc.code() if hasattr(exc, "code") else None
                 details = exc.details() if hasattr(exc, "details") else str(exc)
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    # Another scheduler registered since: it owns the queue now. Two schedulers
+                    # re-registering in turn would take the queue from each other forever.
+                    log.error("replaced by another scheduler; stopping: %s", details)
+                    self._failed = True
+                    break
                 if delays is None:
                     delays = self.config.retry_backoff.delays()
                 delay = next(delays)
@@ -539,7 +551,7 @@ class SchedulerRuntime:
             wait_ms = 0 if core.buffered else cfg.storage_poll_wait_ms
             self.metrics.storage_polls.inc()
             reply = self._storage_client().poll_all(
-                budget.tasks, budget.commit, budget.cleanup, wait_ms
+                self.scheduler_id, budget.tasks, budget.commit, budget.cleanup, wait_ms
             )
             self._ingest(reply)
         lost = self._registry.drain_reschedule()

@@ -164,4 +164,4 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
 
 
 def add_to_server(servicer: SchedulerServicer, server: grpc.Server) -> None:
-    pb_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+    _rpc.add_servicer(server, servicer, "SchedulerService")

@@ -19,6 +19,9 @@ class StorageConfig:
     db_url: str = "sqlite:///orbweaver.db"
     listen: str = "127.0.0.1:50051"
     security: Security = field(default_factory=Security)
+    # The operator (admin) credential: sees every resource group, creates resource groups.
+    # Without it, anyone who reaches the service may create resource groups.
+    operator_token: str | None = field(default=None, repr=False)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grpc_workers: int = 256
     # Inbound queue lane capacities (spec 3.1).
@@ -39,9 +42,9 @@ class StorageConfig:
     # Longest server-side wait of WaitJob / polls, whatever the client asks for.
     max_wait: float = 60.0
     metrics_port: int | None = None
-    # Seconds to keep retrying a transient database error inside a job transition before the
-    # service gives up and exits (a restart then recovers from the database).
-    db_retry_deadline: float = 30.0
+    # Seconds a call keeps retrying a transient database error before it answers UNAVAILABLE
+    # (client calls) or leaves a job transition a task report decided waiting for the database.
+    db_retry_deadline: float = 5.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -67,6 +70,11 @@ class StorageConfig:
                 raise ValueError(f"storage config: {name} must be > 0 seconds")
         if self.job_retention is not None and self.job_retention <= 0:
             raise ValueError("storage config: job_retention must be > 0 seconds (or unset)")
+        if self.operator_token is not None and self.operator_token == self.security.token:
+            raise ValueError(
+                "storage config: the operator token must differ from the cluster token (the "
+                "cluster token is handed to every scheduler and execution manager)"
+            )
 
     def replace(self, **changes: Any) -> StorageConfig:
         return dataclasses.replace(self, **changes)
@@ -76,10 +84,14 @@ class StorageConfig:
         path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any
     ) -> StorageConfig:
         """Defaults, then the `[storage]` table of a TOML file, then the environment
-        (`ORBWEAVER_TOKEN`, `ORBWEAVER_TLS_*`), then explicit overrides (None values ignored)."""
-        security = Security.from_env(dict(os.environ if env is None else env))
+        (`ORBWEAVER_TOKEN`, `ORBWEAVER_OPERATOR_TOKEN`, `ORBWEAVER_TLS_*`), then explicit
+        overrides (None values ignored)."""
+        environ = dict(os.environ if env is None else env)
+        security = Security.from_env(environ)
         values: dict[str, Any] = {"security": security}
         if path is not None:
             values = read_table(path, "storage", StorageConfig, security)
+        if environ.get("ORBWEAVER_OPERATOR_TOKEN"):
+            values["operator_token"] = environ["ORBWEAVER_OPERATOR_TOKEN"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return StorageConfig(**values)

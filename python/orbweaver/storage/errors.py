@@ -50,6 +50,8 @@ def translate(
         return errors.FailedPrecondition(str(exc))
     if isinstance(exc, db_errors.DbUnavailable):
         return errors.Unavailable(f"database unavailable: {exc}")
+    if isinstance(exc, db_errors.ValueTooLarge):
+        return errors.LimitExceeded(str(exc))
     if isinstance(exc, db_errors.CorruptedDbState):
         return ServiceFailure(str(exc))
     return errors.InternalError(f"{job}{type(exc).__name__}: {exc}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
+from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.service import StorageService, now_ms
 
 log = logging.getLogger("orbweaver.storage.gc")
@@ -68,7 +70,16 @@ class BackgroundLoops:
 
     def instance_gc_pass(self) -> None:
         svc = self.service
-        dead = svc.db.get_dead_execution_managers(svc.config.em_stale_cutoff)
+        cutoff = svc.config.em_stale_cutoff
+        dead: list[int] = []
+        # Heartbeats could not be recorded while storage or its database was away: nobody is
+        # declared dead until a whole cutoff has passed with both answering.
+        if time.monotonic() - svc.heartbeat_gap_at > cutoff:
+            try:
+                dead = svc.db.get_dead_execution_managers(cutoff)
+            except db_errors.DbUnavailable as exc:
+                svc.note_heartbeat_gap()
+                log.warning("instance GC: database unavailable: %s", exc)
         if dead:
             svc.mark_dead(dead)
             svc.metrics.dead_ems.inc(len(dead))

@@ -114,6 +114,11 @@ class StorageMetrics:
             "Execution managers declared dead",
             registry=r,
         )
+        self.pending_transitions = Gauge(
+            "orbweaver_storage_pending_transitions",
+            "Job transitions waiting for the database to return",
+            registry=r,
+        )
 
     def job_terminated(self, state: JobState) -> None:
         self.jobs_terminated.labels(state.name).inc()

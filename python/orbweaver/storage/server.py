@@ -16,12 +16,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from orbweaver import _core
-from orbweaver._rpc import Server, make_server
+from orbweaver import _core, errors
+from orbweaver._rpc import Backoff, Server, make_server
 from orbweaver._service import MetricsServer
 from orbweaver.storage import servicer
+from orbweaver.storage.auth import Authenticator
 from orbweaver.storage.config import StorageConfig
 from orbweaver.storage.db import Database, open_database
+from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.gc import BackgroundLoops
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.recovery import RecoveryReport, recover_cache
@@ -43,6 +45,7 @@ class StorageRuntime:
     recovery: RecoveryReport | None = None
     metrics: StorageMetrics = field(default_factory=StorageMetrics)
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _stop_requested: threading.Event = field(default_factory=threading.Event)
     _fatal: str | None = None
     _metrics_server: MetricsServer | None = None
 
@@ -57,11 +60,37 @@ class StorageRuntime:
         return self._fatal
 
     def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop(grace=0)
-            raise
+        """Start; a database that cannot be reached yet (or is lost during recovery) is waited
+        for, with backoff, until it answers or `request_stop` is called."""
+        delays = Backoff(base=0.5, cap=5.0).delays()
+        while True:
+            try:
+                self._start()
+                return
+            except db_errors.DbUnavailable as exc:
+                self._release_partial_start()
+                delay = next(delays)
+                log.warning(
+                    "database unavailable during start-up; retrying in %.1f s: %s", delay, exc
+                )
+                if self._stop_requested.wait(delay):
+                    self.stop(grace=0)
+                    raise errors.Unavailable("stopped while waiting for the database") from exc
+            except BaseException:
+                self.stop(grace=0)
+                raise
+
+    def request_stop(self) -> None:
+        """Abort a start-up that waits for the database (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def _release_partial_start(self) -> None:
+        # Nothing serves or runs in the background before recovery has finished.
+        if self.db is not None:
+            self.db.close()
+        if self.cache is not None:
+            self.cache.close()
+        self.db = self.cache = self.service = None
 
     def _start(self) -> None:
         cfg = self.config
@@ -86,17 +115,25 @@ class StorageRuntime:
         )
         self.loops = BackgroundLoops(self.service)
         self.loops.start()
+        self.service.pending.start()
+        pending = self.service.pending
+        self.metrics.pending_transitions.set_function(lambda: len(pending))
         self.server = make_server(
             cfg.listen,
             cfg.security,
             max_workers=cfg.grpc_workers,
             max_message_bytes=cfg.max_message_bytes,
+            client_services=servicer.CLIENT_SERVICE_NAMES,
         )
-        servicer.add_servicers(
-            self.server.grpc_server,
-            self.service,
-            token_authenticated=cfg.security.token is not None,
+        auth = Authenticator(
+            self.db, operator_token=cfg.operator_token, cluster_token=cfg.security.token
         )
+        if not auth.has_operator:
+            log.warning(
+                "no operator token: anyone who reaches the storage service may create resource "
+                "groups (set ORBWEAVER_OPERATOR_TOKEN)"
+            )
+        servicer.add_servicers(self.server.grpc_server, self.service, auth)
         self.server.start()
         for name in servicer.SERVICE_NAMES:
             self.server.set_serving(name, True)
@@ -129,6 +166,8 @@ class StorageRuntime:
             self.cache.close()
         if self.loops is not None:
             self.loops.stop()
+        if self.service is not None:
+            self.service.pending.stop()
         if self.db is not None:
             self.db.close()
         if self._metrics_server is not None:

@@ -7,6 +7,10 @@ to the cache. The database is the source of truth, so a crash between the two st
 recovery; the lock keeps the cache's order of transitions equal to the database's.
 Task-level operations (register, report) never take that lock and never touch the database unless
 they complete, fail or terminate a job.
+
+The database may go away for a while: a client's transition then answers UNAVAILABLE (nothing
+changed), and a transition a task report decided waits for the database (`storage.pending`);
+calls the cache can answer keep working. The service stops only on a broken invariant.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,13 +26,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from orbweaver import _core, errors
+from orbweaver._limits import MESSAGE_OVERHEAD_BYTES, clip_message
 from orbweaver._rpc import Backoff
 from orbweaver.states import JobState
+from orbweaver.storage.auth import Principal
 from orbweaver.storage.config import StorageConfig
-from orbweaver.storage.db import Database, JobRow
+from orbweaver.storage.db import Database, JobRow, ResourceGroupRow
 from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.metrics import StorageMetrics
+from orbweaver.storage.pending import PendingTransitions, Transition
 from orbweaver.storage.submissions import SubmissionParser
 
 log = logging.getLogger("orbweaver.storage")
@@ -36,6 +44,9 @@ T = TypeVar("T")
 _LOCK_STRIPES = 256
 # Most jobs one WaitJobs call may name.
 MAX_WAIT_JOBS = 10_000
+_JOB_STATE_VALUES = frozenset(int(s) for s in JobState)
+# Host names, IPv4 and IPv6 addresses (with an optional zone): what a scheduler may advertise.
+_HOST_RE = re.compile(r"[A-Za-z0-9._:%\-\[\]]+")
 
 
 def now_ms() -> int:
@@ -77,9 +88,24 @@ class StorageService:
         self._alive_ems: set[int] = set()
         self._alive_lock = threading.Lock()
         self._scheduler_lock = threading.Lock()
+        # A registration is durable, like an execution manager's: the scheduler of the last
+        # registration keeps polling across storage restarts.
+        self._scheduler_id = self._registered_scheduler()
+        # Whether a scheduler registered since this process started (a later registration
+        # replaces it, and what it held is offered again).
         self._scheduler_registered = False
         self._max_wait_ms = int(config.max_wait * 1000)
+        # Job outputs must fit one database value and one reply (GetJobOutputs, the commit
+        # task's inputs).
+        self.max_output_bytes = min(
+            db.max_value_bytes, config.max_message_bytes - MESSAGE_OVERHEAD_BYTES
+        )
         self._waiters = threading.BoundedSemaphore(max(1, config.grpc_workers // 2))
+        # The last moment heartbeats could not be recorded (monotonic): this process's start
+        # (storage was down before) or a database failure. No execution manager is declared
+        # dead within a stale cutoff of it.
+        self.heartbeat_gap_at = time.monotonic()
+        self.pending = PendingTransitions(self._settle, self._settled, self._broken)
 
     # -----------------------------------------------------------------------------------------
     # Helpers
@@ -93,19 +119,82 @@ class StorageService:
         self._on_fatal(message)
         return ServiceFailure(message)
 
-    def _persist(self, what: str, op: Callable[[], T]) -> T:
-        """Run a DB write of a job transition, retrying transient errors. A transition the cache
-        already decided must reach the DB; if it cannot, the service stops (and recovers)."""
+    def note_heartbeat_gap(self) -> None:
+        self.heartbeat_gap_at = time.monotonic()
+
+    def _transition(self, t: Transition, *, park: bool) -> JobState | None:
+        """Write, then apply, a job transition (the job's lock stripe is held). Transient
+        database errors are retried for `db_retry_deadline`; then the transition is parked
+        until the database returns (`park`, returns None) or the caller gets UNAVAILABLE. A
+        write whose commit outcome is unknown is always parked, so it is settled either way."""
         deadline = time.monotonic() + self.config.db_retry_deadline
         delays = Backoff(base=0.05, cap=1.0).delays()
+        unknown = False
         while True:
             try:
-                return op()
+                if unknown:
+                    return self._settle_locked(t)
+                t.persist()
+                return t.apply()
             except db_errors.DbUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise self._fatal(f"{what}: database unavailable: {exc}") from exc
-                log.warning("%s: database unavailable, retrying: %s", what, exc)
-                time.sleep(next(delays))
+                self.note_heartbeat_gap()
+                unknown = unknown or exc.outcome_unknown
+                if time.monotonic() < deadline:
+                    log.warning("%s: database unavailable, retrying: %s", t.what, exc)
+                    time.sleep(next(delays))
+                    continue
+                if park or unknown:
+                    self.pending.park(t)
+                if park:
+                    return None
+                raise errors.Unavailable(
+                    f"{t.what}: the database is unavailable"
+                    + ("; the change is applied once it returns" if unknown else "")
+                ) from exc
+
+    def _settle_locked(self, t: Transition) -> JobState:
+        """Settle a transition whose write may or may not have landed: read the database."""
+        state = JobState(self.db.get_state(t.job_id))
+        if state == t.target:
+            return t.apply()
+        if state == t.source:
+            t.persist()
+            return t.apply()
+        raise ServiceFailure(
+            f"{t.what}: the database has the job {state.name}, expected {t.source.name} or "
+            f"{t.target.name}"
+        )
+
+    def _settle(self, t: Transition) -> JobState | None:
+        """Called by `self.pending` once the database may be back."""
+        with self._job_lock(t.job_id):
+            try:
+                current = JobState(self.cache.state(t.job_id))
+            except _core.JobNotFoundError:
+                current = None
+            if current != t.source:
+                raise ServiceFailure(
+                    f"{t.what}: the cached job moved to {current} while the change waited"
+                )
+            try:
+                return self._settle_locked(t)
+            except db_errors.DbUnavailable:
+                self.note_heartbeat_gap()
+                raise
+
+    def _broken(self, t: Transition, exc: BaseException) -> None:
+        self._fatal(f"{t.what}: {exc}")
+
+    def _settled(self, t: Transition, state: JobState) -> None:
+        if state.is_terminal:
+            self.metrics.job_terminated(state)
+            self._notify_terminal()
+
+    def _check_not_pending(self, job_id: int) -> None:
+        if job_id in self.pending:
+            raise errors.Unavailable(
+                f"job {job_id} has a state change waiting for the database; retry later"
+            )
 
     def _notify_terminal(self) -> None:
         with self._terminal:
@@ -119,68 +208,57 @@ class StorageService:
     def add_resource_group(self, external_id: str, password: bytes) -> int:
         if not external_id or len(external_id) > 256:
             raise errors.InvalidArgument("resource group name must be 1 to 256 characters")
+        if not password:
+            raise errors.InvalidArgument("a resource group needs a non-empty password")
+        if len(password) > 1024:
+            raise errors.InvalidArgument("resource group password longer than 1024 bytes")
         try:
             return self.db.add_resource_group(external_id, password)
         except db_errors.DbError as exc:
             raise translate(exc) from exc
 
-    def verify_resource_group(
-        self, password: bytes, *, resource_group_id: int = 0, external_id: str = ""
-    ) -> tuple[int, str]:
-        if not resource_group_id and not external_id:
-            raise errors.InvalidArgument("give a resource group id or name")
+    def list_resource_groups(
+        self, principal: Principal, after_id: int, limit: int
+    ) -> list[ResourceGroupRow]:
         try:
-            rg_id, name = self.db.verify_resource_group(
-                password,
-                resource_group_id=resource_group_id or None,
-                external_id=external_id or None,
-            )
+            if principal.is_operator:
+                return self.db.list_resource_groups(after_id, min(max(limit, 1), 10_000))
+            group_id = principal.group_id or 0
+            if group_id <= after_id:
+                return []
+            return [r for r in self.db.list_resource_groups(group_id - 1, 1) if r.id == group_id]
         except db_errors.DbError as exc:
             raise translate(exc) from exc
-        return rg_id, name
 
-    def _authorize(self, rg_id: int, password: bytes, token_authenticated: bool) -> None:
-        if token_authenticated and not password:
-            return  # cluster members hold the token; the group id is still checked by the DB
-        # The DB layer remembers recent successful checks, so this is cheap after the first.
-        self.verify_resource_group(password, resource_group_id=rg_id)
+    def _check_access(self, principal: Principal, job_id: int) -> None:
+        """A job another group owns is answered exactly like a job that does not exist."""
+        if principal.is_operator:
+            return
+        try:
+            owner = self.cache.resource_group(job_id)
+        except _core.JobNotFoundError:
+            try:
+                owner = self.db.get_job(job_id).resource_group_id
+            except db_errors.DbError as exc:
+                raise translate(exc, job_id=job_id) from exc
+        if not principal.may_see(owner):
+            raise errors.JobNotFound(f"job {job_id} not found")
 
     # -----------------------------------------------------------------------------------------
     # Job orchestration
     # -----------------------------------------------------------------------------------------
 
-    def register_job(
-        self,
-        rg_id: int,
-        password: bytes,
-        graph: bytes,
-        inputs: bytes,
-        *,
-        idempotency_key: str = "",
-        start: bool = False,
-        token_authenticated: bool = False,
-    ) -> tuple[int, JobState, bool]:
-        return self.register_jobs(
-            rg_id,
-            password,
-            graph,
-            [(inputs, idempotency_key)],
-            start=start,
-            token_authenticated=token_authenticated,
-        )[0]
-
     def register_jobs(
         self,
         rg_id: int,
-        password: bytes,
         graph: bytes,
         jobs: Sequence[tuple[bytes, str]],
         *,
         start: bool = False,
-        token_authenticated: bool = False,
     ) -> list[tuple[int, JobState, bool]]:
         """Register jobs of one graph, ``(inputs, idempotency_key)`` each, in one DB transaction;
-        with ``start`` they are inserted Running and their input tasks enqueued at once."""
+        with ``start`` they are inserted Running and their input tasks enqueued at once. The
+        caller has checked that the client may submit into `rg_id`."""
         if not jobs:
             raise errors.InvalidArgument("no jobs to register")
         for index, (_, key) in enumerate(jobs):
@@ -188,7 +266,6 @@ class StorageService:
                 raise errors.InvalidArgument(
                     f"job {index}: idempotency key longer than 128 characters"
                 )
-        self._authorize(rg_id, password, token_authenticated)
         submissions: list[_core.Submission] = []
         for index, (inputs, _) in enumerate(jobs):
             try:
@@ -208,7 +285,7 @@ class StorageService:
         results: list[tuple[int, JobState, bool]] = []
         for (job_id, deduplicated), submission in zip(registered, submissions, strict=True):
             if deduplicated:
-                results.append((job_id, self.get_state(job_id), True))
+                results.append((job_id, self._adopt(job_id, rg_id, submission), True))
                 continue
             with self._job_lock(job_id):
                 self.cache.insert(job_id, rg_id, submission)
@@ -218,7 +295,24 @@ class StorageService:
             results.append((job_id, state, False))
         return results
 
-    def start_job(self, job_id: int) -> JobState:
+    def _adopt(self, job_id: int, rg_id: int, submission: _core.Submission) -> JobState:
+        """The state of a job a retried submission found. A first attempt whose commit
+        outcome was unknown may have inserted the row without caching it: cache it now."""
+        with self._job_lock(job_id):
+            if job_id in self.cache:
+                return JobState(self.cache.state(job_id))
+            state = self._db_state(job_id)
+            if state in (JobState.READY, JobState.RUNNING):
+                self.cache.insert(job_id, rg_id, submission)
+                if state == JobState.RUNNING:
+                    self.cache.start(job_id)
+                log.info(
+                    "cached a job whose submission outcome was unknown", extra={"job_id": job_id}
+                )
+            return state
+
+    def start_job(self, principal: Principal, job_id: int) -> JobState:
+        self._check_access(principal, job_id)
         with self._job_lock(job_id):
             try:
                 self.cache.check_transition(job_id, _core.JOB_RUNNING)
@@ -229,14 +323,28 @@ class StorageService:
                 ) from None
             except _core.StaleError as exc:
                 raise translate(exc, job_id=job_id) from exc
+            self._check_not_pending(job_id)
+
+            def apply() -> JobState:
+                self.cache.start(job_id)
+                return JobState.RUNNING
+
+            transition = Transition(
+                job_id,
+                f"start job {job_id}",
+                JobState.READY,
+                JobState.RUNNING,
+                lambda: self.db.start_job(job_id),
+                apply,
+            )
             try:
-                self._persist(f"start job {job_id}", lambda: self.db.start_job(job_id))
+                self._transition(transition, park=False)
             except db_errors.DbError as exc:
                 raise translate(exc, job_id=job_id) from exc
-            self.cache.start(job_id)
         return JobState.RUNNING
 
-    def cancel_job(self, job_id: int) -> JobState:
+    def cancel_job(self, principal: Principal, job_id: int) -> JobState:
+        self._check_access(principal, job_id)
         with self._job_lock(job_id):
             if job_id not in self.cache:
                 state = self._db_state(job_id)
@@ -257,13 +365,20 @@ class StorageService:
                         " can no longer be cancelled"
                     ) from exc
                 raise translate(exc, job_id=job_id) from exc
+            self._check_not_pending(job_id)
+            transition = Transition(
+                job_id,
+                f"cancel job {job_id}",
+                current,
+                target,
+                lambda: self.db.cancel_job(job_id, has_cleanup),
+                lambda: JobState(self.cache.cancel(job_id, now_ms())),
+            )
             try:
-                self._persist(
-                    f"cancel job {job_id}", lambda: self.db.cancel_job(job_id, has_cleanup)
-                )
+                new_state = self._transition(transition, park=False)
             except db_errors.DbError as exc:
                 raise self._fatal(f"job {job_id}: cache allowed cancel, DB refused: {exc}") from exc
-            new_state = JobState(self.cache.cancel(job_id, now_ms()))
+            assert new_state is not None  # park=False: applied or raised
         if new_state.is_terminal:
             self.metrics.job_terminated(new_state)
             self._notify_terminal()
@@ -284,13 +399,21 @@ class StorageService:
         except db_errors.DbError as exc:
             raise translate(exc, job_id=job_id) from exc
 
-    def get_state(self, job_id: int) -> JobState:
+    def get_state(self, principal: Principal, job_id: int) -> JobState:
+        self._check_access(principal, job_id)
+        return self._state(job_id)
+
+    def _state(self, job_id: int) -> JobState:
         try:
             return JobState(self.cache.state(job_id))
         except _core.JobNotFoundError:
             return self._db_state(job_id)
 
-    def get_outputs(self, job_id: int) -> bytes:
+    def get_outputs(self, principal: Principal, job_id: int) -> bytes:
+        self._check_access(principal, job_id)
+        return self._outputs(job_id)
+
+    def _outputs(self, job_id: int) -> bytes:
         try:
             state = JobState(self.cache.state(job_id))
         except _core.JobNotFoundError:
@@ -307,7 +430,11 @@ class StorageService:
             f"job {job_id} is {state.name}; outputs are available once it has SUCCEEDED"
         )
 
-    def get_error(self, job_id: int) -> str:
+    def get_error(self, principal: Principal, job_id: int) -> str:
+        self._check_access(principal, job_id)
+        return self._error(job_id)
+
+    def _error(self, job_id: int) -> str:
         try:
             message = self.cache.error(job_id)
             state = JobState(self.cache.state(job_id))
@@ -327,11 +454,13 @@ class StorageService:
             f"job {job_id} is {state.name}; an error message exists only for FAILED jobs"
         )
 
-    def wait_job(self, job_id: int, timeout_ms: int) -> JobState:
+    def wait_job(self, principal: Principal, job_id: int, timeout_ms: int) -> JobState:
         """Block until the job is terminal or the (capped) timeout passes."""
-        return self.wait_jobs([job_id], timeout_ms)[0]
+        return self.wait_jobs(principal, [job_id], timeout_ms)[0]
 
-    def wait_jobs(self, job_ids: Sequence[int], timeout_ms: int) -> list[JobState]:
+    def wait_jobs(
+        self, principal: Principal, job_ids: Sequence[int], timeout_ms: int
+    ) -> list[JobState]:
         """Block until every job is terminal or the (capped) timeout passes; the states in the
         order given. An unknown job id is `JobNotFound`.
 
@@ -341,10 +470,12 @@ class StorageService:
             raise errors.InvalidArgument(
                 f"{len(job_ids)} jobs in one wait; at most {MAX_WAIT_JOBS} are allowed"
             )
+        pending = list(dict.fromkeys(job_ids))
+        for job_id in pending:
+            self._check_access(principal, job_id)
         long_wait = self._waiters.acquire(blocking=False)
         cap_ms = self._max_wait_ms if long_wait else 200
         states: dict[int, JobState] = {}
-        pending = list(dict.fromkeys(job_ids))
         try:
             deadline = time.monotonic() + min(timeout_ms, cap_ms) / 1000
             while True:
@@ -353,7 +484,7 @@ class StorageService:
                 with self._terminal:
                     generation = self._terminal_generation
                 for job_id in pending:
-                    states[job_id] = self.get_state(job_id)
+                    states[job_id] = self._state(job_id)
                 pending = [j for j in pending if not states[j].is_terminal]
                 remaining = deadline - time.monotonic()
                 if not pending or remaining <= 0:
@@ -365,7 +496,8 @@ class StorageService:
             if long_wait:
                 self._waiters.release()
 
-    def progress(self, job_id: int, max_explanations: int) -> JobProgress:
+    def progress(self, principal: Principal, job_id: int, max_explanations: int) -> JobProgress:
+        self._check_access(principal, job_id)
         try:
             state = JobState(self.cache.state(job_id))
             counts = self.cache.progress(job_id)
@@ -376,11 +508,34 @@ class StorageService:
             state = self._db_state(job_id)
             return JobProgress(state, 0, (0, 0, 0, 0, 0, 0), [], live=False)
 
-    def list_jobs(self, states: Sequence[int], limit: int, before_job_id: int) -> list[JobRow]:
+    def list_jobs(
+        self,
+        principal: Principal,
+        states: Sequence[int],
+        limit: int,
+        before_job_id: int,
+        resource_group_id: int = 0,
+    ) -> list[JobRow]:
+        """Jobs newest first; a resource group lists only its own jobs, the operator every
+        group's (or one group's, with `resource_group_id`)."""
+        for state in states:
+            if state not in _JOB_STATE_VALUES:
+                raise errors.InvalidArgument(
+                    f"unknown job state {state} in states; expected values in 1..7"
+                )
+        if not principal.is_operator:
+            if resource_group_id and resource_group_id != principal.group_id:
+                raise errors.PermissionDenied(
+                    f"{principal} cannot list the jobs of resource group {resource_group_id}"
+                )
+            resource_group_id = principal.group_id or 0
         try:
             return list(
                 self.db.list_jobs(
-                    list(states) or None, min(max(limit, 1), 10_000), before_job_id or None
+                    list(states) or None,
+                    min(max(limit, 1), 10_000),
+                    before_job_id or None,
+                    resource_group_id=resource_group_id or None,
                 )
             )
         except db_errors.DbError as exc:
@@ -471,29 +626,90 @@ class StorageService:
             live = []
             for outcome in outcomes:
                 try:
-                    if self.cache.state(outcome.job_id) == JobState.RUNNING:
-                        live.append(outcome)
+                    running = self.cache.state(outcome.job_id) == JobState.RUNNING
                 except _core.JobNotFoundError:
-                    pass  # evicted: it was cancelled or failed meanwhile
-            if not live:
-                return
-            rows = [(o.job_id, o.outputs or b"", o.has_commit) for o in live]
+                    continue  # evicted: it was cancelled or failed meanwhile
+                # A job with a transition waiting for the database (a failure) keeps that one.
+                if running and outcome.job_id not in self.pending:
+                    live.append(outcome)
+            # Outputs that could never be stored or sent back fail their job instead.
+            limit = self.max_output_bytes
+            states: list[JobState | None] = []
             try:
-                self._persist(
-                    f"commit outputs of {len(rows)} jobs",
-                    lambda: self.db.commit_outputs_many(rows),
-                )
-                now = now_ms()
-                states = [JobState(self.cache.complete(o.job_id, now)) for o in live]
+                for o in [o for o in live if len(o.outputs or b"") > limit]:
+                    states.append(
+                        self._fail_locked(
+                            o.job_id,
+                            f"the job outputs are {len(o.outputs or b'')} bytes, above the limit "
+                            f"of {limit} bytes (what the database stores in one value and a reply"
+                            " carries)",
+                        )
+                    )
+                live = [o for o in live if len(o.outputs or b"") <= limit]
+                states += self._commit_outputs(live)
             except db_errors.DbError as exc:
                 raise self._fatal(f"jobs completing: cache and database disagree: {exc}") from exc
             except _core.CoreError as exc:
                 raise self._fatal(f"jobs completing: {exc}") from exc
-        terminal = [state for state in states if state.is_terminal]
+        terminal = [state for state in states if state is not None and state.is_terminal]
         for state in terminal:
             self.metrics.job_terminated(state)
         if terminal:
             self._notify_terminal()
+
+    def _completion(self, o: _core.Outcome) -> Transition:
+        outputs = o.outputs or b""
+        return Transition(
+            o.job_id,
+            f"complete job {o.job_id}",
+            JobState.RUNNING,
+            JobState.COMMIT_READY if o.has_commit else JobState.SUCCEEDED,
+            lambda: self.db.commit_outputs(o.job_id, outputs, o.has_commit),
+            lambda: JobState(self.cache.complete(o.job_id, now_ms())),
+        )
+
+    def _commit_outputs(self, live: list[_core.Outcome]) -> list[JobState | None]:
+        """Complete the jobs of `live` (their stripes held): one transaction for all of them;
+        if the database is away, each job's completion waits for it on its own."""
+        if not live:
+            return []
+        rows = [(o.job_id, o.outputs or b"", o.has_commit) for o in live]
+        deadline = time.monotonic() + self.config.db_retry_deadline
+        delays = Backoff(base=0.05, cap=1.0).delays()
+        while True:
+            try:
+                self.db.commit_outputs_many(rows)
+            except db_errors.DbUnavailable as exc:
+                self.note_heartbeat_gap()
+                if not exc.outcome_unknown and time.monotonic() < deadline:
+                    time.sleep(next(delays))
+                    continue
+                # One transition per job: each is settled (read back, written or applied) alone.
+                for o in live:
+                    self.pending.park(self._completion(o))
+                return [None] * len(live)
+            now = now_ms()
+            return [JobState(self.cache.complete(o.job_id, now)) for o in live]
+
+    def _fail_locked(self, job_id: int, message: str) -> JobState | None:
+        """Persist, then apply, the failure of a cached job (its lock stripe is held); None
+        when it waits for the database."""
+        message = clip_message(message)
+        source = JobState(self.cache.state(job_id))
+
+        def apply() -> JobState:
+            self.cache.fail(job_id, message, now_ms())
+            return JobState.FAILED
+
+        transition = Transition(
+            job_id,
+            f"fail job {job_id}",
+            source,
+            JobState.FAILED,
+            lambda: self.db.fail_job(job_id, message),
+            apply,
+        )
+        return self._transition(transition, park=True)
 
     def _apply_outcome(self, outcome: _core.Outcome) -> None:
         """Persist and apply the job-level consequence of a report (a completed job goes
@@ -505,14 +721,14 @@ class StorageService:
                 current = JobState(self.cache.state(job_id))
             except _core.JobNotFoundError:
                 return
+            if job_id in self.pending:
+                return  # the job's first decided transition waits for the database
+            new_state: JobState | None
             try:
                 if kind == _core.OUTCOME_JOB_FAILED:
                     if current.is_terminal:
                         return
-                    message = outcome.message or "task failed"
-                    self._persist(f"fail job {job_id}", lambda: self.db.fail_job(job_id, message))
-                    self.cache.fail(job_id, message, now_ms())
-                    new_state = JobState.FAILED
+                    new_state = self._fail_locked(job_id, outcome.message or "task failed")
                 elif kind in (_core.OUTCOME_COMMIT_SUCCEEDED, _core.OUTCOME_CLEANUP_SUCCEEDED):
                     expected = (
                         JobState.COMMIT_READY
@@ -526,17 +742,24 @@ class StorageService:
                         if kind == _core.OUTCOME_COMMIT_SUCCEEDED
                         else JobState.CANCELLED
                     )
-                    self._persist(
-                        f"finish job {job_id}", lambda: self.db.set_state(job_id, int(final))
+                    new_state = self._transition(
+                        Transition(
+                            job_id,
+                            f"finish job {job_id}",
+                            current,
+                            final,
+                            lambda: self.db.set_state(job_id, int(final)),
+                            lambda: JobState(self.cache.finish(job_id, now_ms())),
+                        ),
+                        park=True,
                     )
-                    new_state = JobState(self.cache.finish(job_id, now_ms()))
                 else:
                     raise self._fatal(f"unknown outcome kind {kind} for job {job_id}")
             except db_errors.DbError as exc:
                 raise self._fatal(f"job {job_id}: cache and database disagree: {exc}") from exc
             except _core.CoreError as exc:
                 raise self._fatal(f"job {job_id}: {exc}") from exc
-        if new_state.is_terminal:
+        if new_state is not None and new_state.is_terminal:
             self.metrics.job_terminated(new_state)
             self._notify_terminal()
 
@@ -544,12 +767,30 @@ class StorageService:
     # Inbound queue
     # -----------------------------------------------------------------------------------------
 
-    def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
+    def _check_poller(self, scheduler_id: int) -> None:
+        """Only the registered scheduler takes ready entries."""
+        current = self._scheduler_id
+        if not scheduler_id:
+            raise errors.InvalidArgument(
+                "scheduler_id is required: poll with the id RegisterScheduler returned"
+            )
+        if scheduler_id != current:
+            raise errors.FailedPrecondition(
+                f"scheduler {scheduler_id} is not the registered scheduler"
+                + (f" (scheduler {current} is)" if current else " (none is registered)")
+                + "; only the registered scheduler may poll"
+            )
+
+    def poll(
+        self, scheduler_id: int, lane: int, max_items: int, wait_ms: int
+    ) -> list[tuple[int, int, int]]:
+        self._check_poller(scheduler_id)
         return self.cache.poll(lane, min(max_items, 1 << 20), min(wait_ms, self._max_wait_ms))
 
     def poll_all(
-        self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+        self, scheduler_id: int, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
     ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        self._check_poller(scheduler_id)
         cap = 1 << 20
         return self.cache.poll_all(
             min(max_tasks, cap),
@@ -563,6 +804,11 @@ class StorageService:
     # -----------------------------------------------------------------------------------------
 
     def register_execution_manager(self, ip_address: str) -> int:
+        # The column holds the longest textual IPv6 address; a scope id can make it longer.
+        if len(ip_address) > 45:
+            raise errors.InvalidArgument(
+                f"IP address of {len(ip_address)} characters; at most 45 are allowed"
+            )
         try:
             ipaddress.ip_address(ip_address)
         except ValueError:
@@ -579,6 +825,9 @@ class StorageService:
     def heartbeat(self, em_id: int) -> None:
         try:
             self.db.update_execution_manager_heartbeat(em_id)
+        except db_errors.DbUnavailable as exc:
+            self.note_heartbeat_gap()
+            raise translate(exc) from exc
         except db_errors.DbError as exc:
             raise translate(exc) from exc
 
@@ -589,6 +838,14 @@ class StorageService:
     def register_scheduler(self, host: str, port: int) -> int:
         if not host:
             raise errors.InvalidArgument("scheduler host is empty")
+        if len(host) > 255:
+            raise errors.InvalidArgument(
+                f"scheduler host of {len(host)} characters; at most 255 are allowed"
+            )
+        if not _HOST_RE.fullmatch(host):
+            raise errors.InvalidArgument(
+                f"scheduler host {host[:64]!r} is neither a host name nor an IP address"
+            )
         if not 0 < port <= 65535:
             raise errors.InvalidArgument(f"scheduler port {port} is out of range")
         with self._scheduler_lock:
@@ -598,6 +855,7 @@ class StorageService:
                 raise translate(exc) from exc
             replacing = self._scheduler_registered
             self._scheduler_registered = True
+            self._scheduler_id = scheduler_id
         if replacing:
             # The previous scheduler may have held ready work in memory: offer it again.
             threading.Thread(target=self._resend, name="resend-ready", daemon=True).start()
@@ -613,6 +871,13 @@ class StorageService:
             log.info("re-offered ready work", extra={"entries": count})
         except Exception as exc:
             self._fatal(f"resend of ready work failed: {exc}")
+
+    def _registered_scheduler(self) -> int | None:
+        try:
+            rows = self.db.get_schedulers()
+        except db_errors.DbError as exc:
+            raise translate(exc) from exc
+        return max((row.id for row in rows), default=None)
 
     def get_schedulers(self) -> list[tuple[int, str, int]]:
         try:

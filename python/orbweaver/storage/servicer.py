@@ -1,7 +1,12 @@
 """gRPC servicers of the storage service: protobuf in, `StorageService` call, protobuf out.
 
 Every method goes through `servicer_method`, so a typed error becomes its status code and any
-unexpected exception an INTERNAL answer: no request can take the service down.
+unexpected exception an INTERNAL answer: no request can take the service down. Requests are
+decoded leniently (`_rpc.add_servicer`): bytes that are not the request message are answered
+INVALID_ARGUMENT.
+
+The client-facing services authenticate every call here (`storage.auth`); the others are for
+services, and the transport checks their cluster token.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import grpc
 from orbweaver import _core, _taskid, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import code_for, servicer_method
+from orbweaver._rpc import add_servicer, code_for, servicer_method
 from orbweaver.states import JobState
+from orbweaver.storage.auth import Authenticator, Principal
 from orbweaver.storage.service import StorageService
 
 Ctx = grpc.ServicerContext
@@ -53,33 +59,37 @@ def _ready(entries: list[tuple[int, int, int]]) -> list[pb.ReadyTask]:
 
 
 class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
-    def __init__(self, svc: StorageService, token_authenticated: bool) -> None:
+    def __init__(self, svc: StorageService, auth: Authenticator) -> None:
         self.svc = svc
-        self.token_authenticated = token_authenticated
+        self.auth = auth
         self.max_message_bytes = svc.config.max_message_bytes
+
+    def _caller(self, context: Ctx) -> Principal:
+        return self.auth.require(context.invocation_metadata())
 
     @servicer_method
     def RegisterJob(self, request: pb.RegisterJobRequest, context: Ctx) -> pb.RegisterJobReply:
-        job_id, state, dedup = self.svc.register_job(
+        self.auth.for_submission(
+            context.invocation_metadata(), request.resource_group_id, request.password
+        )
+        [(job_id, state, dedup)] = self.svc.register_jobs(
             request.resource_group_id,
-            request.password,
             request.compressed_serialized_task_graph,
-            request.compressed_serialized_inputs,
-            idempotency_key=request.idempotency_key,
+            [(request.compressed_serialized_inputs, request.idempotency_key)],
             start=request.start,
-            token_authenticated=self.token_authenticated,
         )
         return pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
 
     @servicer_method
     def RegisterJobs(self, request: pb.RegisterJobsRequest, context: Ctx) -> pb.RegisterJobsReply:
+        self.auth.for_submission(
+            context.invocation_metadata(), request.resource_group_id, request.password
+        )
         registered = self.svc.register_jobs(
             request.resource_group_id,
-            request.password,
             request.compressed_serialized_task_graph,
             [(job.compressed_serialized_inputs, job.idempotency_key) for job in request.jobs],
             start=request.start,
-            token_authenticated=self.token_authenticated,
         )
         return pb.RegisterJobsReply(
             jobs=[
@@ -90,47 +100,59 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
 
     @servicer_method
     def StartJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=_state(self.svc.start_job(request.job_id)))
+        state = self.svc.start_job(self._caller(context), request.job_id)
+        return pb.JobStateReply(state=_state(state))
 
     @servicer_method
     def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=_state(self.svc.cancel_job(request.job_id)))
+        state = self.svc.cancel_job(self._caller(context), request.job_id)
+        return pb.JobStateReply(state=_state(state))
 
     @servicer_method
     def GetJobState(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobStateReply:
-        return pb.JobStateReply(state=_state(self.svc.get_state(request.job_id)))
+        state = self.svc.get_state(self._caller(context), request.job_id)
+        return pb.JobStateReply(state=_state(state))
 
     @servicer_method
     def GetJobOutputs(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobOutputsReply:
-        return pb.JobOutputsReply(serialized_outputs=self.svc.get_outputs(request.job_id))
+        outputs = self.svc.get_outputs(self._caller(context), request.job_id)
+        return pb.JobOutputsReply(serialized_outputs=outputs)
 
     @servicer_method
     def GetJobError(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobErrorReply:
-        return pb.JobErrorReply(error_message=self.svc.get_error(request.job_id))
+        message = self.svc.get_error(self._caller(context), request.job_id)
+        return pb.JobErrorReply(error_message=message)
 
     @servicer_method
     def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobReply:
-        state = self.svc.wait_job(request.job_id, request.timeout_ms)
-        return self._wait_reply(request.job_id, state, request.include_result, None)
+        caller = self._caller(context)
+        state = self.svc.wait_job(caller, request.job_id, request.timeout_ms)
+        return self._wait_reply(caller, request.job_id, state, request.include_result, None)
 
     @servicer_method
     def WaitJobs(self, request: pb.WaitJobsRequest, context: Ctx) -> pb.WaitJobsReply:
-        states = self.svc.wait_jobs(request.job_ids, request.timeout_ms)
+        caller = self._caller(context)
+        states = self.svc.wait_jobs(caller, request.job_ids, request.timeout_ms)
         # Results beyond half the message limit are left for GetJobOutputs.
         budget = [self.max_message_bytes // 2]
         return pb.WaitJobsReply(
             jobs=[
-                self._wait_reply(job_id, state, request.include_result, budget)
+                self._wait_reply(caller, job_id, state, request.include_result, budget)
                 for job_id, state in zip(request.job_ids, states, strict=True)
             ]
         )
 
     def _wait_reply(
-        self, job_id: int, state: JobState, include_result: bool, budget: list[int] | None
+        self,
+        caller: Principal,
+        job_id: int,
+        state: JobState,
+        include_result: bool,
+        budget: list[int] | None,
     ) -> pb.WaitJobReply:
         reply = pb.WaitJobReply(state=_state(state), terminal=state.is_terminal)
         if include_result and state == JobState.SUCCEEDED:
-            outputs = self.svc.get_outputs(job_id)
+            outputs = self.svc.get_outputs(caller, job_id)
             if budget is not None and len(outputs) > budget[0]:
                 reply.result_omitted = True
             else:
@@ -138,12 +160,14 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
                 if budget is not None:
                     budget[0] -= len(outputs)
         elif include_result and state == JobState.FAILED:
-            reply.error_message = self.svc.get_error(job_id)
+            reply.error_message = self.svc.get_error(caller, job_id)
         return reply
 
     @servicer_method
     def GetJobProgress(self, request: pb.JobProgressRequest, context: Ctx) -> pb.JobProgressReply:
-        p = self.svc.progress(request.job_id, min(request.max_explanations, 1000))
+        p = self.svc.progress(
+            self._caller(context), request.job_id, min(request.max_explanations, 1000)
+        )
         pending, ready, running, succeeded, failed, cancelled = p.counts
         return pb.JobProgressReply(
             state=_state(p.state),
@@ -165,7 +189,13 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
 
     @servicer_method
     def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsReply:
-        rows = self.svc.list_jobs(list(request.states), request.limit or 100, request.before_job_id)
+        rows = self.svc.list_jobs(
+            self._caller(context),
+            list(request.states),
+            request.limit or 100,
+            request.before_job_id,
+            request.resource_group_id,
+        )
         return pb.ListJobsReply(
             jobs=[
                 pb.JobSummary(
@@ -262,7 +292,7 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
         self.svc = svc
 
     def _poll(self, lane: int, request: pb.PollRequest) -> pb.ReadyTasks:
-        entries = self.svc.poll(lane, request.max_items, request.wait_ms)
+        entries = self.svc.poll(request.scheduler_id, lane, request.max_items, request.wait_ms)
         return pb.ReadyTasks(session_id=self.svc.session_id, tasks=_ready(entries))
 
     @servicer_method
@@ -280,7 +310,11 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
     @servicer_method
     def PollAll(self, request: pb.PollAllRequest, context: Ctx) -> pb.PollAllReply:
         tasks, commit, cleanup = self.svc.poll_all(
-            request.max_tasks, request.max_commit, request.max_cleanup, request.wait_ms
+            request.scheduler_id,
+            request.max_tasks,
+            request.max_commit,
+            request.max_cleanup,
+            request.wait_ms,
         )
         return pb.PollAllReply(
             session_id=self.svc.session_id,
@@ -291,23 +325,42 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
 
 
 class ResourceGroups(pb_grpc.ResourceGroupManagementServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
+    def __init__(self, svc: StorageService, auth: Authenticator) -> None:
         self.svc = svc
+        self.auth = auth
 
     @servicer_method
     def AddResourceGroup(
         self, request: pb.AddResourceGroupRequest, context: Ctx
     ) -> pb.ResourceGroupReply:
+        self.auth.require_operator(context.invocation_metadata(), "creating a resource group")
         rg_id = self.svc.add_resource_group(request.external_resource_group_id, request.password)
         return pb.ResourceGroupReply(
             resource_group_id=rg_id, external_resource_group_id=request.external_resource_group_id
         )
 
     @servicer_method
+    def ListResourceGroups(
+        self, request: pb.ListResourceGroupsRequest, context: Ctx
+    ) -> pb.ListResourceGroupsReply:
+        caller = self.auth.require(context.invocation_metadata())
+        rows = self.svc.list_resource_groups(caller, request.after_id, request.limit or 1000)
+        return pb.ListResourceGroupsReply(
+            groups=[
+                pb.ResourceGroupInfo(
+                    resource_group_id=r.id,
+                    external_resource_group_id=r.external_id,
+                    created_at_ms=r.created_at_ms,
+                )
+                for r in rows
+            ]
+        )
+
+    @servicer_method
     def VerifyResourceGroup(
         self, request: pb.VerifyResourceGroupRequest, context: Ctx
     ) -> pb.ResourceGroupReply:
-        rg_id, name = self.svc.verify_resource_group(
+        rg_id, name = self.auth.verify(
             request.password,
             resource_group_id=request.resource_group_id,
             external_id=request.external_resource_group_id,
@@ -366,17 +419,26 @@ class Session(pb_grpc.SessionManagementServiceServicer):
         return pb.SessionReply(session_id=self.svc.session_id)
 
 
-def add_servicers(server: grpc.Server, svc: StorageService, *, token_authenticated: bool) -> None:
-    pb_grpc.add_JobOrchestrationServiceServicer_to_server(
-        JobOrchestration(svc, token_authenticated), server
-    )
-    pb_grpc.add_TaskInstanceManagementServiceServicer_to_server(TaskInstances(svc), server)
-    pb_grpc.add_InboundQueueServiceServicer_to_server(InboundQueue(svc), server)
-    pb_grpc.add_ResourceGroupManagementServiceServicer_to_server(ResourceGroups(svc), server)
-    pb_grpc.add_ExecutionManagerLivenessServiceServicer_to_server(Liveness(svc), server)
-    pb_grpc.add_SchedulerRegistrationServiceServicer_to_server(SchedulerRegistration(svc), server)
-    pb_grpc.add_SessionManagementServiceServicer_to_server(Session(svc), server)
+def add_servicers(server: grpc.Server, svc: StorageService, auth: Authenticator) -> None:
+    servicers = {
+        "JobOrchestrationService": JobOrchestration(svc, auth),
+        "TaskInstanceManagementService": TaskInstances(svc),
+        "InboundQueueService": InboundQueue(svc),
+        "ResourceGroupManagementService": ResourceGroups(svc, auth),
+        "ExecutionManagerLivenessService": Liveness(svc),
+        "SchedulerRegistrationService": SchedulerRegistration(svc),
+        "SessionManagementService": Session(svc),
+    }
+    for name, servicer in servicers.items():
+        add_servicer(server, servicer, name)
 
+
+# Services whose callers are clients: they authenticate each call themselves (not the transport's
+# cluster-token check).
+CLIENT_SERVICE_NAMES = [
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("JobOrchestrationService", "ResourceGroupManagementService")
+]
 
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[name].full_name

@@ -54,9 +54,15 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from orbweaver import _taskid, errors
+from orbweaver._limits import MAX_VALUE_IN_MESSAGE, clip_message
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
+from orbweaver._rpc import (
+    Backoff,
+    Security,
+    call_with_retry,
+    make_channel,
+)
 from orbweaver._service import MetricsServer
 from orbweaver.worker.pool import (
     ExecutorPool,
@@ -186,6 +192,23 @@ class _Outcome:
     task_id: int
     instance_id: int
     value: bytes | str
+
+
+_MAX_REPORT_BYTES = MAX_VALUE_IN_MESSAGE
+
+
+def _by_size(outcomes: list[_Outcome]) -> list[list[_Outcome]]:
+    """Consecutive groups whose values fit one report message."""
+    groups: list[list[_Outcome]] = []
+    size = _MAX_REPORT_BYTES + 1
+    for o in outcomes:
+        value = len(o.value) + 64  # an error message is clipped to a few KiB
+        if size + value > _MAX_REPORT_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(o)
+        size += value
+    return groups
 
 
 class _Metrics:
@@ -900,10 +923,16 @@ class ExecutionManager:
         self.metrics.tasks.labels(result.kind.name.lower()).inc()
         req = work.request
         value: bytes | str
-        if result.kind == ResultKind.SUCCESS:
+        if result.kind == ResultKind.SUCCESS and len(result.outputs or b"") > _MAX_REPORT_BYTES:
+            # It could never reach storage; its job fails with the reason instead of waiting.
+            value = (
+                f"{work.label}: output of {len(result.outputs or b'')} bytes exceeds the limit "
+                f"of {_MAX_REPORT_BYTES} bytes a report can carry"
+            )
+        elif result.kind == ResultKind.SUCCESS:
             value = result.outputs or b""
         else:
-            value = f"{work.label}: {result.error or result.kind.name.lower()}"
+            value = clip_message(f"{work.label}: {result.error or result.kind.name.lower()}")
         self._reports.put(
             _Outcome(work.session_id, req.job_id, req.task_id, req.instance_id, value)
         )
@@ -931,12 +960,13 @@ class ExecutionManager:
             by_session: dict[int, list[_Outcome]] = {}
             for o in batch:
                 by_session.setdefault(o.session_id, []).append(o)
-            for session_id, group in by_session.items():
-                try:
-                    self._send_reports(session_id, group)
-                except Exception:
-                    log.exception("reporting outcomes failed", extra={"count": len(group)})
-                    self.metrics.reports_dropped.labels("error").inc(len(group))
+            for session_id, outcomes in by_session.items():
+                for group in _by_size(outcomes):
+                    try:
+                        self._send_reports(session_id, group)
+                    except Exception:
+                        log.exception("reporting outcomes failed", extra={"count": len(group)})
+                        self.metrics.reports_dropped.labels("error").inc(len(group))
             self._settle(len(batch))
 
     def _send_reports(self, session_id: int, group: list[_Outcome]) -> None:

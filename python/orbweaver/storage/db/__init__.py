@@ -25,7 +25,7 @@ from .errors import (
     ResourceGroupNotFound,
     UnexpectedJobState,
 )
-from .protocol import Database, JobRow, RecoverableJobRow, SchedulerRow
+from .protocol import Database, JobRow, RecoverableJobRow, ResourceGroupRow, SchedulerRow
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 from .url import MariaDbConfig, SqliteConfig, parse_url, redact_url
 
@@ -47,6 +47,7 @@ __all__ = [
     "RecoverableJobRow",
     "ResourceGroupAlreadyExists",
     "ResourceGroupNotFound",
+    "ResourceGroupRow",
     "SchedulerRow",
     "UnexpectedJobState",
     "is_valid_transition",

@@ -28,9 +28,10 @@ from .errors import (
     ResourceGroupAlreadyExists,
     ResourceGroupNotFound,
     UnexpectedJobState,
+    ValueTooLarge,
 )
 from .passwords import PasswordVerifier, hash_password
-from .protocol import JobRow, RecoverableJobRow, SchedulerRow
+from .protocol import JobRow, RecoverableJobRow, ResourceGroupRow, SchedulerRow
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 
 T = TypeVar("T")
@@ -96,10 +97,26 @@ _TERMINAL_SQL = ", ".join(f"'{s.db_name}'" for s in sorted(TERMINAL_STATES))
 
 # Rows locked per SELECT ... FOR UPDATE of a batched transition.
 _LOCK_CHUNK = 500
+# Room for a statement's SQL text and protocol framing besides its values.
+STATEMENT_OVERHEAD = 64 * 1024
 
 
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
+
+
+def _by_size(rows: list[tuple[str, bytes, int]], limit: int) -> list[list[tuple[str, bytes, int]]]:
+    """Consecutive batches of rows whose blobs add up to at most `limit` bytes (a row alone may
+    reach the limit)."""
+    batches: list[list[tuple[str, bytes, int]]] = []
+    size = limit + 1
+    for row in rows:
+        if size + len(row[1]) > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(row)
+        size += len(row[1])
+    return batches
 
 
 class Statements:
@@ -165,6 +182,10 @@ class Statements:
         )
         self.resource_group_by_external_id = (
             "SELECT id, external_id, password FROM resource_groups WHERE external_id = ?"
+        )
+        self.list_resource_groups = (
+            f"SELECT id, external_id, {ms(col='created_at')} FROM resource_groups "
+            "WHERE id > ? ORDER BY id LIMIT ?"
         )
 
         # -- execution managers
@@ -321,6 +342,20 @@ class SqlDatabase(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @abc.abstractmethod
+    def _max_statement_bytes(self) -> int:
+        """The largest statement (SQL and values) the database accepts."""
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest blob (or set of blobs) one statement may carry; bigger values are refused
+        with `ValueTooLarge` before anything is sent."""
+        return self._max_value_bytes
+
+    def _check_value_size(self, what: str, size: int) -> None:
+        if size > self._max_value_bytes:
+            raise ValueTooLarge(what, size, self._max_value_bytes)
+
     # -- connect --------------------------------------------------------------------------------
 
     def _initialize(self) -> None:
@@ -349,6 +384,7 @@ class SqlDatabase(abc.ABC):
         self._session_id = self._transaction(new_session, write=True)
         if self._session_id <= 0:
             raise CorruptedDbState("the database returned no session id")
+        self._max_value_bytes = max(0, self._max_statement_bytes() - STATEMENT_OVERHEAD)
 
     @property
     def session_id(self) -> int:
@@ -395,6 +431,11 @@ class SqlDatabase(abc.ABC):
         ]
         if not _in_range(rg):
             raise ResourceGroupNotFound(resource_group_id=rg)
+        for index, (inputs, _) in enumerate(entries):
+            what = "the submission (compressed graph and inputs)"
+            self._check_value_size(
+                what if len(entries) == 1 else f"job {index}: {what}", len(graph) + len(inputs)
+            )
         # A job submitted with start=True is inserted Running: one transaction instead of an
         # insert and a locked Ready -> Running update (recovery treats both rows alike).
         state = (DbJobState.RUNNING if start else DbJobState.READY).db_name
@@ -500,6 +541,7 @@ class SqlDatabase(abc.ABC):
 
     def commit_outputs(self, job_id: int, serialized_outputs: bytes, has_commit: bool) -> int:
         outputs = _check_bytes(serialized_outputs, "serialized_outputs")
+        self._check_value_size(f"job {job_id}: outputs", len(outputs))
         target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
         return self._transition(job_id, lambda _: target, outputs=outputs)
 
@@ -509,6 +551,7 @@ class SqlDatabase(abc.ABC):
             jid = _valid_id(job_id, "job_id")
             if not _in_range(jid):
                 raise JobNotFound(jid)
+            self._check_value_size(f"job {jid}: outputs", len(serialized_outputs))
             target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
             checked.append((jid, _check_bytes(serialized_outputs, "serialized_outputs"), target))
         if len({jid for jid, _, _ in checked}) != len(checked):
@@ -536,7 +579,10 @@ class SqlDatabase(abc.ABC):
                     raise InvalidJobStateTransition(current, target, job_id=jid)
                 updates.setdefault(target, []).append((target.db_name, outputs, jid))
             for target, params in updates.items():
-                cur.executemany(sql.update_job(terminal=target.is_terminal, outputs=True), params)
+                statement = sql.update_job(terminal=target.is_terminal, outputs=True)
+                # A batched UPDATE may travel as one packet: keep each under the limit.
+                for batch in _by_size(params, self._max_value_bytes):
+                    cur.executemany(statement, batch)
             return [int(target) for _, _, target in checked]
 
         if not checked:
@@ -563,10 +609,12 @@ class SqlDatabase(abc.ABC):
 
     def fail_job(self, job_id: int, message: str) -> None:
         msg = _check_text(message, "message", 2**31, allow_empty=True)
+        self._check_value_size(f"job {job_id}: error message", len(msg.encode()))
         self._transition(job_id, lambda _: DbJobState.FAILED, error=msg)
 
     def fail_unrecoverable(self, job_id: int, reason: str) -> None:
         msg = _check_text(reason, "reason", 2**31, allow_empty=True)
+        self._check_value_size(f"job {job_id}: error message", len(msg.encode()))
 
         def check(current: DbJobState, target: DbJobState) -> None:
             if current.is_terminal:
@@ -752,6 +800,16 @@ class SqlDatabase(abc.ABC):
             return self._transaction(tx, write=True)
         except DuplicateKeyError:
             raise ResourceGroupAlreadyExists(name) from None
+
+    def list_resource_groups(self, after_id: int = 0, limit: int = 1000) -> list[ResourceGroupRow]:
+        after = _valid_id(after_id, "after_id") if after_id else 0
+        count = max(1, min(int(limit), 10_000))
+
+        def tx(cur: Cursor) -> list[ResourceGroupRow]:
+            cur.execute(self._sql.list_resource_groups, (after, count))
+            return [ResourceGroupRow(int(r[0]), str(r[1]), int(r[2])) for r in cur.fetchall()]
+
+        return self._transaction(tx, write=False)
 
     def verify_resource_group(
         self,

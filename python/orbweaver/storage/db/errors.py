@@ -24,6 +24,7 @@ __all__ = [
     "ResourceGroupAlreadyExists",
     "ResourceGroupNotFound",
     "UnexpectedJobState",
+    "ValueTooLarge",
 ]
 
 
@@ -52,6 +53,19 @@ class DbUnavailable(DbError):
     def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class ValueTooLarge(DbError):
+    """A value cannot be stored: the statement carrying it would exceed what the database
+    accepts in one statement (MariaDB's ``max_allowed_packet``). Nothing was written."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} of {size} bytes exceeds the database's limit of {limit} bytes per value"
+        )
 
 
 class CorruptedDbState(DbError):

@@ -254,6 +254,10 @@ class MariaDbDatabase(SqlDatabase):
             "user": config.user,
             "database": config.database,
             "connect_timeout": connect_timeout or config.connect_timeout,
+            # A server that hangs (rather than refusing) must not hold a caller forever; lock
+            # waits end earlier (innodb_lock_wait_timeout).
+            "read_timeout": max(30, lock_wait_timeout + 10),
+            "write_timeout": max(30, lock_wait_timeout + 10),
             "autocommit": False,
             # UTC sessions: TIMESTAMP comparisons never cross a DST change.
             "init_command": (
@@ -276,6 +280,15 @@ class MariaDbDatabase(SqlDatabase):
 
     def _connect(self) -> Any:
         return self._mariadb.connect(**self._connect_args)
+
+    def _max_statement_bytes(self) -> int:
+        # The server refuses (and drops the connection of) a bigger packet.
+        def tx(cur: Cursor) -> int:
+            cur.execute("SELECT @@max_allowed_packet")
+            row = cur.fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return self._transaction(tx, write=False)
 
     def _where(self) -> str:
         c = self._config

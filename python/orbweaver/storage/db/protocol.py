@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from .states import DbJobState
 
-__all__ = ["Database", "JobRow", "RecoverableJobRow", "SchedulerRow"]
+__all__ = ["Database", "JobRow", "RecoverableJobRow", "ResourceGroupRow", "SchedulerRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,13 @@ class RecoverableJobRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceGroupRow:
+    id: int
+    external_id: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerRow:
     id: int
     host: str
@@ -51,6 +58,12 @@ class Database(Protocol):
     transition (:func:`~.states.is_valid_transition`) and updates the row. Transient failures raise
     :class:`~.errors.DbUnavailable`; everything else raised is a definite answer.
     """
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest value (blob or text) one statement may carry; bigger ones are refused
+        with ``ValueTooLarge`` before anything is sent."""
+        ...
 
     @property
     def session_id(self) -> int:
@@ -173,6 +186,10 @@ class Database(Protocol):
 
     def add_resource_group(self, external_id: str, password: bytes) -> int:
         """Create a resource group storing a salted scrypt hash of ``password``."""
+        ...
+
+    def list_resource_groups(self, after_id: int = 0, limit: int = 1000) -> list[ResourceGroupRow]:
+        """Resource groups with ``id > after_id``, by id (no password records)."""
         ...
 
     def verify_resource_group(

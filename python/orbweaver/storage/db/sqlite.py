@@ -157,6 +157,13 @@ class SqliteDatabase(SqlDatabase):
     def _schema_ddl(self) -> Sequence[str]:
         return SCHEMA
 
+    def _max_statement_bytes(self) -> int:
+        # SQLite bounds each string or blob (SQLITE_MAX_LENGTH, 1e9 by default).
+        with self._lock:
+            if self._conn is None:
+                raise DbError("the database connection is closed")
+            return int(self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+
     def _run_ddl(self, statements: Sequence[str]) -> None:
         def tx(cur: Cursor) -> None:
             for statement in statements:
