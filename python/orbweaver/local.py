@@ -4,6 +4,12 @@ It starts the storage service (embedded SQLite unless `db=` names another databa
 and one execution manager with `workers` executor processes, each as its own child process
 running the same code as `orbweaver storage|scheduler|worker`. The components authenticate each
 other with a random cluster token, which the cluster's client carries.
+
+Secrets (the token, a database URL with a password) reach the components through their
+environment, never their command line, which every local user can read. The components die with
+the process that started them, however it dies: each inherits the read end of a "lifeline" pipe
+whose write end only this process holds, and stops when it reads EOF; when started from the main
+thread they also get SIGTERM from the kernel when this process exits (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
 from orbweaver import errors
+from orbweaver._service import LIFELINE_FD_ENV, PARENT_PID_ENV, StartupError
 from orbweaver.client import Client, ResourceGroup
+from orbweaver.storage.db.url import ENV_DB_URL
 from orbweaver.tdl.task import registered_tasks_dirs
 
 log = logging.getLogger("orbweaver.local")
@@ -121,6 +130,7 @@ class LocalCluster:
             if p
         )
         self._procs: dict[Component, _Process] = {}
+        self._lifeline: tuple[int, int] | None = None  # (read end, write end)
         self._client: Client | None = None
         self._group: ResourceGroup | None = None
         self._storage_port = 0
@@ -197,7 +207,7 @@ class LocalCluster:
         py = [sys.executable, "-m", "orbweaver"]
         if name == "storage":
             listen = f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen
-            args = [*py, "storage", "--db", self.db_url, "--listen", listen]
+            args = [*py, "storage", "--listen", listen]  # the database URL: in its environment
         elif name == "scheduler":
             listen = f"127.0.0.1:{self._scheduler_port}"
             args = [*py, "scheduler", "--storage", self.address, "--listen", listen]
@@ -227,8 +237,14 @@ class LocalCluster:
         ready_file.unlink(missing_ok=True)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         args = self._command(name, ready_file)
+        lifeline = self._lifeline_fd()
         popen = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
+            args,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self._child_env(name, lifeline),
+            start_new_session=True,
+            pass_fds=(lifeline,),
         )
         proc = _Process(name, args, popen, ready_file, log_file)
         self._procs[name] = proc
@@ -238,12 +254,40 @@ class LocalCluster:
         elif name == "scheduler":
             self._scheduler_port = proc.port
 
+    def _lifeline_fd(self) -> int:
+        """The read end of the lifeline pipe, which every component inherits. Only this process
+        holds the write end (not inheritable, and `subprocess` closes it in children), so the
+        components read EOF exactly when it is gone."""
+        if self._lifeline is None:
+            self._lifeline = os.pipe()
+        return self._lifeline[0]
+
+    def _child_env(self, name: Component, lifeline: int) -> dict[str, str]:
+        env = dict(self._env)
+        env[LIFELINE_FD_ENV] = str(lifeline)
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child exits: only the main
+        # thread lives as long as the process. From other threads the lifeline alone serves.
+        if threading.current_thread() is threading.main_thread():
+            env[PARENT_PID_ENV] = str(os.getpid())
+        else:
+            env.pop(PARENT_PID_ENV, None)
+        if name == "storage":
+            env[ENV_DB_URL] = self.db_url
+        else:
+            env.pop(ENV_DB_URL, None)  # only storage uses it; executors run user code
+        return env
+
     def _wait_ready(self, proc: _Process) -> int:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.ready_file.exists():
                 with contextlib.suppress(json.JSONDecodeError):
-                    return int(json.loads(proc.ready_file.read_text()).get("port", 0))
+                    ready = json.loads(proc.ready_file.read_text())
+                    if "error" in ready:  # it failed to start and said why
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            proc.popen.wait(10)
+                        raise StartupError(proc.name, str(ready["error"]))
+                    return int(ready.get("port", 0))
             code = proc.popen.poll()
             if code is not None:
                 raise errors.Unavailable(
@@ -296,5 +340,10 @@ class LocalCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(5)
             proc.log_file.close()
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._lifeline = None
         if not os.environ.get("ORBWEAVER_KEEP_LOCAL"):
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -39,6 +39,8 @@ class StorageConfig:
     # Longest server-side wait of WaitJob / polls, whatever the client asks for.
     max_wait: float = 60.0
     metrics_port: int | None = None
+    # Where the metrics endpoint listens (None: the host of `listen`).
+    metrics_host: str | None = None
     # Seconds to keep retrying a transient database error inside a job transition before the
     # service gives up and exits (a restart then recovers from the database).
     db_retry_deadline: float = 30.0
