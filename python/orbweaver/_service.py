@@ -46,7 +46,7 @@ class StartupError(errors.Unavailable):
     database held by another storage service): a message for the operator, not a bug."""
 
     def __init__(self, component: str, reason: str) -> None:
-        super().__init__(f"{component}: {reason}")
+        super().__init__(f"{component}: {reason}" if component else reason)
         self.component = component
         self.reason = reason
 
@@ -207,7 +207,7 @@ class MetricsServer:
         registry: CollectorRegistry,
         host: str = "127.0.0.1",
         *,
-        component: str = "metrics",
+        component: str = "",
     ) -> None:
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)

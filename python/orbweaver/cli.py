@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except StartupError as exc:
         # A port in use, a database held by another storage: the reason says it all.
-        message = exc.reason if exc.component == args.command else str(exc)
+        message = exc.reason if exc.component in ("", args.command) else str(exc)
     except (errors.OrbweaverError, DbError, ValueError, OSError) as exc:
         # Configuration and connection problems: a readable line, not a traceback.
         message = f"{type(exc).__name__}: {exc}"

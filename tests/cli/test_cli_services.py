@@ -70,6 +70,34 @@ def held_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def consecutive_ports(count: int, hold: int) -> Iterator[int]:
+    """The first of `count` consecutive free ports; the one at offset `hold` is listened on by
+    someone else for the duration of the block."""
+    for _ in range(50):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            if base + count > 65535:
+                continue
+            try:
+                sockets = [first]
+                for port in range(base + 1, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+                    sockets.append(sock)
+            except OSError:
+                continue
+            for i, sock in enumerate(sockets):
+                if i != hold:
+                    sock.close()
+            sockets[hold].listen()
+            yield base
+            return
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
 def log_entries(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -187,14 +215,18 @@ def test_local_listen_port_in_use(tmp_path: Path) -> None:
     )
 
 
-def test_local_metrics_port_in_use_names_the_component(tmp_path: Path) -> None:
-    """`--metrics-port P`: storage on P, the scheduler on P+1; P+1 is taken here."""
-    with held_port() as taken:
-        proc = cli(*local_args(tmp_path, "--listen", "127.0.0.1:0", "--metrics-port",
-                               str(taken - 1)))  # fmt: skip
+@pytest.mark.parametrize(("offset", "component"), [(0, "storage"), (1, "scheduler"),
+                                                (2, "worker")])  # fmt: skip
+def test_local_metrics_port_in_use_names_the_component(
+    offset: int, component: str, tmp_path: Path
+) -> None:
+    """`--metrics-port P`: storage on P, the scheduler on P+1, the worker on P+2."""
+    with consecutive_ports(3, hold=offset) as base:
+        taken = base + offset
+        proc = cli(*local_args(tmp_path, "--listen", "127.0.0.1:0", "--metrics-port", str(base)))
     assert_one_line_error(
         proc,
-        f"orbweaver local: scheduler: cannot serve metrics on 127.0.0.1:{taken}: "
+        f"orbweaver local: {component}: cannot serve metrics on 127.0.0.1:{taken}: "
         "address already in use",
     )
 
