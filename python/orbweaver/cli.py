@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -19,22 +21,75 @@ from orbweaver._rpc import Security
 from orbweaver.states import JobState
 
 DEFAULT_STORAGE = "127.0.0.1:50051"
+DEFAULT_LOCAL_DB = "sqlite:///orbweaver.db"
+
+log = logging.getLogger("orbweaver.cli")
+
+_ON_COMMAND_LINE = "on the command line, where every local user can read it (ps, /proc/PID/cmdline)"
 
 
 def _write_ready(path: str | None, port: int) -> None:
     """Tell a supervising process (LocalCluster) the bound port, atomically."""
+    _write_ready_file(path, {"port": port, "pid": os.getpid()})
+
+
+def _write_ready_file(path: str | None, content: dict[str, Any]) -> None:
     if not path:
         return
     target = Path(path)
     tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+    tmp.write_text(json.dumps(content))
     tmp.replace(target)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The cluster token given on the command line (`--token` or `--token-file`), if any; a
+    service warns that `--token` shows it to every local user."""
+    token: str | None = getattr(args, "token", None)
+    token_file: str | None = getattr(args, "token_file", None)
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise errors.InvalidArgument(
+                f"cannot read the token file {token_file!r}: {reason}"
+            ) from None
+        if not token:
+            raise errors.InvalidArgument(f"the token file {token_file!r} is empty")
+        return token
+    if token and hasattr(args, "token_file"):  # a service command
+        log.warning(
+            f"--token puts the cluster token {_ON_COMMAND_LINE}; set ORBWEAVER_TOKEN or use "
+            "--token-file PATH instead",
+            extra={"flag": "--token"},
+        )
+    return token or None
 
 
 def _security(args: argparse.Namespace) -> Security:
     security = Security.from_env(dict(os.environ))
-    token = getattr(args, "token", None)
+    token = _token(args)
     return Security(token=token, tls=security.tls) if token else security
+
+
+def _db_url(args: argparse.Namespace) -> str | None:
+    """The database URL: `--db`, else the file of `--db-file`, else `$ORBWEAVER_DB` (None: the
+    config file's or the default). A password in `--db` gets a warning: `ps` shows it."""
+    from orbweaver.storage.db.url import ENV_DB_URL, has_password, read_url_file
+
+    if args.db:
+        if has_password(args.db):
+            log.warning(
+                f"--db puts the database password {_ON_COMMAND_LINE}; set {ENV_DB_URL}, use "
+                "--db-file PATH, or leave the password out of the URL and set "
+                "ORBWEAVER_DB_PASSWORD instead",
+                extra={"flag": "--db"},
+            )
+        return str(args.db)
+    if args.db_file:
+        return read_url_file(args.db_file)
+    return os.environ.get(ENV_DB_URL) or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,12 +105,14 @@ def cmd_storage(args: argparse.Namespace) -> int:
     setup_logging("storage", args.log_level)
     config = StorageConfig.load(
         Path(args.config) if args.config else None,
-        db_url=args.db,
+        db_url=_db_url(args),
         listen=args.listen,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
-    if args.token:
-        config = config.replace(security=Security(token=args.token, tls=config.security.tls))
+    token = _token(args)
+    if token:
+        config = config.replace(security=Security(token=token, tls=config.security.tls))
     runtime = StorageRuntime(config)
     return run_until_signal(runtime, lambda: _write_ready(args.ready_file, runtime.port))
 
@@ -70,6 +127,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     values.update(storage=args.storage, listen=args.listen)
     if args.metrics_port is not None:
         values["metrics_port"] = args.metrics_port
+    if args.metrics_host:
+        values["metrics_host"] = args.metrics_host
     if args.advertise:
         values["advertised_host"] = args.advertise
     config = SchedulerConfig(**values)
@@ -102,16 +161,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_local(args: argparse.Namespace) -> int:
     from orbweaver.local import LocalCluster
+    from orbweaver.storage.db.url import redact_url
 
     setup_logging("local", args.log_level)
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR") or os.getcwd()
-    db = args.db or "sqlite:///orbweaver.db"
+    db = _db_url(args) or DEFAULT_LOCAL_DB
     cluster = LocalCluster(
         workers=args.workers,
         db=db,
         tasks_dir=tasks_dir,
         listen=args.listen,
-        token=args.token or os.environ.get("ORBWEAVER_TOKEN") or None,
+        token=_token(args) or os.environ.get("ORBWEAVER_TOKEN") or None,
         log_dir=args.log_dir,
         metrics_port=args.metrics_port,
     )
@@ -127,7 +187,7 @@ def cmd_local(args: argparse.Namespace) -> int:
             f" {cluster.scheduler_address}, {args.workers} executor processes",
             flush=True,
         )
-        print(f"  database {db}; tasks from {tasks_dir}", flush=True)
+        print(f"  database {redact_url(db)}; tasks from {tasks_dir}", flush=True)
         if cluster.metrics_ports:
             where = ", ".join(f"{name} :{port}" for name, port in cluster.metrics_ports.items())
             print(f"  metrics: {where}", flush=True)
@@ -343,9 +403,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         p.add_argument("--metrics-port", type=int, help=metrics_help)
         p.add_argument("--log-level", help="debug, info (default), warning, error")
-        p.add_argument("--token", help="shared cluster token (default: $ORBWEAVER_TOKEN)")
+        token = p.add_mutually_exclusive_group()
+        token.add_argument(
+            "--token",
+            help="shared cluster token (default: $ORBWEAVER_TOKEN); `ps` shows it to every local "
+            "user, prefer $ORBWEAVER_TOKEN or --token-file",
+        )
+        token.add_argument(
+            "--token-file", metavar="PATH", help="read the shared cluster token from this file"
+        )
         p.add_argument("--ready-file", help=argparse.SUPPRESS)
         return p
+
+    def database(p: argparse.ArgumentParser, default: str) -> None:
+        db = p.add_mutually_exclusive_group()
+        db.add_argument(
+            "--db",
+            metavar="URL",
+            help=f"database URL: sqlite:///PATH or mariadb://USER@HOST:PORT/DB (default: "
+            f"$ORBWEAVER_DB, else {default}); a password here shows in `ps`: prefer "
+            "$ORBWEAVER_DB, --db-file or $ORBWEAVER_DB_PASSWORD",
+        )
+        db.add_argument("--db-file", metavar="PATH", help="read the database URL from this file")
+
+    def metrics_host(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--metrics-host",
+            help="address the metrics endpoint listens on (default: the host of --listen)",
+        )
 
     def client_cmd(
         name: str, help_: str, fn: Callable[[argparse.Namespace], int]
@@ -377,21 +462,23 @@ def build_parser() -> argparse.ArgumentParser:
         metrics_help="serve Prometheus metrics: storage on this port, the scheduler on the "
         "next, the worker on the one after",
     )
-    p.add_argument("--db", help="database URL (default: sqlite:///orbweaver.db)")
+    database(p, DEFAULT_LOCAL_DB)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--tasks-dir", help="directory of task modules (default: current directory)")
     p.add_argument("--listen", default=DEFAULT_STORAGE, help="storage address to listen on")
     p.add_argument("--log-dir", help="where component logs go (default: a temporary directory)")
 
     p = service("storage", "run the storage service", cmd_storage)
-    p.add_argument("--db", help="sqlite:///path.db or mariadb://user:pass@host:port/db")
+    database(p, "the config file's db_url, else sqlite:///orbweaver.db")
     p.add_argument("--listen", help=f"host:port to listen on (default {DEFAULT_STORAGE})")
+    metrics_host(p)
     p.add_argument("--config", help="TOML file with a [storage] table")
 
     p = service("scheduler", "run the scheduler", cmd_scheduler)
     p.add_argument("--storage", required=True, help="storage address host:port")
     p.add_argument("--listen", default="0.0.0.0:50052", help="host:port to listen on")
     p.add_argument("--advertise", help="host the storage should record for this scheduler")
+    metrics_host(p)
     p.add_argument("--config", help="TOML file with a [scheduler] table")
 
     p = service("worker", "run an execution manager with a pool of executors", cmd_worker)
@@ -420,16 +507,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from orbweaver._service import StartupError, follow_parent
     from orbweaver.storage.db.errors import DbError
 
+    follow_parent()  # started by LocalCluster: stop when it dies
     try:
         return int(args.fn(args))
+    except StartupError as exc:
+        # A port in use, a database held by another storage: the reason says it all.
+        message = exc.reason if exc.component in ("", args.command) else str(exc)
     except (errors.OrbweaverError, DbError, ValueError, OSError) as exc:
         # Configuration and connection problems: a readable line, not a traceback.
-        print(f"orbweaver {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        message = f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:
         return 130
+    print(f"orbweaver {args.command}: {message}", file=sys.stderr)
+    # A supervisor waiting for the ready file learns why instead of reading logs.
+    with contextlib.suppress(OSError):
+        _write_ready_file(getattr(args, "ready_file", None), {"error": message})
+    return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ running the same code as `orbweaver storage|scheduler|worker`. The components au
 other with a random cluster token. The cluster's client acts as the operator, with a random
 operator token only the storage process is given; the cluster creates a resource group
 ("default", with a random password when it is new) for the jobs the client submits.
+
+Secrets (the tokens, a database URL with a password) reach the components through their
+environment, never their command line, which every local user can read. The components die with
+the process that started them, however it dies: each inherits the read end of a "lifeline" pipe
+whose write end only this process holds, and stops when it reads EOF; when started from the main
+thread they also get SIGTERM from the kernel when this process exits (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
 from orbweaver import errors
+from orbweaver._service import LIFELINE_FD_ENV, PARENT_PID_ENV, StartupError
 from orbweaver.client import Client, ResourceGroup
+from orbweaver.storage.db.url import ENV_DB_URL
 from orbweaver.tdl.task import registered_tasks_dirs
 
 log = logging.getLogger("orbweaver.local")
@@ -128,6 +137,7 @@ class LocalCluster:
             if p
         )
         self._procs: dict[Component, _Process] = {}
+        self._lifeline: tuple[int, int] | None = None  # (read end, write end)
         self._client: Client | None = None
         self._group: ResourceGroup | None = None
         self._storage_port = 0
@@ -208,7 +218,7 @@ class LocalCluster:
         py = [sys.executable, "-m", "orbweaver"]
         if name == "storage":
             listen = f"127.0.0.1:{self._storage_port}" if self._storage_port else self.listen
-            args = [*py, "storage", "--db", self.db_url, "--listen", listen]
+            args = [*py, "storage", "--listen", listen]  # the database URL: in its environment
         elif name == "scheduler":
             listen = f"127.0.0.1:{self._scheduler_port}"
             args = [*py, "scheduler", "--storage", self.address, "--listen", listen]
@@ -238,11 +248,14 @@ class LocalCluster:
         ready_file.unlink(missing_ok=True)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         args = self._command(name, ready_file)
-        env = self._env
-        if name == "storage":  # the only component that checks the operator token
-            env = {**env, "ORBWEAVER_OPERATOR_TOKEN": self.operator_token}
+        lifeline = self._lifeline_fd()
         popen = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            args,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self._child_env(name, lifeline),
+            start_new_session=True,
+            pass_fds=(lifeline,),
         )
         proc = _Process(name, args, popen, ready_file, log_file)
         self._procs[name] = proc
@@ -252,12 +265,41 @@ class LocalCluster:
         elif name == "scheduler":
             self._scheduler_port = proc.port
 
+    def _lifeline_fd(self) -> int:
+        """The read end of the lifeline pipe, which every component inherits. Only this process
+        holds the write end (not inheritable, and `subprocess` closes it in children), so the
+        components read EOF exactly when it is gone."""
+        if self._lifeline is None:
+            self._lifeline = os.pipe()
+        return self._lifeline[0]
+
+    def _child_env(self, name: Component, lifeline: int) -> dict[str, str]:
+        env = dict(self._env)
+        env[LIFELINE_FD_ENV] = str(lifeline)
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child exits: only the main
+        # thread lives as long as the process. From other threads the lifeline alone serves.
+        if threading.current_thread() is threading.main_thread():
+            env[PARENT_PID_ENV] = str(os.getpid())
+        else:
+            env.pop(PARENT_PID_ENV, None)
+        if name == "storage":  # the only component that reads them
+            env[ENV_DB_URL] = self.db_url
+            env["ORBWEAVER_OPERATOR_TOKEN"] = self.operator_token
+        else:
+            env.pop(ENV_DB_URL, None)  # executors run user code
+        return env
+
     def _wait_ready(self, proc: _Process) -> int:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.ready_file.exists():
                 with contextlib.suppress(json.JSONDecodeError):
-                    return int(json.loads(proc.ready_file.read_text()).get("port", 0))
+                    ready = json.loads(proc.ready_file.read_text())
+                    if "error" in ready:  # it failed to start and said why
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            proc.popen.wait(10)
+                        raise StartupError(proc.name, str(ready["error"]))
+                    return int(ready.get("port", 0))
             code = proc.popen.poll()
             if code is not None:
                 raise errors.Unavailable(
@@ -310,5 +352,10 @@ class LocalCluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(5)
             proc.log_file.close()
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._lifeline = None
         if not os.environ.get("ORBWEAVER_KEEP_LOCAL"):
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -33,7 +33,13 @@ from orbweaver import _rpc, _taskid, errors
 from orbweaver._log import setup_logging
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._service import MetricsServer
+from orbweaver._service import (
+    MetricsServer,
+    bind_server,
+    check_metrics,
+    metrics_host_for,
+    warn_if_exposed,
+)
 from orbweaver.scheduler.core import (
     POLICIES,
     Assignment,
@@ -97,9 +103,10 @@ class SchedulerConfig:
     grpc_workers: int = 256
     # How long `stop()` waits for the core loop.
     stop_timeout_s: float = 30.0
-    # Prometheus endpoint (None: no endpoint; 0: any free port).
+    # Prometheus endpoint (None: no endpoint; 0: any free port) and its host (None: the host
+    # of `listen`, so a scheduler reachable only from this machine keeps its metrics private).
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -305,6 +312,10 @@ class SchedulerRuntime:
         return None if self._metrics_server is None else self._metrics_server.port
 
     @property
+    def metrics_host(self) -> str:
+        return self.config.metrics_host or metrics_host_for(self.config.listen)
+
+    @property
     def registry(self) -> EmRegistry:
         return self._registry
 
@@ -338,12 +349,19 @@ class SchedulerRuntime:
         cfg = self.config
         log.info("starting scheduler", extra={"config": cfg.describe()})
         try:
+            warn_if_exposed("scheduler", cfg.listen, cfg.security)
+            if cfg.metrics_port is not None:  # before registering: fail before being counted
+                check_metrics("scheduler", self.metrics_host, cfg.metrics_port)
             with self._lock:
-                self._server = _rpc.make_server(
+                self._server = bind_server(
+                    "scheduler",
                     cfg.listen,
-                    cfg.security,
-                    max_workers=cfg.grpc_workers,
-                    max_message_bytes=cfg.max_message_bytes,
+                    lambda: _rpc.make_server(
+                        cfg.listen,
+                        cfg.security,
+                        max_workers=cfg.grpc_workers,
+                        max_message_bytes=cfg.max_message_bytes,
+                    ),
                 )
                 self._port = self._server.port
                 self._storage = _StorageClient(cfg)
@@ -398,7 +416,7 @@ class SchedulerRuntime:
         add_to_server(servicer, server.grpc_server)
         if cfg.metrics_port is not None:
             self._metrics_server = MetricsServer(
-                cfg.metrics_port, self.metrics.registry, cfg.metrics_host
+                cfg.metrics_port, self.metrics.registry, self.metrics_host, component="scheduler"
             )
         self._registry.start_tracking(cfg.liveness_tracking_interval_s)
         self._core_thread = threading.Thread(

@@ -42,6 +42,8 @@ class StorageConfig:
     # Longest server-side wait of WaitJob / polls, whatever the client asks for.
     max_wait: float = 60.0
     metrics_port: int | None = None
+    # Where the metrics endpoint listens (None: the host of `listen`).
+    metrics_host: str | None = None
     # Seconds a call keeps retrying a transient database error before it answers UNAVAILABLE
     # (client calls) or leaves a job transition a task report decided waiting for the database.
     db_retry_deadline: float = 5.0

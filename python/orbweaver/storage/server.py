@@ -7,7 +7,9 @@
 5. re-offer the ready work of the recovered jobs.
 
 A failure at any step stops everything already started before the error propagates, so nothing
-keeps running detached (review lesson of the seed PR).
+keeps running detached (review lesson of the seed PR). Before step 1, the runtime claims an SQLite
+database file for itself (`StorageLock`: one database file has one storage) and checks that its
+ports are free, so a misconfigured second storage fails at once, touching nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ from dataclasses import dataclass, field
 
 from orbweaver import _core, errors
 from orbweaver._rpc import Backoff, Server, make_server
-from orbweaver._service import MetricsServer
+from orbweaver._service import (
+    MetricsServer,
+    StartupError,
+    bind_server,
+    check_listen,
+    check_metrics,
+    is_loopback,
+    join_host_port,
+    metrics_host_for,
+    split_host_port,
+    warn_if_exposed,
+)
 from orbweaver.storage import servicer
 from orbweaver.storage.auth import Authenticator
 from orbweaver.storage.config import StorageConfig
 from orbweaver.storage.db import Database, open_database
 from orbweaver.storage.db import errors as db_errors
+from orbweaver.storage.db.sqlite import DatabaseInUse, StorageLock
+from orbweaver.storage.db.url import SqliteConfig, parse_url
 from orbweaver.storage.gc import BackgroundLoops
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.recovery import RecoveryReport, recover_cache
@@ -48,12 +63,22 @@ class StorageRuntime:
     _stop_requested: threading.Event = field(default_factory=threading.Event)
     _fatal: str | None = None
     _metrics_server: MetricsServer | None = None
+    _lock: StorageLock | None = None
 
     @property
     def port(self) -> int:
         if self.server is None:
             raise RuntimeError("storage runtime is not started")
         return self.server.port
+
+    @property
+    def metrics_host(self) -> str:
+        """Where the metrics endpoint listens: `metrics_host`, else the host of `listen`."""
+        return self.config.metrics_host or metrics_host_for(self.config.listen)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self._metrics_server is None else self._metrics_server.port
 
     @property
     def fatal_error(self) -> str | None:
@@ -90,10 +115,27 @@ class StorageRuntime:
             self.db.close()
         if self.cache is not None:
             self.cache.close()
+        if self._lock is not None:
+            self._lock.release()
         self.db = self.cache = self.service = None
+        self._lock = None
+
+    def _claim_database(self) -> StorageLock | None:
+        target = parse_url(self.config.db_url)
+        if not isinstance(target, SqliteConfig) or target.path == ":memory:":
+            return None  # several storages on one MariaDB database: not guarded here
+        try:
+            return StorageLock(target.path, listen=self.config.listen)
+        except DatabaseInUse as exc:
+            raise StartupError("storage", str(exc)) from exc
 
     def _start(self) -> None:
         cfg = self.config
+        self._lock = self._claim_database()
+        warn_if_exposed("storage", cfg.listen, cfg.security)
+        check_listen("storage", cfg.listen)
+        if cfg.metrics_port is not None:
+            check_metrics("storage", self.metrics_host, cfg.metrics_port)
         self.db = open_database(cfg.db_url)
         log.info("connected to the database", extra={"session_id": self.db.session_id})
         self.cache = _core.JobCache(
@@ -118,17 +160,25 @@ class StorageRuntime:
         self.service.pending.start()
         pending = self.service.pending
         self.metrics.pending_transitions.set_function(lambda: len(pending))
-        self.server = make_server(
+        self.server = bind_server(
+            "storage",
             cfg.listen,
-            cfg.security,
-            max_workers=cfg.grpc_workers,
-            max_message_bytes=cfg.max_message_bytes,
-            client_services=servicer.CLIENT_SERVICE_NAMES,
+            lambda: make_server(
+                cfg.listen,
+                cfg.security,
+                max_workers=cfg.grpc_workers,
+                max_message_bytes=cfg.max_message_bytes,
+                client_services=servicer.CLIENT_SERVICE_NAMES,
+            ),
         )
+        listen = split_host_port(cfg.listen)
+        if self._lock is not None and listen is not None:
+            self._lock.update(listen=join_host_port(listen[0], self.server.port))
         auth = Authenticator(
             self.db, operator_token=cfg.operator_token, cluster_token=cfg.security.token
         )
-        if not auth.has_operator:
+        listen = split_host_port(cfg.listen)
+        if not auth.has_operator and listen is not None and not is_loopback(listen[0]):
             log.warning(
                 "no operator token: anyone who reaches the storage service may create resource "
                 "groups (set ORBWEAVER_OPERATOR_TOKEN)"
@@ -138,7 +188,9 @@ class StorageRuntime:
         for name in servicer.SERVICE_NAMES:
             self.server.set_serving(name, True)
         if cfg.metrics_port is not None:
-            self._metrics_server = MetricsServer(cfg.metrics_port, self.metrics.registry)
+            self._metrics_server = MetricsServer(
+                cfg.metrics_port, self.metrics.registry, self.metrics_host, component="storage"
+            )
         resent = self.cache.resend_ready()
         log.info(
             "storage serving",
@@ -172,6 +224,8 @@ class StorageRuntime:
             self.db.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("storage stopped")
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -5,23 +5,31 @@ Write transactions start with ``BEGIN IMMEDIATE``, which takes SQLite's write lo
 serialises state changes exactly like ``SELECT ... FOR UPDATE`` does on MariaDB, also against other
 processes using the same file (they wait up to ``busy_timeout``). Timestamps are INTEGER epoch
 milliseconds produced by the ``orbweaver_now_ms()`` SQL function, i.e. by ``clock()``.
+
+:class:`StorageLock` makes a database file belong to one storage service: an exclusive
+``flock`` on ``<database>.lock``. It is separate from :class:`SqliteDatabase` on purpose: the
+storage service takes it for its whole life, while tools and tests may still open the same
+file through the DB layer (to inspect it, or to prepare rows before a restart).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from ._sql import Cursor, Dialect, DuplicateKeyError, ForeignKeyViolationError, SqlDatabase
 from .errors import DbError, DbUnavailable
 from .states import DbJobState
 
-__all__ = ["SqliteDatabase"]
+__all__ = ["DatabaseInUse", "SqliteDatabase", "StorageLock"]
 
 T = TypeVar("T")
 
@@ -195,6 +203,91 @@ class SqliteDatabase(SqlDatabase):
                 raise
             finally:
                 cur.close()
+
+
+class DatabaseInUse(DbError):
+    """Another storage service holds the database file (see :class:`StorageLock`)."""
+
+
+class StorageLock:
+    """The exclusive claim of one storage service on an SQLite database file.
+
+    An advisory ``flock`` on ``<database>.lock`` (next to the database, symbolic links resolved,
+    so every path to the file finds the same lock), taken without waiting. The lock file records
+    the holder (pid, host, listen address, start time) for the error a second opener gets. The
+    kernel drops the lock when the holder's file descriptor closes, so also when the process
+    dies however it dies: a lock file left by a dead holder never blocks anyone. Only a storage
+    service takes it; opening the database itself is not refused (see the module docstring).
+    """
+
+    def __init__(self, database: str, *, listen: str) -> None:
+        self.database = os.path.realpath(database)
+        self.path = self.database + ".lock"
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            parent = os.path.dirname(self.database)
+            raise ValueError(f"SQLite database directory {parent!r} does not exist") from None
+        except OSError as e:
+            raise DbError(f"cannot create the lock file {self.path!r}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DatabaseInUse(self._in_use_message(holder)) from None
+        except OSError as e:
+            os.close(fd)
+            raise DbError(f"cannot lock {self.path!r}: {e.strerror}") from e
+        self._fd: int | None = fd
+        self._holder: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "listen": listen,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._write()
+
+    def _in_use_message(self, holder: dict[str, Any] | None) -> str:
+        if holder is None:
+            who = f"another storage service (it holds {self.path})"
+        else:
+            who = (
+                f"the storage service pid {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} (listening on {holder.get('listen', '?')}) since "
+                f"{holder.get('since', '?')}"
+            )
+        return f"database {self.database} is in use by {who}; one database file has one storage"
+
+    def update(self, *, listen: str) -> None:
+        """Record the address the holder actually listens on (once its port is bound)."""
+        self._holder["listen"] = listen
+        self._write()
+
+    def _write(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        data = json.dumps(self._holder).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def release(self) -> None:
+        """Give the database up (idempotent); the emptied lock file stays, harmlessly."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):  # empty while its holder is still writing it
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 def _translate(e: sqlite3.Error) -> DbError:

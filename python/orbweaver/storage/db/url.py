@@ -1,4 +1,10 @@
-"""Parsing of database URLs (``sqlite:///...``, ``mariadb://...``, ``mysql://...``)."""
+"""Parsing of database URLs (``sqlite:///...``, ``mariadb://...``, ``mysql://...``).
+
+A URL with a password is a secret: it must not sit on a command line, where every local user
+reads it (``ps``, ``/proc/PID/cmdline``). The services therefore also take it from the
+``ORBWEAVER_DB`` environment variable or from a file (``--db-file``, read by
+:func:`read_url_file`), and a password missing from the URL comes from ``ORBWEAVER_DB_PASSWORD``.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "ENV_DB_PASSWORD",
+    "ENV_DB_URL",
     "ENV_DB_USER",
     "MariaDbConfig",
     "SqliteConfig",
+    "has_password",
     "parse_url",
+    "read_url_file",
     "redact_url",
 ]
 
+ENV_DB_URL = "ORBWEAVER_DB"
 ENV_DB_USER = "ORBWEAVER_DB_USER"
 ENV_DB_PASSWORD = "ORBWEAVER_DB_PASSWORD"
 
@@ -60,6 +70,31 @@ def redact_url(url: str) -> str:
         return url
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{after}"
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (``scheme://user:password@...``)."""
+    return redact_url(url) != url
+
+
+def read_url_file(path: str) -> str:
+    """The database URL stored in the file ``path``: its one non-empty line, surrounding
+    whitespace removed. Errors name the file, never its content."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the database URL file {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the database URL file {path!r} is not UTF-8 text") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"the database URL file {path!r} is empty")
+    if len(lines) > 1:
+        raise ValueError(
+            f"the database URL file {path!r} has {len(lines)} lines; it must hold one URL"
+        )
+    return lines[0]
 
 
 def parse_url(url: str, env: Mapping[str, str] | None = None) -> SqliteConfig | MariaDbConfig:
