@@ -20,12 +20,20 @@ class SubmissionParser:
     """``_core.Submission`` with a bounded LRU of parsed graphs keyed by their exact bytes.
 
     Only graphs of at most ``max_graph_bytes`` (compressed) are remembered, at most
-    ``max_graphs`` of them, so the cache holds no more than their product. Thread-safe.
+    ``max_graphs`` of them and ``max_tasks`` tasks in all (a parsed graph's memory grows with
+    its tasks, not with its compressed size). Thread-safe.
     """
 
-    def __init__(self, max_graphs: int = 128, max_graph_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        max_graphs: int = 128,
+        max_graph_bytes: int = 256 * 1024,
+        max_tasks: int = 200_000,
+    ) -> None:
         self._max_graphs = max_graphs
         self._max_graph_bytes = max_graph_bytes
+        self._max_tasks = max_tasks
+        self._tasks = 0
         self._lock = threading.Lock()
         self._graphs: OrderedDict[bytes, _core.TaskGraph] = OrderedDict()
 
@@ -39,11 +47,15 @@ class SubmissionParser:
         if graph is not None:
             return _core.Submission.with_graph(graph, compressed_inputs)
         submission = _core.Submission(key, compressed_inputs)
-        if len(key) <= self._max_graph_bytes and self._max_graphs > 0:
+        tasks = submission.graph.num_tasks
+        if len(key) <= self._max_graph_bytes and self._max_graphs > 0 and tasks <= self._max_tasks:
             with self._lock:
-                self._graphs[key] = submission.graph
-                while len(self._graphs) > self._max_graphs:
-                    self._graphs.popitem(last=False)
+                if key not in self._graphs:
+                    self._graphs[key] = submission.graph
+                    self._tasks += tasks
+                while len(self._graphs) > self._max_graphs or self._tasks > self._max_tasks:
+                    _, evicted = self._graphs.popitem(last=False)
+                    self._tasks -= evicted.num_tasks
         return submission
 
     def __len__(self) -> int:
