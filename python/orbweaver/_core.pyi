@@ -56,6 +56,11 @@ class InvalidRequestError(CoreError, ValueError):
 class JobNotFoundError(CoreError, LookupError):
     """The job is not in the cache."""
 
+class LimitExceededError(CoreError, ValueError):
+    """A configured size or count limit was exceeded. Kinds: "GraphTooLarge", "InputsTooLarge",
+    "TooManyTasks" (submissions). The message names the size when known, the limit and the
+    setting, e.g. "the graph has 250000 tasks, above the limit of 100000 (max_tasks)"."""
+
 class StaleError(CoreError):
     """An expected race (instance limit reached, task already terminal, job no longer running,
     job already started/terminated, ...): reject the caller, nothing is wrong."""
@@ -131,10 +136,33 @@ class Submission:
     """A validated job submission: zstd(JSON graph) + zstd(wire frame of inputs), checked by every
     rule of storage spec 2.3 plus task-name validation."""
 
-    def __new__(cls, compressed_graph: bytes, compressed_inputs: bytes) -> Submission: ...
+    def __new__(
+        cls,
+        compressed_graph: bytes,
+        compressed_inputs: bytes,
+        *,
+        max_graph_bytes: int = 1073741824,
+        max_input_bytes: int = 1073741824,
+        max_tasks: int | None = None,
+    ) -> Submission:
+        """Parse and validate. Limits (defaults = the behaviour before limits existed: 1 GiB per
+        decompressed buffer, no task-count limit):
+
+        * `max_graph_bytes`: decompressed size of the graph JSON;
+        * `max_input_bytes`: decompressed size of the graph-input wire frame;
+        * `max_tasks`: regular tasks per job (`None`: no limit).
+
+        Decompression stops at the limit (memory grows only with the bytes actually produced) and
+        tasks past `max_tasks` are counted, never built. Raises LimitExceededError ("GraphTooLarge",
+        "InputsTooLarge", "TooManyTasks") or InvalidGraphError."""
+
     @staticmethod
-    def with_graph(graph: TaskGraph, compressed_inputs: bytes) -> Submission:
-        """A submission of an already-parsed graph (shared, not copied) with new inputs."""
+    def with_graph(
+        graph: TaskGraph, compressed_inputs: bytes, *, max_input_bytes: int = 1073741824
+    ) -> Submission:
+        """A submission of an already-parsed graph (shared, not copied) with new inputs; the
+        input frame is bounded by `max_input_bytes` (default 1 GiB)."""
+
     @property
     def graph(self) -> TaskGraph: ...
     @property

@@ -70,6 +70,10 @@ pub enum CoreError {
     JobNotFound(JobId),
     #[error("{message}")]
     Stale { kind: StaleKind, message: String },
+    /// A configured size or count limit was exceeded (submission too large, task inputs too
+    /// large to hand out). The message names the size when known, the limit and its setting.
+    #[error("{message}")]
+    LimitExceeded { kind: &'static str, message: String },
     /// A persisted job cannot be rebuilt.
     #[error("{message}")]
     Recovery { kind: &'static str, message: String },
@@ -85,6 +89,7 @@ impl CoreError {
             Self::InvalidGraph { kind, .. }
             | Self::Codec { kind, .. }
             | Self::InvalidRequest { kind, .. }
+            | Self::LimitExceeded { kind, .. }
             | Self::Recovery { kind, .. }
             | Self::Internal { kind, .. } => kind,
             Self::JobNotFound(_) => "JobNotFound",
@@ -121,6 +126,13 @@ impl CoreError {
 
     pub(crate) fn request(kind: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidRequest {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn limit(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::LimitExceeded {
             kind,
             message: message.into(),
         }

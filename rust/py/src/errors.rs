@@ -14,6 +14,7 @@ pub struct ErrorTypes {
     pub codec: Py<PyType>,
     pub invalid_request: Py<PyType>,
     pub job_not_found: Py<PyType>,
+    pub limit_exceeded: Py<PyType>,
     pub stale: Py<PyType>,
     pub recovery: Py<PyType>,
     pub internal: Py<PyType>,
@@ -68,6 +69,14 @@ pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
                 &[c(), py.get_type::<PyLookupError>().into_any()],
                 "The job is not in the cache.",
             )?,
+            limit_exceeded: make(
+                py,
+                "LimitExceededError",
+                &[c(), value()],
+                "A configured size or count limit was exceeded (graph or inputs too large once \
+                 decompressed, too many tasks, ...); the message names the size when known, the \
+                 limit and the setting.",
+            )?,
             stale: make(
                 py,
                 "StaleError",
@@ -96,6 +105,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("CodecError", &t.codec),
         ("InvalidRequestError", &t.invalid_request),
         ("JobNotFoundError", &t.job_not_found),
+        ("LimitExceededError", &t.limit_exceeded),
         ("StaleError", &t.stale),
         ("RecoveryError", &t.recovery),
         ("InternalError", &t.internal),
@@ -113,6 +123,7 @@ pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAn
         CoreError::Codec { .. } => &t.codec,
         CoreError::InvalidRequest { .. } => &t.invalid_request,
         CoreError::JobNotFound(_) => &t.job_not_found,
+        CoreError::LimitExceeded { .. } => &t.limit_exceeded,
         CoreError::Stale { .. } => &t.stale,
         CoreError::Recovery { .. } => &t.recovery,
         CoreError::Internal { .. } => &t.internal,
