@@ -47,6 +47,12 @@ class InvalidGraphError(CoreError, ValueError):
     """A submitted graph or its inputs break a validation rule; the message names the task and
     position at fault."""
 
+class InvalidInputValueError(InvalidGraphError):
+    """A graph-input payload does not fit its declared type (kind "InvalidInputValue"): wrong
+    msgpack type, integer out of range, not msgpack at all, trailing bytes, nesting deeper than
+    512. The message names the graph input, the task and input it feeds and what was wrong, e.g.
+    "graph input 2 (task 0 `pkg.fn`, input 1): expected Int32, got str"."""
+
 class CodecError(CoreError, ValueError):
     """Malformed wire frame, self-describing outputs or zstd stream."""
 
@@ -99,6 +105,13 @@ def is_terminal(state: int) -> bool: ...
 def validate_task_name(package: str, task_func: str) -> None:
     """Raise InvalidGraphError unless `package` is an identifier and `task_func` a dotted
     identifier path (no `..`, `/`, absolute paths or empty parts)."""
+
+def validate_value(type_json: str, payload: bytes) -> None:
+    """Check one msgpack payload against a type descriptor (JSON, e.g. '{"Value":{"Bytes":{}}}')
+    exactly as a submission checks each graph input: accepted is what the Python client encodes
+    for the type (ints of any msgpack width within range, floats, bool, bin for Bytes, UTF-8 str
+    for String, arrays for List and Struct, maps with keys of the key type for Map), exactly one
+    value. Raises InvalidInputValueError (InvalidRequestError for a malformed descriptor)."""
 
 # ---------------------------------------------------------------------------------------------
 # Task graph
@@ -153,8 +166,9 @@ class Submission:
         * `max_tasks`: regular tasks per job (`None`: no limit).
 
         Decompression stops at the limit (memory grows only with the bytes actually produced) and
-        tasks past `max_tasks` are counted, never built. Raises LimitExceededError ("GraphTooLarge",
-        "InputsTooLarge", "TooManyTasks") or InvalidGraphError."""
+        tasks past `max_tasks` are counted, never built. Each graph input is checked against its
+        declared type (see `validate_value`). Raises LimitExceededError ("GraphTooLarge",
+        "InputsTooLarge", "TooManyTasks"), InvalidInputValueError or InvalidGraphError."""
 
     @staticmethod
     def with_graph(

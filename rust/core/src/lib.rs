@@ -21,6 +21,7 @@ pub mod state;
 pub mod submission;
 pub mod tcb;
 pub mod types;
+pub mod value;
 pub mod workloads;
 
 pub use cache::JobCache;

@@ -117,6 +117,37 @@ impl Submission {
         )
     }
 
+    /// Every graph-input payload against its declared type.
+    fn check_inputs(graph: &TaskGraph, inputs: &[Payload]) -> Result<()> {
+        for (i, (&d, payload)) in graph.graph_inputs().iter().zip(inputs).enumerate() {
+            let Some(ty) = graph.dep_type(d) else {
+                return Err(CoreError::internal(
+                    "TaskGraphCorrupted",
+                    format!("graph input {i} has no type"),
+                ));
+            };
+            if let Err(e) = crate::value::validate(ty.value_type(), payload) {
+                // Error path only: find which task input this graph input feeds.
+                let at = graph
+                    .dep_destinations(d)
+                    .first()
+                    .map_or_else(String::new, |r| {
+                        format!(
+                            " (task {} `{}`, input {})",
+                            r.task_idx,
+                            graph.context(r.task_idx),
+                            r.position
+                        )
+                    });
+                return Err(CoreError::graph(
+                    crate::value::INVALID_INPUT_VALUE,
+                    format!("graph input {i}{at}: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn decode_inputs(
         graph: &TaskGraph,
         compressed: &[u8],
@@ -155,16 +186,18 @@ impl Submission {
         Ok(payloads.into_iter().map(Payload::from).collect())
     }
 
-    /// Combine an already-parsed graph with its inputs (rules 8 and 9 of spec 2.3).
+    /// Combine an already-parsed graph with its inputs (rules 8 and 9 of spec 2.3), each input
+    /// checked against its declared type (see [`crate::value`]).
     ///
     /// # Errors
-    /// Empty graph or wrong number of inputs.
+    /// Empty graph, wrong number of inputs, or `InvalidInputValue`.
     pub fn new(graph: Arc<TaskGraph>, inputs: Vec<Payload>) -> Result<Self> {
         Self::check_nonempty(&graph)?;
         let expected = graph.graph_inputs().len();
         if inputs.len() != expected {
             return Err(Self::count_mismatch(expected, inputs.len()));
         }
+        Self::check_inputs(&graph, &inputs)?;
         Ok(Self {
             graph,
             inputs: inputs.into(),
@@ -183,24 +216,61 @@ mod tests {
         compress(b).expect("compress")
     }
 
+    fn bin(b: &[u8]) -> Vec<u8> {
+        crate::value::msgpack_bin(b)
+    }
+
+    #[test]
+    fn graph_inputs_are_checked_against_their_types() {
+        let g = br#"{"schema_version":"0.1.0","tasks":[
+            {"tdl_context":{"package":"pkg","task_func":"a"},"inputs":[{"Value":{"Bytes":{}}}],"outputs":[{"Value":{"Bytes":{}}}],"input_sources":null},
+            {"tdl_context":{"package":"pkg","task_func":"fn"},"inputs":[{"Value":{"String":{}}},{"Value":{"Primitive":{"Int":"Int32"}}},{"Value":{"Primitive":{"Int":"Int8"}}}],"outputs":[],"input_sources":null}
+            ],"commit_task":null,"cleanup_task":null}"#;
+        let g = z(g);
+        let parse =
+            |inputs: &[&[u8]]| Submission::parse(&g, &z(&wire_encode(inputs).expect("frame")));
+        let ok: [&[u8]; 4] = [&bin(b"x"), &[0xa1, b's'], &[0x05], &[0xd0, 0x80]];
+        parse(&ok).expect("well typed");
+        let e = parse(&[&bin(b"x"), &[0xa1, b's'], &[0xa1, b's'], &[0]]).expect_err("str for int");
+        assert_eq!(e.kind(), "InvalidInputValue");
+        assert!(matches!(e, CoreError::InvalidGraph { .. }));
+        assert_eq!(
+            e.to_string(),
+            "graph input 2 (task 1 `pkg.fn`, input 1): expected Int32, got str"
+        );
+        let e = parse(&[&bin(b"x"), &[0xa1, b's'], &[0], &[0xcd, 1, 0x2c]]).expect_err("range");
+        assert_eq!(
+            e.to_string(),
+            "graph input 3 (task 1 `pkg.fn`, input 2): value 300 out of range for Int8"
+        );
+        let e = parse(&[&[0xc4, 9, 1], &[0xa1, b's'], &[0], &[0]]).expect_err("not msgpack");
+        assert!(
+            e.to_string()
+                .starts_with("graph input 0 (task 0 `pkg.a`, input 0): not valid msgpack: "),
+            "{e}"
+        );
+        let e = parse(&[&bin(b"x"), &[0xa2, 0xc3, 0x28], &[0], &[0]]).expect_err("utf-8");
+        assert!(e.to_string().contains("str is not valid UTF-8"), "{e}");
+    }
+
     #[test]
     fn valid_job_submission_succeeds() {
-        let inputs = z(&wire_encode(&[b"x".as_slice()]).expect("enc"));
+        let inputs = z(&wire_encode(&[bin(b"x")]).expect("enc"));
         let s = Submission::parse(&z(ONE_TASK.as_bytes()), &inputs).expect("valid");
         assert_eq!(s.graph.num_tasks(), 1);
-        assert_eq!(&*s.inputs[0], b"x");
+        assert_eq!(&*s.inputs[0], bin(b"x"));
     }
 
     #[test]
     fn submissions_of_one_graph_share_it_and_keep_their_own_inputs() {
-        let first_inputs = z(&wire_encode(&[b"x".as_slice()]).expect("enc"));
+        let first_inputs = z(&wire_encode(&[bin(b"x")]).expect("enc"));
         let first = Submission::parse(&z(ONE_TASK.as_bytes()), &first_inputs).expect("valid");
-        let inputs = z(&wire_encode(&[b"y".as_slice()]).expect("enc"));
+        let inputs = z(&wire_encode(&[bin(b"y")]).expect("enc"));
         let second = Submission::with_graph(Arc::clone(&first.graph), &inputs).expect("valid");
         assert!(Arc::ptr_eq(&first.graph, &second.graph));
         assert_eq!(
             (&*first.inputs[0], &*second.inputs[0]),
-            (&b"x"[..], &b"y"[..])
+            (&bin(b"x")[..], &bin(b"y")[..])
         );
         let e =
             Submission::with_graph(Arc::clone(&first.graph), &z(&[0, 0, 0, 0])).expect_err("count");
@@ -278,7 +348,7 @@ mod tests {
 
     #[test]
     fn input_decompression_is_bounded_by_max_input_bytes() {
-        let frame = wire_encode(&[vec![0u8; 1 << 20]]).expect("enc");
+        let frame = wire_encode(&[bin(&vec![0u8; 1 << 20])]).expect("enc");
         let g = z(ONE_TASK.as_bytes());
         for inputs in [z(&frame), z_stream(&frame)] {
             let e = Submission::parse_limited(&g, &inputs, &limits(1 << 20, 1 << 16, 10))

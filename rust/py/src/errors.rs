@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 pub struct ErrorTypes {
     pub core: Py<PyType>,
     pub invalid_graph: Py<PyType>,
+    pub invalid_input_value: Py<PyType>,
     pub codec: Py<PyType>,
     pub invalid_request: Py<PyType>,
     pub job_not_found: Py<PyType>,
@@ -21,6 +22,9 @@ pub struct ErrorTypes {
 }
 
 static TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+/// `kind` of the `InvalidGraph` errors raised as `InvalidInputValueError`.
+pub use orbweaver_core::value::INVALID_INPUT_VALUE;
 
 fn make(py: Python<'_>, name: &str, bases: &[Bound<'_, PyAny>], doc: &str) -> PyResult<Py<PyType>> {
     let dict = PyDict::new(py);
@@ -43,14 +47,23 @@ pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
         )?;
         let c = || core.bind(py).clone().into_any();
         let value = || py.get_type::<PyValueError>().into_any();
+        let invalid_graph = make(
+            py,
+            "InvalidGraphError",
+            &[c(), value()],
+            "A submitted graph or its inputs break a validation rule; the message names the \
+             task and position at fault.",
+        )?;
         Ok(ErrorTypes {
-            invalid_graph: make(
+            invalid_input_value: make(
                 py,
-                "InvalidGraphError",
-                &[c(), value()],
-                "A submitted graph or its inputs break a validation rule; the message names the \
-                 task and position at fault.",
+                "InvalidInputValueError",
+                &[invalid_graph.bind(py).clone().into_any()],
+                "A graph-input payload does not fit its declared type (wrong msgpack type, \
+                 integer out of range, not msgpack at all); the message names the graph input, \
+                 the task and input it feeds, and what was wrong.",
             )?,
+            invalid_graph,
             codec: make(
                 py,
                 "CodecError",
@@ -102,6 +115,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for (name, ty) in [
         ("CoreError", &t.core),
         ("InvalidGraphError", &t.invalid_graph),
+        ("InvalidInputValueError", &t.invalid_input_value),
         ("CodecError", &t.codec),
         ("InvalidRequestError", &t.invalid_request),
         ("JobNotFoundError", &t.job_not_found),
@@ -119,6 +133,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAny>> {
     let t = types(py)?;
     let ty = match e {
+        CoreError::InvalidGraph { kind, .. } if *kind == INVALID_INPUT_VALUE => {
+            &t.invalid_input_value
+        }
         CoreError::InvalidGraph { .. } => &t.invalid_graph,
         CoreError::Codec { .. } => &t.codec,
         CoreError::InvalidRequest { .. } => &t.invalid_request,
