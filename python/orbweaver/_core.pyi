@@ -303,19 +303,45 @@ class JobCache:
     def live_instances(self) -> int: ...
 
     # Inbound queue.
-    def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
+    def poll(
+        self, lane: int, max_items: int, wait_ms: int, now_ms: int | None = None
+    ) -> list[tuple[int, int, int]]:
         """Up to `max_items` `(resource_group_id, job_id, task_id)` entries; returns as soon as
-        `max_items` are collected or the shared deadline passes. Releases the GIL while waiting."""
+        `max_items` are collected or the shared deadline passes. Releases the GIL while waiting.
+
+        With `now_ms`, the entries are recorded as taken at that time: if no instance of the task
+        is registered before `requeue_expired` finds them older than the visibility timeout, they
+        are offered again. Without it (`None`, the default) they are handed out for good."""
 
     def poll_all(
-        self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+        self,
+        max_tasks: int,
+        max_commit: int,
+        max_cleanup: int,
+        wait_ms: int,
+        now_ms: int | None = None,
     ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """Poll the three lanes at once; returns when any lane yields work or the wait elapses."""
+        """Poll the three lanes at once; returns when any lane yields work or the wait elapses.
+        `now_ms` as for `poll`."""
+
+    def requeue_expired(self, now_ms: int, visibility_ms: int) -> int:
+        """Re-offer every entry taken by a poll (with `now_ms`) more than `visibility_ms` before
+        `now_ms` whose task was not registered since and is still schedulable (job in the lane's
+        state, instance limit not reached); expired entries leave the ledger either way (they are
+        recorded again when polled again). A successful `register` / `register_batch` of the task
+        forgets its entry; job termination (`complete`, `cancel`, `fail`, `finish`), eviction,
+        `remove` and `resend_ready` forget a job's / all entries. Duplicates are possible when a
+        registration races with this call, losses are not. Returns the number of entries
+        offered."""
+
+    def taken_entries(self) -> int:
+        """Entries taken by polls (with `now_ms`) and neither registered, expired nor forgotten
+        yet (for metrics)."""
 
     def queue_depths(self) -> tuple[int, int, int]: ...
     def resend_ready(self) -> int:
         """Re-offer every Ready task / commit / cleanup of the cached jobs (after a restart or a
-        scheduler change); returns the number of entries offered."""
+        scheduler change) and forget every taken entry; returns the number of entries offered."""
 
     def close(self) -> None:
         """Wake every poller; later polls return immediately."""

@@ -19,6 +19,7 @@ pub mod session;
 pub mod slot;
 pub mod state;
 pub mod submission;
+pub mod taken;
 pub mod tcb;
 pub mod types;
 pub mod value;

@@ -523,22 +523,25 @@ impl JobCache {
         self.inner.live_instances()
     }
 
+    #[pyo3(signature = (lane, max_items, wait_ms, now_ms = None))]
     fn poll(
         &self,
         py: Python<'_>,
         lane: i64,
         max_items: usize,
         wait_ms: u64,
+        now_ms: Option<u64>,
     ) -> PyResult<Vec<EntryTuple>> {
         let lane = self::lane(lane)?;
         let got = py.detach(|| {
             self.inner
-                .poll(lane, max_items, Duration::from_millis(wait_ms))
+                .poll(lane, max_items, Duration::from_millis(wait_ms), now_ms)
         });
         Ok(entries(got))
     }
 
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (max_tasks, max_commit, max_cleanup, wait_ms, now_ms = None))]
     fn poll_all(
         &self,
         py: Python<'_>,
@@ -546,14 +549,24 @@ impl JobCache {
         max_commit: usize,
         max_cleanup: usize,
         wait_ms: u64,
+        now_ms: Option<u64>,
     ) -> (Vec<EntryTuple>, Vec<EntryTuple>, Vec<EntryTuple>) {
         let [a, b, c] = py.detach(|| {
             self.inner.poll_all(
                 [max_tasks, max_commit, max_cleanup],
                 Duration::from_millis(wait_ms),
+                now_ms,
             )
         });
         (entries(a), entries(b), entries(c))
+    }
+
+    fn requeue_expired(&self, py: Python<'_>, now_ms: u64, visibility_ms: u64) -> usize {
+        py.detach(|| self.inner.requeue_expired(now_ms, visibility_ms))
+    }
+
+    fn taken_entries(&self) -> usize {
+        self.inner.taken_len()
     }
 
     fn queue_depths(&self) -> (usize, usize, usize) {
