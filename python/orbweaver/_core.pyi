@@ -67,6 +67,16 @@ class LimitExceededError(CoreError, ValueError):
     "TooManyTasks" (submissions). The message names the size when known, the limit and the
     setting, e.g. "the graph has 250000 tasks, above the limit of 100000 (max_tasks)"."""
 
+class TaskInputsTooLargeError(LimitExceededError):
+    """`register` / `register_batch` with `max_task_io_bytes`: the task's task_io (its inputs; a
+    commit task's job outputs; a cleanup task's graph inputs) is larger than the limit (kind
+    "TaskInputsTooLarge"). Nothing changed (the task stays schedulable); the caller fails the
+    job. The message names the job, the task, the size and the limit."""
+
+class OutputsReleasedError(CoreError, LookupError):
+    """`outputs` of a job whose outputs were freed by `drop_outputs` (kind "OutputsReleased"):
+    read them from the database."""
+
 class StaleError(CoreError):
     """An expected race (instance limit reached, task already terminal, job no longer running,
     job already started/terminated, ...): reject the caller, nothing is wrong."""
@@ -227,7 +237,20 @@ class JobCache:
         task_capacity: int = 65536,
         commit_capacity: int = 1024,
         cleanup_capacity: int = 1024,
-    ) -> JobCache: ...
+        max_task_output_bytes: int = 1073741824,
+        max_job_bytes: int | None = None,
+    ) -> JobCache:
+        """Byte limits on what the cache keeps of each job (defaults: 1 GiB per report, no
+        per-job limit):
+
+        * `max_task_output_bytes`: the summed payload size of one success report's outputs;
+        * `max_job_bytes`: the graph inputs plus every stored task output of a running job
+          (`None`: unbounded).
+
+        A success report over either limit does not store its outputs: the task fails for good
+        and the report returns an OUTCOME_JOB_FAILED `Outcome` (once per job, like a task that
+        exhausted its retries) whose message names the task, the size and the limit. The job's
+        state is not changed: persist the failure, then call `fail`."""
     def __len__(self) -> int: ...
     def __contains__(self, job_id: int, /) -> bool: ...
     def job_ids(self) -> list[int]: ...
@@ -251,7 +274,13 @@ class JobCache:
     def has_commit(self, job_id: int) -> bool: ...
     def has_cleanup(self, job_id: int) -> bool: ...
     def outputs(self, job_id: int) -> bytes:
-        """Self-describing job outputs; StaleError unless SUCCEEDED (or COMMIT_READY)."""
+        """Self-describing job outputs; StaleError unless SUCCEEDED (or COMMIT_READY);
+        OutputsReleasedError after `drop_outputs`."""
+
+    def drop_outputs(self, job_id: int) -> bool:
+        """Free the cached outputs of a SUCCEEDED job (the database keeps them); returns whether
+        anything was freed. Any other state (a COMMIT_READY job's commit task needs its outputs)
+        or outputs already released: False, nothing changes."""
 
     def error(self, job_id: int) -> str | None: ...
     def progress(self, job_id: int) -> tuple[int, int, int, int, int, int]:
@@ -284,10 +313,30 @@ class JobCache:
         CLEANUP_READY -> CANCELLED."""
 
     # Task-instance lifecycle.
-    def register(self, job_id: int, task_id: int, em_id: int, now_ms: int) -> ExecutionContext: ...
+    def register(
+        self,
+        job_id: int,
+        task_id: int,
+        em_id: int,
+        now_ms: int,
+        *,
+        max_task_io_bytes: int | None = None,
+    ) -> ExecutionContext:
+        """Register a new instance. With `max_task_io_bytes`, a task whose task_io would be
+        larger is refused with TaskInputsTooLargeError (its size is computed from the stored
+        values, no buffer is built; only a registration that would otherwise succeed is refused
+        for its size). A successful registration forgets the task's taken queue entry."""
+
     def register_batch(
-        self, items: Sequence[tuple[int, int]], em_id: int, now_ms: int
-    ) -> list[ExecutionContext | CoreError]: ...
+        self,
+        items: Sequence[tuple[int, int]],
+        em_id: int,
+        now_ms: int,
+        *,
+        max_task_io_bytes: int | None = None,
+    ) -> list[ExecutionContext | CoreError]:
+        """`register` per item; errors (TaskInputsTooLargeError included) are returned in
+        place."""
     def report_success(
         self, job_id: int, task_id: int, instance_id: int, outputs: bytes
     ) -> Outcome | None: ...

@@ -16,7 +16,7 @@ use crate::hash::IdMap;
 use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
 pub use crate::job::Report;
-use crate::job::{ExecutionContext, Job, Outcome, Progress, Reported, Transition};
+use crate::job::{ExecutionContext, Job, Outcome, OutputLimits, Progress, Reported, Transition};
 use crate::queue::{Entry, InboundQueue, Lane};
 use crate::state::JobState;
 use crate::submission::Submission;
@@ -39,6 +39,8 @@ pub struct JobCache {
     instances: InstanceTable,
     /// Entries handed out by polls and not yet registered (visibility timeout).
     taken: TakenLedger,
+    /// Applied to every job inserted or recovered.
+    limits: OutputLimits,
 }
 
 impl JobCache {
@@ -49,12 +51,37 @@ impl JobCache {
         commit_capacity: usize,
         cleanup_capacity: usize,
     ) -> Result<Self> {
+        Self::with_limits(
+            task_capacity,
+            commit_capacity,
+            cleanup_capacity,
+            OutputLimits::DEFAULT,
+        )
+    }
+
+    /// [`Self::new`] with byte limits on the outputs its jobs keep (see [`Job::report_success`]:
+    /// a success over a limit is not stored and produces `JobFailed`).
+    ///
+    /// # Errors
+    /// `InvalidRequest` if a capacity is zero.
+    pub fn with_limits(
+        task_capacity: usize,
+        commit_capacity: usize,
+        cleanup_capacity: usize,
+        limits: OutputLimits,
+    ) -> Result<Self> {
         Ok(Self {
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             queue: InboundQueue::new(task_capacity, commit_capacity, cleanup_capacity)?,
             instances: InstanceTable::new(),
             taken: TakenLedger::new(),
+            limits,
         })
+    }
+
+    #[must_use]
+    pub const fn limits(&self) -> OutputLimits {
+        self.limits
     }
 
     fn shard(&self, id: JobId) -> &Shard {
@@ -132,7 +159,7 @@ impl JobCache {
                 format!("job {id} is already in the cache"),
             ));
         }
-        self.insert_job(Job::new(id, rg, submission)?)
+        self.insert_job(Job::new(id, rg, submission)?.with_limits(self.limits))
     }
 
     /// Rebuild a persisted job (storage spec 7.1); nothing enqueued.
@@ -153,7 +180,7 @@ impl JobCache {
                 format!("job {id} is already in the cache"),
             ));
         }
-        self.insert_job(Job::recover(id, rg, submission, state, outputs)?)
+        self.insert_job(Job::recover(id, rg, submission, state, outputs)?.with_limits(self.limits))
     }
 
     /// Remove jobs (and their taken-entry records); counts each id that was present once.
@@ -286,7 +313,25 @@ impl JobCache {
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Result<ExecutionContext> {
-        let ctx = self.get(id)?.register(task, em, now_ms, &self.instances)?;
+        self.register_limited(id, task, em, now_ms, None)
+    }
+
+    /// [`Self::register`] refusing, with `LimitExceeded` `TaskInputsTooLarge`, a task whose
+    /// `task_io` would exceed `max_io` bytes (nothing changes; the caller fails the job).
+    ///
+    /// # Errors
+    /// `JobNotFound`, the job's registration errors, `TaskInputsTooLarge`.
+    pub fn register_limited(
+        &self,
+        id: JobId,
+        task: TaskId,
+        em: ExecutionManagerId,
+        now_ms: u64,
+        max_io: Option<usize>,
+    ) -> Result<ExecutionContext> {
+        let ctx = self
+            .get(id)?
+            .register_limited(task, em, now_ms, &self.instances, max_io)?;
         self.taken.clear_tasks(id, [task]);
         Ok(ctx)
     }
@@ -299,13 +344,24 @@ impl JobCache {
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Vec<Result<ExecutionContext>> {
+        self.register_batch_limited(items, em, now_ms, None)
+    }
+
+    /// [`Self::register_batch`] with the `max_io` bound of [`Self::register_limited`].
+    pub fn register_batch_limited(
+        &self,
+        items: &[(JobId, TaskId)],
+        em: ExecutionManagerId,
+        now_ms: u64,
+        max_io: Option<usize>,
+    ) -> Vec<Result<ExecutionContext>> {
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
                 Ok(job) => {
                     let tasks: Vec<TaskId> = run.iter().map(|&(_, t)| t).collect();
                     let start = out.len();
-                    job.register_many(&tasks, em, now_ms, &self.instances, &mut out);
+                    job.register_many(&tasks, em, now_ms, &self.instances, max_io, &mut out);
                     let registered = tasks
                         .iter()
                         .zip(&out[start..])
@@ -495,9 +551,17 @@ impl JobCache {
     }
 
     /// # Errors
-    /// `JobNotFound`.
+    /// `JobNotFound`; see [`Job::outputs`].
     pub fn outputs(&self, id: JobId) -> Result<Payload> {
         self.get(id)?.outputs()
+    }
+
+    /// See [`Job::drop_outputs`].
+    ///
+    /// # Errors
+    /// `JobNotFound`.
+    pub fn drop_outputs(&self, id: JobId) -> Result<bool> {
+        Ok(self.get(id)?.drop_outputs())
     }
 
     /// # Errors

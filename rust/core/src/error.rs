@@ -68,6 +68,9 @@ pub enum CoreError {
     InvalidRequest { kind: &'static str, message: String },
     #[error("job {0} is not in the cache")]
     JobNotFound(JobId),
+    /// The job's outputs were released from the cache (`drop_outputs`); the database has them.
+    #[error("job {0}: its outputs were released from the cache; read them from the database")]
+    OutputsReleased(JobId),
     #[error("{message}")]
     Stale { kind: StaleKind, message: String },
     /// A configured size or count limit was exceeded (submission too large, task inputs too
@@ -93,6 +96,7 @@ impl CoreError {
             | Self::Recovery { kind, .. }
             | Self::Internal { kind, .. } => kind,
             Self::JobNotFound(_) => "JobNotFound",
+            Self::OutputsReleased(_) => "OutputsReleased",
             Self::Stale { kind, .. } => kind.as_str(),
         }
     }

@@ -5,6 +5,7 @@ use super::*;
 use crate::codec::wire_encode;
 use crate::error::StaleKind;
 use crate::policy::ExecutionPolicy;
+use crate::state::TaskState;
 use crate::workloads;
 
 fn cache() -> JobCache {
@@ -579,4 +580,218 @@ fn commit_and_cleanup_entries_are_tracked_too() {
     assert_eq!((cm2, cl2), (cm, cl));
     c.register(1, TaskId::Commit, 1, 6).expect("commit");
     assert_eq!(c.taken_len(), 1);
+}
+
+fn limited(max_task_output_bytes: u64, max_job_bytes: u64) -> JobCache {
+    JobCache::with_limits(
+        1024,
+        16,
+        16,
+        crate::job::OutputLimits {
+            max_task_output_bytes,
+            max_job_bytes,
+        },
+    )
+    .expect("cache")
+}
+
+fn frame_of(len: usize) -> Vec<u8> {
+    wire_encode(&[vec![7u8; len]]).expect("frame")
+}
+
+#[test]
+fn outputs_over_the_task_limit_are_not_stored_and_fail_the_job_once() {
+    let c = limited(100, u64::MAX);
+    running(&c, 1, 3, 1);
+    let regs = c.register_batch(
+        &[
+            (1, TaskId::Index(0)),
+            (1, TaskId::Index(1)),
+            (1, TaskId::Index(2)),
+        ],
+        1,
+        0,
+    );
+    let ids: Vec<u64> = regs
+        .iter()
+        .map(|r| r.as_ref().expect("ok").instance_id)
+        .collect();
+    // Exactly at the limit is stored.
+    assert!(c
+        .report_success(1, TaskId::Index(0), ids[0], &frame_of(100))
+        .expect("ok")
+        .is_none());
+    let o = c
+        .report_success(1, TaskId::Index(1), ids[1], &frame_of(101))
+        .expect("ok")
+        .expect("outcome");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
+    assert_eq!(
+        o.message.as_deref(),
+        Some(
+            "task 1 (`bench.inc`): output of 101 bytes exceeds the limit of 100 bytes \
+             (max_task_output_bytes)"
+        )
+    );
+    let job = c.get(1).expect("job");
+    assert_eq!(job.task_state(TaskId::Index(1)), Some(TaskState::Failed));
+    assert_eq!(
+        job.state(),
+        JobState::Running,
+        "the core leaves the job to the caller"
+    );
+    // A second refusal in the same job produces no second outcome; the instance is consumed.
+    assert!(c
+        .report_success(1, TaskId::Index(2), ids[2], &frame_of(500))
+        .expect("ok")
+        .is_none());
+    assert_eq!(c.live_instances(), 0);
+    // A stale report (instance no longer live) is refused as such, whatever its size.
+    let e = c
+        .report_success(1, TaskId::Index(1), ids[1], &frame_of(500))
+        .expect_err("stale");
+    assert!(e.is_stale());
+    assert_eq!(
+        c.fail(1, "outputs too large", 1).expect("fail"),
+        JobState::Failed
+    );
+}
+
+#[test]
+fn outputs_that_would_make_the_job_hold_too_much_fail_it() {
+    // Each graph input of `flat(.., 4, ..)` is 6 bytes of msgpack bin: 3 tasks hold 18 bytes.
+    let c = limited(1000, 18 + 2 * 40);
+    running(&c, 1, 3, 1);
+    let regs = c.register_batch(
+        &[
+            (1, TaskId::Index(0)),
+            (1, TaskId::Index(1)),
+            (1, TaskId::Index(2)),
+        ],
+        1,
+        0,
+    );
+    let ids: Vec<u64> = regs
+        .iter()
+        .map(|r| r.as_ref().expect("ok").instance_id)
+        .collect();
+    for t in 0..2 {
+        assert!(c
+            .report_success(1, TaskId::Index(t), ids[t as usize], &frame_of(40))
+            .expect("ok")
+            .is_none());
+    }
+    let o = c
+        .report_success(1, TaskId::Index(2), ids[2], &frame_of(1))
+        .expect("ok")
+        .expect("outcome");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
+    assert_eq!(
+        o.message.as_deref(),
+        Some(
+            "task 2 (`bench.inc`): output of 1 bytes would make the job hold 99 bytes, above the \
+             limit of 98 bytes (max_job_bytes)"
+        )
+    );
+}
+
+#[test]
+fn empty_outputs_never_exceed_the_job_limit() {
+    let c = limited(0, 1);
+    running(&c, 1, 1, 1);
+    let ctx = c.register(1, TaskId::Index(0), 1, 0).expect("register");
+    let o = c
+        .report_success(1, TaskId::Index(0), ctx.instance_id, &frame_of(0))
+        .expect("ok")
+        .expect("the job completes");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobCompleted);
+}
+
+#[test]
+fn registration_refuses_task_io_over_the_limit_and_changes_nothing() {
+    let c = cache();
+    // Regular task: its inputs frame is 4 + 4 + 6 = 14 bytes.
+    running(&c, 1, 1, 1);
+    let e = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(13))
+        .expect_err("too large");
+    assert_eq!(e.kind(), "TaskInputsTooLarge");
+    assert!(matches!(e, CoreError::LimitExceeded { .. }));
+    assert_eq!(
+        e.to_string(),
+        "job 1 task 0 (`bench.inc`): task inputs of 14 bytes exceed the limit of 13 bytes \
+         (max_task_io_bytes)"
+    );
+    let job = c.get(1).expect("job");
+    assert_eq!(job.task_state(TaskId::Index(0)), Some(TaskState::Ready));
+    assert_eq!(c.live_instances(), 0);
+    let batch = c.register_batch_limited(&[(1, TaskId::Index(0))], 1, 0, Some(13));
+    assert_eq!(
+        batch[0].as_ref().expect_err("big").kind(),
+        "TaskInputsTooLarge"
+    );
+    let ctx = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(14))
+        .expect("exactly at the limit");
+    assert_eq!(ctx.task_io.len(), 14);
+    // A registration refused anyway gets that error, not the size error.
+    let e = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(1))
+        .expect_err("limit");
+    assert_eq!(e.stale_kind(), Some(StaleKind::TaskInstanceLimitExceeded));
+
+    // Commit task: the job outputs; cleanup task: the graph inputs.
+    let s = workloads::flat(2, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice(), b"b"]).expect("enc");
+    c.recover(2, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    c.recover(3, 1, &s, JobState::CleanupReady, None)
+        .expect("recover");
+    let e = c
+        .register_limited(2, TaskId::Commit, 1, 0, Some(out.len() - 1))
+        .expect_err("commit");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "job 2 commit task (`bench.commit`): job outputs of {} bytes",
+            out.len()
+        )),
+        "{e}"
+    );
+    let e = c
+        .register_limited(3, TaskId::Cleanup, 1, 0, Some(10))
+        .expect_err("cleanup");
+    assert!(
+        e.to_string()
+            .starts_with("job 3 cleanup task (`bench.cleanup`): graph inputs of 24 bytes"),
+        "{e}"
+    );
+    assert_eq!(c.live_instances(), 1);
+    c.register_limited(3, TaskId::Cleanup, 1, 0, Some(24))
+        .expect("fits");
+}
+
+#[test]
+fn dropped_outputs_are_gone_but_a_commit_ready_job_keeps_its_own() {
+    let c = cache();
+    let s = workloads::flat(1, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice()]).expect("enc");
+    c.recover(1, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    assert!(
+        !c.drop_outputs(1).expect("job"),
+        "the commit task still needs them"
+    );
+    assert_eq!(&*c.outputs(1).expect("kept"), &out[..]);
+    let ctx = c.register(1, TaskId::Commit, 1, 0).expect("commit");
+    c.report_success(1, TaskId::Commit, ctx.instance_id, b"")
+        .expect("ok");
+    assert_eq!(c.finish(1, 0).expect("finish"), JobState::Succeeded);
+    assert!(c.drop_outputs(1).expect("job"));
+    let e = c.outputs(1).expect_err("released");
+    assert_eq!(e, CoreError::OutputsReleased(1));
+    assert_eq!(e.kind(), "OutputsReleased");
+    assert!(!c.drop_outputs(1).expect("job"), "already released");
+    running(&c, 2, 1, 1);
+    assert!(!c.drop_outputs(2).expect("job"), "running: no outputs yet");
+    assert_eq!(c.drop_outputs(9), Err(CoreError::JobNotFound(9)));
 }
