@@ -52,10 +52,11 @@ def _setup() -> tuple[tuple[core.JobCache], dict[str, Any]]:
     return (cache,), {}
 
 
-def _worker(cache: core.JobCache, em: int) -> int:
+def _worker(cache: core.JobCache, em: int, tracked: bool) -> int:
     done = 0
     while True:
-        entries = cache.poll(core.LANE_TASK, CHUNK, 0)
+        # `tracked`: the poll records what it hands out (the visibility-timeout ledger).
+        entries = cache.poll(core.LANE_TASK, CHUNK, 0, 0 if tracked else None)
         if not entries:
             return done
         regs = cache.register_batch([(j, t) for _, j, t in entries], em, 0)
@@ -68,14 +69,14 @@ def _worker(cache: core.JobCache, em: int) -> int:
         done += sum(1 for r in results if not isinstance(r, core.CoreError))
 
 
-def _run(cache: core.JobCache, threads: int) -> None:
+def _run(cache: core.JobCache, threads: int, tracked: bool) -> None:
     if threads == 1:
-        assert _worker(cache, 0) == N_TASKS
+        assert _worker(cache, 0, tracked) == N_TASKS
     else:
         counts = [0] * threads
 
         def work(i: int) -> None:
-            counts[i] = _worker(cache, i)
+            counts[i] = _worker(cache, i, tracked)
 
         ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
         for t in ts:
@@ -85,12 +86,16 @@ def _run(cache: core.JobCache, threads: int) -> None:
         assert sum(counts) == N_TASKS
     assert cache.state(1) == core.JOB_RUNNING
     assert cache.progress(1)[3] == N_TASKS
+    assert cache.taken_entries() == 0
 
 
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_register_report_batch_flat_10k(benchmark: Any, threads: int) -> None:
-    benchmark.extra_info.update(tasks=N_TASKS, chunk=CHUNK, threads=threads)
-    benchmark.pedantic(lambda cache: _run(cache, threads), setup=_setup, rounds=15, warmup_rounds=2)
+def test_register_report_batch_flat_10k(benchmark: Any, threads: int, tracked: bool) -> None:
+    benchmark.extra_info.update(tasks=N_TASKS, chunk=CHUNK, threads=threads, tracked=tracked)
+    benchmark.pedantic(
+        lambda cache: _run(cache, threads, tracked), setup=_setup, rounds=15, warmup_rounds=2
+    )
     if benchmark.stats is not None:
         best = benchmark.stats.stats.min
         benchmark.extra_info["tasks_per_s_best"] = N_TASKS / best

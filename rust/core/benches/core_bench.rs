@@ -45,10 +45,13 @@ fn current() -> isize {
     CURRENT.load(Ordering::Relaxed)
 }
 
-/// Payload bytes held by a submission: the value bytes plus each `Arc<[u8]>` header (16 bytes),
-/// which is per value, not per task or edge.
+/// Payload bytes held by a submission: each `Arc<[u8]>` allocation (16-byte header plus the
+/// value, rounded up to the 8-byte alignment), which is per value, not per task or edge.
 fn payload_bytes(s: &Submission) -> isize {
-    s.inputs.iter().map(|p| p.len() as isize + 16).sum()
+    s.inputs
+        .iter()
+        .map(|p| (16 + p.len()).next_multiple_of(8) as isize)
+        .sum()
 }
 
 fn memory() {
