@@ -3,7 +3,9 @@
 //! it persists job-level facts first and then applies the matching transition here.
 //!
 //! Lock order: cache shard -> (released) -> job lock -> TCB mutex -> instance-table shard. Queue
-//! offers happen only after the job lock is released (see `queue`).
+//! offers happen only after the job lock is released (see `queue`). The taken-entry ledger's
+//! shard locks are leaves, taken with no other lock held (after a poll returns, after a
+//! registration released the job lock).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -468,7 +468,7 @@ impl Job {
 
     /// The same job with other output limits (set before the job is shared).
     #[must_use]
-    pub const fn with_limits(mut self, limits: OutputLimits) -> Self {
+    pub fn with_limits(mut self, limits: OutputLimits) -> Self {
         self.limits = limits;
         self
     }
