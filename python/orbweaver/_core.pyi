@@ -47,6 +47,12 @@ class InvalidGraphError(CoreError, ValueError):
     """A submitted graph or its inputs break a validation rule; the message names the task and
     position at fault."""
 
+class InvalidInputValueError(InvalidGraphError):
+    """A graph-input payload does not fit its declared type (kind "InvalidInputValue"): wrong
+    msgpack type, integer out of range, not msgpack at all, trailing bytes, nesting deeper than
+    512. The message names the graph input, the task and input it feeds and what was wrong, e.g.
+    "graph input 2 (task 0 `pkg.fn`, input 1): expected Int32, got str"."""
+
 class CodecError(CoreError, ValueError):
     """Malformed wire frame, self-describing outputs or zstd stream."""
 
@@ -55,6 +61,21 @@ class InvalidRequestError(CoreError, ValueError):
 
 class JobNotFoundError(CoreError, LookupError):
     """The job is not in the cache."""
+
+class LimitExceededError(CoreError, ValueError):
+    """A configured size or count limit was exceeded. Kinds: "GraphTooLarge", "InputsTooLarge",
+    "TooManyTasks" (submissions). The message names the size when known, the limit and the
+    setting, e.g. "the graph has 250000 tasks, above the limit of 100000 (max_tasks)"."""
+
+class TaskInputsTooLargeError(LimitExceededError):
+    """`register` / `register_batch` with `max_task_io_bytes`: the task's task_io (its inputs; a
+    commit task's job outputs; a cleanup task's graph inputs) is larger than the limit (kind
+    "TaskInputsTooLarge"). Nothing changed (the task stays schedulable); the caller fails the
+    job. The message names the job, the task, the size and the limit."""
+
+class OutputsReleasedError(CoreError, LookupError):
+    """`outputs` of a job whose outputs were freed by `drop_outputs` (kind "OutputsReleased"):
+    read them from the database."""
 
 class StaleError(CoreError):
     """An expected race (instance limit reached, task already terminal, job no longer running,
@@ -95,6 +116,13 @@ def validate_task_name(package: str, task_func: str) -> None:
     """Raise InvalidGraphError unless `package` is an identifier and `task_func` a dotted
     identifier path (no `..`, `/`, absolute paths or empty parts)."""
 
+def validate_value(type_json: str, payload: bytes) -> None:
+    """Check one msgpack payload against a type descriptor (JSON, e.g. '{"Value":{"Bytes":{}}}')
+    exactly as a submission checks each graph input: accepted is what the Python client encodes
+    for the type (ints of any msgpack width within range, floats, bool, bin for Bytes, UTF-8 str
+    for String, arrays for List and Struct, maps with keys of the key type for Map), exactly one
+    value. Raises InvalidInputValueError (InvalidRequestError for a malformed descriptor)."""
+
 # ---------------------------------------------------------------------------------------------
 # Task graph
 # ---------------------------------------------------------------------------------------------
@@ -131,10 +159,34 @@ class Submission:
     """A validated job submission: zstd(JSON graph) + zstd(wire frame of inputs), checked by every
     rule of storage spec 2.3 plus task-name validation."""
 
-    def __new__(cls, compressed_graph: bytes, compressed_inputs: bytes) -> Submission: ...
+    def __new__(
+        cls,
+        compressed_graph: bytes,
+        compressed_inputs: bytes,
+        *,
+        max_graph_bytes: int = 1073741824,
+        max_input_bytes: int = 1073741824,
+        max_tasks: int | None = None,
+    ) -> Submission:
+        """Parse and validate. Limits (defaults = the behaviour before limits existed: 1 GiB per
+        decompressed buffer, no task-count limit):
+
+        * `max_graph_bytes`: decompressed size of the graph JSON;
+        * `max_input_bytes`: decompressed size of the graph-input wire frame;
+        * `max_tasks`: regular tasks per job (`None`: no limit).
+
+        Decompression stops at the limit (memory grows only with the bytes actually produced) and
+        tasks past `max_tasks` are counted, never built. Each graph input is checked against its
+        declared type (see `validate_value`). Raises LimitExceededError ("GraphTooLarge",
+        "InputsTooLarge", "TooManyTasks"), InvalidInputValueError or InvalidGraphError."""
+
     @staticmethod
-    def with_graph(graph: TaskGraph, compressed_inputs: bytes) -> Submission:
-        """A submission of an already-parsed graph (shared, not copied) with new inputs."""
+    def with_graph(
+        graph: TaskGraph, compressed_inputs: bytes, *, max_input_bytes: int = 1073741824
+    ) -> Submission:
+        """A submission of an already-parsed graph (shared, not copied) with new inputs; the
+        input frame is bounded by `max_input_bytes` (default 1 GiB)."""
+
     @property
     def graph(self) -> TaskGraph: ...
     @property
@@ -185,7 +237,20 @@ class JobCache:
         task_capacity: int = 65536,
         commit_capacity: int = 1024,
         cleanup_capacity: int = 1024,
-    ) -> JobCache: ...
+        max_task_output_bytes: int = 1073741824,
+        max_job_bytes: int | None = None,
+    ) -> JobCache:
+        """Byte limits on what the cache keeps of each job (defaults: 1 GiB per report, no
+        per-job limit):
+
+        * `max_task_output_bytes`: the summed payload size of one success report's outputs;
+        * `max_job_bytes`: the graph inputs plus every stored task output of a running job
+          (`None`: unbounded).
+
+        A success report over either limit does not store its outputs: the task fails for good
+        and the report returns an OUTCOME_JOB_FAILED `Outcome` (once per job, like a task that
+        exhausted its retries) whose message names the task, the size and the limit. The job's
+        state is not changed: persist the failure, then call `fail`."""
     def __len__(self) -> int: ...
     def __contains__(self, job_id: int, /) -> bool: ...
     def job_ids(self) -> list[int]: ...
@@ -209,7 +274,13 @@ class JobCache:
     def has_commit(self, job_id: int) -> bool: ...
     def has_cleanup(self, job_id: int) -> bool: ...
     def outputs(self, job_id: int) -> bytes:
-        """Self-describing job outputs; StaleError unless SUCCEEDED (or COMMIT_READY)."""
+        """Self-describing job outputs; StaleError unless SUCCEEDED (or COMMIT_READY);
+        OutputsReleasedError after `drop_outputs`."""
+
+    def drop_outputs(self, job_id: int) -> bool:
+        """Free the cached outputs of a SUCCEEDED job (the database keeps them); returns whether
+        anything was freed. Any other state (a COMMIT_READY job's commit task needs its outputs)
+        or outputs already released: False, nothing changes."""
 
     def error(self, job_id: int) -> str | None: ...
     def progress(self, job_id: int) -> tuple[int, int, int, int, int, int]:
@@ -242,10 +313,30 @@ class JobCache:
         CLEANUP_READY -> CANCELLED."""
 
     # Task-instance lifecycle.
-    def register(self, job_id: int, task_id: int, em_id: int, now_ms: int) -> ExecutionContext: ...
+    def register(
+        self,
+        job_id: int,
+        task_id: int,
+        em_id: int,
+        now_ms: int,
+        *,
+        max_task_io_bytes: int | None = None,
+    ) -> ExecutionContext:
+        """Register a new instance. With `max_task_io_bytes`, a task whose task_io would be
+        larger is refused with TaskInputsTooLargeError (its size is computed from the stored
+        values, no buffer is built; only a registration that would otherwise succeed is refused
+        for its size). A successful registration forgets the task's taken queue entry."""
+
     def register_batch(
-        self, items: Sequence[tuple[int, int]], em_id: int, now_ms: int
-    ) -> list[ExecutionContext | CoreError]: ...
+        self,
+        items: Sequence[tuple[int, int]],
+        em_id: int,
+        now_ms: int,
+        *,
+        max_task_io_bytes: int | None = None,
+    ) -> list[ExecutionContext | CoreError]:
+        """`register` per item; errors (TaskInputsTooLargeError included) are returned in
+        place."""
     def report_success(
         self, job_id: int, task_id: int, instance_id: int, outputs: bytes
     ) -> Outcome | None: ...
@@ -261,19 +352,45 @@ class JobCache:
     def live_instances(self) -> int: ...
 
     # Inbound queue.
-    def poll(self, lane: int, max_items: int, wait_ms: int) -> list[tuple[int, int, int]]:
+    def poll(
+        self, lane: int, max_items: int, wait_ms: int, now_ms: int | None = None
+    ) -> list[tuple[int, int, int]]:
         """Up to `max_items` `(resource_group_id, job_id, task_id)` entries; returns as soon as
-        `max_items` are collected or the shared deadline passes. Releases the GIL while waiting."""
+        `max_items` are collected or the shared deadline passes. Releases the GIL while waiting.
+
+        With `now_ms`, the entries are recorded as taken at that time: if no instance of the task
+        is registered before `requeue_expired` finds them older than the visibility timeout, they
+        are offered again. Without it (`None`, the default) they are handed out for good."""
 
     def poll_all(
-        self, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
+        self,
+        max_tasks: int,
+        max_commit: int,
+        max_cleanup: int,
+        wait_ms: int,
+        now_ms: int | None = None,
     ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-        """Poll the three lanes at once; returns when any lane yields work or the wait elapses."""
+        """Poll the three lanes at once; returns when any lane yields work or the wait elapses.
+        `now_ms` as for `poll`."""
+
+    def requeue_expired(self, now_ms: int, visibility_ms: int) -> int:
+        """Re-offer every entry taken by a poll (with `now_ms`) more than `visibility_ms` before
+        `now_ms` whose task was not registered since and is still schedulable (job in the lane's
+        state, instance limit not reached); expired entries leave the ledger either way (they are
+        recorded again when polled again). A successful `register` / `register_batch` of the task
+        forgets its entry; job termination (`complete`, `cancel`, `fail`, `finish`), eviction,
+        `remove` and `resend_ready` forget a job's / all entries. Duplicates are possible when a
+        registration races with this call, losses are not. Returns the number of entries
+        offered."""
+
+    def taken_entries(self) -> int:
+        """Entries taken by polls (with `now_ms`) and neither registered, expired nor forgotten
+        yet (for metrics)."""
 
     def queue_depths(self) -> tuple[int, int, int]: ...
     def resend_ready(self) -> int:
         """Re-offer every Ready task / commit / cleanup of the cached jobs (after a restart or a
-        scheduler change); returns the number of entries offered."""
+        scheduler change) and forget every taken entry; returns the number of entries offered."""
 
     def close(self) -> None:
         """Wake every poller; later polls return immediately."""

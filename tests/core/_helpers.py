@@ -7,6 +7,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
+
 from orbweaver import _core as core
 
 BYTES: dict[str, Any] = {"Value": {"Bytes": {}}}
@@ -44,9 +46,17 @@ def graph(
     }
 
 
-def submission(doc: dict[str, Any], inputs: Sequence[bytes]) -> core.Submission:
+def bin_value(data: bytes) -> bytes:
+    """A `bytes` value as the client encodes it (msgpack bin): what a `Bytes` input must hold."""
+    return bytes(msgpack.packb(data, use_bin_type=True))
+
+
+def submission(doc: dict[str, Any], inputs: Sequence[bytes], **limits: Any) -> core.Submission:
+    """Every graph input of these graphs is typed `Bytes`: each raw value travels as msgpack bin."""
     return core.Submission(
-        core.compress(json.dumps(doc).encode()), core.compress(core.wire_encode(inputs))
+        core.compress(json.dumps(doc).encode()),
+        core.compress(core.wire_encode([bin_value(i) for i in inputs])),
+        **limits,
     )
 
 
@@ -77,9 +87,10 @@ def neuron(inputs: list[bytes]) -> bytes:
 
 
 def expected_outputs(doc_tasks: list[dict[str, Any]], inputs: Sequence[bytes]) -> list[bytes]:
-    """In-process evaluation of a single-output `neuron` graph."""
+    """In-process evaluation of a single-output `neuron` graph (graph inputs as `submission`
+    encodes them)."""
     values: list[bytes] = []
-    it = iter(inputs)
+    it = iter(bin_value(i) for i in inputs)
     has_child = [False] * len(doc_tasks)
     for t in doc_tasks:
         for s in t["input_sources"] or []:

@@ -8,7 +8,7 @@ import pytest
 
 from orbweaver import _core as core
 
-from ._helpers import flat, graph, layered, submission, task
+from ._helpers import bin_value, flat, graph, layered, submission, task
 
 
 def drain(cache: core.JobCache, lane: int = core.LANE_TASK) -> list[tuple[int, int, int]]:
@@ -39,7 +39,7 @@ def test_full_lifecycle_with_commit() -> None:
         "inc",
     )
     assert (c0.soft_timeout_ms, c0.hard_timeout_ms) == (150000, 300000)
-    assert core.wire_decode(c0.task_io) == [(0).to_bytes(4, "little")]
+    assert core.wire_decode(c0.task_io) == [bin_value((0).to_bytes(4, "little"))]
     assert cache.live_instances() == 3
     results = cache.report_batch(
         [
@@ -185,7 +185,7 @@ def test_cancel_semantics() -> None:
     assert e.value.kind == "JobCancellationAlreadyRequested"
     assert drain(cache, core.LANE_CLEANUP) == [(7, 1, core.TASK_CLEANUP)]
     cl = cache.register(1, core.TASK_CLEANUP, 1, 5)
-    assert core.wire_decode(cl.task_io) == [(0).to_bytes(4, "little"), (1).to_bytes(4, "little")]
+    assert core.wire_decode(cl.task_io) == [bin_value(i.to_bytes(4, "little")) for i in (0, 1)]
     o = cache.report_success(1, core.TASK_CLEANUP, cl.instance_id, b"")
     assert o is not None and o.kind == core.OUTCOME_CLEANUP_SUCCEEDED
     assert cache.finish(1, 7) == core.JOB_CANCELLED

@@ -12,7 +12,7 @@ import pytest
 
 from orbweaver import _core as core
 
-from ._helpers import expected_outputs, graph, neuron, submission, task
+from ._helpers import bin_value, expected_outputs, graph, neuron, submission, task
 
 TIMEOUT_S = 60
 
@@ -167,7 +167,7 @@ def test_cancel_races_end_consistently(delay: float) -> None:
             1,
             core.Submission(
                 core.compress(json.dumps(doc).encode()),
-                core.compress(core.wire_encode([b"x"] * 100)),
+                core.compress(core.wire_encode([bin_value(b"x")] * 100)),
             ),
         )
         cache.start(1)

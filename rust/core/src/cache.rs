@@ -3,7 +3,9 @@
 //! it persists job-level facts first and then applies the matching transition here.
 //!
 //! Lock order: cache shard -> (released) -> job lock -> TCB mutex -> instance-table shard. Queue
-//! offers happen only after the job lock is released (see `queue`).
+//! offers happen only after the job lock is released (see `queue`). The taken-entry ledger's
+//! shard locks are leaves, taken with no other lock held (after a poll returns, after a
+//! registration released the job lock).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,10 +18,11 @@ use crate::hash::IdMap;
 use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
 pub use crate::job::Report;
-use crate::job::{ExecutionContext, Job, Outcome, Progress, Reported, Transition};
+use crate::job::{ExecutionContext, Job, Outcome, OutputLimits, Progress, Reported, Transition};
 use crate::queue::{Entry, InboundQueue, Lane};
 use crate::state::JobState;
 use crate::submission::Submission;
+use crate::taken::TakenLedger;
 use crate::Payload;
 
 const SHARDS: usize = 16;
@@ -36,6 +39,10 @@ pub struct JobCache {
     shards: Box<[Shard]>,
     queue: InboundQueue,
     instances: InstanceTable,
+    /// Entries handed out by polls and not yet registered (visibility timeout).
+    taken: TakenLedger,
+    /// Applied to every job inserted or recovered.
+    limits: OutputLimits,
 }
 
 impl JobCache {
@@ -46,11 +53,37 @@ impl JobCache {
         commit_capacity: usize,
         cleanup_capacity: usize,
     ) -> Result<Self> {
+        Self::with_limits(
+            task_capacity,
+            commit_capacity,
+            cleanup_capacity,
+            OutputLimits::DEFAULT,
+        )
+    }
+
+    /// [`Self::new`] with byte limits on the outputs its jobs keep (see [`Job::report_success`]:
+    /// a success over a limit is not stored and produces `JobFailed`).
+    ///
+    /// # Errors
+    /// `InvalidRequest` if a capacity is zero.
+    pub fn with_limits(
+        task_capacity: usize,
+        commit_capacity: usize,
+        cleanup_capacity: usize,
+        limits: OutputLimits,
+    ) -> Result<Self> {
         Ok(Self {
             shards: (0..SHARDS).map(|_| RwLock::new(IdMap::default())).collect(),
             queue: InboundQueue::new(task_capacity, commit_capacity, cleanup_capacity)?,
             instances: InstanceTable::new(),
+            taken: TakenLedger::new(),
+            limits,
         })
+    }
+
+    #[must_use]
+    pub const fn limits(&self) -> OutputLimits {
+        self.limits
     }
 
     fn shard(&self, id: JobId) -> &Shard {
@@ -128,7 +161,7 @@ impl JobCache {
                 format!("job {id} is already in the cache"),
             ));
         }
-        self.insert_job(Job::new(id, rg, submission)?)
+        self.insert_job(Job::new(id, rg, submission)?.with_limits(self.limits))
     }
 
     /// Rebuild a persisted job (storage spec 7.1); nothing enqueued.
@@ -149,16 +182,17 @@ impl JobCache {
                 format!("job {id} is already in the cache"),
             ));
         }
-        self.insert_job(Job::recover(id, rg, submission, state, outputs)?)
+        self.insert_job(Job::recover(id, rg, submission, state, outputs)?.with_limits(self.limits))
     }
 
-    /// Remove jobs; counts each id that was present once.
+    /// Remove jobs (and their taken-entry records); counts each id that was present once.
     pub fn remove(&self, ids: &[JobId]) -> usize {
         let mut n = 0;
         for &id in ids {
             if self.shard(id).write().remove(&id).is_some() {
                 n += 1;
             }
+            self.taken.clear_job(id);
         }
         n
     }
@@ -183,6 +217,7 @@ impl JobCache {
             for id in expired {
                 // Re-check under the write lock (cheap, and robust to concurrent removal).
                 if w.remove(&id).is_some() {
+                    self.taken.clear_job(id);
                     evicted.push(id);
                 }
             }
@@ -238,6 +273,9 @@ impl JobCache {
     pub fn complete(&self, id: JobId, now_ms: u64) -> Result<JobState> {
         let job = self.get(id)?;
         let t = job.complete(now_ms, &self.instances)?;
+        // No regular task is schedulable any more: forget their taken entries before the commit
+        // task is offered.
+        self.taken.clear_job(id);
         Ok(self.offer_transition(&job, t))
     }
 
@@ -246,6 +284,7 @@ impl JobCache {
     pub fn cancel(&self, id: JobId, now_ms: u64) -> Result<JobState> {
         let job = self.get(id)?;
         let t = job.cancel(now_ms, &self.instances)?;
+        self.taken.clear_job(id);
         Ok(self.offer_transition(&job, t))
     }
 
@@ -253,14 +292,18 @@ impl JobCache {
     /// See [`Job::fail`].
     pub fn fail(&self, id: JobId, message: &str, now_ms: u64) -> Result<JobState> {
         let job = self.get(id)?;
-        Ok(job.fail(message, now_ms, &self.instances)?.state)
+        let state = job.fail(message, now_ms, &self.instances)?.state;
+        self.taken.clear_job(id);
+        Ok(state)
     }
 
     /// # Errors
     /// See [`Job::finish`].
     pub fn finish(&self, id: JobId, now_ms: u64) -> Result<JobState> {
         let job = self.get(id)?;
-        Ok(job.finish(now_ms, &self.instances)?.state)
+        let state = job.finish(now_ms, &self.instances)?.state;
+        self.taken.clear_job(id);
+        Ok(state)
     }
 
     /// # Errors
@@ -272,7 +315,27 @@ impl JobCache {
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Result<ExecutionContext> {
-        self.get(id)?.register(task, em, now_ms, &self.instances)
+        self.register_limited(id, task, em, now_ms, None)
+    }
+
+    /// [`Self::register`] refusing, with `LimitExceeded` `TaskInputsTooLarge`, a task whose
+    /// `task_io` would exceed `max_io` bytes (nothing changes; the caller fails the job).
+    ///
+    /// # Errors
+    /// `JobNotFound`, the job's registration errors, `TaskInputsTooLarge`.
+    pub fn register_limited(
+        &self,
+        id: JobId,
+        task: TaskId,
+        em: ExecutionManagerId,
+        now_ms: u64,
+        max_io: Option<usize>,
+    ) -> Result<ExecutionContext> {
+        let ctx = self
+            .get(id)?
+            .register_limited(task, em, now_ms, &self.instances, max_io)?;
+        self.taken.clear_tasks(id, [task]);
+        Ok(ctx)
     }
 
     /// Many registrations for one EM; one result per item. Consecutive items of the same job
@@ -283,12 +346,30 @@ impl JobCache {
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Vec<Result<ExecutionContext>> {
+        self.register_batch_limited(items, em, now_ms, None)
+    }
+
+    /// [`Self::register_batch`] with the `max_io` bound of [`Self::register_limited`].
+    pub fn register_batch_limited(
+        &self,
+        items: &[(JobId, TaskId)],
+        em: ExecutionManagerId,
+        now_ms: u64,
+        max_io: Option<usize>,
+    ) -> Vec<Result<ExecutionContext>> {
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
                 Ok(job) => {
                     let tasks: Vec<TaskId> = run.iter().map(|&(_, t)| t).collect();
-                    job.register_many(&tasks, em, now_ms, &self.instances, &mut out);
+                    let start = out.len();
+                    job.register_many(&tasks, em, now_ms, &self.instances, max_io, &mut out);
+                    let registered = tasks
+                        .iter()
+                        .zip(&out[start..])
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(&t, _)| t);
+                    self.taken.clear_tasks(job.id(), registered);
                 }
                 Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
             }
@@ -394,18 +475,70 @@ impl JobCache {
         self.instances.len()
     }
 
-    /// # Errors
-    /// `InvalidRequest` for an unknown lane code is handled by the caller; never fails here.
-    pub fn poll(&self, lane: Lane, max_items: usize, wait: Duration) -> Vec<Entry> {
-        self.queue.poll(lane, max_items, wait, &self.wanted())
+    /// Up to `max_items` entries of `lane` (see [`InboundQueue::poll`]). With `now_ms`, the
+    /// entries are recorded as taken at that time (see [`Self::requeue_expired`]); without, they
+    /// are handed out for good.
+    pub fn poll(
+        &self,
+        lane: Lane,
+        max_items: usize,
+        wait: Duration,
+        now_ms: Option<u64>,
+    ) -> Vec<Entry> {
+        let got = self.queue.poll(lane, max_items, wait, &self.wanted());
+        if let Some(now) = now_ms {
+            self.taken.record(&got, now);
+        }
+        got
     }
 
-    pub fn poll_all(&self, max_items: [usize; 3], wait: Duration) -> [Vec<Entry>; 3] {
-        self.queue.poll_all(max_items, wait, &self.wanted())
+    /// The three lanes at once (see [`InboundQueue::poll_all`]); `now_ms` as for [`Self::poll`].
+    pub fn poll_all(
+        &self,
+        max_items: [usize; 3],
+        wait: Duration,
+        now_ms: Option<u64>,
+    ) -> [Vec<Entry>; 3] {
+        let got = self.queue.poll_all(max_items, wait, &self.wanted());
+        if let Some(now) = now_ms {
+            for lane in &got {
+                self.taken.record(lane, now);
+            }
+        }
+        got
     }
 
-    /// Re-offer every Ready task / commit / cleanup of the cached jobs; returns how many.
+    /// Re-offer every entry taken by a poll more than `visibility_ms` before `now_ms` and not
+    /// registered since, if its task is still schedulable (job in the lane's state, instance limit
+    /// not reached); expired entries leave the ledger either way (a re-offered entry is recorded
+    /// again when it is polled again). Returns how many entries were offered.
+    ///
+    /// A registration racing with this call can cause a duplicate entry, never a lost one: the
+    /// scheduler de-duplicates and the instance limit refuses a second instance.
+    pub fn requeue_expired(&self, now_ms: u64, visibility_ms: u64) -> usize {
+        let mut n = 0;
+        for (id, _rg, tasks) in self.taken.take_expired(now_ms, visibility_ms) {
+            let Ok(job) = self.get(id) else { continue };
+            let offers: Vec<TaskId> = tasks
+                .into_iter()
+                .filter(|&t| job.is_schedulable(t))
+                .collect();
+            n += offers.len();
+            self.offer(&job, &offers);
+        }
+        n
+    }
+
+    /// Entries taken by polls (with `now_ms`) and not yet registered, expired or cleared.
+    #[must_use]
+    pub fn taken_len(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// Re-offer every Ready task / commit / cleanup of the cached jobs; returns how many. The
+    /// taken-entry ledger is cleared (everything still schedulable is offered anyway).
     pub fn resend_ready(&self) -> usize {
+        self.taken.clear();
         let mut n = 0;
         for shard in &*self.shards {
             // Snapshot, then offer without holding the shard lock.
@@ -420,9 +553,17 @@ impl JobCache {
     }
 
     /// # Errors
-    /// `JobNotFound`.
+    /// `JobNotFound`; see [`Job::outputs`].
     pub fn outputs(&self, id: JobId) -> Result<Payload> {
         self.get(id)?.outputs()
+    }
+
+    /// See [`Job::drop_outputs`].
+    ///
+    /// # Errors
+    /// `JobNotFound`.
+    pub fn drop_outputs(&self, id: JobId) -> Result<bool> {
+        Ok(self.get(id)?.drop_outputs())
     }
 
     /// # Errors

@@ -117,30 +117,85 @@ pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
     zstd::bulk::compress(data, 0).map_err(|e| CoreError::codec("Zstd", format!("zstd: {e}")))
 }
 
+/// Why a bounded decompression failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecompressError {
+    /// The output would exceed the bound. `declared` is the content size the zstd frame header
+    /// states when it states one above the bound (the stream was then not decompressed at all).
+    TooLarge { declared: Option<u64> },
+    /// Not a valid zstd stream.
+    Malformed(String),
+}
+
+/// First growth step of the output buffer; later steps double it (never past the bound).
+const DECOMPRESS_CHUNK: usize = 64 << 10;
+
 /// Decompress a zstd stream, refusing to produce more than `max_size` bytes.
+///
+/// Memory grows with the bytes actually produced, never with what the frame header claims: the
+/// buffer starts small and doubles, capped at `max_size + 1` (one byte past the bound tells
+/// "exactly `max_size`" from "too large"). A header that declares more than `max_size` is
+/// refused up front (either the content really is too large, or the stream is corrupt).
+///
+/// # Errors
+/// See [`DecompressError`].
+pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecompressError> {
+    if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if declared > u64::try_from(max_size).unwrap_or(u64::MAX) {
+            return Err(DecompressError::TooLarge {
+                declared: Some(declared),
+            });
+        }
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| DecompressError::Malformed(format!("zstd: {e}")))?;
+    let cap = max_size.saturating_add(1);
+    let mut out: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        if len == out.len() {
+            if len >= cap {
+                break;
+            }
+            let grow = len.max(DECOMPRESS_CHUNK).min(cap - len);
+            out.reserve_exact(grow);
+            out.resize(len + grow, 0);
+        }
+        match decoder.read(&mut out[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(DecompressError::Malformed(format!(
+                    "malformed zstd stream: {e}"
+                )))
+            }
+        }
+    }
+    if len > max_size {
+        return Err(DecompressError::TooLarge { declared: None });
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
+/// [`decompress_bounded`] with the error as a `Codec` [`CoreError`] (`DecompressedTooLarge` or
+/// `Zstd`).
 ///
 /// # Errors
 /// Malformed stream or an output that would exceed `max_size`.
 pub fn decompress(data: &[u8], max_size: usize) -> Result<Vec<u8>> {
-    let decoder = zstd::stream::read::Decoder::with_buffer(data)
-        .map_err(|e| CoreError::codec("Zstd", format!("zstd: {e}")))?;
-    // Read one byte past the limit so "exactly max_size" and "too large" are distinguishable;
-    // memory grows with the actual output only, never with the header's claims.
-    let limit = u64::try_from(max_size)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max_size).min(1 << 20));
-    decoder
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| CoreError::codec("Zstd", format!("malformed zstd stream: {e}")))?;
-    if out.len() > max_size {
-        return Err(CoreError::codec(
+    decompress_bounded(data, max_size).map_err(|e| match e {
+        DecompressError::TooLarge { declared: Some(n) } => CoreError::codec(
+            "DecompressedTooLarge",
+            format!("zstd stream decompresses to {n} bytes, more than {max_size} bytes"),
+        ),
+        DecompressError::TooLarge { declared: None } => CoreError::codec(
             "DecompressedTooLarge",
             format!("zstd stream decompresses to more than {max_size} bytes"),
-        ));
-    }
-    Ok(out)
+        ),
+        DecompressError::Malformed(m) => CoreError::codec("Zstd", m),
+    })
 }
 
 /// Self-describing outputs (option byte + wire frame, zstd when payloads exceed 1 KiB).
@@ -261,6 +316,31 @@ mod tests {
         let mut outputs = vec![1u8];
         outputs.extend_from_slice(&bomb);
         assert!(decode_outputs(&outputs, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn zstd_bomb_without_declared_size_is_bounded_by_what_it_produces() {
+        // A streamed frame does not declare its content size: the bound applies while reading.
+        let bomb = zstd::stream::encode_all(&vec![0u8; 8 << 20][..], 0).expect("stream");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&bomb).expect("header"),
+            None
+        );
+        assert_eq!(
+            decompress_bounded(&bomb, 1 << 20),
+            Err(DecompressError::TooLarge { declared: None })
+        );
+        assert_eq!(decompress(&bomb, 8 << 20).expect("fits").len(), 8 << 20);
+        // The declared size of a bulk frame is refused before decompressing anything.
+        let declared = compress(&vec![0u8; 8 << 20]).expect("compress");
+        assert_eq!(
+            decompress_bounded(&declared, 1 << 20),
+            Err(DecompressError::TooLarge {
+                declared: Some(8 << 20)
+            })
+        );
+        let e = decompress(&declared, 1 << 20).expect_err("declared");
+        assert!(e.to_string().contains("8388608 bytes"), "{e}");
     }
 
     #[test]

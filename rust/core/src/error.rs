@@ -68,8 +68,15 @@ pub enum CoreError {
     InvalidRequest { kind: &'static str, message: String },
     #[error("job {0} is not in the cache")]
     JobNotFound(JobId),
+    /// The job's outputs were released from the cache (`drop_outputs`); the database has them.
+    #[error("job {0}: its outputs were released from the cache; read them from the database")]
+    OutputsReleased(JobId),
     #[error("{message}")]
     Stale { kind: StaleKind, message: String },
+    /// A configured size or count limit was exceeded (submission too large, task inputs too
+    /// large to hand out). The message names the size when known, the limit and its setting.
+    #[error("{message}")]
+    LimitExceeded { kind: &'static str, message: String },
     /// A persisted job cannot be rebuilt.
     #[error("{message}")]
     Recovery { kind: &'static str, message: String },
@@ -85,9 +92,11 @@ impl CoreError {
             Self::InvalidGraph { kind, .. }
             | Self::Codec { kind, .. }
             | Self::InvalidRequest { kind, .. }
+            | Self::LimitExceeded { kind, .. }
             | Self::Recovery { kind, .. }
             | Self::Internal { kind, .. } => kind,
             Self::JobNotFound(_) => "JobNotFound",
+            Self::OutputsReleased(_) => "OutputsReleased",
             Self::Stale { kind, .. } => kind.as_str(),
         }
     }
@@ -121,6 +130,13 @@ impl CoreError {
 
     pub(crate) fn request(kind: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidRequest {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn limit(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::LimitExceeded {
             kind,
             message: message.into(),
         }

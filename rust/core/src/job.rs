@@ -13,7 +13,7 @@
 //! Every request is validated before anything is mutated (bogus task index, wrong output count,
 //! malformed outputs frame => `InvalidRequest`, nothing changed).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
@@ -165,6 +165,32 @@ impl Progress {
     }
 }
 
+/// `kind` of the `LimitExceeded` error of a registration whose `task_io` is too large.
+pub const TASK_INPUTS_TOO_LARGE: &str = "TaskInputsTooLarge";
+
+/// Byte limits on what a job keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Summed payload size of one success report's outputs.
+    pub max_task_output_bytes: u64,
+    /// Task outputs plus graph inputs held by one running job.
+    pub max_job_bytes: u64,
+}
+
+impl OutputLimits {
+    /// 1 GiB per task's outputs, no per-job limit.
+    pub const DEFAULT: Self = Self {
+        max_task_output_bytes: 1 << 30,
+        max_job_bytes: u64::MAX,
+    };
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// The regular task graph of a running job: TCBs, slots and the capabilities on them. Dropped as a
 /// whole when the job leaves Running (or fails), which frees every intermediate value.
 #[derive(Debug)]
@@ -181,6 +207,8 @@ struct Run {
     tcbs: Box<[Tcb]>,
     /// Regular tasks not yet succeeded; the report that takes it to zero completes the job.
     incomplete: AtomicU32,
+    /// Payload bytes held in the slots: graph inputs plus every stored task output.
+    held: AtomicU64,
 }
 
 impl Run {
@@ -215,6 +243,7 @@ impl Run {
             slots,
             tcbs,
             incomplete: AtomicU32::new(n),
+            held: AtomicU64::new(inputs.iter().map(|p| p.len() as u64).sum()),
             graph: Arc::clone(graph),
         })
     }
@@ -238,6 +267,8 @@ struct Inner {
     graph_inputs: Option<Arc<[Payload]>>,
     /// Self-describing job outputs, set once by the completing report (or by recovery).
     outputs: OnceLock<Payload>,
+    /// `drop_outputs` freed them (Succeeded only).
+    outputs_released: bool,
     error: Option<Box<str>>,
     terminal_at_ms: Option<u64>,
     /// Counts frozen when the run was released.
@@ -254,6 +285,7 @@ pub struct Job {
     total_tasks: u32,
     has_commit: bool,
     has_cleanup: bool,
+    limits: OutputLimits,
     inner: RwLock<Inner>,
 }
 
@@ -289,6 +321,7 @@ impl Job {
             total_tasks,
             has_commit: g.commit().is_some(),
             has_cleanup: g.cleanup().is_some(),
+            limits: OutputLimits::DEFAULT,
             inner: RwLock::new(Inner {
                 state,
                 run: Some(Run::new(g, &submission.inputs)?),
@@ -300,6 +333,7 @@ impl Job {
                     .map(|t| TerminationTcb::new(Arc::clone(&t.context), t.policy)),
                 graph_inputs: g.cleanup().map(|_| Arc::clone(&submission.inputs)),
                 outputs: OnceLock::new(),
+                outputs_released: false,
                 error: None,
                 terminal_at_ms: None,
                 final_progress: Progress::default(),
@@ -415,6 +449,7 @@ impl Job {
             total_tasks: g.num_tasks() as u32,
             has_commit: g.commit().is_some(),
             has_cleanup: g.cleanup().is_some(),
+            limits: OutputLimits::DEFAULT,
             inner: RwLock::new(Inner {
                 state,
                 run: None,
@@ -422,12 +457,25 @@ impl Job {
                 cleanup: None,
                 graph_inputs: g.cleanup().map(|_| Arc::clone(&submission.inputs)),
                 outputs: OnceLock::new(),
+                outputs_released: false,
                 error: None,
                 terminal_at_ms: None,
                 final_progress: Progress::default(),
                 failure_reported: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// The same job with other output limits (set before the job is shared).
+    #[must_use]
+    pub fn with_limits(mut self, limits: OutputLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    #[must_use]
+    pub const fn limits(&self) -> OutputLimits {
+        self.limits
     }
 
     #[must_use]
@@ -470,12 +518,28 @@ impl Job {
         self.inner.read().terminal_at_ms
     }
 
+    /// Free the cached outputs of a Succeeded job (the caller keeps them in its database).
+    /// Returns whether outputs were freed; any other state (a CommitReady job's commit task still
+    /// needs them) or outputs already released: `false`, nothing changes.
+    pub fn drop_outputs(&self) -> bool {
+        let mut inner = self.inner.write();
+        if inner.state != JobState::Succeeded || inner.outputs.get().is_none() {
+            return false;
+        }
+        inner.outputs = OnceLock::new();
+        inner.outputs_released = true;
+        true
+    }
+
     /// Self-describing job outputs (Succeeded, or CommitReady where the commit task reads them).
     ///
     /// # Errors
-    /// Stale `JobNotSucceeded` in any other state.
+    /// Stale `JobNotSucceeded` in any other state; `OutputsReleased` after [`Self::drop_outputs`].
     pub fn outputs(&self) -> Result<Payload> {
         let inner = self.inner.read();
+        if inner.outputs_released {
+            return Err(CoreError::OutputsReleased(self.id));
+        }
         match (inner.state, inner.outputs.get()) {
             (JobState::Succeeded | JobState::CommitReady, Some(o)) => Ok(Arc::clone(o)),
             (s, _) => stale(
@@ -609,17 +673,35 @@ impl Job {
         now_ms: u64,
         table: &InstanceTable,
     ) -> Result<ExecutionContext> {
-        let inner = self.inner.read();
-        self.register_in(&inner, task, table.next_id(), em, now_ms, table)
+        self.register_limited(task, em, now_ms, table, None)
     }
 
-    /// Several registrations under one read lock (batch entry point).
+    /// [`Self::register`] refusing a task whose `task_io` would exceed `max_io` bytes.
+    ///
+    /// # Errors
+    /// As [`Self::register`]; `LimitExceeded` `TaskInputsTooLarge` (nothing changed).
+    pub fn register_limited(
+        &self,
+        task: TaskId,
+        em: ExecutionManagerId,
+        now_ms: u64,
+        table: &InstanceTable,
+        max_io: Option<usize>,
+    ) -> Result<ExecutionContext> {
+        let inner = self.inner.read();
+        self.register_in(&inner, task, table.next_id(), em, now_ms, table, max_io)
+    }
+
+    /// Several registrations under one read lock (batch entry point); `max_io` as for
+    /// [`Self::register_limited`].
+    #[allow(clippy::too_many_arguments)]
     pub fn register_many(
         &self,
         tasks: &[TaskId],
         em: ExecutionManagerId,
         now_ms: u64,
         table: &InstanceTable,
+        max_io: Option<usize>,
         out: &mut Vec<Result<ExecutionContext>>,
     ) {
         let inner = self.inner.read();
@@ -628,8 +710,25 @@ impl Job {
             tasks
                 .iter()
                 .zip(ids)
-                .map(|(&t, id)| self.register_in(&inner, t, id, em, now_ms, table)),
+                .map(|(&t, id)| self.register_in(&inner, t, id, em, now_ms, table, max_io)),
         );
+    }
+
+    /// Size of the `task_io` a registration of `task` would hand out, computed from the stored
+    /// sizes (no buffer is built). `None` while an input is not produced yet (the registration
+    /// itself then refuses the task).
+    fn task_io_size(&self, inner: &Inner, task: TaskId, io: Option<&TaskIo>) -> Option<usize> {
+        if let Some(io) = io {
+            return Some(io.len());
+        }
+        let (TaskId::Index(t), Some(run)) = (task, inner.run.as_ref()) else {
+            return None;
+        };
+        let mut size = 4usize;
+        for r in &run.readers[run.graph.task_inputs_span(t)] {
+            size = size.saturating_add(4 + r.len(&run.slots)?);
+        }
+        Some(size)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -641,6 +740,7 @@ impl Job {
         em: ExecutionManagerId,
         now_ms: u64,
         table: &InstanceTable,
+        max_io: Option<usize>,
     ) -> Result<ExecutionContext> {
         self.guard(inner, task)?;
         let (tcb, policy, context, task_io): (&Tcb, ExecutionPolicy, &Arc<TdlContext>, _) =
@@ -673,6 +773,27 @@ impl Job {
                     (&term.tcb, term.policy, &term.context, Some(io))
                 }
             };
+        if let Some(max) = max_io {
+            // Only a registration that would otherwise succeed is refused for its size.
+            tcb.can_register(policy.max_num_instances)?;
+            if let Some(size) = self.task_io_size(inner, task, task_io.as_ref()) {
+                if size > max {
+                    let (who, what) = match task {
+                        TaskId::Index(t) => (format!("task {t}"), "task inputs"),
+                        TaskId::Commit => ("commit task".to_string(), "job outputs"),
+                        TaskId::Cleanup => ("cleanup task".to_string(), "graph inputs"),
+                    };
+                    return Err(CoreError::limit(
+                        TASK_INPUTS_TOO_LARGE,
+                        format!(
+                            "job {} {who} (`{context}`): {what} of {size} bytes exceed the limit \
+                             of {max} bytes (max_task_io_bytes)",
+                            self.id
+                        ),
+                    ));
+                }
+            }
+        }
         tcb.register(id, policy.max_num_instances)?;
         let task_io = match task_io {
             Some(io) => io,
@@ -735,6 +856,12 @@ impl Job {
     /// Report a successful instance (spec 1.5 step 2 and readiness propagation, spec 2.4).
     ///
     /// `outputs` is the wire frame of the task's outputs (ignored for termination tasks).
+    ///
+    /// Outputs over the job's [`OutputLimits`] (one report's payloads above
+    /// `max_task_output_bytes`, or the job's held graph inputs + outputs would pass
+    /// `max_job_bytes`) are not stored: the task fails for good and a `JobFailed` outcome naming
+    /// the size and the limit is returned (once per job, like exhausted retries). The job itself
+    /// stays where it is: the caller persists the failure, then calls `fail`.
     ///
     /// # Errors
     /// `InvalidRequest` (bogus task, malformed frame, wrong output count; nothing changed),
@@ -906,9 +1033,52 @@ impl Job {
             ));
         }
         let tcb = &run.tcbs[t as usize];
-        let r = tcb.succeed(id);
+        let add: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let limits = self.limits;
+        let mut refusal = None;
+        // Admission runs under the TCB lock once the instance is known to be live, so a stale
+        // report can neither reserve bytes nor fail the task.
+        let r = tcb.succeed_if(id, || {
+            let who = || format!("task {t} (`{}`)", run.graph.context(t));
+            if add > limits.max_task_output_bytes {
+                refusal = Some(format!(
+                    "{}: output of {add} bytes exceeds the limit of {} bytes \
+                     (max_task_output_bytes)",
+                    who(),
+                    limits.max_task_output_bytes
+                ));
+                return false;
+            }
+            let reserved = run
+                .held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    h.checked_add(add)
+                        .filter(|&n| add == 0 || n <= limits.max_job_bytes)
+                });
+            if let Err(held) = reserved {
+                refusal = Some(format!(
+                    "{}: output of {add} bytes would make the job hold {} bytes, above the \
+                     limit of {} bytes (max_job_bytes)",
+                    who(),
+                    held.saturating_add(add),
+                    limits.max_job_bytes
+                ));
+                return false;
+            }
+            true
+        });
         Self::settle(table, id, &r);
-        r?;
+        if !r? {
+            // Not stored: the task failed for good, and the job with it (once per job).
+            let first = !inner.failure_reported.swap(true, Ordering::AcqRel);
+            return Ok(first.then_some(Outcome {
+                kind: OutcomeKind::JobFailed,
+                job_id: self.id,
+                outputs: None,
+                message: refusal,
+                has_commit: self.has_commit,
+            }));
+        }
 
         for (d, v) in out_deps.zip(values) {
             let w = run.writers.get(d as usize).ok_or_else(|| {

@@ -19,8 +19,10 @@ pub mod session;
 pub mod slot;
 pub mod state;
 pub mod submission;
+pub mod taken;
 pub mod tcb;
 pub mod types;
+pub mod value;
 pub mod workloads;
 
 pub use cache::JobCache;
@@ -28,7 +30,9 @@ pub use error::{CoreError, Result, StaleKind};
 pub use graph::{GraphBuilder, TaskDescriptor, TaskGraph, TaskOutputRef, TdlContext};
 pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 pub use instances::InstanceGcReport;
-pub use job::{ExecutionContext, Job, Outcome, OutcomeKind, Progress, Report, TaskIo};
+pub use job::{
+    ExecutionContext, Job, Outcome, OutcomeKind, OutputLimits, Progress, Report, TaskIo,
+};
 pub use queue::{Entry, Lane};
 pub use state::{JobState, TaskState};
 pub use submission::Submission;

@@ -58,6 +58,12 @@ impl SlotReader {
         table.cells.get(self.0 as usize)?.get().cloned()
     }
 
+    /// Size of the value, if produced (no `Arc` clone).
+    #[must_use]
+    pub fn len(self, table: &SlotTable) -> Option<usize> {
+        table.cells.get(self.0 as usize)?.get().map(|p| p.len())
+    }
+
     #[must_use]
     pub const fn index(self) -> u32 {
         self.0

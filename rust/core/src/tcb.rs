@@ -116,13 +116,7 @@ impl Tcb {
         self.inner.lock().live.contains(&id)
     }
 
-    /// Register a new instance (spec 1.5 step 1).
-    ///
-    /// # Errors
-    /// Stale `TaskAlreadyTerminated`, `TaskNotReady` (Pending: a duplicate or stale queue entry
-    /// can cause it), `TaskInstanceLimitExceeded`.
-    pub fn register(&self, id: TaskInstanceId, max_instances: u32) -> Result<()> {
-        let mut i = self.inner.lock();
+    fn check_register(i: &Inner, max_instances: u32) -> Result<()> {
         match i.state {
             s if s.is_terminal() => Err(CoreError::stale(
                 StaleKind::TaskAlreadyTerminated,
@@ -139,12 +133,29 @@ impl Tcb {
                     i.live.len()
                 ),
             )),
-            _ => {
-                set(&mut i, TaskState::Running)?;
-                i.live.push(id);
-                Ok(())
-            }
+            _ => Ok(()),
         }
+    }
+
+    /// Whether [`Self::register`] would accept an instance now (nothing changes).
+    ///
+    /// # Errors
+    /// The error `register` would return.
+    pub fn can_register(&self, max_instances: u32) -> Result<()> {
+        Self::check_register(&self.inner.lock(), max_instances)
+    }
+
+    /// Register a new instance (spec 1.5 step 1).
+    ///
+    /// # Errors
+    /// Stale `TaskAlreadyTerminated`, `TaskNotReady` (Pending: a duplicate or stale queue entry
+    /// can cause it), `TaskInstanceLimitExceeded`.
+    pub fn register(&self, id: TaskInstanceId, max_instances: u32) -> Result<()> {
+        let mut i = self.inner.lock();
+        Self::check_register(&i, max_instances)?;
+        set(&mut i, TaskState::Running)?;
+        i.live.push(id);
+        Ok(())
     }
 
     fn take_live(i: &mut Inner, id: TaskInstanceId) -> Result<()> {
@@ -168,6 +179,17 @@ impl Tcb {
     /// # Errors
     /// Stale `InvalidTaskInstanceId` / `TaskAlreadyTerminated`; internal if not Running.
     pub fn succeed(&self, id: TaskInstanceId) -> Result<()> {
+        self.succeed_if(id, || true).map(|_| ())
+    }
+
+    /// A success that `admit` may still refuse (its outputs are too large to keep): once `id` is
+    /// known to be a live instance of this Running task, `admit` runs under the TCB lock; `true`
+    /// -> Succeeded, `false` -> Failed for good (no retry: the same outputs would come back).
+    /// Returns what `admit` said.
+    ///
+    /// # Errors
+    /// As [`Self::succeed`] (then `admit` did not run).
+    pub fn succeed_if(&self, id: TaskInstanceId, admit: impl FnOnce() -> bool) -> Result<bool> {
         let mut i = self.inner.lock();
         Self::take_live(&mut i, id)?;
         if i.state.is_terminal() {
@@ -182,7 +204,16 @@ impl Tcb {
                 format!("live instance reported on a {} task", i.state.name()),
             ));
         }
-        set(&mut i, TaskState::Succeeded)
+        let admitted = admit();
+        set(
+            &mut i,
+            if admitted {
+                TaskState::Succeeded
+            } else {
+                TaskState::Failed
+            },
+        )?;
+        Ok(admitted)
     }
 
     /// A reported failure consumes one retry (spec 1.5 step 3 and retry accounting).

@@ -1,7 +1,8 @@
 //! Type descriptors (storage spec 2.2) plus the Orbweaver `String` extension. Serde uses
 //! externally tagged enums so the JSON is byte-compatible with Spider:
 //! `{"Value":{"Primitive":{"Int":"Int32"}}}`, `{"Value":{"Bytes":{}}}`, ...
-//! Storage never checks payloads against these; they only have to match exactly across edges.
+//! They must match exactly across edges; storage checks graph-input payloads against them at
+//! submission (see `value`).
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -96,6 +97,14 @@ impl DataTypeDescriptor {
     /// Malformed JSON or an unknown variant.
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(json)
+    }
+
+    /// The value type, whichever wrapper holds it.
+    #[must_use]
+    pub const fn value_type(&self) -> &ValueType {
+        match self {
+            Self::Value(v) | Self::SharedValue(v) => v,
+        }
     }
 
     #[must_use]

@@ -51,14 +51,12 @@ fn task(
     }
 }
 
+/// `n` graph inputs: msgpack bin values (the inputs are typed `Bytes`) of `size` content bytes.
 fn payloads(n: usize, size: usize) -> Vec<Payload> {
     (0..n)
         .map(|i| {
-            let mut v = vec![0u8; size];
-            for (k, b) in v.iter_mut().enumerate() {
-                *b = (i + k) as u8;
-            }
-            Payload::from(v)
+            let v: Vec<u8> = (0..size).map(|k| (i + k) as u8).collect();
+            Payload::from(crate::value::msgpack_bin(&v))
         })
         .collect()
 }

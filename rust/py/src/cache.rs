@@ -9,8 +9,8 @@ use orbweaver_core::cache::{
 };
 use orbweaver_core::graph::TdlContext;
 use orbweaver_core::{
-    CoreError, Entry, ExecutionContext as CoreContext, Lane, Outcome as CoreOutcome, Payload,
-    Report, TaskId, TaskIo,
+    CoreError, Entry, ExecutionContext as CoreContext, Lane, Outcome as CoreOutcome, OutputLimits,
+    Payload, Report, TaskId, TaskIo,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -194,16 +194,23 @@ enum Payloadish<'a> {
 impl JobCache {
     #[new]
     #[pyo3(
-        signature = (*, task_capacity = DEFAULT_TASK_CAPACITY, commit_capacity = DEFAULT_COMMIT_CAPACITY, cleanup_capacity = DEFAULT_CLEANUP_CAPACITY),
-        text_signature = "(*, task_capacity=65536, commit_capacity=1024, cleanup_capacity=1024)"
+        signature = (*, task_capacity = DEFAULT_TASK_CAPACITY, commit_capacity = DEFAULT_COMMIT_CAPACITY, cleanup_capacity = DEFAULT_CLEANUP_CAPACITY, max_task_output_bytes = OutputLimits::DEFAULT.max_task_output_bytes, max_job_bytes = None),
+        text_signature = "(*, task_capacity=65536, commit_capacity=1024, cleanup_capacity=1024, max_task_output_bytes=1073741824, max_job_bytes=None)"
     )]
     fn new(
         task_capacity: usize,
         commit_capacity: usize,
         cleanup_capacity: usize,
+        max_task_output_bytes: u64,
+        max_job_bytes: Option<u64>,
     ) -> PyResult<Self> {
+        let limits = OutputLimits {
+            max_task_output_bytes,
+            max_job_bytes: max_job_bytes.unwrap_or(u64::MAX),
+        };
         Ok(Self {
-            inner: CoreCache::new(task_capacity, commit_capacity, cleanup_capacity).py()?,
+            inner: CoreCache::with_limits(task_capacity, commit_capacity, cleanup_capacity, limits)
+                .py()?,
         })
     }
 
@@ -271,6 +278,10 @@ impl JobCache {
         Ok(PyBytes::new(py, &out))
     }
 
+    fn drop_outputs(&self, job_id: u64) -> PyResult<bool> {
+        self.inner.drop_outputs(job_id).py()
+    }
+
     fn error(&self, job_id: u64) -> PyResult<Option<String>> {
         Ok(self.inner.get(job_id).py()?.error())
     }
@@ -335,6 +346,7 @@ impl JobCache {
         Ok(py.detach(|| self.inner.finish(job_id, now_ms)).py()?.code())
     }
 
+    #[pyo3(signature = (job_id, task_id, em_id, now_ms, *, max_task_io_bytes = None))]
     fn register(
         &self,
         py: Python<'_>,
@@ -342,20 +354,26 @@ impl JobCache {
         task_id: i64,
         em_id: u64,
         now_ms: u64,
+        max_task_io_bytes: Option<usize>,
     ) -> PyResult<ExecutionContext> {
         let task = py_task_id(task_id)?;
         let ctx = py
-            .detach(|| self.inner.register(job_id, task, em_id, now_ms))
+            .detach(|| {
+                self.inner
+                    .register_limited(job_id, task, em_id, now_ms, max_task_io_bytes)
+            })
             .py()?;
         ExecutionContext::from_core(py, ctx)
     }
 
+    #[pyo3(signature = (items, em_id, now_ms, *, max_task_io_bytes = None))]
     fn register_batch<'py>(
         &self,
         py: Python<'py>,
         items: Vec<(u64, i64)>,
         em_id: u64,
         now_ms: u64,
+        max_task_io_bytes: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         let parsed: Vec<Result<(u64, TaskId), CoreError>> = items
             .iter()
@@ -366,7 +384,10 @@ impl JobCache {
                 .iter()
                 .filter_map(|r| r.as_ref().ok().copied())
                 .collect();
-            let mut done = self.inner.register_batch(&valid, em_id, now_ms).into_iter();
+            let mut done = self
+                .inner
+                .register_batch_limited(&valid, em_id, now_ms, max_task_io_bytes)
+                .into_iter();
             parsed
                 .iter()
                 .map(|r| match r {
@@ -523,22 +544,25 @@ impl JobCache {
         self.inner.live_instances()
     }
 
+    #[pyo3(signature = (lane, max_items, wait_ms, now_ms = None))]
     fn poll(
         &self,
         py: Python<'_>,
         lane: i64,
         max_items: usize,
         wait_ms: u64,
+        now_ms: Option<u64>,
     ) -> PyResult<Vec<EntryTuple>> {
         let lane = self::lane(lane)?;
         let got = py.detach(|| {
             self.inner
-                .poll(lane, max_items, Duration::from_millis(wait_ms))
+                .poll(lane, max_items, Duration::from_millis(wait_ms), now_ms)
         });
         Ok(entries(got))
     }
 
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (max_tasks, max_commit, max_cleanup, wait_ms, now_ms = None))]
     fn poll_all(
         &self,
         py: Python<'_>,
@@ -546,14 +570,24 @@ impl JobCache {
         max_commit: usize,
         max_cleanup: usize,
         wait_ms: u64,
+        now_ms: Option<u64>,
     ) -> (Vec<EntryTuple>, Vec<EntryTuple>, Vec<EntryTuple>) {
         let [a, b, c] = py.detach(|| {
             self.inner.poll_all(
                 [max_tasks, max_commit, max_cleanup],
                 Duration::from_millis(wait_ms),
+                now_ms,
             )
         });
         (entries(a), entries(b), entries(c))
+    }
+
+    fn requeue_expired(&self, py: Python<'_>, now_ms: u64, visibility_ms: u64) -> usize {
+        py.detach(|| self.inner.requeue_expired(now_ms, visibility_ms))
+    }
+
+    fn taken_entries(&self) -> usize {
+        self.inner.taken_len()
     }
 
     fn queue_depths(&self) -> (usize, usize, usize) {

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::errors::{invalid_request, IntoPyResult};
+use crate::errors::{invalid_request, to_pyerr, IntoPyResult, INVALID_INPUT_VALUE};
 
 /// Borrow every item of a Python sequence of `bytes` (no copies).
 pub fn bytes_items<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
@@ -107,4 +107,21 @@ pub fn is_terminal(state: i64) -> PyResult<bool> {
 #[pyfunction]
 pub fn validate_task_name(package: &str, task_func: &str) -> PyResult<()> {
     names::validate_task_name(package, task_func).py()
+}
+
+/// Check one msgpack payload against a type descriptor, as submissions check graph inputs.
+#[pyfunction]
+pub fn validate_value(type_json: &str, payload: &[u8]) -> PyResult<()> {
+    let ty = orbweaver_core::types::DataTypeDescriptor::from_json(type_json).map_err(|e| {
+        invalid_request(
+            "InvalidTypeDescriptor",
+            format!("not a type descriptor: {e}"),
+        )
+    })?;
+    orbweaver_core::value::validate(ty.value_type(), payload).map_err(|e| {
+        to_pyerr(&orbweaver_core::CoreError::InvalidGraph {
+            kind: INVALID_INPUT_VALUE,
+            message: e.to_string(),
+        })
+    })
 }

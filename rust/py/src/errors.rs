@@ -11,15 +11,25 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 pub struct ErrorTypes {
     pub core: Py<PyType>,
     pub invalid_graph: Py<PyType>,
+    pub invalid_input_value: Py<PyType>,
     pub codec: Py<PyType>,
     pub invalid_request: Py<PyType>,
     pub job_not_found: Py<PyType>,
+    pub limit_exceeded: Py<PyType>,
+    pub task_inputs_too_large: Py<PyType>,
+    pub outputs_released: Py<PyType>,
     pub stale: Py<PyType>,
     pub recovery: Py<PyType>,
     pub internal: Py<PyType>,
 }
 
 static TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+/// `kind` of the `InvalidGraph` errors raised as `InvalidInputValueError`.
+pub use orbweaver_core::value::INVALID_INPUT_VALUE;
+
+/// `kind` of the `LimitExceeded` errors raised as `TaskInputsTooLargeError`.
+pub use orbweaver_core::job::TASK_INPUTS_TOO_LARGE;
 
 fn make(py: Python<'_>, name: &str, bases: &[Bound<'_, PyAny>], doc: &str) -> PyResult<Py<PyType>> {
     let dict = PyDict::new(py);
@@ -42,14 +52,31 @@ pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
         )?;
         let c = || core.bind(py).clone().into_any();
         let value = || py.get_type::<PyValueError>().into_any();
+        let limit_exceeded = make(
+            py,
+            "LimitExceededError",
+            &[c(), value()],
+            "A configured size or count limit was exceeded (graph or inputs too large once \
+             decompressed, too many tasks, ...); the message names the size when known, the \
+             limit and the setting.",
+        )?;
+        let invalid_graph = make(
+            py,
+            "InvalidGraphError",
+            &[c(), value()],
+            "A submitted graph or its inputs break a validation rule; the message names the \
+             task and position at fault.",
+        )?;
         Ok(ErrorTypes {
-            invalid_graph: make(
+            invalid_input_value: make(
                 py,
-                "InvalidGraphError",
-                &[c(), value()],
-                "A submitted graph or its inputs break a validation rule; the message names the \
-                 task and position at fault.",
+                "InvalidInputValueError",
+                &[invalid_graph.bind(py).clone().into_any()],
+                "A graph-input payload does not fit its declared type (wrong msgpack type, \
+                 integer out of range, not msgpack at all); the message names the graph input, \
+                 the task and input it feeds, and what was wrong.",
             )?,
+            invalid_graph,
             codec: make(
                 py,
                 "CodecError",
@@ -67,6 +94,22 @@ pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
                 "JobNotFoundError",
                 &[c(), py.get_type::<PyLookupError>().into_any()],
                 "The job is not in the cache.",
+            )?,
+            task_inputs_too_large: make(
+                py,
+                "TaskInputsTooLargeError",
+                &[limit_exceeded.bind(py).clone().into_any()],
+                "A registration was refused because the task's task_io (its inputs; a commit \
+                 task's job outputs; a cleanup task's graph inputs) is larger than \
+                 max_task_io_bytes. Nothing changed; the caller fails the job.",
+            )?,
+            limit_exceeded,
+            outputs_released: make(
+                py,
+                "OutputsReleasedError",
+                &[c(), py.get_type::<PyLookupError>().into_any()],
+                "The job's outputs were released from the cache (drop_outputs); read them from \
+                 the database.",
             )?,
             stale: make(
                 py,
@@ -93,9 +136,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for (name, ty) in [
         ("CoreError", &t.core),
         ("InvalidGraphError", &t.invalid_graph),
+        ("InvalidInputValueError", &t.invalid_input_value),
         ("CodecError", &t.codec),
         ("InvalidRequestError", &t.invalid_request),
         ("JobNotFoundError", &t.job_not_found),
+        ("LimitExceededError", &t.limit_exceeded),
+        ("TaskInputsTooLargeError", &t.task_inputs_too_large),
+        ("OutputsReleasedError", &t.outputs_released),
         ("StaleError", &t.stale),
         ("RecoveryError", &t.recovery),
         ("InternalError", &t.internal),
@@ -109,10 +156,18 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAny>> {
     let t = types(py)?;
     let ty = match e {
+        CoreError::InvalidGraph { kind, .. } if *kind == INVALID_INPUT_VALUE => {
+            &t.invalid_input_value
+        }
         CoreError::InvalidGraph { .. } => &t.invalid_graph,
         CoreError::Codec { .. } => &t.codec,
         CoreError::InvalidRequest { .. } => &t.invalid_request,
         CoreError::JobNotFound(_) => &t.job_not_found,
+        CoreError::LimitExceeded { kind, .. } if *kind == TASK_INPUTS_TOO_LARGE => {
+            &t.task_inputs_too_large
+        }
+        CoreError::LimitExceeded { .. } => &t.limit_exceeded,
+        CoreError::OutputsReleased(_) => &t.outputs_released,
         CoreError::Stale { .. } => &t.stale,
         CoreError::Recovery { .. } => &t.recovery,
         CoreError::Internal { .. } => &t.internal,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use orbweaver_core::codec::DEFAULT_MAX_DECOMPRESSED_SIZE;
 use orbweaver_core::graph::TaskGraph as CoreGraph;
+use orbweaver_core::submission::SubmissionLimits;
 use orbweaver_core::Submission as CoreSubmission;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -120,19 +121,46 @@ pub struct Submission {
 #[pymethods]
 impl Submission {
     #[new]
-    fn new(py: Python<'_>, compressed_graph: &[u8], compressed_inputs: &[u8]) -> PyResult<Self> {
+    #[pyo3(
+        signature = (compressed_graph, compressed_inputs, *, max_graph_bytes = DEFAULT_MAX_DECOMPRESSED_SIZE, max_input_bytes = DEFAULT_MAX_DECOMPRESSED_SIZE, max_tasks = None),
+        text_signature = "(compressed_graph, compressed_inputs, *, max_graph_bytes=1073741824, max_input_bytes=1073741824, max_tasks=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        compressed_graph: &[u8],
+        compressed_inputs: &[u8],
+        max_graph_bytes: usize,
+        max_input_bytes: usize,
+        max_tasks: Option<usize>,
+    ) -> PyResult<Self> {
+        let limits = SubmissionLimits {
+            max_graph_bytes,
+            max_input_bytes,
+            max_tasks: max_tasks.unwrap_or(usize::MAX),
+        };
         let inner = py
-            .detach(|| CoreSubmission::parse(compressed_graph, compressed_inputs))
+            .detach(|| CoreSubmission::parse_limited(compressed_graph, compressed_inputs, &limits))
             .py()?;
         Ok(Self { inner })
     }
 
     /// A submission of `graph` (already parsed, shared, not copied) with new inputs.
     #[staticmethod]
-    fn with_graph(py: Python<'_>, graph: &TaskGraph, compressed_inputs: &[u8]) -> PyResult<Self> {
+    #[pyo3(
+        signature = (graph, compressed_inputs, *, max_input_bytes = DEFAULT_MAX_DECOMPRESSED_SIZE),
+        text_signature = "(graph, compressed_inputs, *, max_input_bytes=1073741824)"
+    )]
+    fn with_graph(
+        py: Python<'_>,
+        graph: &TaskGraph,
+        compressed_inputs: &[u8],
+        max_input_bytes: usize,
+    ) -> PyResult<Self> {
         let shared = Arc::clone(&graph.inner);
         let inner = py
-            .detach(|| CoreSubmission::with_graph(shared, compressed_inputs))
+            .detach(|| {
+                CoreSubmission::with_graph_limited(shared, compressed_inputs, max_input_bytes)
+            })
             .py()?;
         Ok(Self { inner })
     }

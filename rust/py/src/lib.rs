@@ -44,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec::is_valid_transition, m)?)?;
     m.add_function(wrap_pyfunction!(codec::is_terminal, m)?)?;
     m.add_function(wrap_pyfunction!(codec::validate_task_name, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::validate_value, m)?)?;
     m.add_class::<graph::TaskGraph>()?;
     m.add_class::<graph::Submission>()?;
     m.add_class::<cache::ExecutionContext>()?;

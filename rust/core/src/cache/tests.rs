@@ -5,6 +5,7 @@ use super::*;
 use crate::codec::wire_encode;
 use crate::error::StaleKind;
 use crate::policy::ExecutionPolicy;
+use crate::state::TaskState;
 use crate::workloads;
 
 fn cache() -> JobCache {
@@ -103,9 +104,9 @@ fn job_cache_resend_ready_tasks_sends_for_running_job() {
     c.insert(2, 3, &one_task()).expect("insert");
     assert_eq!(c.resend_ready(), 0, "Ready jobs are not resent");
     assert_eq!(c.start(1).expect("start"), 1);
-    assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO).len(), 1);
+    assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO, None).len(), 1);
     assert_eq!(c.resend_ready(), 1);
-    let got = c.poll(Lane::Task, 10, Duration::ZERO);
+    let got = c.poll(Lane::Task, 10, Duration::ZERO, None);
     assert_eq!(
         got,
         vec![Entry {
@@ -129,7 +130,7 @@ fn resend_for_commit_and_cleanup_ready() {
     c.recover(2, 1, &s, JobState::CleanupReady, None)
         .expect("recover");
     assert_eq!(c.resend_ready(), 2);
-    let [t, cm, cl] = c.poll_all([10, 10, 10], Duration::ZERO);
+    let [t, cm, cl] = c.poll_all([10, 10, 10], Duration::ZERO, None);
     assert!(t.is_empty());
     assert_eq!(
         cm,
@@ -197,7 +198,7 @@ fn running(c: &JobCache, id: JobId, n: usize, instances: u32) {
     );
     c.insert(id, 1, &s).expect("insert");
     c.start(id).expect("start");
-    c.poll(Lane::Task, 1000, Duration::ZERO);
+    c.poll(Lane::Task, 1000, Duration::ZERO, None);
 }
 
 #[test]
@@ -330,7 +331,7 @@ fn gc_comprehensive() {
         .collect();
     assert_eq!(left, [b.instance_id, h.instance_id].into_iter().collect());
     let offered: Vec<TaskId> = c
-        .poll(Lane::Task, 10, Duration::ZERO)
+        .poll(Lane::Task, 10, Duration::ZERO, None)
         .into_iter()
         .map(|e| e.task)
         .collect();
@@ -363,7 +364,7 @@ fn spilled_entries_of_a_cancelled_job_are_skipped() {
     c.cancel(2, 0).expect("cancel");
     let mut got = Vec::new();
     loop {
-        let batch = c.poll(Lane::Task, 3, Duration::from_millis(1));
+        let batch = c.poll(Lane::Task, 3, Duration::from_millis(1), None);
         if batch.is_empty() {
             break;
         }
@@ -415,4 +416,382 @@ fn batches_report_per_item_errors() {
         reps[2].as_ref().expect_err("stale").stale_kind(),
         Some(StaleKind::InvalidTaskInstanceId)
     );
+}
+
+fn drain_lane(c: &JobCache, lane: Lane, now_ms: u64) -> Vec<Entry> {
+    let mut got = Vec::new();
+    loop {
+        let batch = c.poll(lane, 7, Duration::ZERO, Some(now_ms));
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend(batch);
+    }
+}
+
+fn sorted(mut v: Vec<Entry>) -> Vec<Entry> {
+    v.sort_unstable_by_key(|e| (e.job, e.task));
+    v
+}
+
+const VISIBILITY: u64 = 30_000;
+
+#[test]
+fn taken_but_unregistered_entries_are_offered_again_exactly_once() {
+    // A small lane: part of the work sits in the spill while it is polled.
+    let c = JobCache::new(16, 4, 4).expect("cache");
+    for job in 1..=3 {
+        c.insert(
+            job,
+            10 + job,
+            &workloads::flat(40, 4, ExecutionPolicy::default(), false),
+        )
+        .expect("insert");
+        c.start(job).expect("start");
+    }
+    let first = sorted(drain_lane(&c, Lane::Task, 1_000));
+    assert_eq!(first.len(), 120);
+    assert_eq!(c.taken_len(), 120);
+    // Nobody registers them. Not yet expired at exactly the timeout.
+    assert_eq!(c.requeue_expired(1_000 + VISIBILITY, VISIBILITY), 0);
+    assert_eq!(c.requeue_expired(1_001 + VISIBILITY, VISIBILITY), 120);
+    assert_eq!(c.taken_len(), 0, "expired entries leave the ledger");
+    assert_eq!(
+        c.requeue_expired(1_001 + VISIBILITY, VISIBILITY),
+        0,
+        "offered once"
+    );
+    let second = drain_lane(&c, Lane::Task, 50_000);
+    assert_eq!(
+        sorted(second.clone()),
+        first,
+        "every entry again, none lost, none twice"
+    );
+    assert_eq!(c.taken_len(), 120, "re-recorded when polled again");
+    assert!(drain_lane(&c, Lane::Task, 50_000).is_empty());
+    // And again after the second timeout: the cycle does not lose anything either.
+    assert_eq!(c.requeue_expired(50_001 + VISIBILITY, VISIBILITY), 120);
+    assert_eq!(sorted(drain_lane(&c, Lane::Task, 90_000)), first);
+}
+
+#[test]
+fn registered_tasks_are_not_offered_again() {
+    let c = cache();
+    running_unpolled(&c, 1, 10);
+    let got = drain_lane(&c, Lane::Task, 0);
+    assert_eq!(got.len(), 10);
+    // Four through a batch (one of them twice: the duplicate is refused and changes nothing),
+    // one alone.
+    let items: Vec<(JobId, TaskId)> = got[..4].iter().map(|e| (e.job, e.task)).collect();
+    let mut with_dup = items.clone();
+    with_dup.push(items[0]);
+    let regs = c.register_batch(&with_dup, 1, 0);
+    assert!(regs[..4].iter().all(Result::is_ok));
+    assert!(regs[4].is_err());
+    c.register(1, got[4].task, 1, 0).expect("register");
+    assert_eq!(c.taken_len(), 5);
+    assert_eq!(c.requeue_expired(VISIBILITY + 1, VISIBILITY), 5);
+    let again = sorted(drain_lane(&c, Lane::Task, VISIBILITY + 1));
+    assert_eq!(again, sorted(got[5..].to_vec()));
+    // Registering everything empties the ledger; nothing is offered after the timeout.
+    for e in &again {
+        c.register(e.job, e.task, 1, 0).expect("register");
+    }
+    assert_eq!(c.taken_len(), 0);
+    assert_eq!(c.requeue_expired(u64::MAX, 0), 0);
+    assert!(drain_lane(&c, Lane::Task, 0).is_empty());
+}
+
+fn running_unpolled(c: &JobCache, id: JobId, n: usize) {
+    c.insert(
+        id,
+        1,
+        &workloads::flat(n, 4, ExecutionPolicy::default(), false),
+    )
+    .expect("insert");
+    c.start(id).expect("start");
+}
+
+#[test]
+fn expired_entries_that_are_no_longer_schedulable_are_dropped() {
+    let c = cache();
+    running_unpolled(&c, 1, 2);
+    let got = drain_lane(&c, Lane::Task, 0);
+    assert_eq!(got.len(), 2);
+    // Task 0 gets its (only allowed) instance without going through the cache's ledger.
+    c.get(1)
+        .expect("job")
+        .register(TaskId::Index(0), 1, 0, c.instances())
+        .expect("register");
+    assert_eq!(c.taken_len(), 2);
+    assert_eq!(c.requeue_expired(VISIBILITY + 1, VISIBILITY), 1);
+    assert_eq!(c.taken_len(), 0);
+    assert_eq!(
+        drain_lane(&c, Lane::Task, 0)
+            .iter()
+            .map(|e| e.task)
+            .collect::<Vec<_>>(),
+        vec![TaskId::Index(1)]
+    );
+}
+
+#[test]
+fn taken_entries_leave_with_their_job() {
+    let c = cache();
+    for job in 1..=5 {
+        running_unpolled(&c, job, 3);
+    }
+    assert_eq!(drain_lane(&c, Lane::Task, 0).len(), 15);
+    assert_eq!(c.taken_len(), 15);
+    c.cancel(1, 0).expect("cancel");
+    assert_eq!(c.taken_len(), 12);
+    c.fail(2, "boom", 0).expect("fail");
+    assert_eq!(c.taken_len(), 9);
+    assert_eq!(c.remove(&[3]), 1);
+    assert_eq!(c.taken_len(), 6);
+    c.cancel(4, 0).expect("cancel");
+    assert_eq!(c.evict_terminated(10, 0), vec![1, 2, 4]);
+    assert_eq!(c.taken_len(), 3);
+    // resend_ready offers what is still Ready and forgets the ledger.
+    assert_eq!(c.resend_ready(), 3);
+    assert_eq!(c.taken_len(), 0);
+    assert_eq!(drain_lane(&c, Lane::Task, 0).len(), 3);
+    // Polls without a time are not recorded.
+    assert_eq!(c.resend_ready(), 3);
+    assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO, None).len(), 3);
+    assert_eq!(c.taken_len(), 0);
+}
+
+#[test]
+fn commit_and_cleanup_entries_are_tracked_too() {
+    let c = cache();
+    let s = workloads::flat(2, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice(), b"b"]).expect("enc");
+    c.recover(1, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    c.recover(2, 1, &s, JobState::CleanupReady, None)
+        .expect("recover");
+    c.resend_ready();
+    let [t, cm, cl] = c.poll_all([10, 10, 10], Duration::ZERO, Some(5));
+    assert_eq!((t.len(), cm.len(), cl.len()), (0, 1, 1));
+    assert_eq!(c.taken_len(), 2);
+    assert_eq!(c.requeue_expired(6, 0), 2);
+    let [_, cm2, cl2] = c.poll_all([10, 10, 10], Duration::ZERO, Some(6));
+    assert_eq!((cm2, cl2), (cm, cl));
+    c.register(1, TaskId::Commit, 1, 6).expect("commit");
+    assert_eq!(c.taken_len(), 1);
+}
+
+fn limited(max_task_output_bytes: u64, max_job_bytes: u64) -> JobCache {
+    JobCache::with_limits(
+        1024,
+        16,
+        16,
+        crate::job::OutputLimits {
+            max_task_output_bytes,
+            max_job_bytes,
+        },
+    )
+    .expect("cache")
+}
+
+fn frame_of(len: usize) -> Vec<u8> {
+    wire_encode(&[vec![7u8; len]]).expect("frame")
+}
+
+#[test]
+fn outputs_over_the_task_limit_are_not_stored_and_fail_the_job_once() {
+    let c = limited(100, u64::MAX);
+    running(&c, 1, 3, 1);
+    let regs = c.register_batch(
+        &[
+            (1, TaskId::Index(0)),
+            (1, TaskId::Index(1)),
+            (1, TaskId::Index(2)),
+        ],
+        1,
+        0,
+    );
+    let ids: Vec<u64> = regs
+        .iter()
+        .map(|r| r.as_ref().expect("ok").instance_id)
+        .collect();
+    // Exactly at the limit is stored.
+    assert!(c
+        .report_success(1, TaskId::Index(0), ids[0], &frame_of(100))
+        .expect("ok")
+        .is_none());
+    let o = c
+        .report_success(1, TaskId::Index(1), ids[1], &frame_of(101))
+        .expect("ok")
+        .expect("outcome");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
+    assert_eq!(
+        o.message.as_deref(),
+        Some(
+            "task 1 (`bench.inc`): output of 101 bytes exceeds the limit of 100 bytes \
+             (max_task_output_bytes)"
+        )
+    );
+    let job = c.get(1).expect("job");
+    assert_eq!(job.task_state(TaskId::Index(1)), Some(TaskState::Failed));
+    assert_eq!(
+        job.state(),
+        JobState::Running,
+        "the core leaves the job to the caller"
+    );
+    // A second refusal in the same job produces no second outcome; the instance is consumed.
+    assert!(c
+        .report_success(1, TaskId::Index(2), ids[2], &frame_of(500))
+        .expect("ok")
+        .is_none());
+    assert_eq!(c.live_instances(), 0);
+    // A stale report (instance no longer live) is refused as such, whatever its size.
+    let e = c
+        .report_success(1, TaskId::Index(1), ids[1], &frame_of(500))
+        .expect_err("stale");
+    assert!(e.is_stale());
+    assert_eq!(
+        c.fail(1, "outputs too large", 1).expect("fail"),
+        JobState::Failed
+    );
+}
+
+#[test]
+fn outputs_that_would_make_the_job_hold_too_much_fail_it() {
+    // Each graph input of `flat(.., 4, ..)` is 6 bytes of msgpack bin: 3 tasks hold 18 bytes.
+    let c = limited(1000, 18 + 2 * 40);
+    running(&c, 1, 3, 1);
+    let regs = c.register_batch(
+        &[
+            (1, TaskId::Index(0)),
+            (1, TaskId::Index(1)),
+            (1, TaskId::Index(2)),
+        ],
+        1,
+        0,
+    );
+    let ids: Vec<u64> = regs
+        .iter()
+        .map(|r| r.as_ref().expect("ok").instance_id)
+        .collect();
+    for t in 0..2 {
+        assert!(c
+            .report_success(1, TaskId::Index(t), ids[t as usize], &frame_of(40))
+            .expect("ok")
+            .is_none());
+    }
+    let o = c
+        .report_success(1, TaskId::Index(2), ids[2], &frame_of(1))
+        .expect("ok")
+        .expect("outcome");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobFailed);
+    assert_eq!(
+        o.message.as_deref(),
+        Some(
+            "task 2 (`bench.inc`): output of 1 bytes would make the job hold 99 bytes, above the \
+             limit of 98 bytes (max_job_bytes)"
+        )
+    );
+}
+
+#[test]
+fn empty_outputs_never_exceed_the_job_limit() {
+    let c = limited(0, 1);
+    running(&c, 1, 1, 1);
+    let ctx = c.register(1, TaskId::Index(0), 1, 0).expect("register");
+    let o = c
+        .report_success(1, TaskId::Index(0), ctx.instance_id, &frame_of(0))
+        .expect("ok")
+        .expect("the job completes");
+    assert_eq!(o.kind, crate::job::OutcomeKind::JobCompleted);
+}
+
+#[test]
+fn registration_refuses_task_io_over_the_limit_and_changes_nothing() {
+    let c = cache();
+    // Regular task: its inputs frame is 4 + 4 + 6 = 14 bytes.
+    running(&c, 1, 1, 1);
+    let e = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(13))
+        .expect_err("too large");
+    assert_eq!(e.kind(), "TaskInputsTooLarge");
+    assert!(matches!(e, CoreError::LimitExceeded { .. }));
+    assert_eq!(
+        e.to_string(),
+        "job 1 task 0 (`bench.inc`): task inputs of 14 bytes exceed the limit of 13 bytes \
+         (max_task_io_bytes)"
+    );
+    let job = c.get(1).expect("job");
+    assert_eq!(job.task_state(TaskId::Index(0)), Some(TaskState::Ready));
+    assert_eq!(c.live_instances(), 0);
+    let batch = c.register_batch_limited(&[(1, TaskId::Index(0))], 1, 0, Some(13));
+    assert_eq!(
+        batch[0].as_ref().expect_err("big").kind(),
+        "TaskInputsTooLarge"
+    );
+    let ctx = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(14))
+        .expect("exactly at the limit");
+    assert_eq!(ctx.task_io.len(), 14);
+    // A registration refused anyway gets that error, not the size error.
+    let e = c
+        .register_limited(1, TaskId::Index(0), 1, 0, Some(1))
+        .expect_err("limit");
+    assert_eq!(e.stale_kind(), Some(StaleKind::TaskInstanceLimitExceeded));
+
+    // Commit task: the job outputs; cleanup task: the graph inputs.
+    let s = workloads::flat(2, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice(), b"b"]).expect("enc");
+    c.recover(2, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    c.recover(3, 1, &s, JobState::CleanupReady, None)
+        .expect("recover");
+    let e = c
+        .register_limited(2, TaskId::Commit, 1, 0, Some(out.len() - 1))
+        .expect_err("commit");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "job 2 commit task (`bench.commit`): job outputs of {} bytes",
+            out.len()
+        )),
+        "{e}"
+    );
+    let e = c
+        .register_limited(3, TaskId::Cleanup, 1, 0, Some(10))
+        .expect_err("cleanup");
+    assert!(
+        e.to_string()
+            .starts_with("job 3 cleanup task (`bench.cleanup`): graph inputs of 24 bytes"),
+        "{e}"
+    );
+    assert_eq!(c.live_instances(), 1);
+    c.register_limited(3, TaskId::Cleanup, 1, 0, Some(24))
+        .expect("fits");
+}
+
+#[test]
+fn dropped_outputs_are_gone_but_a_commit_ready_job_keeps_its_own() {
+    let c = cache();
+    let s = workloads::flat(1, 4, ExecutionPolicy::default(), true);
+    let out = crate::codec::encode_outputs(&[b"a".as_slice()]).expect("enc");
+    c.recover(1, 1, &s, JobState::CommitReady, Some(&out))
+        .expect("recover");
+    assert!(
+        !c.drop_outputs(1).expect("job"),
+        "the commit task still needs them"
+    );
+    assert_eq!(&*c.outputs(1).expect("kept"), &out[..]);
+    let ctx = c.register(1, TaskId::Commit, 1, 0).expect("commit");
+    c.report_success(1, TaskId::Commit, ctx.instance_id, b"")
+        .expect("ok");
+    assert_eq!(c.finish(1, 0).expect("finish"), JobState::Succeeded);
+    assert!(c.drop_outputs(1).expect("job"));
+    let e = c.outputs(1).expect_err("released");
+    assert_eq!(e, CoreError::OutputsReleased(1));
+    assert_eq!(e.kind(), "OutputsReleased");
+    assert!(!c.drop_outputs(1).expect("job"), "already released");
+    running(&c, 2, 1, 1);
+    assert!(!c.drop_outputs(2).expect("job"), "running: no outputs yet");
+    assert_eq!(c.drop_outputs(9), Err(CoreError::JobNotFound(9)));
 }

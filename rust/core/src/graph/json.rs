@@ -1,6 +1,7 @@
 //! The Spider task-graph JSON schema (`schema_version` 0.1.x): parsing with the checks of storage
 //! spec 2.3 in their documented order, and emission (policies only when non-default).
 
+use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -59,7 +60,7 @@ struct TaskDoc {
     input_sources: Option<Vec<TaskOutputRef>>,
 }
 
-pub(super) fn parse(data: &[u8]) -> Result<TaskGraph> {
+pub(super) fn parse(data: &[u8], max_tasks: usize) -> Result<TaskGraph> {
     let text = std::str::from_utf8(data).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
     let doc: Doc<'_> = serde_json::from_str(text).map_err(malformed)?;
 
@@ -103,21 +104,89 @@ pub(super) fn parse(data: &[u8]) -> Result<TaskGraph> {
         )?;
     }
 
-    let tasks: Vec<&RawValue> =
-        serde_json::from_str(doc.tasks.get()).map_err(|e| malformed(format!("tasks: {e}")))?;
-    for (i, raw) in tasks.into_iter().enumerate() {
-        let t: TaskDoc =
-            serde_json::from_str(raw.get()).map_err(|e| malformed(format!("task {i}: {e}")))?;
-        b.insert_task(&TaskDescriptor {
-            package: t.tdl_context.package,
-            task_func: t.tdl_context.task_func,
-            policy: t.execution_policy,
-            inputs: t.inputs,
-            outputs: t.outputs,
-            input_sources: t.input_sources,
-        })?;
+    // Tasks are streamed straight into the builder (no vector of every raw task first), so a
+    // graph over `max_tasks` costs at most `max_tasks` built tasks before it is refused.
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_str(doc.tasks.get());
+    let streamed = TasksSeed {
+        builder: &mut b,
+        max_tasks,
+        failure: &mut failure,
     }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    streamed.map_err(|e| malformed(format!("tasks: {e}")))?;
     Ok(b.build())
+}
+
+/// Inserts each element of the `tasks` array as it is read. A rule violation is kept in
+/// `failure` (serde errors carry only text) and the walk stops.
+struct TasksSeed<'a> {
+    builder: &'a mut GraphBuilder,
+    max_tasks: usize,
+    failure: &'a mut Option<CoreError>,
+}
+
+impl<'de> DeserializeSeed<'de> for TasksSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TasksSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of tasks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let stop = |failure: &mut Option<CoreError>, e: CoreError| {
+            *failure = Some(e);
+            serde::de::Error::custom("invalid task")
+        };
+        let mut i = 0usize;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if i == self.max_tasks {
+                // Count the rest without building anything, to name the actual size.
+                let mut total = i + 1;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                return Err(stop(
+                    self.failure,
+                    CoreError::limit(
+                        "TooManyTasks",
+                        format!(
+                            "the graph has {total} tasks, above the limit of {} (max_tasks)",
+                            self.max_tasks
+                        ),
+                    ),
+                ));
+            }
+            let t: TaskDoc = match serde_json::from_str(raw.get()) {
+                Ok(t) => t,
+                Err(e) => return Err(stop(self.failure, malformed(format!("task {i}: {e}")))),
+            };
+            if let Err(e) = self.builder.insert_task(&TaskDescriptor {
+                package: t.tdl_context.package,
+                task_func: t.tdl_context.task_func,
+                policy: t.execution_policy,
+                inputs: t.inputs,
+                outputs: t.outputs,
+                input_sources: t.input_sources,
+            }) {
+                return Err(stop(self.failure, e));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use json::{CURRENT_SCHEMA_VERSION, SCHEMA_VERSION_REQ};
 
+use crate::codec::DecompressError;
 use crate::error::{CoreError, Result};
 use crate::ids::TaskIndex;
 use crate::names::validate_task_name;
@@ -125,21 +126,58 @@ impl TaskGraph {
     /// # Errors
     /// `InvalidGraph` naming the task and input position at fault.
     pub fn from_json(data: &[u8]) -> Result<Self> {
-        json::parse(data)
+        json::parse(data, usize::MAX)
+    }
+
+    /// [`Self::from_json`] refusing graphs of more than `max_tasks` tasks. The tasks are read as
+    /// a stream: at most `max_tasks` are built, the rest of the array is only counted (so the
+    /// error names the actual count).
+    ///
+    /// # Errors
+    /// `InvalidGraph`, or `LimitExceeded` `TooManyTasks`.
+    pub fn from_json_limited(data: &[u8], max_tasks: usize) -> Result<Self> {
+        json::parse(data, max_tasks)
     }
 
     /// Parse zstd(JSON).
     ///
     /// # Errors
-    /// `InvalidGraph` (zstd failures are reported as invalid graphs, rule 1 of spec 2.3).
+    /// `InvalidGraph` (zstd failures are reported as invalid graphs, rule 1 of spec 2.3);
+    /// `LimitExceeded` `GraphTooLarge` when the JSON is larger than `max_size`.
     pub fn from_compressed(data: &[u8], max_size: usize) -> Result<Self> {
-        let json = crate::codec::decompress(data, max_size).map_err(|e| {
-            CoreError::graph(
-                "MalformedGraph",
-                format!("task graph is not valid zstd: {e}"),
-            )
-        })?;
-        Self::from_json(&json)
+        Self::from_compressed_limited(data, max_size, usize::MAX)
+    }
+
+    /// [`Self::from_compressed`] with a task-count limit (see [`Self::from_json_limited`]).
+    ///
+    /// # Errors
+    /// `InvalidGraph`; `LimitExceeded` `GraphTooLarge` or `TooManyTasks`.
+    pub fn from_compressed_limited(
+        data: &[u8],
+        max_graph_bytes: usize,
+        max_tasks: usize,
+    ) -> Result<Self> {
+        let json =
+            crate::codec::decompress_bounded(data, max_graph_bytes).map_err(|e| match e {
+                DecompressError::TooLarge { declared } => CoreError::limit(
+                    "GraphTooLarge",
+                    match declared {
+                        Some(n) => format!(
+                        "the task graph JSON decompresses to {n} bytes (limit max_graph_bytes = \
+                         {max_graph_bytes})"
+                    ),
+                        None => format!(
+                        "the task graph JSON decompresses to more than {max_graph_bytes} bytes \
+                         (limit max_graph_bytes = {max_graph_bytes})"
+                    ),
+                    },
+                ),
+                DecompressError::Malformed(m) => CoreError::graph(
+                    "MalformedGraph",
+                    format!("task graph is not valid zstd: {m}"),
+                ),
+            })?;
+        Self::from_json_limited(&json, max_tasks)
     }
 
     #[must_use]

@@ -225,3 +225,48 @@ fn exactly_one_parent_observes_readiness() {
         assert_eq!(ready, 1);
     }
 }
+
+#[test]
+fn a_refused_success_fails_the_task_for_good_and_admission_runs_only_for_live_instances() {
+    let tcb = regular(3);
+    tcb.register(1, 2).expect("register");
+    tcb.register(2, 2).expect("register");
+    let mut ran = 0;
+    let e = tcb
+        .succeed_if(9, || {
+            ran += 1;
+            true
+        })
+        .expect_err("not live");
+    assert_eq!(e.stale_kind(), Some(StaleKind::InvalidTaskInstanceId));
+    assert_eq!(ran, 0, "admission never runs for a stale report");
+    assert!(!tcb.succeed_if(1, || false).expect("live"));
+    assert_eq!(
+        tcb.state(),
+        TaskState::Failed,
+        "no retry, retries left or not"
+    );
+    assert_eq!(
+        tcb.succeed(2).expect_err("terminal").stale_kind(),
+        Some(StaleKind::TaskAlreadyTerminated)
+    );
+}
+
+#[test]
+fn can_register_answers_like_register_without_changing_anything() {
+    let tcb = Arc::new(Tcb::new(1, 0));
+    assert_eq!(
+        tcb.can_register(1).expect_err("pending").stale_kind(),
+        Some(StaleKind::TaskNotReady)
+    );
+    assert!(tcb.parent_succeeded().expect("ready"));
+    tcb.can_register(1).expect("ready");
+    assert_eq!(tcb.state(), TaskState::Ready);
+    tcb.register(1, 1).expect("register");
+    assert_eq!(
+        tcb.can_register(1).expect_err("limit").stale_kind(),
+        Some(StaleKind::TaskInstanceLimitExceeded)
+    );
+    tcb.can_register(2).expect("below a higher limit");
+    assert_eq!(tcb.snapshot().live, 1);
+}

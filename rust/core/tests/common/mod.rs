@@ -206,7 +206,9 @@ impl Shared {
 
     fn worker(&self, em: u64) {
         while !self.done.load(Ordering::Acquire) {
-            let [tasks, commit, cleanup] = self.cache.poll_all([4, 1, 1], Duration::from_millis(5));
+            let [tasks, commit, cleanup] =
+                self.cache
+                    .poll_all([4, 1, 1], Duration::from_millis(5), Some(0));
             for e in tasks.into_iter().chain(commit).chain(cleanup) {
                 assert_eq!(e.job, self.job);
                 let inject = self.behaviour == Behaviour::InjectDoubleFailures
