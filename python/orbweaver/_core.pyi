@@ -334,9 +334,12 @@ class JobCache:
         now_ms: int,
         *,
         max_task_io_bytes: int | None = None,
+        max_total_io_bytes: int | None = None,
     ) -> list[ExecutionContext | CoreError]:
         """`register` per item; errors (TaskInputsTooLargeError included) are returned in
-        place."""
+        place. With `max_total_io_bytes`, the registered tasks' task_io adds up to at most that
+        (beyond the first registration, which only `max_task_io_bytes` bounds): the others are
+        left unregistered with a LimitExceededError of kind "ReplyFull" (register them again)."""
     def report_success(
         self, job_id: int, task_id: int, instance_id: int, outputs: bytes
     ) -> Outcome | None: ...

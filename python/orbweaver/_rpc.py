@@ -32,6 +32,10 @@ TOKEN_METADATA_KEY = "authorization"
 # A client acting within a resource group: its numeric id and its password (binary metadata).
 GROUP_METADATA_KEY = "orbweaver-group"
 PASSWORD_METADATA_KEY = "orbweaver-password-bin"
+# Trailing metadata of a failed call: the `orbweaver.errors` class the server raised, so the
+# client raises the same one (the status code alone cannot tell LimitExceeded from
+# InvalidArgument, JobNotFound from NotFound).
+ERROR_METADATA_KEY = "orbweaver-error"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 T = TypeVar("T")
@@ -341,6 +345,12 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OrbweaverError:
         cls: type[errors.OrbweaverError] = errors.Unavailable
     else:
         cls = _CODE_TO_ERROR.get(code, errors.InternalError)
+        trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        named = next((v for k, v in trailing or () if k == ERROR_METADATA_KEY), None)
+        precise = getattr(errors, named, None) if isinstance(named, str) else None
+        # Only a refinement of what the code says (never a class with another constructor).
+        if isinstance(precise, type) and issubclass(precise, cls):
+            cls = precise
     message = details or code.name
     return cls(message)
 
@@ -363,6 +373,7 @@ def servicer_method(fn: Callable[..., T]) -> Callable[..., T]:
             code = code_for(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.error("internal error in %s: %s", fn.__name__, exc, exc_info=True)
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, type(exc).__name__),))
             context.abort(code, str(exc))
         except Exception as exc:
             if _is_abort(exc):

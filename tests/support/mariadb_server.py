@@ -309,13 +309,16 @@ def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[
             current[0].wait(STOP_TIMEOUT_SEC)
 
         def up() -> None:
+            # The test process runs threads now (gRPC): no Python code between fork and exec,
+            # so the parent-death signal is set by setpriv(1) instead of a preexec_fn.
+            setpriv = shutil.which("setpriv")
+            wrapper = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
             with open(log, "ab") as log_file:
                 current[0] = subprocess.Popen(
-                    command,
+                    [*wrapper, *command],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 (one libc call)
                 )
             server.pid = current[0].pid
             _wait_until_ready(server, current[0], log)

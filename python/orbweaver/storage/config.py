@@ -23,6 +23,22 @@ class StorageConfig:
     # Without it, anyone who reaches the service may create resource groups.
     operator_token: str | None = field(default=None, repr=False)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Limits on what a submission may hold, checked after decompression (docs/security.md).
+    max_graph_bytes: int = 64 << 20
+    max_input_bytes: int = 32 << 20
+    max_tasks: int = 100_000
+    # Limits on what a job may hold in memory while it runs: one task's reported outputs, and
+    # its graph inputs plus every task output it keeps.
+    max_task_output_bytes: int = 32 << 20
+    max_job_bytes: int = 256 << 20
+    # Submissions parsed at once (each may hold max_graph_bytes + max_input_bytes meanwhile).
+    max_concurrent_submissions: int = 4
+    # Succeeded jobs keep outputs up to this size in the cache; larger ones are read from the
+    # database when asked for.
+    cached_outputs_bytes: int = 1 << 20
+    # A ready entry a scheduler took but no execution manager registered within this many
+    # seconds is offered again.
+    visibility_timeout: float = 60.0
     grpc_workers: int = 256
     # Inbound queue lane capacities (spec 3.1).
     task_capacity: int = 1 << 20
@@ -56,6 +72,12 @@ class StorageConfig:
             "grpc_workers",
             "recovery_page_size",
             "max_message_bytes",
+            "max_graph_bytes",
+            "max_input_bytes",
+            "max_tasks",
+            "max_task_output_bytes",
+            "max_job_bytes",
+            "max_concurrent_submissions",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0")
@@ -67,6 +89,7 @@ class StorageConfig:
             "db_gc_interval",
             "max_wait",
             "db_retry_deadline",
+            "visibility_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0 seconds")

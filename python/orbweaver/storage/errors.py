@@ -25,6 +25,8 @@ def translate(
     # Core engine.
     if isinstance(exc, _core.InvalidGraphError):
         return errors.InvalidGraph(str(exc))
+    if isinstance(exc, _core.LimitExceededError):
+        return errors.LimitExceeded(f"{job}{exc}")
     if isinstance(exc, _core.CodecError | _core.InvalidRequestError):
         return errors.InvalidArgument(f"{job}{exc}")
     if isinstance(exc, _core.JobNotFoundError):

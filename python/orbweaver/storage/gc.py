@@ -84,9 +84,17 @@ class BackgroundLoops:
             svc.mark_dead(dead)
             svc.metrics.dead_ems.inc(len(dead))
             log.warning("execution managers declared dead", extra={"em_ids": dead})
-        report = svc.cache.gc_instances(now_ms(), dead)
+        now = now_ms()
+        report = svc.cache.gc_instances(now, dead)
         svc.metrics.requeued.labels("dead_em").inc(report.requeued_dead)
         svc.metrics.requeued.labels("soft_timeout").inc(report.requeued_soft_timeout)
+        # Ready work a scheduler took but nobody registered in time is offered again.
+        requeued = svc.cache.requeue_expired(now, int(svc.config.visibility_timeout * 1000))
+        if requeued:
+            svc.metrics.requeued.labels("visibility_timeout").inc(requeued)
+            log.warning(
+                "re-offered ready work nobody registered in time", extra={"count": requeued}
+            )
 
     def cache_gc_pass(self) -> None:
         svc = self.service

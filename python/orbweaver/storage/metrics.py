@@ -24,7 +24,9 @@ class _LiveCollector(Collector):
         cached_jobs: Callable[[], int],
         live_instances: Callable[[], int],
         jobs_by_state: Callable[[], dict[int, int]],
+        taken_entries: Callable[[], int],
     ) -> None:
+        self._taken = taken_entries
         self._depths = depths
         self._cached_jobs = cached_jobs
         self._live_instances = live_instances
@@ -47,6 +49,11 @@ class _LiveCollector(Collector):
             "orbweaver_storage_live_task_instances",
             "Registered task instances not yet collected",
             value=self._live_instances(),
+        )
+        yield GaugeMetricFamily(
+            "orbweaver_storage_taken_entries",
+            "Ready entries a scheduler took that no execution manager registered yet",
+            value=self._taken(),
         )
         jobs = GaugeMetricFamily(
             "orbweaver_storage_jobs", "Jobs in the database by state", labels=["state"]
@@ -129,5 +136,8 @@ class StorageMetrics:
         cached_jobs: Callable[[], int],
         live_instances: Callable[[], int],
         jobs_by_state: Callable[[], dict[int, int]],
+        taken_entries: Callable[[], int],
     ) -> None:
-        self.registry.register(_LiveCollector(depths, cached_jobs, live_instances, jobs_by_state))
+        self.registry.register(
+            _LiveCollector(depths, cached_jobs, live_instances, jobs_by_state, taken_entries)
+        )

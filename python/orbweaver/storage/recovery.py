@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from orbweaver import _core
 from orbweaver.states import JobState
 from orbweaver.storage.db import Database
-from orbweaver.storage.submissions import SubmissionParser
+from orbweaver.storage.submissions import SubmissionLimits, SubmissionParser
 
 log = logging.getLogger("orbweaver.storage.recovery")
 
@@ -33,9 +33,16 @@ class RecoveryReport:
         return sum(self.recovered.values())
 
 
-def recover_cache(db: Database, cache: _core.JobCache, page_size: int) -> RecoveryReport:
+def recover_cache(
+    db: Database,
+    cache: _core.JobCache,
+    page_size: int,
+    limits: SubmissionLimits | None = None,
+) -> RecoveryReport:
+    """Rebuild `cache`; a job beyond today's `limits` (lowered since it was submitted) is
+    unrecoverable like a corrupt one."""
     report = RecoveryReport()
-    parser = SubmissionParser()  # jobs of one graph share its parse and its memory
+    parser = SubmissionParser(limits)  # jobs of one graph share its parse and its memory
     started = time.perf_counter()
     after = 0
     while True:

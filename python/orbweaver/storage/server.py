@@ -142,18 +142,26 @@ class StorageRuntime:
             task_capacity=cfg.task_capacity,
             commit_capacity=cfg.commit_capacity,
             cleanup_capacity=cfg.cleanup_capacity,
+            max_task_output_bytes=cfg.max_task_output_bytes,
+            max_job_bytes=cfg.max_job_bytes,
         )
         self.service = StorageService(
             cfg, self.db, self.cache, self.metrics, on_fatal=self._on_fatal
         )
-        self.recovery = recover_cache(self.db, self.cache, cfg.recovery_page_size)
+        self.recovery = recover_cache(
+            self.db, self.cache, cfg.recovery_page_size, self.service.submission_limits
+        )
         self.metrics.recovery_seconds.set(self.recovery.seconds)
         for state, count in self.recovery.recovered.items():
             self.metrics.jobs_recovered.labels(state.name).set(count)
         self.metrics.jobs_unrecoverable.set(len(self.recovery.failed))
         db, cache = self.db, self.cache
         self.metrics.attach(
-            cache.queue_depths, cache.__len__, cache.live_instances, db.count_jobs_by_state
+            cache.queue_depths,
+            cache.__len__,
+            cache.live_instances,
+            db.count_jobs_by_state,
+            cache.taken_entries,
         )
         self.loops = BackgroundLoops(self.service)
         self.loops.start()

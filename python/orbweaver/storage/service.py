@@ -36,7 +36,7 @@ from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.pending import PendingTransitions, Transition
-from orbweaver.storage.submissions import SubmissionParser
+from orbweaver.storage.submissions import SubmissionLimits, SubmissionParser
 
 log = logging.getLogger("orbweaver.storage")
 
@@ -83,7 +83,12 @@ class StorageService:
         self._on_fatal = on_fatal
         self._job_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._terminal = threading.Condition()
-        self._submissions = SubmissionParser()
+        self.submission_limits = SubmissionLimits(
+            config.max_graph_bytes, config.max_input_bytes, config.max_tasks
+        )
+        self._submissions = SubmissionParser(self.submission_limits)
+        # Each parse may hold a graph and inputs up to their limits: bound how many run at once.
+        self._parsing = threading.BoundedSemaphore(config.max_concurrent_submissions)
         self._terminal_generation = 0  # bumped (under _terminal) whenever a job becomes terminal
         self._alive_ems: set[int] = set()
         self._alive_lock = threading.Lock()
@@ -95,11 +100,11 @@ class StorageService:
         # replaces it, and what it held is offered again).
         self._scheduler_registered = False
         self._max_wait_ms = int(config.max_wait * 1000)
+        self._cached_outputs = config.cached_outputs_bytes
         # Job outputs must fit one database value and one reply (GetJobOutputs, the commit
-        # task's inputs).
-        self.max_output_bytes = min(
-            db.max_value_bytes, config.max_message_bytes - MESSAGE_OVERHEAD_BYTES
-        )
+        # task's inputs); a task's inputs must fit one registration reply.
+        self.max_task_io_bytes = config.max_message_bytes - MESSAGE_OVERHEAD_BYTES
+        self.max_output_bytes = min(db.max_value_bytes, self.max_task_io_bytes)
         self._waiters = threading.BoundedSemaphore(max(1, config.grpc_workers // 2))
         # The last moment heartbeats could not be recorded (monotonic): this process's start
         # (storage was down before) or a database failure. No execution manager is declared
@@ -267,14 +272,15 @@ class StorageService:
                     f"job {index}: idempotency key longer than 128 characters"
                 )
         submissions: list[_core.Submission] = []
-        for index, (inputs, _) in enumerate(jobs):
-            try:
-                submissions.append(self._submissions.parse(graph, inputs))
-            except _core.CoreError as exc:
-                error = translate(exc)
-                if len(jobs) > 1 and isinstance(error, errors.InvalidArgument):
-                    error = type(error)(f"job {index}: {error}")
-                raise error from exc
+        with self._parsing:
+            for index, (inputs, _) in enumerate(jobs):
+                try:
+                    submissions.append(self._submissions.parse(graph, inputs))
+                except _core.CoreError as exc:
+                    error = translate(exc)
+                    if len(jobs) > 1 and isinstance(error, errors.InvalidArgument):
+                        error = type(error)(f"job {index}: {error}")
+                    raise error from exc
         try:
             registered = self.db.register_jobs(
                 rg_id, graph, [(inputs, key or None) for inputs, key in jobs], start=start
@@ -416,16 +422,15 @@ class StorageService:
     def _outputs(self, job_id: int) -> bytes:
         try:
             state = JobState(self.cache.state(job_id))
-        except _core.JobNotFoundError:
+            if state == JobState.SUCCEEDED:
+                return self.cache.outputs(job_id)
+        except (_core.JobNotFoundError, _core.OutputsReleasedError):
             try:
                 return self.db.get_outputs(job_id)
             except db_errors.UnexpectedJobState:
                 state = self._db_state(job_id)
             except db_errors.DbError as exc:
                 raise translate(exc, job_id=job_id) from exc
-        else:
-            if state == JobState.SUCCEEDED:
-                return self.cache.outputs(job_id)
         raise errors.FailedPrecondition(
             f"job {job_id} is {state.name}; outputs are available once it has SUCCEEDED"
         )
@@ -569,17 +574,40 @@ class StorageService:
     ) -> list[_core.ExecutionContext | errors.OrbweaverError]:
         self.check_session(session_id)
         self._check_em(em_id)
-        results = self.cache.register_batch(items, em_id, now_ms())
+        # Each task's inputs, and all of them together, must fit the reply.
+        limit = self.max_task_io_bytes
+        results = self.cache.register_batch(
+            items, em_id, now_ms(), max_task_io_bytes=limit, max_total_io_bytes=limit
+        )
         out: list[_core.ExecutionContext | errors.OrbweaverError] = []
         registered = 0
         for (job_id, _task), result in zip(items, results, strict=True):
-            if isinstance(result, _core.CoreError):
+            if isinstance(result, _core.TaskInputsTooLargeError):
+                # It can never be delivered: its job fails with the reason.
+                self._fail_undeliverable(job_id, str(result))
+                out.append(errors.FailedPrecondition(f"{result}; the job failed"))
+            elif isinstance(result, _core.LimitExceededError) and result.kind == "ReplyFull":
+                out.append(errors.Unavailable(str(result)))
+            elif isinstance(result, _core.CoreError):
                 out.append(self._task_error(result, job_id))
             else:
                 registered += 1
                 out.append(result)
         self.metrics.instances_registered.inc(registered)
         return out
+
+    def _fail_undeliverable(self, job_id: int, message: str) -> None:
+        with self._job_lock(job_id):
+            try:
+                self.cache.check_transition(job_id, int(JobState.FAILED))
+            except _core.CoreError:
+                return  # it ended meanwhile (or cannot fail from where it is)
+            if job_id in self.pending:
+                return
+            state = self._fail_locked(job_id, message)
+        if state is not None:
+            self.metrics.job_terminated(state)
+            self._notify_terminal()
 
     def _task_error(self, exc: _core.CoreError, job_id: int) -> errors.OrbweaverError:
         err = translate(exc, job_id=job_id, task_rpc=True)
@@ -689,7 +717,14 @@ class StorageService:
                     self.pending.park(self._completion(o))
                 return [None] * len(live)
             now = now_ms()
-            return [JobState(self.cache.complete(o.job_id, now)) for o in live]
+            states: list[JobState | None] = [
+                JobState(self.cache.complete(o.job_id, now)) for o in live
+            ]
+            for o, state in zip(live, states, strict=True):
+                # Large outputs stay in the database only; smaller ones answer waits from memory.
+                if state == JobState.SUCCEEDED and len(o.outputs or b"") > self._cached_outputs:
+                    self.cache.drop_outputs(o.job_id)
+            return states
 
     def _fail_locked(self, job_id: int, message: str) -> JobState | None:
         """Persist, then apply, the failure of a cached job (its lock stripe is held); None
@@ -785,7 +820,9 @@ class StorageService:
         self, scheduler_id: int, lane: int, max_items: int, wait_ms: int
     ) -> list[tuple[int, int, int]]:
         self._check_poller(scheduler_id)
-        return self.cache.poll(lane, min(max_items, 1 << 20), min(wait_ms, self._max_wait_ms))
+        return self.cache.poll(
+            lane, min(max_items, 1 << 20), min(wait_ms, self._max_wait_ms), now_ms()
+        )
 
     def poll_all(
         self, scheduler_id: int, max_tasks: int, max_commit: int, max_cleanup: int, wait_ms: int
@@ -797,6 +834,7 @@ class StorageService:
             min(max_commit, cap),
             min(max_cleanup, cap),
             min(wait_ms, self._max_wait_ms),
+            now_ms(),
         )
 
     # -----------------------------------------------------------------------------------------

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from orbweaver import _core
 
-__all__ = ["SubmissionParser"]
+__all__ = ["SubmissionLimits", "SubmissionParser"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionLimits:
+    """Decompressed sizes and task count a submission may reach (the storage settings of the
+    same names); the defaults only keep a bomb from costing more than 1 GiB."""
+
+    max_graph_bytes: int = 1 << 30
+    max_input_bytes: int = 1 << 30
+    max_tasks: int | None = None
 
 
 class SubmissionParser:
@@ -26,10 +37,13 @@ class SubmissionParser:
 
     def __init__(
         self,
+        limits: SubmissionLimits | None = None,
+        *,
         max_graphs: int = 128,
         max_graph_bytes: int = 256 * 1024,
         max_tasks: int = 200_000,
     ) -> None:
+        self.limits = limits or SubmissionLimits()
         self._max_graphs = max_graphs
         self._max_graph_bytes = max_graph_bytes
         self._max_tasks = max_tasks
@@ -38,15 +52,25 @@ class SubmissionParser:
         self._graphs: OrderedDict[bytes, _core.TaskGraph] = OrderedDict()
 
     def parse(self, compressed_graph: bytes, compressed_inputs: bytes) -> _core.Submission:
-        """Validate and parse; raises ``_core.CoreError`` exactly as ``_core.Submission`` does."""
+        """Validate and parse within the limits; raises ``_core.CoreError`` exactly as
+        ``_core.Submission`` does."""
         key = bytes(compressed_graph)
+        limits = self.limits
         with self._lock:
             graph = self._graphs.get(key)
             if graph is not None:
                 self._graphs.move_to_end(key)
         if graph is not None:
-            return _core.Submission.with_graph(graph, compressed_inputs)
-        submission = _core.Submission(key, compressed_inputs)
+            return _core.Submission.with_graph(
+                graph, compressed_inputs, max_input_bytes=limits.max_input_bytes
+            )
+        submission = _core.Submission(
+            key,
+            compressed_inputs,
+            max_graph_bytes=limits.max_graph_bytes,
+            max_input_bytes=limits.max_input_bytes,
+            max_tasks=limits.max_tasks,
+        )
         tasks = submission.graph.num_tasks
         if len(key) <= self._max_graph_bytes and self._max_graphs > 0 and tasks <= self._max_tasks:
             with self._lock:

@@ -195,6 +195,7 @@ class _Outcome:
 
 
 _MAX_REPORT_BYTES = MAX_VALUE_IN_MESSAGE
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 
 def _by_size(outcomes: list[_Outcome]) -> list[list[_Outcome]]:
@@ -815,7 +816,11 @@ class ExecutionManager:
             self._release(len(group))
             self.metrics.rejected.labels(reason).inc(len(group))
             return False
+        full: list[pb.TaskAssignment] = []
         for a, item in zip(group, reply.items, strict=True):
+            if item.WhichOneof("result") == "error" and item.error.code == _UNAVAILABLE:
+                full.append(a)  # the reply had no room for its inputs: register it again
+                continue
             self._ack(a)
             if item.WhichOneof("result") == "error":
                 self._release(1)
@@ -842,7 +847,8 @@ class ExecutionManager:
                 self._in_flight += 1
                 self.metrics.in_flight.set(self._in_flight)
             self._work.put(_Work(session_id, request_, label))
-        return True
+        # Each call registers at least one of them, so this ends.
+        return self._register_group(session_id, full) if full else True
 
     # -- running --------------------------------------------------------------------------------
 

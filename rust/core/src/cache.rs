@@ -18,7 +18,9 @@ use crate::hash::IdMap;
 use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
 pub use crate::job::Report;
-use crate::job::{ExecutionContext, Job, Outcome, OutputLimits, Progress, Reported, Transition};
+use crate::job::{
+    ExecutionContext, Job, Outcome, OutputLimits, Progress, ReplyBudget, Reported, Transition,
+};
 use crate::queue::{Entry, InboundQueue, Lane};
 use crate::state::JobState;
 use crate::submission::Submission;
@@ -346,24 +348,39 @@ impl JobCache {
         em: ExecutionManagerId,
         now_ms: u64,
     ) -> Vec<Result<ExecutionContext>> {
-        self.register_batch_limited(items, em, now_ms, None)
+        self.register_batch_limited(items, em, now_ms, None, None)
     }
 
-    /// [`Self::register_batch`] with the `max_io` bound of [`Self::register_limited`].
+    /// [`Self::register_batch`] with the `max_io` bound of [`Self::register_limited`]; with
+    /// `max_total_io`, the registered tasks' inputs add up to at most that many bytes (beyond
+    /// the first), the others are left out with `ReplyFull` (see [`Job::register_many`]).
     pub fn register_batch_limited(
         &self,
         items: &[(JobId, TaskId)],
         em: ExecutionManagerId,
         now_ms: u64,
         max_io: Option<usize>,
+        max_total_io: Option<usize>,
     ) -> Vec<Result<ExecutionContext>> {
         let mut out = Vec::with_capacity(items.len());
+        let mut budget = max_total_io.map(|remaining| ReplyBudget {
+            remaining,
+            used: false,
+        });
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
                 Ok(job) => {
                     let tasks: Vec<TaskId> = run.iter().map(|&(_, t)| t).collect();
                     let start = out.len();
-                    job.register_many(&tasks, em, now_ms, &self.instances, max_io, &mut out);
+                    job.register_many(
+                        &tasks,
+                        em,
+                        now_ms,
+                        &self.instances,
+                        max_io,
+                        budget.as_mut(),
+                        &mut out,
+                    );
                     let registered = tasks
                         .iter()
                         .zip(&out[start..])

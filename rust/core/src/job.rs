@@ -167,6 +167,18 @@ impl Progress {
 
 /// `kind` of the `LimitExceeded` error of a registration whose `task_io` is too large.
 pub const TASK_INPUTS_TOO_LARGE: &str = "TaskInputsTooLarge";
+/// `LimitExceeded` kind of a batch registration left out because the task inputs already
+/// registered in the batch fill the reply: nothing changed, register the task again.
+pub const REPLY_FULL: &str = "ReplyFull";
+
+/// How many bytes of task inputs one batch registration may still hand out. The first
+/// registration of a batch always fits (it is bounded by `max_io` alone), so a batch always
+/// makes progress.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyBudget {
+    pub remaining: usize,
+    pub used: bool,
+}
 
 /// Byte limits on what a job keeps in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,7 +705,8 @@ impl Job {
     }
 
     /// Several registrations under one read lock (batch entry point); `max_io` as for
-    /// [`Self::register_limited`].
+    /// [`Self::register_limited`]; with a `budget`, a task whose inputs no longer fit the
+    /// batch's reply is left out (`LimitExceeded` `ReplyFull`, nothing changed).
     #[allow(clippy::too_many_arguments)]
     pub fn register_many(
         &self,
@@ -702,16 +715,44 @@ impl Job {
         now_ms: u64,
         table: &InstanceTable,
         max_io: Option<usize>,
+        mut budget: Option<&mut ReplyBudget>,
         out: &mut Vec<Result<ExecutionContext>>,
     ) {
         let inner = self.inner.read();
         let ids = table.reserve(tasks.len());
-        out.extend(
-            tasks
-                .iter()
-                .zip(ids)
-                .map(|(&t, id)| self.register_in(&inner, t, id, em, now_ms, table, max_io)),
-        );
+        for (&t, id) in tasks.iter().zip(ids) {
+            if let Some(b) = budget.as_deref() {
+                let size = self.io_size_of(&inner, t).unwrap_or(0);
+                if b.used && size > b.remaining {
+                    out.push(Err(CoreError::limit(
+                        REPLY_FULL,
+                        format!(
+                            "job {} {t:?}: the reply is full ({size} bytes of inputs do not fit                              the {} left); register it again",
+                            self.id, b.remaining
+                        ),
+                    )));
+                    continue;
+                }
+            }
+            let result = self.register_in(&inner, t, id, em, now_ms, table, max_io);
+            if let (Ok(ctx), Some(b)) = (&result, budget.as_deref_mut()) {
+                b.remaining = b.remaining.saturating_sub(ctx.task_io.len());
+                b.used = true;
+            }
+            out.push(result);
+        }
+    }
+
+    /// The size of the `task_io` a registration of `task` would hand out (None: unknown yet).
+    fn io_size_of(&self, inner: &Inner, task: TaskId) -> Option<usize> {
+        match task {
+            TaskId::Index(_) => self.task_io_size(inner, task, None),
+            TaskId::Commit => inner.outputs.get().map(|o| o.len()),
+            TaskId::Cleanup => inner
+                .graph_inputs
+                .as_deref()
+                .map(|inputs| inputs.iter().map(|p| 4 + p.len()).sum::<usize>() + 4),
+        }
     }
 
     /// Size of the `task_io` a registration of `task` would hand out, computed from the stored

@@ -366,7 +366,7 @@ impl JobCache {
         ExecutionContext::from_core(py, ctx)
     }
 
-    #[pyo3(signature = (items, em_id, now_ms, *, max_task_io_bytes = None))]
+    #[pyo3(signature = (items, em_id, now_ms, *, max_task_io_bytes = None, max_total_io_bytes = None))]
     fn register_batch<'py>(
         &self,
         py: Python<'py>,
@@ -374,6 +374,7 @@ impl JobCache {
         em_id: u64,
         now_ms: u64,
         max_task_io_bytes: Option<usize>,
+        max_total_io_bytes: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         let parsed: Vec<Result<(u64, TaskId), CoreError>> = items
             .iter()
@@ -386,7 +387,13 @@ impl JobCache {
                 .collect();
             let mut done = self
                 .inner
-                .register_batch_limited(&valid, em_id, now_ms, max_task_io_bytes)
+                .register_batch_limited(
+                    &valid,
+                    em_id,
+                    now_ms,
+                    max_task_io_bytes,
+                    max_total_io_bytes,
+                )
                 .into_iter();
             parsed
                 .iter()

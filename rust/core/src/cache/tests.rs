@@ -725,7 +725,7 @@ fn registration_refuses_task_io_over_the_limit_and_changes_nothing() {
     let job = c.get(1).expect("job");
     assert_eq!(job.task_state(TaskId::Index(0)), Some(TaskState::Ready));
     assert_eq!(c.live_instances(), 0);
-    let batch = c.register_batch_limited(&[(1, TaskId::Index(0))], 1, 0, Some(13));
+    let batch = c.register_batch_limited(&[(1, TaskId::Index(0))], 1, 0, Some(13), None);
     assert_eq!(
         batch[0].as_ref().expect_err("big").kind(),
         "TaskInputsTooLarge"
@@ -768,6 +768,32 @@ fn registration_refuses_task_io_over_the_limit_and_changes_nothing() {
     assert_eq!(c.live_instances(), 1);
     c.register_limited(3, TaskId::Cleanup, 1, 0, Some(24))
         .expect("fits");
+}
+
+#[test]
+fn a_batch_registers_only_what_fits_its_reply_and_always_makes_progress() {
+    let c = cache();
+    // Three jobs of one task each; every task's inputs frame is 14 bytes.
+    for job in 1..=3 {
+        running(&c, job, 1, 1);
+    }
+    let items = [
+        (1, TaskId::Index(0)),
+        (2, TaskId::Index(0)),
+        (3, TaskId::Index(0)),
+    ];
+    let batch = c.register_batch_limited(&items, 1, 0, None, Some(30));
+    assert!(batch[0].is_ok() && batch[1].is_ok());
+    let e = batch[2].as_ref().expect_err("no room left");
+    assert_eq!(e.kind(), "ReplyFull");
+    assert!(matches!(e, CoreError::LimitExceeded { .. }));
+    // Left out means untouched: it registers in the next call.
+    let job = c.get(3).expect("job");
+    assert_eq!(job.task_state(TaskId::Index(0)), Some(TaskState::Ready));
+    assert_eq!(c.live_instances(), 2);
+    // The first registration of a batch always goes through, whatever the budget.
+    let again = c.register_batch_limited(&items[2..], 1, 0, None, Some(1));
+    assert_eq!(again[0].as_ref().expect("first fits").task_io.len(), 14);
 }
 
 #[test]
