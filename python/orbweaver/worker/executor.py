@@ -15,10 +15,13 @@ that touch dunder attributes, and runs only functions registered with ``@orbweav
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.machinery
 import importlib.util
 import logging
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -448,12 +451,34 @@ def _private_streams() -> tuple[IO[bytes], IO[bytes]]:
     return proto_in, proto_out
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit when the parent (the pool) goes away, even in the middle of a long task."""
+def _watch_parent(parent: int, watchdog_fd: int | None) -> None:
+    """Leave when the pool goes away, even in the middle of a long task: the end of the
+    watchdog pipe (whose write end only the pool holds) tells it at once, a changed parent pid
+    within a second (the pipe's write end may have leaked into a forked copy of the pool)."""
+    poller: select.poll | None = None
+    if watchdog_fd is not None:
+        poller = select.poll()
+        poller.register(watchdog_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
-        time.sleep(1.0)
+        if poller is None:
+            time.sleep(1.0)
+        else:
+            events = poller.poll(1000)
+            if any(ev & select.POLLNVAL for _, ev in events):
+                poller = None  # task code closed it: the parent pid check still holds
+            elif events:  # the pool never writes: readable means closed
+                _orphaned()
         if os.getppid() != parent:
-            os._exit(EXIT_PIPE)
+            _orphaned()
+
+
+def _orphaned() -> None:
+    """The pool is gone: take the processes the tasks started along (they are in this
+    executor's process group when the pool started it as a group leader)."""
+    if os.getpgrp() == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+    os._exit(EXIT_PIPE)
 
 
 def _setup_logging() -> None:
@@ -474,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tasks-dir",
         default=os.environ.get("ORBWEAVER_TASKS_DIR"),
         help="directory holding the task packages (default: $ORBWEAVER_TASKS_DIR)",
+    )
+    parser.add_argument(
+        "--watchdog-fd",
+        type=int,
+        help="a pipe the pool holds open: when it ends, the executor kills its process group",
     )
     parser.add_argument(
         "--max-frame-bytes",
@@ -498,7 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         del sys.path[0]
     sys.path.insert(0, str(executor.tasks_dir))
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        target=_watch_parent,
+        args=(os.getppid(), args.watchdog_fd),
+        name="parent-watch",
+        daemon=True,
     ).start()
 
     max_bytes = args.max_frame_bytes
