@@ -16,6 +16,7 @@ from orbweaver import __version__, errors
 from orbweaver._config import read_table
 from orbweaver._log import setup_logging
 from orbweaver._rpc import Security
+from orbweaver._units import parse_size
 from orbweaver.states import JobState
 
 DEFAULT_STORAGE = "127.0.0.1:50051"
@@ -87,6 +88,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")
     if not tasks_dir:
         raise errors.InvalidArgument("worker: give --tasks-dir (or ORBWEAVER_TASKS_DIR)")
+    executors: dict[str, Any] = {}
+    if args.output_rate is not None:
+        executors["executor_output_rate"] = parse_size(args.output_rate, "--executor-output-rate")
+    if args.output_burst is not None:
+        executors["executor_output_burst"] = parse_size(
+            args.output_burst, "--executor-output-burst"
+        )
     config = WorkerConfig(
         storage=args.storage,
         scheduler=args.scheduler,
@@ -95,6 +103,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         security=_security(args),
         metrics_port=args.metrics_port,
         ip_address=args.ip or "",
+        **executors,
     )
     em = ExecutionManager(config)
     return run_until_signal(em, lambda: _write_ready(args.ready_file, em.em_id))
@@ -387,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", help="directory of task modules (or $ORBWEAVER_TASKS_DIR)")
     p.add_argument("--processes", type=int, help="executor processes (default: CPU count)")
     p.add_argument("--ip", help="address to register with (default: the outbound address)")
+    p.add_argument(
+        "--executor-output-rate",
+        dest="output_rate",
+        metavar="SIZE",
+        help="forwarded task output per executor and second, e.g. 64KiB (the default); "
+        "the excess is dropped and counted",
+    )
+    p.add_argument(
+        "--executor-output-burst",
+        dest="output_burst",
+        metavar="SIZE",
+        help="largest burst of forwarded task output per executor (default 1MiB)",
+    )
 
     p = client_cmd("submit", "submit a task graph", cmd_submit)
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")

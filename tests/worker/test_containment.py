@@ -5,6 +5,8 @@ child holding the pipes does not delay the verdict."""
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -215,3 +217,45 @@ def test_executors_and_their_children_die_with_the_pool_process(tmp_path: Path, 
     finally:
         host.kill()
         host.wait(WAIT_S)
+
+
+# -------------------------------------------------------------------------------------------------
+# Task output
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [100, 10_000], ids=["short-lines", "long-lines"])
+def test_a_task_flooding_its_output_is_not_slowed_and_the_log_stays_within_budget(
+    caplog: pytest.LogCaptureFixture, line: int
+) -> None:
+    rate, burst, total = 64 * 1024, 1024 * 1024, 20 * 1024 * 1024
+    caplog.set_level(logging.INFO, logger="orbweaver.executor")
+    with ExecutorPool(TASKS_DIR, 1, output_rate=rate, output_burst=burst) as pool:
+        [pid] = pool.pids()
+        started = time.monotonic()
+        # The hard timeout is the "did not hang" bound: the task must not wait for the log.
+        result = pool.run(req("flood", total, line, timeout_ms=60_000))
+        assert value(result) == total
+
+        def summaries() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "of task output (rate limit" in r.getMessage()]
+
+        wait_for(lambda: bool(summaries()), "the summary of the dropped output")
+        elapsed = time.monotonic() - started
+    forwarded = [
+        r
+        for r in caplog.records
+        if r.name == "orbweaver.executor" and r.getMessage().startswith("z")
+    ]
+    logged = sum(len(r.getMessage()) + 1 for r in forwarded)
+    dropped = sum(getattr(r, "dropped_bytes", 0) for r in summaries())
+    assert 0 < logged <= burst + rate * elapsed + line
+    assert logged + dropped == total  # every byte is either forwarded or counted as dropped
+    first = summaries()[0]
+    assert first.levelno == logging.WARNING
+    assert re.fullmatch(
+        rf"executor {pid}: dropped \d+(\.\d)? MiB of task output \(rate limit 64 KiB/s\)",
+        first.getMessage(),
+    ), first.getMessage()
+    # At most one summary every few seconds, plus the last one.
+    assert len(summaries()) <= 2 + elapsed / 5.0

@@ -59,6 +59,8 @@ from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
 from orbweaver._service import MetricsServer
 from orbweaver.worker.pool import (
+    DEFAULT_OUTPUT_BURST,
+    DEFAULT_OUTPUT_RATE,
     ExecutorPool,
     ExecutorPoolError,
     ResultKind,
@@ -162,10 +164,18 @@ class WorkerConfig:
     report_batch: int = 512
     drain_timeout: float = 30.0
     metrics_port: int | None = None
+    # Each executor's budget of forwarded output (task prints and executor logs): bytes per
+    # second and largest burst; the excess is dropped and counted in a periodic warning.
+    executor_output_rate: int = DEFAULT_OUTPUT_RATE
+    executor_output_burst: int = DEFAULT_OUTPUT_BURST
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError("worker: --processes must be at least 1")
+        for name in ("executor_output_rate", "executor_output_burst"):
+            amount = getattr(self, name)
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+                raise ValueError(f"worker: {name} must be an int >= 1 (bytes), got {amount!r}")
         if self.prefetch < 1:
             raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
         if not self.tasks_dir.is_dir():
@@ -245,7 +255,12 @@ class ExecutionManager:
         self._liveness = pb_grpc.ExecutionManagerLivenessServiceStub(self._storage_channel)
         self._instances = pb_grpc.TaskInstanceManagementServiceStub(self._storage_channel)
         self._scheduler = pb_grpc.SchedulerServiceStub(self._scheduler_channel)
-        self._pool = ExecutorPool(config.tasks_dir, config.processes)
+        self._pool = ExecutorPool(
+            config.tasks_dir,
+            config.processes,
+            output_rate=config.executor_output_rate,
+            output_burst=config.executor_output_burst,
+        )
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._reports: queue.Queue[_Outcome | None] = queue.Queue()
         self._acks: deque[pb.TaskAssignmentRecord] = deque()

@@ -11,8 +11,12 @@ when the previous task's result arrived). When a task times out or its executor 
 executor is killed and replaced before the result is returned; the rest of the batch continues on
 the new executor. When no new executor can be started, the results the batch already produced are
 returned all the same and the tasks left get a `ResultKind.NOT_RUN` result saying why
-(`respawn_failure` tells it too, until a later respawn succeeds). Executor stderr (where task
-output goes too) is forwarded line by line to the ``orbweaver.executor`` logger.
+(`respawn_failure` tells it too, until a later respawn succeeds).
+
+Executor stderr, where task output goes too, is forwarded line by line to the
+``orbweaver.executor`` logger within a budget per executor (a token bucket: `output_rate` bytes
+per second, bursts of `output_burst`); the excess is read at full speed and dropped, and a
+warning says how much every few seconds. A task printing a lot is never slowed down by the log.
 
 Containment: each executor leads its own session and process group, so "killing an executor"
 means SIGKILL to the whole group -- the processes its tasks started (`subprocess.Popen`,
@@ -54,6 +58,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from orbweaver import errors
+from orbweaver._units import format_size
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
@@ -76,6 +81,10 @@ executor_log = logging.getLogger("orbweaver.executor")
 
 DEFAULT_START_TIMEOUT_S: Final = 60.0
 DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
+DEFAULT_OUTPUT_RATE: Final = 64 * 1024
+DEFAULT_OUTPUT_BURST: Final = 1024 * 1024
+# How often, at most, the bytes of task output dropped by the budget are reported.
+OUTPUT_SUMMARY_INTERVAL_S: Final = 5.0
 MAX_LOG_LINE_BYTES: Final = 64 * 1024
 _READ_CHUNK: Final = 1 << 20
 _STDERR_TAIL_LINES: Final = 20
@@ -174,6 +183,7 @@ class _Executor:
         self._proc_lock = threading.Lock()
         self._disposed = False
         self._closing = threading.Event()  # the forwarder may stop once the output goes quiet
+        self._budget = _OutputBudget(pool.output_rate, pool.output_burst)
         watch_read, self._watchdog = os.pipe()  # both ends close-on-exec; the child gets one
         cmd = [
             pool.python,
@@ -228,12 +238,13 @@ class _Executor:
     def _read_stderr(self, fd: int) -> None:
         """Forward the executor's stderr until it ends -- or, once the executor is disposed of,
         until it goes quiet: a process that escaped the group kill may hold it open forever."""
-        lines = _LineSplitter(self._emit)
+        lines = _LineSplitter(self._emit, self._budget)
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         try:
             while True:
                 if not poller.poll(_FORWARDER_POLL_MS):
+                    self._budget.report(self.pid)
                     if self._closing.is_set():
                         return
                     continue
@@ -241,10 +252,12 @@ class _Executor:
                 if not data:
                     return
                 lines.feed(data)
+                self._budget.report(self.pid)
         except (OSError, ValueError):
             return
         finally:
             lines.flush()
+            self._budget.report(self.pid, final=True)
 
     def _emit(self, text: str) -> None:
         self.stderr_tail.append(text)
@@ -452,22 +465,77 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
+class _OutputBudget:
+    """A token bucket of output bytes (`rate` per second, at most `burst` saved up) and the
+    count of bytes dropped for want of tokens, reported now and then."""
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+        self._dropped = 0  # not reported yet
+        self._since: float | None = None  # when the first unreported drop happened
+
+    def available(self) -> bool:
+        """Whether a line may start now (it is then forwarded whole, going into debt)."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self._tokens > 0
+
+    def spend(self, n: int) -> None:
+        self._tokens -= n
+
+    def drop(self, n: int) -> None:
+        if n > 0:
+            if self._since is None:
+                self._since = time.monotonic()
+            self._dropped += n
+
+    def report(self, pid: int, final: bool = False) -> None:
+        if not self._dropped or self._since is None:
+            return
+        if not final and time.monotonic() - self._since < OUTPUT_SUMMARY_INTERVAL_S:
+            return
+        executor_log.warning(
+            "executor %s: dropped %s of task output (rate limit %s/s)",
+            pid,
+            format_size(self._dropped),
+            format_size(self.rate),
+            extra={"executor_pid": pid, "dropped_bytes": self._dropped},
+        )
+        self._dropped = 0
+        self._since = None
+
+
 class _LineSplitter:
     """Cuts a byte stream into lines of at most `MAX_LOG_LINE_BYTES` (the rest of a longer line
-    is dropped, the line marked as truncated) and hands each to `emit` as text."""
+    is dropped, the line marked as truncated) and hands each to `emit` as text, while `budget`
+    allows; beyond it, whole lines are dropped without being looked at one by one."""
 
-    def __init__(self, emit: Callable[[str], None]) -> None:
+    def __init__(self, emit: Callable[[str], None], budget: _OutputBudget) -> None:
         self._emit = emit
+        self._budget = budget
         self._partial = bytearray()
-        self._skipping = False  # inside the rest of an overly long line
+        self._skipping = False  # inside the rest of a line that is not forwarded
+        self._dropping = False  # ... because the budget ran out (so the bytes count as dropped)
 
     def feed(self, data: bytes) -> None:
         pos, end = 0, len(data)
         while pos < end:
+            if not self._skipping and not self._partial and not self._budget.available():
+                # Out of budget at a line boundary: drop the rest of the chunk in one go, and the
+                # rest of its last line with it.
+                self._budget.drop(end - pos)
+                self._skipping = self._dropping = not data.endswith(b"\n")
+                return
             nl = data.find(b"\n", pos)
             stop = end if nl < 0 else nl + 1
             if self._skipping:
-                self._skipping = nl < 0
+                if self._dropping:
+                    self._budget.drop(stop - pos)
+                self._skipping = self._dropping = nl < 0
                 pos = stop
                 continue
             room = MAX_LOG_LINE_BYTES - len(self._partial)
@@ -487,6 +555,7 @@ class _LineSplitter:
             self._line(truncated=False)
 
     def _line(self, truncated: bool) -> None:
+        self._budget.spend(len(self._partial))
         text = self._partial.decode("utf-8", errors="replace").rstrip("\r\n")
         self._partial.clear()
         self._emit(text + " ...[line truncated]" if truncated else text)
@@ -525,7 +594,8 @@ class ExecutorPool:
     `env` adds variables to the environment the executors inherit; `python` is the interpreter
     they run with; `max_frame_bytes` bounds every protocol frame (both ways); `start_timeout`
     bounds the wait for an executor's greeting; `close_timeout` is how long `close` lets busy
-    executors finish before terminating them.
+    executors finish before terminating them; `output_rate` (bytes per second) and
+    `output_burst` (bytes) are each executor's budget of forwarded output.
     """
 
     def __init__(
@@ -538,17 +608,24 @@ class ExecutorPool:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
+        output_rate: int = DEFAULT_OUTPUT_RATE,
+        output_burst: int = DEFAULT_OUTPUT_BURST,
     ) -> None:
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise errors.InvalidArgument(f"processes must be an int >= 1, got {processes!r}")
         if max_frame_bytes < 1024:
             raise errors.InvalidArgument(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
+        for name, amount in (("output_rate", output_rate), ("output_burst", output_burst)):
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+                raise errors.InvalidArgument(f"{name} must be an int >= 1, got {amount!r}")
         self.tasks_dir = Path(tasks_dir)
         self.processes = processes
         self.python = python
         self.max_frame_bytes = max_frame_bytes
         self.start_timeout = start_timeout
         self.close_timeout = close_timeout
+        self.output_rate = output_rate
+        self.output_burst = output_burst
         child_env = dict(os.environ)
         child_env.update(env or {})
         paths = [_PYTHON_ROOT, *filter(None, child_env.get("PYTHONPATH", "").split(os.pathsep))]

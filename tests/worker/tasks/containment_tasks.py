@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,3 +52,16 @@ def leave_child(kind: str, then: str, pidfile: str) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(10)
     return child
+
+
+@ow.task
+def flood(total: int, line: int) -> int:
+    """Print `total` bytes in lines of `line` bytes (newline included) as fast as possible."""
+    text = ("z" * (line - 1) + "\n") * max(1, 65536 // line)
+    written = 0
+    while written < total:
+        chunk = text[: total - written]
+        sys.stdout.write(chunk)
+        written += len(chunk)
+    sys.stdout.flush()
+    return written
