@@ -82,6 +82,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from orbweaver._service import run_until_signal
+    from orbweaver.worker.isolation import harden_worker_process, parse_env_allow
     from orbweaver.worker.manager import ExecutionManager, WorkerConfig
 
     setup_logging("worker", args.log_level)
@@ -95,6 +96,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         executors["executor_output_burst"] = parse_size(
             args.output_burst, "--executor-output-burst"
         )
+    allow = args.executor_env
+    if allow is None:
+        allow = os.environ.get("ORBWEAVER_EXECUTOR_ENV", "")
+    executors["executor_env"] = parse_env_allow(allow)
     config = WorkerConfig(
         storage=args.storage,
         scheduler=args.scheduler,
@@ -105,6 +110,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ip_address=args.ip or "",
         **executors,
     )
+    # Everything is read: secrets leave this process's environment, and task code running as
+    # the same user cannot read its memory or /proc files.
+    harden_worker_process()
     em = ExecutionManager(config)
     return run_until_signal(em, lambda: _write_ready(args.ready_file, em.em_id))
 
@@ -396,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", help="directory of task modules (or $ORBWEAVER_TASKS_DIR)")
     p.add_argument("--processes", type=int, help="executor processes (default: CPU count)")
     p.add_argument("--ip", help="address to register with (default: the outbound address)")
+    p.add_argument(
+        "--executor-env",
+        action="append",
+        metavar="NAME[,NAME...]",
+        help="variables of this environment that task code may see, by name or pattern such "
+        "as 'AWS_*' (default: $ORBWEAVER_EXECUTOR_ENV); ORBWEAVER_* secrets never pass",
+    )
     p.add_argument(
         "--executor-output-rate",
         dest="output_rate",

@@ -114,6 +114,10 @@ class LocalCluster:
             "worker": list(worker_args or []),
         }
         self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
+        # `env` is meant for the tasks too: allow it through to the executors, which otherwise
+        # see only a minimal environment (secret ORBWEAVER_* variables never pass).
+        allow = [self._env.get("ORBWEAVER_EXECUTOR_ENV", ""), *(env or {})]
+        self._env["ORBWEAVER_EXECUTOR_ENV"] = ",".join(filter(None, allow))
         # Children import orbweaver exactly as this process does.
         self._env["PYTHONPATH"] = os.pathsep.join(
             p

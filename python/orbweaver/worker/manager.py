@@ -58,6 +58,7 @@ from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import Backoff, Security, call_with_retry, make_channel
 from orbweaver._service import MetricsServer
+from orbweaver.worker.isolation import parse_env_allow
 from orbweaver.worker.pool import (
     DEFAULT_OUTPUT_BURST,
     DEFAULT_OUTPUT_RATE,
@@ -168,6 +169,9 @@ class WorkerConfig:
     # second and largest burst; the excess is dropped and counted in a periodic warning.
     executor_output_rate: int = DEFAULT_OUTPUT_RATE
     executor_output_burst: int = DEFAULT_OUTPUT_BURST
+    # Variables of the worker's environment that executors (task code) may see besides the
+    # minimal base: names or fnmatch patterns. Secret ORBWEAVER_* variables never pass.
+    executor_env: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -176,6 +180,13 @@ class WorkerConfig:
             amount = getattr(self, name)
             if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
                 raise ValueError(f"worker: {name} must be an int >= 1 (bytes), got {amount!r}")
+        if isinstance(self.executor_env, str) or not all(
+            isinstance(name, str) for name in self.executor_env
+        ):
+            raise ValueError(
+                f"worker: executor_env must be a tuple of names, got {self.executor_env!r}"
+            )
+        object.__setattr__(self, "executor_env", parse_env_allow(self.executor_env))
         if self.prefetch < 1:
             raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
         if not self.tasks_dir.is_dir():
@@ -260,6 +271,7 @@ class ExecutionManager:
             config.processes,
             output_rate=config.executor_output_rate,
             output_burst=config.executor_output_burst,
+            env_allow=config.executor_env,
         )
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._reports: queue.Queue[_Outcome | None] = queue.Queue()

@@ -59,6 +59,7 @@ from typing import Any, Final
 
 from orbweaver import errors
 from orbweaver._units import format_size
+from orbweaver.worker import isolation
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
@@ -591,11 +592,15 @@ class _Slot:
 class ExecutorPool:
     """A pool of `processes` executor processes serving tasks from `tasks_dir`.
 
-    `env` adds variables to the environment the executors inherit; `python` is the interpreter
-    they run with; `max_frame_bytes` bounds every protocol frame (both ways); `start_timeout`
-    bounds the wait for an executor's greeting; `close_timeout` is how long `close` lets busy
-    executors finish before terminating them; `output_rate` (bytes per second) and
-    `output_burst` (bytes) are each executor's budget of forwarded output.
+    Executors do not inherit the caller's environment: they get the minimal one of
+    `orbweaver.worker.isolation.executor_environment`, plus the variables named (or matched,
+    fnmatch-style) by `env_allow` -- never a secret ``ORBWEAVER_*`` one -- plus `env`, which is
+    set as given.
+
+    `python` is the interpreter they run with; `max_frame_bytes` bounds every protocol frame
+    (both ways); `start_timeout` bounds the wait for an executor's greeting; `close_timeout` is
+    how long `close` lets busy executors finish before terminating them; `output_rate` (bytes
+    per second) and `output_burst` (bytes) are each executor's budget of forwarded output.
     """
 
     def __init__(
@@ -604,6 +609,7 @@ class ExecutorPool:
         processes: int,
         *,
         env: Mapping[str, str] | None = None,
+        env_allow: Sequence[str] = (),
         python: str = sys.executable,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
@@ -626,12 +632,12 @@ class ExecutorPool:
         self.close_timeout = close_timeout
         self.output_rate = output_rate
         self.output_burst = output_burst
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        paths = [_PYTHON_ROOT, *filter(None, child_env.get("PYTHONPATH", "").split(os.pathsep))]
-        child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        child_env["PYTHONUNBUFFERED"] = "1"
-        self.child_env = child_env
+        self.env_allow = tuple(env_allow)
+        for name in isolation.ignored_entries(self.env_allow):
+            log.warning("%s is never passed to executors, even when allow-listed", name)
+        self.child_env = isolation.executor_environment(
+            os.environ, self.env_allow, env, python_root=_PYTHON_ROOT
+        )
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Slot | None] = queue.Queue()  # None: the pool closed
         self._all: list[_Executor] = []  # live executors, guarded by _lock
