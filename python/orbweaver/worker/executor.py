@@ -10,6 +10,13 @@ Trust boundary: a request names a task as ``(package, task_func)``. The executor
 cannot be named), checks that every module it loads on the request's behalf lives inside the
 canonical tasks directory (symlinks resolved), rejects names that are not plain identifiers or
 that touch dunder attributes, and runs only functions registered with ``@orbweaver.task``.
+
+Resource limits (``@task(memory_limit=..., cpu_time_limit=...)``) are read from the registered
+task, never from the request, and applied around the task call as soft rlimits relative to what
+the executor uses at that moment; they are lifted when the task returns.
+
+When started with ``--watchdog-fd`` (the pool does), the executor kills its own process group --
+itself and whatever its tasks started -- as soon as that pipe ends: the pool's process died.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import logging
+import math
 import os
+import resource
 import select
 import signal
 import sys
@@ -32,6 +41,7 @@ from types import ModuleType
 from typing import IO, Any, Final
 
 from orbweaver import _core
+from orbweaver._units import format_size
 from orbweaver.tdl.context import TaskContext
 from orbweaver.tdl.task import TaskFunction, registered_task
 from orbweaver.tdl.types import ValueMismatchError, decode_plain, describe_value
@@ -75,6 +85,74 @@ class TaskOutputError(ExecutorError):
     """The task's return value does not fit its declared outputs."""
 
 
+class CpuTimeLimitExceeded(BaseException):
+    """Raised inside a task that used up its `cpu_time_limit` (on SIGXCPU). Not an `Exception`,
+    so that a task's ``except Exception`` does not swallow it."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Resource limits
+# -------------------------------------------------------------------------------------------------
+
+
+class _Limits:
+    """A task's resource limits as soft `setrlimit` limits, relative to what the executor uses
+    when the task starts: RLIMIT_AS (address space) for `memory`, RLIMIT_CPU for `cpu` seconds,
+    with a SIGXCPU handler that raises `CpuTimeLimitExceeded` in the task. Hard limits are left
+    alone (an unprivileged process could never raise them again); `restore` puts the previous
+    soft limits back."""
+
+    def __init__(self, memory: int | None, cpu: float | None) -> None:
+        self.memory = memory
+        self.cpu = cpu
+        self._saved: list[tuple[int, tuple[int, int]]] = []
+        self._handler: Any = None
+
+    def apply(self) -> None:
+        if self.memory is not None:
+            used = _address_space()
+            if used is None:
+                log.warning("memory limits need /proc/self/statm; running the task without one")
+            else:
+                self._lower(resource.RLIMIT_AS, used + self.memory)
+        if self.cpu is not None:
+            if threading.current_thread() is not threading.main_thread():
+                raise ExecutorError("a CPU time limit needs the task to run in the main thread")
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            limit = self.cpu
+            self._handler = signal.signal(signal.SIGXCPU, lambda *_: _cpu_exceeded(limit))
+            self._lower(resource.RLIMIT_CPU, math.ceil(usage.ru_utime + usage.ru_stime + limit))
+
+    def _lower(self, which: int, target: int) -> None:
+        soft, hard = resource.getrlimit(which)
+        for bound in (soft, hard):
+            if bound != resource.RLIM_INFINITY:
+                target = min(target, bound)
+        self._saved.append((which, (soft, hard)))
+        resource.setrlimit(which, (target, hard))
+
+    def restore(self) -> None:
+        while self._saved:
+            which, limits = self._saved.pop()
+            resource.setrlimit(which, limits)
+        if self._handler is not None:
+            signal.signal(signal.SIGXCPU, self._handler)
+            self._handler = None
+
+
+def _cpu_exceeded(limit: float) -> None:
+    raise CpuTimeLimitExceeded(f"task exceeded its CPU time limit of {limit:g} s")
+
+
+def _address_space() -> int | None:
+    """The executor's current address space size in bytes (Linux)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 # -------------------------------------------------------------------------------------------------
 # Resolution
 # -------------------------------------------------------------------------------------------------
@@ -83,7 +161,10 @@ class TaskOutputError(ExecutorError):
 class Executor:
     """Resolves and runs tasks from one tasks directory (in-process; `main` adds the I/O)."""
 
-    def __init__(self, tasks_dir: Path | str) -> None:
+    def __init__(self, tasks_dir: Path | str, *, enforce_limits: bool = False) -> None:
+        """`enforce_limits`: apply the tasks' resource limits to this process (the executor
+        process does; an in-process user such as a test does not want its own limits changed)."""
+        self.enforce_limits = enforce_limits
         self.tasks_dir = Path(tasks_dir).resolve(strict=True)
         if not self.tasks_dir.is_dir():
             raise NotADirectoryError(f"tasks directory {self.tasks_dir} is not a directory")
@@ -252,7 +333,7 @@ class Executor:
         try:
             outputs = self._run(request)
             response: dict[str, Any] = {"id": tid, "ok": True, "outputs": outputs}
-        except (Exception, SystemExit) as exc:
+        except (Exception, SystemExit, CpuTimeLimitExceeded) as exc:
             response = {"id": tid, "ok": False, "error": error_info(exc)}
         response["elapsed_us"] = int((time.perf_counter() - start) * 1e6)
         return response
@@ -292,11 +373,34 @@ class Executor:
                         f"{param.type.name}): {exc}"
                     ) from None
             if not fn.takes_context:
-                return encode_result(fn, fn.fn(*args))
+                return encode_result(fn, self._call(fn, args))
             ctx = TaskContext(job_id, task_id, instance_id, rg_id)
         else:
             ctx = self._termination_context(fn, io, job_id, task_id, instance_id, rg_id)
-        return encode_result(fn, fn.fn(ctx, *args) if fn.takes_context else fn.fn(*args))
+        return encode_result(fn, self._call(fn, [ctx, *args] if fn.takes_context else args))
+
+    def _call(self, fn: TaskFunction[Any, Any], args: list[Any]) -> Any:
+        """Call the task within its resource limits (the registered task's policy: they never
+        travel with the request)."""
+        policy = fn.policy
+        if not self.enforce_limits or (
+            policy.memory_limit is None and policy.cpu_time_limit is None
+        ):
+            return fn.fn(*args)
+        limits = _Limits(policy.memory_limit, policy.cpu_time_limit)
+        try:
+            limits.apply()
+            return fn.fn(*args)
+        except MemoryError as exc:
+            if policy.memory_limit is None:
+                raise
+            limits.restore()  # room to build the error
+            error = MemoryError(
+                f"task exceeded its memory limit of {format_size(policy.memory_limit)}"
+            )
+            raise error.with_traceback(exc.__traceback__) from None
+        finally:
+            limits.restore()
 
     @staticmethod
     def _termination_context(
@@ -387,7 +491,10 @@ def _kind(obj: object) -> str:
 
 def _exc_type(exc: BaseException) -> str:
     cls = type(exc)
-    if isinstance(exc, ExecutorError) or cls.__module__ in ("builtins", "__main__"):
+    if isinstance(exc, (ExecutorError, CpuTimeLimitExceeded)) or cls.__module__ in (
+        "builtins",
+        "__main__",
+    ):
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -518,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("no tasks directory: pass --tasks-dir or set ORBWEAVER_TASKS_DIR")
         return EXIT_BAD_SETUP
     try:
-        executor = Executor(args.tasks_dir)
+        executor = Executor(args.tasks_dir, enforce_limits=True)
     except OSError as exc:
         log.error("unusable tasks directory %s: %s", args.tasks_dir, exc)
         return EXIT_BAD_SETUP
