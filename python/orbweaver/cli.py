@@ -100,6 +100,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if allow is None:
         allow = os.environ.get("ORBWEAVER_EXECUTOR_ENV", "")
     executors["executor_env"] = parse_env_allow(allow)
+    if args.executor_cgroups is not None:
+        executors["executor_cgroups"] = args.executor_cgroups
     config = WorkerConfig(
         storage=args.storage,
         scheduler=args.scheduler,
@@ -410,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME...]",
         help="variables of this environment that task code may see, by name or pattern such "
         "as 'AWS_*' (default: $ORBWEAVER_EXECUTOR_ENV); ORBWEAVER_* secrets never pass",
+    )
+    p.add_argument(
+        "--executor-cgroups",
+        action=argparse.BooleanOptionalAction,
+        help="put each executor in a cgroup v2 of its own where this process may create one "
+        "(default: yes; process groups contain executors either way)",
     )
     p.add_argument(
         "--executor-output-rate",

@@ -1,7 +1,9 @@
 """Task containment with real executor processes: whatever a task started (a `subprocess.Popen`
 child holding the executor's stderr, an `os.fork()` copy holding every pipe) dies with its
 executor -- on a hard timeout, a crash, `close()` and when the pool's own process dies -- and a
-child holding the pipes does not delay the verdict."""
+child holding the pipes does not delay the verdict. Each test runs with process groups alone
+and, where this machine lets the tests create cgroups, with a cgroup per executor too (which
+also catches a child that left the group with ``setsid``)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ WAIT_S = 30.0
 # (`containment_tasks.CHILD_LIFETIME_S`, 300 s): this is a "did not hang" bound, not a benchmark.
 PROMPT_S = 60.0
 KINDS = ["popen", "fork"]
+# Children in a session of their own escape a process group, not a cgroup.
+ALL_KINDS = [*KINDS, "setsid"]
+
+
+def kinds_for(pool: ExecutorPool, kind: str) -> None:
+    if kind == "setsid" and pool.cgroup is None:
+        pytest.skip("a child that calls setsid is only contained by a cgroup")
 
 
 def req(func: str, *values: Any, timeout_ms: int = 0) -> TaskRequest:
@@ -101,16 +110,28 @@ class Running:
         return result, time.monotonic() - self.started
 
 
+@pytest.fixture(params=["groups", "cgroups"])
+def containment(request: pytest.FixtureRequest) -> str:
+    """Process groups only, or a cgroup per executor too (skipped where unavailable)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def pool() -> Iterator[ExecutorPool]:
-    with ExecutorPool(TASKS_DIR, 1, close_timeout=1.0) as p:
+def pool(containment: str) -> Iterator[ExecutorPool]:
+    with ExecutorPool(TASKS_DIR, 1, close_timeout=1.0, cgroups=containment == "cgroups") as p:
+        if containment == "cgroups" and p.cgroup is None:
+            pytest.skip("no writable cgroup v2 here: containment is by process group only")
+        assert (p.cgroup is not None) == (containment == "cgroups")
         yield p
+    if p.cgroup is not None:
+        assert not p.cgroup.exists(), "the pool's cgroup outlived it"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_hard_timeout_kills_what_the_task_started(
     pool: ExecutorPool, tmp_path: Path, kind: str
 ) -> None:
+    kinds_for(pool, kind)
     running = Running(pool, tmp_path, kind, "hang", timeout_ms=1500)
     result, _ = running.result()
     assert result.kind is ResultKind.TIMEOUT
@@ -121,10 +142,11 @@ def test_hard_timeout_kills_what_the_task_started(
     assert isinstance(value(pool.run(req("leave_child", kind, "return", str(tmp_path / "n")))), int)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_crash_is_reported_at_once_and_kills_what_the_task_started(
     pool: ExecutorPool, tmp_path: Path, kind: str
 ) -> None:
+    kinds_for(pool, kind)
     running = Running(pool, tmp_path, kind, "exit")
     result, took = running.result()
     assert result.kind is ResultKind.CRASH
@@ -133,8 +155,9 @@ def test_crash_is_reported_at_once_and_kills_what_the_task_started(
     assert_all_dead(running.tree)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_executor_killed_from_outside(pool: ExecutorPool, tmp_path: Path, kind: str) -> None:
+    kinds_for(pool, kind)
     running = Running(pool, tmp_path, kind, "hang")
     psutil.Process(running.executor).kill()
     result, took = running.result()
@@ -144,8 +167,9 @@ def test_executor_killed_from_outside(pool: ExecutorPool, tmp_path: Path, kind: 
     assert_all_dead(running.tree)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_task_killing_its_own_executor(pool: ExecutorPool, tmp_path: Path, kind: str) -> None:
+    kinds_for(pool, kind)
     running = Running(pool, tmp_path, kind, "die")
     result, took = running.result()
     assert result.kind is ResultKind.CRASH
@@ -154,10 +178,11 @@ def test_task_killing_its_own_executor(pool: ExecutorPool, tmp_path: Path, kind:
     assert_all_dead(running.tree)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_close_kills_a_running_task_and_its_children(
     pool: ExecutorPool, tmp_path: Path, kind: str
 ) -> None:
+    kinds_for(pool, kind)
     running = Running(pool, tmp_path, kind, "hang")
     pool.close()
     with pytest.raises(ExecutorPoolError, match="closed"):
@@ -165,10 +190,11 @@ def test_close_kills_a_running_task_and_its_children(
     assert_all_dead(running.tree)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_close_kills_what_a_finished_task_left_behind(
     pool: ExecutorPool, tmp_path: Path, kind: str
 ) -> None:
+    kinds_for(pool, kind)
     [executor] = pool.pids()
     child = value(pool.run(req("leave_child", kind, "return", str(tmp_path / "pid"))))
     tree = [psutil.Process(executor), psutil.Process(child)]
@@ -191,12 +217,12 @@ kind, pidfile = sys.argv[1], sys.argv[2]
 pool = ExecutorPool({tasks!r}, 1)
 pool.start()
 io = _core.wire_encode([msgpack.packb(v) for v in (kind, "hang", pidfile)])
-print(pool.pids()[0], flush=True)
+print(pool.pids()[0], pool.cgroup or "", flush=True)
 pool.run(TaskRequest(1, 0, 1, 1, "containment_tasks", "leave_child", io, 0))
 """
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_executors_and_their_children_die_with_the_pool_process(tmp_path: Path, kind: str) -> None:
     pidfile = tmp_path / "child.pid"
     host = subprocess.Popen(
@@ -206,17 +232,24 @@ def test_executors_and_their_children_die_with_the_pool_process(tmp_path: Path, 
     )
     try:
         assert host.stdout is not None
-        executor = psutil.Process(int(host.stdout.readline()))
+        pid, _, cgroup = host.stdout.readline().decode().strip().partition(" ")
+        if kind == "setsid" and not cgroup:
+            pytest.skip("a child that calls setsid is only contained by a cgroup")
+        executor = psutil.Process(int(pid))
         wait_for(pidfile.exists, "the task's child")
         child = psutil.Process(int(pidfile.read_text()))
         tree = [executor, *executor.children(recursive=True)]
-        assert child in tree
+        assert child in tree  # a child in a session of its own is still the executor's child
         host.kill()  # SIGKILL: the pool cannot clean anything up
         host.wait(WAIT_S)
         assert_all_dead(tree)
     finally:
         host.kill()
         host.wait(WAIT_S)
+    if cgroup:
+        # The dead pool's cgroups are empty; the next pool to start removes them.
+        with ExecutorPool(TASKS_DIR, 1):
+            assert not Path(cgroup).exists()
 
 
 # -------------------------------------------------------------------------------------------------

@@ -173,21 +173,21 @@ def sched() -> Iterator[FakeScheduler]:
     s.stop()
 
 
+@pytest.mark.parametrize("allow_list", ["flags", "environment"])
 def test_task_code_cannot_find_the_worker_token(
-    storage: StorageProcess, sched: FakeScheduler, tmp_path: Path
+    allow_list: str, storage: StorageProcess, sched: FakeScheduler, tmp_path: Path
 ) -> None:
     token = secrets.token_urlsafe(24)
     assert token not in Path("/proc/self/environ").read_bytes().decode(errors="replace")
     args = ["worker", "--storage", storage.address, "--scheduler", sched.address]
     args += ["--tasks-dir", str(TASKS_DIR), "--processes", "1", "--ip", "127.0.0.1"]
+    env = {"ORBWEAVER_TOKEN": token, "MY_SETTING": "visible", "ORBWEAVER_LOG_LEVEL": "INFO"}
     # The token is allow-listed twice, by pattern and by name: it must not pass all the same.
-    args += ["--executor-env", "MY_SETTING,ORBWEAVER_*", "--executor-env", "ORBWEAVER_TOKEN"]
-    worker = ServiceProcess(
-        "worker",
-        args,
-        tmp_path,
-        env={"ORBWEAVER_TOKEN": token, "MY_SETTING": "visible", "ORBWEAVER_LOG_LEVEL": "INFO"},
-    )
+    if allow_list == "flags":
+        args += ["--executor-env", "MY_SETTING,ORBWEAVER_*", "--executor-env", "ORBWEAVER_TOKEN"]
+    else:
+        env["ORBWEAVER_EXECUTOR_ENV"] = "MY_SETTING,ORBWEAVER_*,ORBWEAVER_TOKEN"
+    worker = ServiceProcess("worker", args, tmp_path, env=env)
     worker.start()
     client = Client(storage.address)
     try:

@@ -16,7 +16,8 @@ task, never from the request, and applied around the task call as soft rlimits r
 the executor uses at that moment; they are lifted when the task returns.
 
 When started with ``--watchdog-fd`` (the pool does), the executor kills its own process group --
-itself and whatever its tasks started -- as soon as that pipe ends: the pool's process died.
+itself and whatever its tasks started -- as soon as that pipe ends: the pool's process died; and
+its ``--cgroup`` too, when it is in it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from orbweaver._units import format_size
 from orbweaver.tdl.context import TaskContext
 from orbweaver.tdl.task import TaskFunction, registered_task
 from orbweaver.tdl.types import ValueMismatchError, decode_plain, describe_value
+from orbweaver.worker import isolation
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -558,7 +560,7 @@ def _private_streams() -> tuple[IO[bytes], IO[bytes]]:
     return proto_in, proto_out
 
 
-def _watch_parent(parent: int, watchdog_fd: int | None) -> None:
+def _watch_parent(parent: int, watchdog_fd: int | None, cgroup: Path | None) -> None:
     """Leave when the pool goes away, even in the middle of a long task: the end of the
     watchdog pipe (whose write end only the pool holds) tells it at once, a changed parent pid
     within a second (the pipe's write end may have leaked into a forked copy of the pool)."""
@@ -574,14 +576,16 @@ def _watch_parent(parent: int, watchdog_fd: int | None) -> None:
             if any(ev & select.POLLNVAL for _, ev in events):
                 poller = None  # task code closed it: the parent pid check still holds
             elif events:  # the pool never writes: readable means closed
-                _orphaned()
+                _orphaned(cgroup)
         if os.getppid() != parent:
-            _orphaned()
+            _orphaned(cgroup)
 
 
-def _orphaned() -> None:
+def _orphaned(cgroup: Path | None) -> None:
     """The pool is gone: take the processes the tasks started along (they are in this
-    executor's process group when the pool started it as a group leader)."""
+    executor's cgroup and process group when the pool made it a group leader)."""
+    if cgroup is not None and isolation.in_cgroup(cgroup):
+        isolation.kill_cgroup(cgroup)
     if os.getpgrp() == os.getpid():
         with contextlib.suppress(OSError):
             os.killpg(0, signal.SIGKILL)
@@ -613,6 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a pipe the pool holds open: when it ends, the executor kills its process group",
     )
     parser.add_argument(
+        "--cgroup",
+        help="this executor's own cgroup, killed with it when the pool goes away",
+    )
+    parser.add_argument(
         "--max-frame-bytes",
         type=int,
         default=DEFAULT_MAX_FRAME_BYTES,
@@ -636,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(executor.tasks_dir))
     threading.Thread(
         target=_watch_parent,
-        args=(os.getppid(), args.watchdog_fd),
+        args=(os.getppid(), args.watchdog_fd, Path(args.cgroup) if args.cgroup else None),
         name="parent-watch",
         daemon=True,
     ).start()

@@ -1,4 +1,5 @@
-"""What task code can see of the worker: the executors' environment, and the worker process.
+"""What task code can see of the worker (the executors' environment, the worker process), and
+the cgroups that contain executors where the kernel allows it.
 
 Executors get a small fixed environment (`BASE_NAMES`, ``LC_*``, the harmless ``ORBWEAVER_*``
 settings in `HARMLESS_ORBWEAVER`, and what Python needs to import Orbweaver) plus the variables
@@ -14,13 +15,17 @@ the same user cannot read that file, its memory or attach a debugger.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fnmatch
 import logging
 import os
 import re
+import secrets
+import signal
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -29,13 +34,18 @@ __all__ = [
     "BASE_NAMES",
     "BASE_PATTERNS",
     "HARMLESS_ORBWEAVER",
+    "CgroupTree",
     "denied",
     "executor_environment",
     "forget_secrets",
     "harden_worker_process",
     "ignored_entries",
+    "in_cgroup",
+    "kill_cgroup",
     "make_non_dumpable",
+    "own_cgroup",
     "parse_env_allow",
+    "remove_cgroup",
 ]
 
 log = logging.getLogger("orbweaver.worker")
@@ -207,3 +217,152 @@ def harden_worker_process() -> None:
         "worker process hardened",
         extra={"removed_from_environment": removed, "dumpable": dumpable},
     )
+
+
+# -------------------------------------------------------------------------------------------------
+# cgroup v2
+# -------------------------------------------------------------------------------------------------
+
+
+def own_cgroup() -> Path | None:
+    """The directory of this process's cgroup v2 (unified hierarchy), or None where there is
+    none (no cgroup v2 mount, not Linux)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        relative = next(line[3:] for line in lines if line.startswith("0::"))
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except (OSError, StopIteration):
+        return None
+    for line in mounts:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if right.split()[:1] != ["cgroup2"] or len(fields) < 5:
+            continue
+        root, mount = fields[3], fields[4]
+        if root == "/":
+            inside = relative
+        elif relative == root or relative.startswith(root + "/"):
+            inside = relative[len(root) :]
+        else:
+            continue
+        return Path(mount, inside.lstrip("/"))
+    return None
+
+
+def kill_cgroup(path: Path) -> None:
+    """SIGKILL every process of the cgroup at `path` (``cgroup.kill``, Linux 5.14+; else each
+    listed process, until none is left). Silent when it cannot."""
+    try:
+        (path / "cgroup.kill").write_text("1")
+        return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    for _ in range(100):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+class CgroupTree:
+    """A cgroup v2 directory for one pool's executors, one child cgroup each, created under this
+    process's own cgroup where the kernel lets it (writable, delegated or root); `create`
+    returns None elsewhere and containment falls back to process groups. A child of an executor
+    that leaves its process group (``setsid``) stays in the cgroup and dies with it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seq = 0
+
+    @staticmethod
+    def create() -> CgroupTree | None:
+        base = own_cgroup()
+        if base is None or not os.access(base, os.W_OK):
+            return None
+        _sweep_stale(base)
+        path = base / f"{_TREE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except OSError:
+            return None
+        return CgroupTree(path)
+
+    def new_child(self) -> Path | None:
+        """A new empty child cgroup, or None when it cannot be created."""
+        self._seq += 1
+        child = self.path / f"executor-{self._seq}"
+        try:
+            child.mkdir()
+        except OSError:
+            return None
+        return child
+
+    @staticmethod
+    def join(child: Path, pid: int) -> bool:
+        """Move `pid` into `child`; False (and `child` removed) when the kernel refuses."""
+        try:
+            (child / "cgroup.procs").write_text(str(pid))
+            return True
+        except OSError:
+            remove_cgroup(child)
+            return False
+
+    def remove(self) -> None:
+        for child in self.path.glob("executor-*"):
+            kill_cgroup(child)
+            remove_cgroup(child)
+        remove_cgroup(self.path)
+
+
+_TREE_PREFIX: Final = "orbweaver-executors-"
+
+
+def _sweep_stale(base: Path) -> None:
+    """Remove the empty cgroups left by pools whose process died (their executors killed
+    themselves, but nobody was left to remove the directories). Nothing is killed here."""
+    for tree in base.glob(f"{_TREE_PREFIX}*"):
+        try:
+            pid = int(tree.name[len(_TREE_PREFIX) :].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        for cgroup in [*tree.glob("executor-*"), tree]:
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()  # fails while it still holds a process: left alone
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_cgroup(path: Path) -> None:
+    """Remove an empty cgroup (its killed processes may take a moment to leave it)."""
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+    log.warning("cannot remove the cgroup %s", path)
+
+
+def in_cgroup(path: Path) -> bool:
+    """Whether this process is in the cgroup at `path`."""
+    return own_cgroup() == path

@@ -172,6 +172,8 @@ class WorkerConfig:
     # Variables of the worker's environment that executors (task code) may see besides the
     # minimal base: names or fnmatch patterns. Secret ORBWEAVER_* variables never pass.
     executor_env: tuple[str, ...] = ()
+    # A cgroup v2 per executor where this process may create them (else process groups only).
+    executor_cgroups: bool = True
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -272,6 +274,7 @@ class ExecutionManager:
             output_rate=config.executor_output_rate,
             output_burst=config.executor_output_burst,
             env_allow=config.executor_env,
+            cgroups=config.executor_cgroups,
         )
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._reports: queue.Queue[_Outcome | None] = queue.Queue()

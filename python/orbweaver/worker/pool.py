@@ -26,7 +26,10 @@ none), not only from the end of its output pipe, which a forked child may hold o
 killed before the executor is reaped: until then its pid, which is the group id, cannot be
 reused. Each executor also holds the read end of a pipe whose write end only the pool holds; when
 the pool's process dies the pipe ends and the executor kills its own group (see
-`orbweaver.worker.executor`).
+`orbweaver.worker.executor`). Where this process may create cgroup v2 children (`cgroups=True`
+and a writable cgroup), each executor also gets a cgroup of its own, killed along with the group:
+that catches processes that left the group with ``setsid``. Elsewhere this degrades silently to
+process groups.
 
 I/O discipline (why nothing can deadlock on a full pipe): a caller that holds an executor writes
 a request frame only while the executor is idle and reading, then reads the responses itself with
@@ -184,6 +187,7 @@ class _Executor:
         self._proc_lock = threading.Lock()
         self._disposed = False
         self._closing = threading.Event()  # the forwarder may stop once the output goes quiet
+        self.cgroup = pool._cgroups.new_child() if pool._cgroups is not None else None
         self._budget = _OutputBudget(pool.output_rate, pool.output_burst)
         watch_read, self._watchdog = os.pipe()  # both ends close-on-exec; the child gets one
         cmd = [
@@ -196,6 +200,7 @@ class _Executor:
             str(pool.max_frame_bytes),
             "--watchdog-fd",
             str(watch_read),
+            *(["--cgroup", str(self.cgroup)] if self.cgroup is not None else []),
         ]
         try:
             self.proc = subprocess.Popen(
@@ -212,12 +217,17 @@ class _Executor:
             )
         except OSError as exc:
             os.close(self._watchdog)
+            if self.cgroup is not None:
+                isolation.remove_cgroup(self.cgroup)
             raise ExecutorPoolError(
                 f"cannot start an executor with python {pool.python!r}: {exc}"
             ) from exc
         finally:
             os.close(watch_read)
         self.pid = self.proc.pid
+        # No task runs before the greeting and a request: joining now leaves nothing outside.
+        if self.cgroup is not None and not isolation.CgroupTree.join(self.cgroup, self.pid):
+            self.cgroup = None
         self._pidfd = _pidfd_open(self.pid)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self._stdin = self.proc.stdin
@@ -386,8 +396,11 @@ class _Executor:
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the executor's process group (the executor and what its tasks started,
-        unless they left the group). Nothing once the executor is reaped: its group id may
+        unless they left the group; SIGKILL reaches those too through the executor's cgroup,
+        where it has one). Nothing to the group once the executor is reaped: its group id may
         belong to someone else by then."""
+        if sig == signal.SIGKILL and self.cgroup is not None:
+            isolation.kill_cgroup(self.cgroup)
         with self._proc_lock:
             if self.proc.returncode is not None:
                 return
@@ -408,6 +421,8 @@ class _Executor:
             if self.proc.returncode is None:
                 with contextlib.suppress(OSError):
                     os.killpg(self.pid, signal.SIGKILL)
+                if self.cgroup is not None:
+                    isolation.kill_cgroup(self.cgroup)
                 self.proc.wait()
         return self.proc.returncode
 
@@ -431,6 +446,8 @@ class _Executor:
             return
         self._disposed = True
         self.kill()
+        if self.cgroup is not None:
+            isolation.remove_cgroup(self.cgroup)
         self._closing.set()
         self._stderr_thread.join(timeout=5.0)
         with contextlib.suppress(Exception):
@@ -600,7 +617,8 @@ class ExecutorPool:
     `python` is the interpreter they run with; `max_frame_bytes` bounds every protocol frame
     (both ways); `start_timeout` bounds the wait for an executor's greeting; `close_timeout` is
     how long `close` lets busy executors finish before terminating them; `output_rate` (bytes
-    per second) and `output_burst` (bytes) are each executor's budget of forwarded output.
+    per second) and `output_burst` (bytes) are each executor's budget of forwarded output;
+    `cgroups` puts each executor in a cgroup of its own where the kernel allows it.
     """
 
     def __init__(
@@ -616,6 +634,7 @@ class ExecutorPool:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
         output_rate: int = DEFAULT_OUTPUT_RATE,
         output_burst: int = DEFAULT_OUTPUT_BURST,
+        cgroups: bool = True,
     ) -> None:
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise errors.InvalidArgument(f"processes must be an int >= 1, got {processes!r}")
@@ -632,6 +651,8 @@ class ExecutorPool:
         self.close_timeout = close_timeout
         self.output_rate = output_rate
         self.output_burst = output_burst
+        self.use_cgroups = cgroups
+        self._cgroups: isolation.CgroupTree | None = None
         self.env_allow = tuple(env_allow)
         for name in isolation.ignored_entries(self.env_allow):
             log.warning("%s is never passed to executors, even when allow-listed", name)
@@ -674,6 +695,8 @@ class ExecutorPool:
                 raise ExecutorPoolError(
                     f"tasks directory {self.tasks_dir} does not exist or is not a directory"
                 )
+            if self.use_cgroups:
+                self._cgroups = isolation.CgroupTree.create()
             for _ in range(self.processes):
                 spawned.append(self._spawn_process())
             for ex in spawned:
@@ -688,7 +711,11 @@ class ExecutorPool:
             self._idle.put(slot)
         log.info(
             "executor pool started",
-            extra={"processes": self.processes, "tasks_dir": str(self.tasks_dir)},
+            extra={
+                "processes": self.processes,
+                "tasks_dir": str(self.tasks_dir),
+                "cgroup": str(self.cgroup) if self.cgroup else None,
+            },
         )
 
     def _spawn_process(self) -> _Executor:
@@ -778,12 +805,19 @@ class ExecutorPool:
                 self._discard(slot.executor)
         for _ in range(self.processes):
             self._idle.put(None)  # wake callers waiting for an executor
+        if self._cgroups is not None:
+            self._cgroups.remove()  # every executor in it is dead by now
         if executors:
             log.info("executor pool closed", extra={"processes": len(executors)})
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def cgroup(self) -> Path | None:
+        """The cgroup holding the executors' cgroups, or None (process groups only)."""
+        return None if self._cgroups is None else self._cgroups.path
 
     @property
     def respawn_failure(self) -> str | None:

@@ -26,12 +26,15 @@ def leave_child(kind: str, then: str, pidfile: str) -> int:
     """Start a child that outlives the task and write its pid to `pidfile`, then `then`.
 
     `kind`: ``popen`` runs ``sleep`` through subprocess (it holds the executor's stderr);
-    ``fork`` forks the executor (the copy holds every pipe, the protocol's output included).
+    ``fork`` forks the executor (the copy holds every pipe, the protocol's output included);
+    ``setsid`` runs ``sleep`` in a session of its own (out of the executor's process group).
     `then`: ``return`` (the child's pid), ``hang``, ``exit`` (``os._exit(3)``) or ``die``
     (SIGKILL to the executor itself); these two wait for a file ``<pidfile>.go`` first, so that
     the test sees the processes before."""
-    if kind == "popen":
-        child = subprocess.Popen(["sleep", str(CHILD_LIFETIME_S)]).pid
+    if kind in ("popen", "setsid"):
+        child = subprocess.Popen(
+            ["sleep", str(CHILD_LIFETIME_S)], start_new_session=kind == "setsid"
+        ).pid
     elif kind == "fork":
         child = os.fork()
         if child == 0:
