@@ -366,10 +366,12 @@ class _Executor:
         if self.proc.returncode is not None:
             return True
         if self._pidfd is not None:
-            try:
-                return bool(select.select([self._pidfd], [], [], 0)[0])
-            except (OSError, ValueError):  # closed by dispose()
+            poller = select.poll()  # not select(): the pidfd may be above FD_SETSIZE
+            poller.register(self._pidfd, select.POLLIN)
+            events = poller.poll(0)
+            if any(ev & select.POLLNVAL for _, ev in events):  # closed by dispose()
                 return self.proc.returncode is not None
+            return bool(events)
         try:
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:  # reaped meanwhile
@@ -382,11 +384,9 @@ class _Executor:
         """Wait up to `timeout` seconds for the process to end (without reaping it)."""
         if self._pidfd is not None and self.proc.returncode is None:
             poller = select.poll()
-            try:
-                poller.register(self._pidfd, select.POLLIN)
-                return bool(poller.poll(max(0, math.ceil(timeout * 1000)))) or self.exited()
-            except (OSError, ValueError):  # closed by dispose()
-                return self.exited()
+            poller.register(self._pidfd, select.POLLIN)
+            poller.poll(max(0, math.ceil(timeout * 1000)))
+            return self.exited()
         deadline = time.monotonic() + timeout
         while not self.exited():
             if time.monotonic() >= deadline:
