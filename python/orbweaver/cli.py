@@ -18,6 +18,7 @@ from orbweaver import __version__, errors
 from orbweaver._config import read_table
 from orbweaver._log import setup_logging
 from orbweaver._rpc import Security
+from orbweaver._units import parse_size
 from orbweaver.states import JobState
 
 DEFAULT_STORAGE = "127.0.0.1:50051"
@@ -31,6 +32,19 @@ _ON_COMMAND_LINE = "on the command line, where every local user can read it (ps,
 def _write_ready(path: str | None, port: int) -> None:
     """Tell a supervising process (LocalCluster) the bound port, atomically."""
     _write_ready_file(path, {"port": port, "pid": os.getpid()})
+
+
+def _ready(component: str, path: str | None, port: Callable[[], int]) -> Callable[[], None]:
+    """Once a service serves: its secrets leave its environment (everything that reads them
+    has run), it becomes non-dumpable, and its supervisor learns the port."""
+
+    def ready() -> None:
+        from orbweaver._hardening import harden_process
+
+        harden_process(component)
+        _write_ready(path, port())
+
+    return ready
 
 
 def _write_ready_file(path: str | None, content: dict[str, Any]) -> None:
@@ -114,7 +128,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
     if token:
         config = config.replace(security=Security(token=token, tls=config.security.tls))
     runtime = StorageRuntime(config)
-    return run_until_signal(runtime, lambda: _write_ready(args.ready_file, runtime.port))
+    return run_until_signal(runtime, _ready("storage", args.ready_file, lambda: runtime.port))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -135,17 +149,31 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     runtime = SchedulerRuntime(config)
     from orbweaver._service import run_until_signal
 
-    return run_until_signal(runtime, lambda: _write_ready(args.ready_file, runtime.port))
+    return run_until_signal(runtime, _ready("scheduler", args.ready_file, lambda: runtime.port))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from orbweaver._service import run_until_signal
+    from orbweaver.worker.isolation import harden_worker_process, parse_env_allow
     from orbweaver.worker.manager import ExecutionManager, WorkerConfig
 
     setup_logging("worker", args.log_level)
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")
     if not tasks_dir:
         raise errors.InvalidArgument("worker: give --tasks-dir (or ORBWEAVER_TASKS_DIR)")
+    executors: dict[str, Any] = {}
+    if args.output_rate is not None:
+        executors["executor_output_rate"] = parse_size(args.output_rate, "--executor-output-rate")
+    if args.output_burst is not None:
+        executors["executor_output_burst"] = parse_size(
+            args.output_burst, "--executor-output-burst"
+        )
+    allow = args.executor_env
+    if allow is None:
+        allow = os.environ.get("ORBWEAVER_EXECUTOR_ENV", "")
+    executors["executor_env"] = parse_env_allow(allow)
+    if args.executor_cgroups is not None:
+        executors["executor_cgroups"] = args.executor_cgroups
     config = WorkerConfig(
         storage=args.storage,
         scheduler=args.scheduler,
@@ -153,8 +181,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         processes=args.processes or (os.cpu_count() or 1),
         security=_security(args),
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host or "127.0.0.1",
         ip_address=args.ip or "",
+        **executors,
     )
+    # Everything is read: secrets leave this process's environment, and task code running as
+    # the same user cannot read its memory or /proc files.
+    harden_worker_process()
     em = ExecutionManager(config)
     return run_until_signal(em, lambda: _write_ready(args.ready_file, em.em_id))
 
@@ -487,6 +520,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", help="directory of task modules (or $ORBWEAVER_TASKS_DIR)")
     p.add_argument("--processes", type=int, help="executor processes (default: CPU count)")
     p.add_argument("--ip", help="address to register with (default: the outbound address)")
+    p.add_argument(
+        "--metrics-host", help="address the metrics endpoint listens on (default: 127.0.0.1)"
+    )
+    p.add_argument(
+        "--executor-env",
+        action="append",
+        metavar="NAME[,NAME...]",
+        help="variables of this environment that task code may see, by name or pattern such "
+        "as 'AWS_*' (default: $ORBWEAVER_EXECUTOR_ENV); ORBWEAVER_* secrets never pass",
+    )
+    p.add_argument(
+        "--executor-cgroups",
+        action=argparse.BooleanOptionalAction,
+        help="put each executor in a cgroup v2 of its own where this process may create one "
+        "(default: yes; process groups contain executors either way)",
+    )
+    p.add_argument(
+        "--executor-output-rate",
+        dest="output_rate",
+        metavar="SIZE",
+        help="forwarded task output per executor and second, e.g. 64KiB (the default); "
+        "the excess is dropped and counted",
+    )
+    p.add_argument(
+        "--executor-output-burst",
+        dest="output_burst",
+        metavar="SIZE",
+        help="largest burst of forwarded task output per executor (default 1MiB)",
+    )
 
     p = client_cmd("submit", "submit a task graph", cmd_submit)
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")

@@ -130,6 +130,10 @@ class LocalCluster:
         # Client credentials of this process are not the components' business.
         for name in ("ORBWEAVER_OPERATOR_TOKEN", "ORBWEAVER_PASSWORD", "ORBWEAVER_RESOURCE_GROUP"):
             self._env.pop(name, None)
+        # `env` is meant for the tasks too: allow it through to the executors, which otherwise
+        # see only a minimal environment (secret ORBWEAVER_* variables never pass).
+        allow = [self._env.get("ORBWEAVER_EXECUTOR_ENV", ""), *(env or {})]
+        self._env["ORBWEAVER_EXECUTOR_ENV"] = ",".join(filter(None, allow))
         # Children import orbweaver exactly as this process does.
         self._env["PYTHONPATH"] = os.pathsep.join(
             p

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,47 +26,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import orbweaver as ow
+from support.cli import ORBWEAVER, base_env, cli, free_port, show
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS = Path(__file__).resolve().parent / "tasks"
-ORBWEAVER = [sys.executable, "-m", "orbweaver"]
 COMMANDS = [
     "demo", "local", "storage", "scheduler", "worker",
     "submit", "status", "jobs", "cancel", "outputs",
 ]  # fmt: skip
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORBWEAVER_")}
-    paths = [str(REPO / "python"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env["COLUMNS"] = "200"  # wide rich tables: one row per line
-    env.update(extra)
-    return env
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90.0
-        ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return subprocess.run(
-        [*ORBWEAVER, *args],
-        env=env if env is not None else base_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def show(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_ports(count: int) -> int:

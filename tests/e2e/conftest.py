@@ -43,7 +43,7 @@ def make_cluster(
         log_dir=tmp_path / "logs",
         storage_args=["--config", str(storage_cfg)],
         scheduler_args=["--config", str(scheduler_cfg)],
-        env={"ORBWEAVER_TEST_MARKERS": str(markers)},
+        env={"E2E_TEST_MARKERS": str(markers)},
     )
 
 
@@ -96,7 +96,11 @@ def extra_workers(
                     "127.0.0.1",
                 ],
                 workdir,
-                env={"ORBWEAVER_TOKEN": cluster.token, "ORBWEAVER_TEST_MARKERS": str(markers)},
+                env={
+                    "ORBWEAVER_TOKEN": cluster.token,
+                    "E2E_TEST_MARKERS": str(markers),
+                    "ORBWEAVER_EXECUTOR_ENV": "E2E_TEST_MARKERS",
+                },
             )
             proc.start()
             started.append(proc)

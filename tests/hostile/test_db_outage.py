@@ -54,7 +54,7 @@ def cluster(server: MariaDBServer, tmp_path: Path) -> Iterator[ow.LocalCluster]:
         tasks_dir=TASKS,
         log_dir=tmp_path / "logs",
         storage_args=["--config", str(config)],
-        env={"ORBWEAVER_TEST_MARKERS": str(markers)},
+        env={"E2E_TEST_MARKERS": str(markers)},
     ) as c:
         yield c
 

@@ -16,45 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orbweaver._proto import orbweaver_pb2 as pb
 from support import graphs
 from support.driver import Driver, group_metadata
-from support.fuzzing import messages
+from support.fuzzing import IMPRECISE, call_raw, messages, storage_methods
 
 EXAMPLES = int(os.environ.get("ORBWEAVER_FUZZ_EXAMPLES", "150"))
-STORAGE_SERVICES = [
-    "JobOrchestrationService",
-    "TaskInstanceManagementService",
-    "InboundQueueService",
-    "ResourceGroupManagementService",
-    "ExecutionManagerLivenessService",
-    "SchedulerRegistrationService",
-    "SessionManagementService",
-]
-# A precise answer: anything but these.
-FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_RSS_BYTES = 1 << 30
-
-
-def _methods() -> list[tuple[str, str, Any]]:
-    out = []
-    for service in STORAGE_SERVICES:
-        for method in pb.DESCRIPTOR.services_by_name[service].methods:
-            out.append((service, method.name, method.input_type))
-    return out
-
-
-def call(driver: Driver, service: str, method: str, request: Any, metadata: Any) -> grpc.StatusCode:
-    fn = driver.storage.channel().unary_unary(
-        f"/orbweaver.v1.{service}/{method}",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=lambda b: b,
-    )
-    try:
-        fn(request, metadata=metadata, timeout=20)
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -62,7 +29,7 @@ def test_every_storage_rpc_answers_generated_requests_precisely(driver: Driver) 
     job = driver.submit(graphs.diamond(), 3, start=True)
     ids = st.sampled_from([0, 1, driver.rg, job, driver.em, driver.scheduler, 2**63, 2**64 - 1])
     creds = st.sampled_from([(), tuple(group_metadata(driver.rg, b"s3cret"))])
-    methods = _methods()
+    methods = storage_methods()
     seen: dict[str, set[grpc.StatusCode]] = {}
 
     @settings(
@@ -76,9 +43,9 @@ def test_every_storage_rpc_answers_generated_requests_precisely(driver: Driver) 
         service, method, descriptor = data.draw(st.sampled_from(methods), label="method")
         request = data.draw(messages(descriptor, ids), label="request")
         metadata = data.draw(creds, label="credentials")
-        code = call(driver, service, method, request, metadata)
+        code = call_raw(driver.storage.channel(), service, method, request, metadata)
         seen.setdefault(method, set()).add(code)
-        assert code not in FORBIDDEN, (method, request, code)
+        assert code not in IMPRECISE, (method, request, code)
 
     run()
     assert driver.storage.alive and driver.storage.serving()
@@ -89,17 +56,15 @@ def test_every_storage_rpc_answers_generated_requests_precisely(driver: Driver) 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_random_bytes_as_any_request(driver: Driver) -> None:
-    methods = _methods()
+    methods = storage_methods()
+    creds = group_metadata(driver.rg, b"s3cret")
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(method=st.sampled_from(methods), raw=st.binary(max_size=256))
     def run(method: tuple[str, str, Any], raw: bytes) -> None:
         service, name, _ = method
-        fn = driver.storage.channel().unary_unary(f"/orbweaver.v1.{service}/{name}")
-        try:
-            fn(raw, metadata=group_metadata(driver.rg, b"s3cret"), timeout=20)
-        except grpc.RpcError as exc:
-            assert exc.code() not in FORBIDDEN, (name, raw, exc.code(), exc.details())
+        code = call_raw(driver.storage.channel(), service, name, raw, creds)
+        assert code not in IMPRECISE, (name, raw, code)
 
     run()
     assert driver.storage.alive and driver.storage.serving()

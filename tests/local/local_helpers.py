@@ -4,10 +4,8 @@ list and inspect the process tree it started, and wait for that tree to be gone.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -15,21 +13,13 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
+from support.cli import base_env
+
 TASKS = Path(__file__).resolve().parent / "tasks"
-ORBWEAVER = [sys.executable, "-m", "orbweaver"]
 START_TIMEOUT = 120.0
 # A component stops cleanly when its parent dies; the worker also stops its executors, which may
 # finish a task first. Generous: this bounds a hang, it does not measure anything.
 GONE_TIMEOUT = 120.0
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORBWEAVER_")}
-    paths = [str(REPO / "python"), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.update(extra)
-    return env
 
 
 class Program:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from local_helpers import ORBWEAVER, TASKS, Program, base_env, kill_all, running, wait_gone
+from local_helpers import TASKS, Program, kill_all, running, wait_gone
 
 import orbweaver as ow
+from support.cli import ORBWEAVER, base_env
 
 
 @pytest.fixture(autouse=True)

@@ -10,16 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from local_helpers import (
-    ORBWEAVER,
-    TASKS,
-    Program,
-    base_env,
-    kill_all,
-    roles,
-    running,
-    wait_gone,
-)
+from local_helpers import TASKS, Program, kill_all, roles, running, wait_gone
+
+from support.cli import ORBWEAVER, base_env
 
 COMPONENTS = ["executor", "executor", "scheduler", "storage", "worker"]
 

@@ -7,20 +7,31 @@ examples in every CI run) and `benches/fuzz.py` (long runs).
 * `graph_json()`: task-graph JSON from valid to absurd (wrong types, missing keys, huge indices,
   cycles, deep nesting);
 * `msgpack_payloads()`: valid msgpack of every kind and arbitrary bytes;
-* `wire_frames()`: input frames, well-formed or not.
+* `wire_frames()`: input frames, well-formed or not;
+* `executor_frames(names)`: what a broken pool could write to an executor.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import grpc
 import msgpack
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver.worker.protocol import FrameReader
 
 # Fields that make the server wait: kept short so that no example blocks for long.
 _WAIT_FIELDS = frozenset({"wait_ms", "timeout_ms", "wait_time_ms"})
@@ -152,8 +163,9 @@ _NAMES = st.one_of(
     st.sampled_from(["pkg", "tasks", "a_b", "../evil", "os", "", "1abc", "a.b", "__import__"]),
     st.text(max_size=20),
 )
+_MSGPACK_INT = st.integers(-(2**63), 2**64 - 1)  # what msgpack can encode
 _JSONISH = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    st.none() | st.booleans() | _MSGPACK_INT | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
@@ -257,3 +269,153 @@ def wire_frames() -> st.SearchStrategy[bytes]:
         st.binary(max_size=48),
         st.just(b"\xff\xff\xff\xff"),  # a count that cannot fit
     )
+
+
+# -- executor frames ---------------------------------------------------------------------------
+
+_HEADER = struct.Struct(">I")
+
+
+@st.composite
+def _task_request(draw: st.DrawFn, names: list[tuple[str, str]]) -> Any:
+    package, func = draw(st.sampled_from([*names, ("os", "system"), ("../x", "y"), ("", "")]))
+    request: dict[Any, Any] = {
+        "id": draw(st.one_of(st.integers(-1, 2**64 - 1), st.none(), st.text(max_size=4))),
+        "package": draw(st.one_of(st.just(package), st.text(max_size=12), _MSGPACK_INT)),
+        "func": draw(st.one_of(st.just(func), st.text(max_size=12), st.none())),
+        "ctx": draw(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "job_id": st.integers(0, 2**64 - 1),
+                        "task_id": st.integers(-3, 2**32),
+                        "instance_id": st.integers(0, 2**64 - 1),
+                        "resource_group_id": st.integers(0, 9),
+                    }
+                ),
+                _JSONISH,
+            )
+        ),
+        "io": draw(st.one_of(wire_frames(), st.text(max_size=8), st.none())),
+    }
+    if draw(st.booleans()):
+        del request[draw(st.sampled_from(sorted(request)))]
+    return draw(st.one_of(st.just(request), _MSGPACK_VALUES))
+
+
+@st.composite
+def executor_frames(draw: st.DrawFn, names: list[tuple[str, str]]) -> bytes:
+    """What a broken or hostile pool could write to an executor: well-framed run requests with
+    wrong fields, other ops, bodies that are not msgpack maps, lying length headers."""
+    kind = draw(st.integers(0, 5))
+    if kind <= 2:
+        body = msgpack.packb(
+            {"op": "run", "tasks": draw(st.lists(_task_request(names), max_size=3))},
+            use_bin_type=True,
+        )
+    elif kind == 3:
+        body = msgpack.packb(
+            draw(st.dictionaries(st.text(max_size=6), _MSGPACK_VALUES, max_size=3)),
+            use_bin_type=True,
+        )
+    elif kind == 4:
+        body = draw(msgpack_payloads())
+    else:
+        return draw(st.binary(max_size=32))  # anything at all, header included
+    claimed = draw(st.one_of(st.just(len(body)), st.integers(0, 2**32 - 1)))
+    return _HEADER.pack(claimed) + body
+
+
+# -- driving a storage process -------------------------------------------------------------------
+
+STORAGE_SERVICES = (
+    "JobOrchestrationService",
+    "TaskInstanceManagementService",
+    "InboundQueueService",
+    "ResourceGroupManagementService",
+    "ExecutionManagerLivenessService",
+    "SchedulerRegistrationService",
+    "SessionManagementService",
+)
+
+
+def storage_methods() -> list[tuple[str, str, Descriptor]]:
+    """(service, method, request descriptor) of every storage RPC."""
+    return [
+        (service, method.name, method.input_type)
+        for service in STORAGE_SERVICES
+        for method in pb.DESCRIPTOR.services_by_name[service].methods
+    ]
+
+
+def call_raw(
+    channel: grpc.Channel, service: str, method: str, request: Any, metadata: Any = ()
+) -> grpc.StatusCode:
+    """Send `request` (a message, or raw bytes) and return the status code."""
+    serialize = (lambda m: m) if isinstance(request, bytes) else (lambda m: m.SerializeToString())
+    fn = channel.unary_unary(
+        f"/orbweaver.v1.{service}/{method}",
+        request_serializer=serialize,
+        response_deserializer=lambda b: b,
+    )
+    try:
+        fn(request, metadata=metadata, timeout=20)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+# A precise answer is anything but these.
+IMPRECISE = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+# -- driving an executor -----------------------------------------------------------------------
+
+EXIT_OK, EXIT_PROTOCOL = 0, 3
+
+
+def run_executor(frame: bytes, tasks_dir: Path) -> tuple[int, bytes, bytes]:
+    """Start an executor, skip its hello, write `frame`, close its input; (exit status,
+    responses, log)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orbweaver.worker.executor", "--tasks-dir", str(tasks_dir),
+         "--max-frame-bytes", str(1 << 20)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(frame)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out = bytearray()
+    deadline = time.monotonic() + 60
+    while True:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the executor hung on {frame[:80]!r}"
+        chunk = os.read(proc.stdout.fileno(), 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    status = proc.wait(30)
+    return status, bytes(out), proc.stderr.read()
+
+
+def check_executor_frame(frame: bytes, tasks_dir: Path) -> int:
+    """Feed `frame` to a real executor: it answers each task request with a well-formed
+    response or exits with its protocol-error status, without a traceback or a hang. Returns
+    its exit status."""
+    status, out, logs = run_executor(frame, tasks_dir)
+    assert status in (EXIT_OK, EXIT_PROTOCOL), (status, frame[:80], logs[-2000:])
+    assert b"Traceback" not in logs, logs[-2000:]
+    reader = FrameReader(io.BytesIO(out))
+    hello = reader.read()
+    assert hello is not None and hello["op"] == "hello"
+    while (response := reader.read()) is not None:
+        assert set(response) >= {"id", "ok", "elapsed_us"}, response
+        if not response["ok"]:
+            error = response["error"]
+            assert error["type"] and isinstance(error["message"], str), error
+    return status

@@ -49,6 +49,7 @@ from support.taps import SchedulerTap, StorageTap, TapCall
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 sys.path.insert(0, str(TASKS_DIR))
+import containment_tasks as ct  # noqa: E402
 import integration_tasks as it  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -1105,6 +1106,38 @@ def test_hard_timeout_fails_the_task_and_respawns_the_executor(
     later = submit(client, it.pid)
     sched.assign(later.id, 0, session)
     assert later.result(timeout=WAIT) == [respawned]
+
+
+@pytest.mark.parametrize("task_state", ["finished", "running"])
+def test_stop_kills_the_processes_tasks_left_behind(
+    task_state: str,
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    em = make_em(processes=1, drain_timeout=1.0)
+    [executor] = em._pool.pids()
+    pidfile = tmp_path / "child.pid"
+    then = "return" if task_state == "finished" else "hang"
+    job = submit(client, ct.leave_child, "popen", then, str(pidfile))
+    sched.assign(job.id, 0, session_of(storage))
+    if task_state == "finished":
+        [child] = job.result(timeout=WAIT)
+    else:
+        wait_until(pidfile.exists, timeout=WAIT, what="the task's child")
+        child = int(pidfile.read_text())
+    procs = [psutil.Process(executor), psutil.Process(child)]
+    assert procs[1].is_running()
+    em.stop()  # a running task is interrupted after the drain timeout
+    for p in procs:
+        wait_until(
+            lambda p=p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE,
+            timeout=WAIT,
+            what=f"process {p.pid} to die",
+        )
+    assert em_threads() == []
 
 
 def test_an_unusable_executor_pool_is_fatal_and_blames_no_task(

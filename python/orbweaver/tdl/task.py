@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 from orbweaver import _core, errors
+from orbweaver._units import parse_size
 from orbweaver.tdl.context import TaskContext
 from orbweaver.tdl.types import ValueType, module_name, value_type
 
@@ -32,6 +33,8 @@ DEFAULT_SOFT_TIMEOUT_MS: Final = 150_000
 DEFAULT_HARD_TIMEOUT_MS: Final = 300_000
 MIN_TIMEOUT_MS: Final = 100
 MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
+# Below this a memory limit is most likely a unit mistake (512 meant as MiB, not bytes).
+MIN_MEMORY_LIMIT: Final = 1024 * 1024
 _U32_MAX: Final = 2**32 - 1
 
 
@@ -41,7 +44,7 @@ def _seconds(ms: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TaskPolicy:
-    """Spider's execution policy of a task.
+    """Spider's execution policy of a task, and its resource limits.
 
     * `retries`: how many times a failed task is retried before the job fails;
     * `instances`: how many instances may run at once (a soft timeout starts another one);
@@ -49,12 +52,20 @@ class TaskPolicy:
     * `hard_timeout_ms`: after this long the executor is killed and the instance fails.
 
     Both timeouts lie in [0.1 s, 24 h] and hard > soft.
+
+    * `memory_limit`: bytes of address space the task may add to its executor (at least 1 MiB);
+    * `cpu_time_limit`: seconds of CPU time the task may use (at least 1 s).
+
+    None means no limit. The executor applies the limits around the task call, reading them from
+    the task it imports; they are not part of the graph sent to storage (`to_json`).
     """
 
     retries: int = DEFAULT_RETRIES
     instances: int = DEFAULT_INSTANCES
     soft_timeout_ms: int = DEFAULT_SOFT_TIMEOUT_MS
     hard_timeout_ms: int = DEFAULT_HARD_TIMEOUT_MS
+    memory_limit: int | None = None
+    cpu_time_limit: float | None = None
 
     def __post_init__(self) -> None:
         for field in ("retries", "instances", "soft_timeout_ms", "hard_timeout_ms"):
@@ -76,10 +87,43 @@ class TaskPolicy:
                 f"hard_timeout ({_seconds(self.hard_timeout_ms)}) must be greater than "
                 f"soft_timeout ({_seconds(self.soft_timeout_ms)})"
             )
+        memory = self.memory_limit
+        if memory is not None:
+            if type(memory) is not int:
+                raise errors.InvalidArgument(
+                    f"memory_limit must be an int number of bytes, got {memory!r}"
+                )
+            if memory < MIN_MEMORY_LIMIT:
+                raise errors.InvalidArgument(
+                    f"memory_limit must be at least 1 MiB, got {memory} bytes "
+                    "(give a size such as '512MiB')"
+                )
+        cpu = self.cpu_time_limit
+        if cpu is not None:
+            if isinstance(cpu, bool) or not isinstance(cpu, (int, float)):
+                raise errors.InvalidArgument(
+                    f"cpu_time_limit must be a number of seconds, got {cpu!r}"
+                )
+            if not math.isfinite(cpu) or cpu < 1:
+                raise errors.InvalidArgument(
+                    f"cpu_time_limit must be at least 1 s (the kernel counts whole seconds), "
+                    f"got {cpu!r}"
+                )
 
     @property
     def is_default(self) -> bool:
-        return self == _DEFAULT_POLICY
+        """Whether the Spider execution policy is the default one (limits left out)."""
+        return (
+            self.retries,
+            self.instances,
+            self.soft_timeout_ms,
+            self.hard_timeout_ms,
+        ) == (
+            DEFAULT_RETRIES,
+            DEFAULT_INSTANCES,
+            DEFAULT_SOFT_TIMEOUT_MS,
+            DEFAULT_HARD_TIMEOUT_MS,
+        )
 
     def with_overrides(
         self,
@@ -88,8 +132,11 @@ class TaskPolicy:
         instances: int | None = None,
         soft_timeout: float | None = None,
         hard_timeout: float | None = None,
+        memory_limit: int | str | None = None,
+        cpu_time_limit: float | None = None,
     ) -> TaskPolicy:
-        """A copy with the given fields replaced (timeouts in seconds). When only one timeout is
+        """A copy with the given fields replaced (timeouts in seconds, `memory_limit` in bytes
+        or as a size such as ``"512MiB"``). When only one timeout is
         given and it conflicts with the other one, the other one follows it: a hard timeout at
         or below the soft timeout moves the soft timeout to half of it (at least 0.1 s), a soft
         timeout at or above the hard timeout moves the hard timeout to twice it (at most 24 h).
@@ -100,15 +147,23 @@ class TaskPolicy:
             soft_ms = max(MIN_TIMEOUT_MS, hard_ms // 2)
         if soft_timeout is not None and hard_timeout is None and hard_ms <= soft_ms:
             hard_ms = min(MAX_TIMEOUT_MS, soft_ms * 2)
+        if memory_limit is not None and not isinstance(memory_limit, bool):
+            try:
+                memory_limit = parse_size(memory_limit, "memory_limit")
+            except ValueError as exc:
+                raise errors.InvalidArgument(str(exc)) from None
         return TaskPolicy(
             retries=self.retries if retries is None else retries,
             instances=self.instances if instances is None else instances,
             soft_timeout_ms=soft_ms,
             hard_timeout_ms=hard_ms,
+            memory_limit=self.memory_limit if memory_limit is None else memory_limit,
+            cpu_time_limit=self.cpu_time_limit if cpu_time_limit is None else cpu_time_limit,
         )
 
     def to_json(self) -> dict[str, Any] | None:
-        """The Spider ``execution_policy`` object, or None for the default policy."""
+        """The Spider ``execution_policy`` object, or None for the default policy. The resource
+        limits are not in it: the executor reads them from the task itself."""
         if self.is_default:
             return None
         return {
@@ -378,6 +433,8 @@ def task(
     instances: int | None = None,
     soft_timeout: float | None = None,
     hard_timeout: float | None = None,
+    memory_limit: int | str | None = None,
+    cpu_time_limit: float | None = None,
 ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
 
@@ -390,15 +447,24 @@ def task(
     instances: int | None = None,
     soft_timeout: float | None = None,
     hard_timeout: float | None = None,
+    memory_limit: int | str | None = None,
+    cpu_time_limit: float | None = None,
 ) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
     """Declare a task. Use bare (``@task``) or with options (``@task(retries=2)``).
 
     `name` replaces the function's name in `task_func`; `retries`, `instances`, `soft_timeout`
     and `hard_timeout` (seconds) set the default execution policy, which `TaskGraph.add` can
-    override per task.
+    override per task. `memory_limit` (bytes, or a size such as ``"512MiB"``) and
+    `cpu_time_limit` (seconds) bound what one run of the task may use in its executor; a task
+    that exceeds them fails with ``MemoryError`` / ``CpuTimeLimitExceeded``.
     """
     policy = _DEFAULT_POLICY.with_overrides(
-        retries=retries, instances=instances, soft_timeout=soft_timeout, hard_timeout=hard_timeout
+        retries=retries,
+        instances=instances,
+        soft_timeout=soft_timeout,
+        hard_timeout=hard_timeout,
+        memory_limit=memory_limit,
+        cpu_time_limit=cpu_time_limit,
     )
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:

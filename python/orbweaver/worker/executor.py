@@ -10,15 +10,28 @@ Trust boundary: a request names a task as ``(package, task_func)``. The executor
 cannot be named), checks that every module it loads on the request's behalf lives inside the
 canonical tasks directory (symlinks resolved), rejects names that are not plain identifiers or
 that touch dunder attributes, and runs only functions registered with ``@orbweaver.task``.
+
+Resource limits (``@task(memory_limit=..., cpu_time_limit=...)``) are read from the registered
+task, never from the request, and applied around the task call as soft rlimits relative to what
+the executor uses at that moment; they are lifted when the task returns.
+
+When started with ``--watchdog-fd`` (the pool does), the executor kills its own process group --
+itself and whatever its tasks started -- as soon as that pipe ends: the pool's process died; and
+its ``--cgroup`` too, when it is in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.machinery
 import importlib.util
 import logging
+import math
 import os
+import resource
+import select
+import signal
 import sys
 import threading
 import time
@@ -29,9 +42,11 @@ from types import ModuleType
 from typing import IO, Any, Final
 
 from orbweaver import _core
+from orbweaver._units import format_size
 from orbweaver.tdl.context import TaskContext
 from orbweaver.tdl.task import TaskFunction, registered_task
 from orbweaver.tdl.types import ValueMismatchError, decode_plain, describe_value
+from orbweaver.worker import isolation
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -72,6 +87,74 @@ class TaskOutputError(ExecutorError):
     """The task's return value does not fit its declared outputs."""
 
 
+class CpuTimeLimitExceeded(BaseException):
+    """Raised inside a task that used up its `cpu_time_limit` (on SIGXCPU). Not an `Exception`,
+    so that a task's ``except Exception`` does not swallow it."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Resource limits
+# -------------------------------------------------------------------------------------------------
+
+
+class _Limits:
+    """A task's resource limits as soft `setrlimit` limits, relative to what the executor uses
+    when the task starts: RLIMIT_AS (address space) for `memory`, RLIMIT_CPU for `cpu` seconds,
+    with a SIGXCPU handler that raises `CpuTimeLimitExceeded` in the task. Hard limits are left
+    alone (an unprivileged process could never raise them again); `restore` puts the previous
+    soft limits back."""
+
+    def __init__(self, memory: int | None, cpu: float | None) -> None:
+        self.memory = memory
+        self.cpu = cpu
+        self._saved: list[tuple[int, tuple[int, int]]] = []
+        self._handler: Any = None
+
+    def apply(self) -> None:
+        if self.memory is not None:
+            used = _address_space()
+            if used is None:
+                log.warning("memory limits need /proc/self/statm; running the task without one")
+            else:
+                self._lower(resource.RLIMIT_AS, used + self.memory)
+        if self.cpu is not None:
+            if threading.current_thread() is not threading.main_thread():
+                raise ExecutorError("a CPU time limit needs the task to run in the main thread")
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            limit = self.cpu
+            self._handler = signal.signal(signal.SIGXCPU, lambda *_: _cpu_exceeded(limit))
+            self._lower(resource.RLIMIT_CPU, math.ceil(usage.ru_utime + usage.ru_stime + limit))
+
+    def _lower(self, which: int, target: int) -> None:
+        soft, hard = resource.getrlimit(which)
+        for bound in (soft, hard):
+            if bound != resource.RLIM_INFINITY:
+                target = min(target, bound)
+        self._saved.append((which, (soft, hard)))
+        resource.setrlimit(which, (target, hard))
+
+    def restore(self) -> None:
+        while self._saved:
+            which, limits = self._saved.pop()
+            resource.setrlimit(which, limits)
+        if self._handler is not None:
+            signal.signal(signal.SIGXCPU, self._handler)
+            self._handler = None
+
+
+def _cpu_exceeded(limit: float) -> None:
+    raise CpuTimeLimitExceeded(f"task exceeded its CPU time limit of {limit:g} s")
+
+
+def _address_space() -> int | None:
+    """The executor's current address space size in bytes (Linux)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 # -------------------------------------------------------------------------------------------------
 # Resolution
 # -------------------------------------------------------------------------------------------------
@@ -80,7 +163,10 @@ class TaskOutputError(ExecutorError):
 class Executor:
     """Resolves and runs tasks from one tasks directory (in-process; `main` adds the I/O)."""
 
-    def __init__(self, tasks_dir: Path | str) -> None:
+    def __init__(self, tasks_dir: Path | str, *, enforce_limits: bool = False) -> None:
+        """`enforce_limits`: apply the tasks' resource limits to this process (the executor
+        process does; an in-process user such as a test does not want its own limits changed)."""
+        self.enforce_limits = enforce_limits
         self.tasks_dir = Path(tasks_dir).resolve(strict=True)
         if not self.tasks_dir.is_dir():
             raise NotADirectoryError(f"tasks directory {self.tasks_dir} is not a directory")
@@ -249,7 +335,7 @@ class Executor:
         try:
             outputs = self._run(request)
             response: dict[str, Any] = {"id": tid, "ok": True, "outputs": outputs}
-        except (Exception, SystemExit) as exc:
+        except (Exception, SystemExit, CpuTimeLimitExceeded) as exc:
             response = {"id": tid, "ok": False, "error": error_info(exc)}
         response["elapsed_us"] = int((time.perf_counter() - start) * 1e6)
         return response
@@ -289,11 +375,34 @@ class Executor:
                         f"{param.type.name}): {exc}"
                     ) from None
             if not fn.takes_context:
-                return encode_result(fn, fn.fn(*args))
+                return encode_result(fn, self._call(fn, args))
             ctx = TaskContext(job_id, task_id, instance_id, rg_id)
         else:
             ctx = self._termination_context(fn, io, job_id, task_id, instance_id, rg_id)
-        return encode_result(fn, fn.fn(ctx, *args) if fn.takes_context else fn.fn(*args))
+        return encode_result(fn, self._call(fn, [ctx, *args] if fn.takes_context else args))
+
+    def _call(self, fn: TaskFunction[Any, Any], args: list[Any]) -> Any:
+        """Call the task within its resource limits (the registered task's policy: they never
+        travel with the request)."""
+        policy = fn.policy
+        if not self.enforce_limits or (
+            policy.memory_limit is None and policy.cpu_time_limit is None
+        ):
+            return fn.fn(*args)
+        limits = _Limits(policy.memory_limit, policy.cpu_time_limit)
+        try:
+            limits.apply()
+            return fn.fn(*args)
+        except MemoryError as exc:
+            if policy.memory_limit is None:
+                raise
+            limits.restore()  # room to build the error
+            error = MemoryError(
+                f"task exceeded its memory limit of {format_size(policy.memory_limit)}"
+            )
+            raise error.with_traceback(exc.__traceback__) from None
+        finally:
+            limits.restore()
 
     @staticmethod
     def _termination_context(
@@ -384,7 +493,10 @@ def _kind(obj: object) -> str:
 
 def _exc_type(exc: BaseException) -> str:
     cls = type(exc)
-    if isinstance(exc, ExecutorError) or cls.__module__ in ("builtins", "__main__"):
+    if isinstance(exc, (ExecutorError, CpuTimeLimitExceeded)) or cls.__module__ in (
+        "builtins",
+        "__main__",
+    ):
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -448,12 +560,36 @@ def _private_streams() -> tuple[IO[bytes], IO[bytes]]:
     return proto_in, proto_out
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit when the parent (the pool) goes away, even in the middle of a long task."""
+def _watch_parent(parent: int, watchdog_fd: int | None, cgroup: Path | None) -> None:
+    """Leave when the pool goes away, even in the middle of a long task: the end of the
+    watchdog pipe (whose write end only the pool holds) tells it at once, a changed parent pid
+    within a second (the pipe's write end may have leaked into a forked copy of the pool)."""
+    poller: select.poll | None = None
+    if watchdog_fd is not None:
+        poller = select.poll()
+        poller.register(watchdog_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     while True:
-        time.sleep(1.0)
+        if poller is None:
+            time.sleep(1.0)
+        else:
+            events = poller.poll(1000)
+            if any(ev & select.POLLNVAL for _, ev in events):
+                poller = None  # task code closed it: the parent pid check still holds
+            elif events:  # the pool never writes: readable means closed
+                _orphaned(cgroup)
         if os.getppid() != parent:
-            os._exit(EXIT_PIPE)
+            _orphaned(cgroup)
+
+
+def _orphaned(cgroup: Path | None) -> None:
+    """The pool is gone: take the processes the tasks started along (they are in this
+    executor's cgroup and process group when the pool made it a group leader)."""
+    if cgroup is not None and isolation.in_cgroup(cgroup):
+        isolation.kill_cgroup(cgroup)
+    if os.getpgrp() == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+    os._exit(EXIT_PIPE)
 
 
 def _setup_logging() -> None:
@@ -476,6 +612,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="directory holding the task packages (default: $ORBWEAVER_TASKS_DIR)",
     )
     parser.add_argument(
+        "--watchdog-fd",
+        type=int,
+        help="a pipe the pool holds open: when it ends, the executor kills its process group",
+    )
+    parser.add_argument(
+        "--cgroup",
+        help="this executor's own cgroup, killed with it when the pool goes away",
+    )
+    parser.add_argument(
         "--max-frame-bytes",
         type=int,
         default=DEFAULT_MAX_FRAME_BYTES,
@@ -488,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("no tasks directory: pass --tasks-dir or set ORBWEAVER_TASKS_DIR")
         return EXIT_BAD_SETUP
     try:
-        executor = Executor(args.tasks_dir)
+        executor = Executor(args.tasks_dir, enforce_limits=True)
     except OSError as exc:
         log.error("unusable tasks directory %s: %s", args.tasks_dir, exc)
         return EXIT_BAD_SETUP
@@ -498,7 +643,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         del sys.path[0]
     sys.path.insert(0, str(executor.tasks_dir))
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        target=_watch_parent,
+        args=(os.getppid(), args.watchdog_fd, Path(args.cgroup) if args.cgroup else None),
+        name="parent-watch",
+        daemon=True,
     ).start()
 
     max_bytes = args.max_frame_bytes

@@ -64,7 +64,10 @@ from orbweaver._rpc import (
     make_channel,
 )
 from orbweaver._service import MetricsServer
+from orbweaver.worker.isolation import parse_env_allow
 from orbweaver.worker.pool import (
+    DEFAULT_OUTPUT_BURST,
+    DEFAULT_OUTPUT_RATE,
     ExecutorPool,
     ExecutorPoolError,
     ResultKind,
@@ -168,10 +171,32 @@ class WorkerConfig:
     report_batch: int = 512
     drain_timeout: float = 30.0
     metrics_port: int | None = None
+    # The worker listens on no address of its own: metrics stay on loopback unless asked.
+    metrics_host: str = "127.0.0.1"
+    # Each executor's budget of forwarded output (task prints and executor logs): bytes per
+    # second and largest burst; the excess is dropped and counted in a periodic warning.
+    executor_output_rate: int = DEFAULT_OUTPUT_RATE
+    executor_output_burst: int = DEFAULT_OUTPUT_BURST
+    # Variables of the worker's environment that executors (task code) may see besides the
+    # minimal base: names or fnmatch patterns. Secret ORBWEAVER_* variables never pass.
+    executor_env: tuple[str, ...] = ()
+    # A cgroup v2 per executor where this process may create them (else process groups only).
+    executor_cgroups: bool = True
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise ValueError("worker: --processes must be at least 1")
+        for name in ("executor_output_rate", "executor_output_burst"):
+            amount = getattr(self, name)
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+                raise ValueError(f"worker: {name} must be an int >= 1 (bytes), got {amount!r}")
+        if isinstance(self.executor_env, str) or not all(
+            isinstance(name, str) for name in self.executor_env
+        ):
+            raise ValueError(
+                f"worker: executor_env must be a tuple of names, got {self.executor_env!r}"
+            )
+        object.__setattr__(self, "executor_env", parse_env_allow(self.executor_env))
         if self.prefetch < 1:
             raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
         if not self.tasks_dir.is_dir():
@@ -269,7 +294,14 @@ class ExecutionManager:
         self._liveness = pb_grpc.ExecutionManagerLivenessServiceStub(self._storage_channel)
         self._instances = pb_grpc.TaskInstanceManagementServiceStub(self._storage_channel)
         self._scheduler = pb_grpc.SchedulerServiceStub(self._scheduler_channel)
-        self._pool = ExecutorPool(config.tasks_dir, config.processes)
+        self._pool = ExecutorPool(
+            config.tasks_dir,
+            config.processes,
+            output_rate=config.executor_output_rate,
+            output_burst=config.executor_output_burst,
+            env_allow=config.executor_env,
+            cgroups=config.executor_cgroups,
+        )
         self._work: queue.Queue[_Work | None] = queue.Queue()
         self._reports: queue.Queue[_Outcome | None] = queue.Queue()
         self._acks: deque[pb.TaskAssignmentRecord] = deque()
@@ -402,7 +434,9 @@ class ExecutionManager:
             self._register()
             if self.config.metrics_port is not None:
                 port = self.config.metrics_port
-                self._metrics_server = MetricsServer(port, self.metrics.registry)
+                self._metrics_server = MetricsServer(
+                    port, self.metrics.registry, self.config.metrics_host
+                )
             self._spawn("liveness", self._liveness_loop)
             self._spawn("reporter", self._report_loop)
             for i in range(self.config.processes):

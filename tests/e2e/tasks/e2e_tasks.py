@@ -69,7 +69,7 @@ def segment_length(s: Segment) -> tuple[float, str]:
 
 
 def _marker(name: str) -> Path:
-    return Path(os.environ.get("ORBWEAVER_TEST_MARKERS", "/tmp")) / name
+    return Path(os.environ.get("E2E_TEST_MARKERS", "/tmp")) / name
 
 
 @ow.task(retries=2)

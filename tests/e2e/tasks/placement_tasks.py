@@ -10,7 +10,7 @@ import orbweaver as ow
 
 
 def _markers() -> Path:
-    return Path(os.environ.get("ORBWEAVER_TEST_MARKERS", "/tmp"))
+    return Path(os.environ.get("E2E_TEST_MARKERS", "/tmp"))
 
 
 @ow.task
