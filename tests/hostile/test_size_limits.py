@@ -26,7 +26,7 @@ from support.procs import FAST_CONFIG, StorageProcess, wait_until
 LIMITS = """
 max_message_bytes = 1048576
 max_graph_bytes = 65536
-max_input_bytes = 1500000
+max_input_bytes = 900000
 max_tasks = 50
 max_task_output_bytes = 400000
 max_job_bytes = 2000000
@@ -167,21 +167,30 @@ def test_a_task_whose_inputs_cannot_be_delivered_fails_its_job(small: Driver) ->
 
 
 def test_a_batch_registration_stops_where_its_reply_is_full(small: Driver) -> None:
-    """Four ready tasks of 300 kB inputs each cannot travel in one 1 MiB reply: those that do
-    not fit come back UNAVAILABLE, untouched, and register in the next call."""
-    g = graphs.graph([blob_task(f"t{i}") for i in range(4)])
-    blob = b"z" * 300_000
+    """Four ready tasks of 300 kB inputs each (the outputs of four parents) cannot travel in
+    one 1 MiB reply: those that do not fit come back UNAVAILABLE, untouched, and register in
+    the next call."""
+    parents = [blob_task(f"p{i}") for i in range(4)]
+    children = [blob_task(f"c{i}", sources=[(i, 0)]) for i in range(4)]
     request = pb.RegisterJobRequest(
         resource_group_id=small.rg,
         password=PASSWORD,
-        compressed_serialized_task_graph=compressed(g),
-        compressed_serialized_inputs=bytes_inputs(blob, blob, blob, blob),
+        compressed_serialized_task_graph=compressed(graphs.graph(parents + children)),
+        compressed_serialized_inputs=bytes_inputs(b"a", b"b", b"c", b"d"),
         start=True,
     )
     job = small.s.jobs.RegisterJob(request, timeout=30).job_id
+    ready: list[pb.ReadyTask] = []
+    while len(ready) < 4:
+        ready += small.poll(max_items=4)
+    for entry in ready:
+        ctx = small.register(job, entry.task_id.index)
+        frame = _core.wire_encode([msgpack.packb(os.urandom(300_000))])
+        small.succeed(job, entry.task_id.index, ctx.task_instance_id, frame)
     entries: list[pb.ReadyTask] = []
     while len(entries) < 4:
         entries += small.poll(max_items=4)
+    assert sorted(e.task_id.index for e in entries) == [4, 5, 6, 7]
     items = [pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=to_proto(e.task_id.index))
              for e in entries]  # fmt: skip
     registered = 0

@@ -265,6 +265,12 @@ def test_start_up_failure_is_reported(tmp_path: Path) -> None:
         ("job_cache_retention = -1.0", "job_cache_retention must be > 0 seconds"),
         ("job_retention = 0.0", "job_retention must be > 0 seconds (or unset)"),
         ("max_wait = 0", "max_wait must be > 0 seconds"),
+        ("max_tasks = 0", "max_tasks must be > 0"),
+        ("visibility_timeout = 0", "visibility_timeout must be > 0 seconds"),
+        (
+            "max_message_bytes = 1048576",
+            "max_input_bytes (33554432) must leave room in max_message_bytes (1048576)",
+        ),
     ],
 )
 def test_a_zero_or_negative_setting_is_refused_at_start(

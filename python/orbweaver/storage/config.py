@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orbweaver._config import read_table
+from orbweaver._limits import MESSAGE_OVERHEAD_BYTES
 from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security
 
 
@@ -95,6 +96,12 @@ class StorageConfig:
                 raise ValueError(f"storage config: {name} must be > 0 seconds")
         if self.job_retention is not None and self.job_retention <= 0:
             raise ValueError("storage config: job_retention must be > 0 seconds (or unset)")
+        if self.max_input_bytes > self.max_message_bytes - MESSAGE_OVERHEAD_BYTES:
+            # A cleanup task receives the graph inputs in one message.
+            raise ValueError(
+                f"storage config: max_input_bytes ({self.max_input_bytes}) must leave room in "
+                f"max_message_bytes ({self.max_message_bytes}) for 64 KiB of framing"
+            )
         if self.operator_token is not None and self.operator_token == self.security.token:
             raise ValueError(
                 "storage config: the operator token must differ from the cluster token (the "
