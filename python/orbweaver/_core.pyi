@@ -109,7 +109,7 @@ def decompress(data: bytes, max_size: int = ...) -> bytes:
     """zstd; raises CodecError when the output would exceed `max_size` bytes (default 1 GiB)."""
 
 def is_valid_transition(from_state: int, to_state: int) -> bool:
-    """The job transition table of storage spec 1.3."""
+    """The job transition table (docs/concepts.md, "Job states")."""
 
 def is_terminal(state: int) -> bool: ...
 def validate_task_name(package: str, task_func: str) -> None:
@@ -157,7 +157,7 @@ class TaskGraph:
 @final
 class Submission:
     """A validated job submission: zstd(JSON graph) + zstd(wire frame of inputs), checked by every
-    rule of storage spec 2.3 plus task-name validation."""
+    graph rule (docs/concepts.md), the inputs against their types, and task-name validation."""
 
     def __new__(
         cls,
@@ -265,7 +265,7 @@ class JobCache:
         state: int,
         outputs: bytes | None,
     ) -> None:
-        """Dedicated shapes of storage spec 7.1: READY and RUNNING get a fresh graph, COMMIT_READY
+        """Dedicated shapes per recovered state: READY and RUNNING get a fresh graph, COMMIT_READY
         only the job outputs and a fresh commit task, CLEANUP_READY only a fresh cleanup task."""
 
     # Queries.

@@ -1,4 +1,4 @@
-"""`TaskGraph`: build a job's task graph from `@task` functions (DESIGN section 3).
+"""`TaskGraph`: build a job's task graph from `@task` functions.
 
     g = TaskGraph(commit=publish, cleanup=discard)
     shard = g.add(read_shard)                 # no sources: an input task, params are graph inputs

@@ -1,4 +1,4 @@
-"""Every command of the `orbweaver` command line (DESIGN section 4), run as real processes.
+"""Every command of the `orbweaver` command line, run as real processes.
 
 `orbweaver local` runs in the background for the client commands (submit, status, jobs, cancel,
 outputs), which find it through ORBWEAVER_STORAGE / ORBWEAVER_TOKEN as printed by `local`; the

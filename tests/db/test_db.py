@@ -1,4 +1,4 @@
-"""DB-layer tests (storage spec 10.3 and Orbweaver's additions), run against SQLite and MariaDB."""
+"""DB-layer tests, run against SQLite and MariaDB (one suite for both backends)."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def test_error_messages_are_readable() -> None:
     assert str(JobNotFound(3)) == "job 3 not found"
 
 
-# -- jobs (spec 10.3) -------------------------------------------------------------------------
+# -- jobs -----------------------------------------------------------------------------------
 
 
 def test_register_job(db: Database, rg: int) -> None:

@@ -1,4 +1,4 @@
-"""The pure placement core (workers spec 5.3-5.6 and the round-robin acceptance list of 7.8)."""
+"""The pure placement core: ingest rules, sessions, round-robin order and its fairness."""
 
 from __future__ import annotations
 

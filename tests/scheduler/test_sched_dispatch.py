@@ -1,4 +1,4 @@
-"""The session-fenced dispatch queue (workers spec 5.7 and its 7.8 acceptance list)."""
+"""The session-fenced dispatch queue between the core loop and the EM-facing service."""
 
 from __future__ import annotations
 

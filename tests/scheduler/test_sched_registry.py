@@ -1,4 +1,4 @@
-"""The execution-manager registry (workers spec 5.8 and its 7.8 acceptance list)."""
+"""The execution-manager registry: assignments held, acknowledged, rescheduled; liveness."""
 
 from __future__ import annotations
 

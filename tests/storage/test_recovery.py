@@ -1,5 +1,5 @@
 """Recovery of the job cache when the storage process is killed with SIGKILL and restarted
-(storage spec 10.2, DESIGN 7.1-7.2), on SQLite and MariaDB."""
+(paged, per-job outcomes, ready work re-offered once serving), on SQLite and MariaDB."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Storage service behaviour through the gRPC API of a running storage process (storage spec
-10.4 `state/service.rs` list, plus the DESIGN 7.3 cases), on SQLite and MariaDB."""
+"""Storage service behaviour through the gRPC API of a running storage process (every
+service operation, and precise statuses for requests that must not crash it), on SQLite and
+MariaDB."""
 
 from __future__ import annotations
 
@@ -314,7 +315,7 @@ def test_unknown_execution_manager_is_rejected(driver: Driver) -> None:
 
 def test_reports_for_a_job_not_in_the_cache_are_refused(driver: Driver) -> None:
     """Success and failure reports for a job the cache does not hold: FAILED_PRECONDITION ("cache
-    stale", storage spec 8.3; NOT_FOUND on these RPCs means a stale session, which EMs treat
+    stale"; NOT_FOUND on these RPCs means a stale session, which EMs treat
     differently), nothing created, the service stays up."""
     unknown = 999_999
     for report in (

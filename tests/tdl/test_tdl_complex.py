@@ -1,5 +1,5 @@
 """The `complex` example package called through a real executor process (analogue of Spider's
-tdl-integration `complex.rs`, workers spec 7.6): typed inputs are encoded from the task's
+tdl-integration `complex.rs`): typed inputs are encoded from the task's
 annotations, outputs decoded back into dataclasses."""
 
 from __future__ import annotations

@@ -23,7 +23,63 @@ import graph_tasks as gt  # noqa: E402
 import integration_tasks as it  # noqa: E402
 import wordcount as wc  # noqa: E402
 
-EXAMPLE = Path("/work/shared/reference/task-graph-example.json")
+# The Spider task-graph JSON (schema 0.1.x) of the word-count example: two graph inputs feed
+# `read_shard`, its output feeds `count`, whose two outputs feed `summarize`, whose two outputs
+# are the job outputs. Orbweaver names structs `<module>.<qualname>`.
+EXPECTED: dict[str, Any] = {
+    "schema_version": "0.1.0",
+    "commit_task": {
+        "tdl_context": {"package": "wordcount", "task_func": "publish"},
+        "execution_policy": {
+            "max_num_retry": 2,
+            "max_num_instances": 1,
+            "timeout_policy": {"soft_timeout_ms": 60000, "hard_timeout_ms": 120000},
+        },
+    },
+    "cleanup_task": {"tdl_context": {"package": "wordcount", "task_func": "discard"}},
+    "tasks": [
+        {
+            "tdl_context": {"package": "wordcount", "task_func": "read_shard"},
+            "inputs": [{"Value": {"Bytes": {}}}, {"Value": {"Primitive": {"Int": "Int32"}}}],
+            "outputs": [{"Value": {"List": {"Bytes": {}}}}],
+            "input_sources": None,
+        },
+        {
+            "tdl_context": {"package": "wordcount", "task_func": "count"},
+            "execution_policy": {
+                "max_num_retry": 3,
+                "max_num_instances": 2,
+                "timeout_policy": {"soft_timeout_ms": 5000, "hard_timeout_ms": 30000},
+            },
+            "inputs": [{"Value": {"List": {"Bytes": {}}}}],
+            "outputs": [
+                {
+                    "Value": {
+                        "Map": {"key": {"Bytes": {}}, "value": {"Primitive": {"Int": "Int64"}}}
+                    }
+                },
+                {"Value": {"Primitive": "Boolean"}},
+            ],
+            "input_sources": [{"task_idx": 0, "position": 0}],
+        },
+        {
+            "tdl_context": {"package": "wordcount", "task_func": "summarize"},
+            "inputs": [
+                {
+                    "Value": {
+                        "Map": {"key": {"Bytes": {}}, "value": {"Primitive": {"Int": "Int64"}}}
+                    }
+                },
+                {"Value": {"Primitive": "Boolean"}},
+            ],
+            "outputs": [
+                {"Value": {"Struct": "wordcount.Summary"}},
+                {"Value": {"Primitive": {"Float": "Float64"}}},
+            ],
+            "input_sources": [{"task_idx": 1, "position": 0}, {"task_idx": 1, "position": 1}],
+        },
+    ],
+}
 INT = {"Value": {"Primitive": {"Int": "Int64"}}}
 
 
@@ -37,10 +93,7 @@ def test_reproduces_the_reference_example() -> None:
     counts = g.add(wc.count, shard)
     g.add(wc.summarize, counts[0], counts[1])
 
-    expected = json.loads(EXAMPLE.read_text())
-    # Orbweaver names structs `<module>.<qualname>` (Spider's Rust example says "Summary").
-    expected["tasks"][2]["outputs"][0]["Value"]["Struct"] = "wordcount.Summary"
-    assert json.loads(g.to_json()) == expected
+    assert json.loads(g.to_json()) == EXPECTED
     assert set(json.loads(g.to_json())) == {
         "schema_version",
         "tasks",

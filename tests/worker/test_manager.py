@@ -1,4 +1,4 @@
-"""The execution manager (EM) at runtime: the behaviours of workers spec 7.5, adapted to our EM
+"""The execution manager (EM) at runtime: the behaviours of Spider's EM, adapted to ours
 (batch NextTasks / registration / reporting, a real pool of executor processes), plus dead-EM
 re-registration, concurrency up to `processes` and hard timeouts.
 

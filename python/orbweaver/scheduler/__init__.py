@@ -1,5 +1,5 @@
 """The scheduler service: polls storage's inbound queue, orders the ready work fairly across
-resource groups and jobs, and hands assignments to execution managers (workers spec 5).
+resource groups and jobs, and hands assignments to execution managers.
 
 Modules: `core` (pure placement logic), `dispatch` (the session-fenced dispatch queue),
 `registry` (EM liveness and outstanding assignments), `service` (the gRPC servicer), `metrics`

@@ -1,4 +1,4 @@
-"""The scheduler's placement logic: pure, single-threaded, no I/O, no clock (workers spec 5.3-5.6).
+"""The scheduler's placement logic: pure, single-threaded, no I/O, no clock.
 
 `SchedulerCore` buffers the entries polled from storage's inbound queue and decides in which order
 they become assignments. It is driven by exactly one thread (the runtime's core loop):
@@ -84,7 +84,7 @@ class Assignment:
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    """Placement parameters (defaults as in the reference deployment, workers spec 8.2)."""
+    """Placement parameters (defaults as in the reference deployment)."""
 
     policy: str = POLICY_GROUP_ROUND_ROBIN
     # Jobs served round-robin at once (per resource group under the group policy).
@@ -306,7 +306,7 @@ class SchedulerCore:
     # -- sessions -------------------------------------------------------------------------------
 
     def observe_session(self, session_id: int) -> bool:
-        """Adopt `session_id` if it is newer, clearing all placement state (workers spec 5.6).
+        """Adopt `session_id` if it is newer, clearing all placement state.
         Returns whether it was newer; raises `InvalidSessionId` if it is older."""
         if session_id < self._session:
             raise InvalidSessionId(session_id, self._session)

@@ -1,4 +1,4 @@
-"""The bounded dispatch queue between the core loop and the EM-facing service (workers spec 5.7).
+"""The bounded dispatch queue between the core loop and the EM-facing service.
 
 One producer (the core loop) enqueues assignments stamped with the storage session they were
 polled under; many consumers (NextTask / NextTasks handlers) dequeue them. Guarantees:

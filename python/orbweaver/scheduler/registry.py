@@ -1,5 +1,4 @@
-"""The execution-manager registry: who holds which assignment, and who is still alive
-(workers spec 5.8).
+"""The execution-manager registry: who holds which assignment, and who is still alive.
 
 An EM is registered implicitly by its first `NextTask`/`NextTasks`/`Heartbeat`. Every assignment
 handed to an EM stays *outstanding* until the EM acknowledges it (after storage accepted or

@@ -1,4 +1,4 @@
-"""The EM-facing gRPC `SchedulerService` (workers spec 5.9, plus the batch `NextTasks`).
+"""The EM-facing gRPC `SchedulerService`, with the batch `NextTasks`.
 
 * `NextTask(em, prev_assignment?, wait_time_ms)`: acknowledge `prev_assignment`, long-poll the
   dispatch queue, record the assignment as outstanding for the EM; wire compatible with the

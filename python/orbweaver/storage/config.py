@@ -41,14 +41,14 @@ class StorageConfig:
     # seconds is offered again.
     visibility_timeout: float = 60.0
     grpc_workers: int = 256
-    # Inbound queue lane capacities (spec 3.1).
+    # Inbound queue lane capacities.
     task_capacity: int = 1 << 20
     commit_capacity: int = 1024
     cleanup_capacity: int = 1024
-    # Task-instance pool (spec 4): EMs silent for longer than the cutoff are declared dead.
+    # Task-instance pool: EMs silent for longer than the cutoff are declared dead.
     em_stale_cutoff: float = 60.0
     instance_gc_interval: float = 5.0
-    # Job cache (spec 5): terminated jobs stay cached for `job_cache_retention`.
+    # Job cache: terminated jobs stay cached for `job_cache_retention`.
     job_cache_retention: float = 300.0
     job_cache_gc_interval: float = 30.0
     # Terminated jobs are deleted from the database after `job_retention` (None: kept forever).

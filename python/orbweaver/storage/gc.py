@@ -1,8 +1,8 @@
 """Background loops of the storage service, each one owned thread with a clear stop path:
 
 * instance GC: declare silent EMs dead, force-remove their instances and re-offer the tasks,
-  re-offer soft-timed-out tasks once (spec 4.3);
-* cache GC: evict terminated jobs after the retention period (spec 5.2);
+  re-offer soft-timed-out tasks once;
+* cache GC: evict terminated jobs after the retention period;
 * DB GC: delete terminated jobs older than the configured job retention.
 """
 

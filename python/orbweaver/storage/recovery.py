@@ -3,7 +3,7 @@
 Recoverable jobs are read in id-ordered pages and turned into cache entries as they arrive, so
 peak memory does not depend on the number of rows. A job that cannot be rebuilt (corrupt graph,
 CommitReady without outputs, ...) is marked FAILED with the reason and startup continues. Nothing
-is enqueued here: the server resends ready work once it is serving (spec 7.2).
+is enqueued here: the server resends ready work once it is serving.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The storage service process: start-up in the order of storage spec 7.3, and a clean stop.
+"""The storage service process: start-up in a safe order, and a clean stop.
 
 1. connect to the database (creates the schema, opens a new session);
 2. create the job cache and recover every unfinished job into it (paged, nothing enqueued);
@@ -7,7 +7,7 @@
 5. re-offer the ready work of the recovered jobs.
 
 A failure at any step stops everything already started before the error propagates, so nothing
-keeps running detached (review lesson of the seed PR). Before step 1, the runtime claims an SQLite
+keeps running detached. Before step 1, the runtime claims an SQLite
 database file for itself (`StorageLock`: one database file has one storage) and checks that its
 ports are free, so a misconfigured second storage fails at once, touching nothing.
 """

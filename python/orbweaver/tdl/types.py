@@ -1,6 +1,6 @@
 """Orbweaver value types: Python annotations <-> Spider type descriptors, and the msgpack codec.
 
-Supported annotations (DESIGN section 3):
+Supported annotations (docs/concepts.md):
 
 ========================  ==================================================
 annotation                Spider descriptor (inside ``{"Value": ...}``)

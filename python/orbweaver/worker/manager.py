@@ -10,7 +10,7 @@ Threads, each with one job:
   while slow ones are left to other EMs instead of piling up here.
   Acknowledgements ride on the next `NextTasks` and are kept until a call succeeds, so they are
   never lost; an assignment is acknowledged only once storage accepted it or definitively
-  rejected it (workers spec 1.7: responsibility moves from scheduler to storage at registration).
+  rejected it (responsibility moves from the scheduler to storage at registration).
   When storage refuses a registration as a whole (INVALID_ARGUMENT, INTERNAL, ...), the
   assignments are handed back: a `Shutdown` for this EM's own id, carrying the pending acks,
   makes the scheduler reschedule exactly them (the next poll registers the EM with it again);
@@ -1011,7 +1011,7 @@ class ExecutionManager:
 
     def _send_reports(self, session_id: int, group: list[_Outcome]) -> None:
         if session_id < self.session_id:
-            # Storage restarted while these ran; it has re-offered the tasks (spec 2.2 step 6).
+            # Storage restarted while these ran; it has re-offered the tasks itself.
             self.metrics.reports_dropped.labels("stale_session").inc(len(group))
             return
         outcomes = []

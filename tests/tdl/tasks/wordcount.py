@@ -1,4 +1,4 @@
-"""The tasks of /work/shared/reference/task-graph-example.json (DESIGN section 3)."""
+"""The tasks of the example graph in docs/concepts.md: read shards, count, summarize."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ RECOVERABLE_STATES: tuple[DbJobState, ...] = (
 
 
 def is_valid_transition(from_state: int, to_state: int) -> bool:
-    """The transition table of the reference (storage spec 1.3).
+    """The job transition table (docs/concepts.md, "Job states").
 
     ======================  ===========================================
     to                      allowed from

@@ -1,4 +1,4 @@
-"""Analogue of Spider's `complex` example: vectors of complex numbers (workers spec 7.6)."""
+"""Analogue of Spider's `complex` example: vectors of complex numbers."""
 
 from __future__ import annotations
 
