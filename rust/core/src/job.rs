@@ -1566,6 +1566,7 @@ impl Job {
     }
 
     /// Test / tooling view of one TCB.
+    #[cfg(any(test, feature = "test-support"))]
     #[must_use]
     pub fn task_state(&self, task: TaskId) -> Option<TaskState> {
         let inner = self.inner.read();
@@ -1573,6 +1574,7 @@ impl Job {
     }
 
     /// Whether the regular graph (TCBs and slots) is still held.
+    #[cfg(any(test, feature = "test-support"))]
     #[must_use]
     pub fn holds_graph(&self) -> bool {
         self.inner.read().run.is_some()

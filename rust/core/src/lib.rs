@@ -15,7 +15,9 @@ pub mod job;
 pub mod names;
 pub mod policy;
 pub mod queue;
-pub mod session;
+// No production user (the services track sessions themselves): kept with its tests only.
+#[cfg(test)]
+mod session;
 pub mod slot;
 pub mod state;
 pub mod submission;
@@ -23,6 +25,7 @@ pub mod taken;
 pub mod tcb;
 pub mod types;
 pub mod value;
+#[cfg(any(test, feature = "test-support"))]
 pub mod workloads;
 
 pub use cache::JobCache;
