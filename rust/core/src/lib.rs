@@ -4,6 +4,10 @@
 //! ready, outputs to persist, a job that reached a terminal state). No database, no network, no
 //! clock: times are passed in by the caller (the only wait is the inbound queue's bounded poll).
 
+// Safe code only, and nothing printed: the core returns values, the services log.
+#![forbid(unsafe_code)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cache;
 pub mod codec;
 pub mod error;

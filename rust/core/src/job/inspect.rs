@@ -14,9 +14,9 @@ impl Job {
     pub fn is_schedulable(&self, task: TaskId) -> bool {
         let inner = self.inner.read();
         self.guard(&inner, task).is_ok()
-            && self
-                .tcb_of(&inner, task)
-                .is_some_and(|t| t.is_schedulable(self.max_instances(&inner, task)))
+            && inner
+                .tcb_of(task)
+                .is_some_and(|t| t.is_schedulable(inner.max_instances(task)))
     }
 
     /// Entries `resend_ready` offers: every Ready task (Running), the commit task (CommitReady),
@@ -102,7 +102,7 @@ impl Job {
     #[must_use]
     pub fn task_state(&self, task: TaskId) -> Option<TaskState> {
         let inner = self.inner.read();
-        self.tcb_of(&inner, task).map(crate::tcb::Tcb::state)
+        inner.tcb_of(task).map(crate::tcb::Tcb::state)
     }
 
     /// Whether the regular graph (TCBs and slots) is still held.

@@ -139,7 +139,7 @@ struct Inner {
     terminal_at_ms: Option<u64>,
     /// Counts frozen when the run was released.
     final_progress: Progress,
-    /// A JOB_FAILED outcome was produced (at most one per job).
+    /// A `JobFailed` outcome was produced (at most one per job).
     failure_reported: AtomicBool,
 }
 
@@ -348,26 +348,28 @@ impl Job {
             )
         })
     }
+}
 
-    fn tcb_of<'a>(&self, inner: &'a Inner, task: TaskId) -> Option<&'a Tcb> {
+impl Inner {
+    fn tcb_of(&self, task: TaskId) -> Option<&Tcb> {
         match task {
-            TaskId::Index(t) => inner.run.as_ref()?.tcbs.get(t as usize),
-            TaskId::Commit => inner.commit.as_ref().map(|t| &t.tcb),
-            TaskId::Cleanup => inner.cleanup.as_ref().map(|t| &t.tcb),
+            TaskId::Index(t) => self.run.as_ref()?.tcbs.get(t as usize),
+            TaskId::Commit => self.commit.as_ref().map(|t| &t.tcb),
+            TaskId::Cleanup => self.cleanup.as_ref().map(|t| &t.tcb),
         }
     }
 
-    fn max_instances(&self, inner: &Inner, task: TaskId) -> u32 {
+    fn max_instances(&self, task: TaskId) -> u32 {
         match task {
-            TaskId::Index(t) => inner
+            TaskId::Index(t) => self
                 .run
                 .as_ref()
                 .map_or(1, |r| r.graph.policy(t).max_num_instances),
-            TaskId::Commit => inner
+            TaskId::Commit => self
                 .commit
                 .as_ref()
                 .map_or(1, |t| t.policy.max_num_instances),
-            TaskId::Cleanup => inner
+            TaskId::Cleanup => self
                 .cleanup
                 .as_ref()
                 .map_or(1, |t| t.policy.max_num_instances),

@@ -127,7 +127,10 @@ impl Job {
     /// Several registrations under one read lock (batch entry point); `max_io` as for
     /// [`Self::register_limited`]; with a `budget`, a task whose inputs no longer fit the
     /// batch's reply is left out (`LimitExceeded` `ReplyFull`, nothing changed).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a batch call: the instance table, the limits and the reply budget travel together"
+    )]
     pub fn register_many(
         &self,
         tasks: &[TaskId],
@@ -142,7 +145,7 @@ impl Job {
         let ids = table.reserve(tasks.len());
         for (&t, id) in tasks.iter().zip(ids) {
             if let Some(b) = budget.as_deref() {
-                let size = self.io_size_of(&inner, t).unwrap_or(0);
+                let size = inner.io_size_of(t).unwrap_or(0);
                 if b.used && size > b.remaining {
                     out.push(Err(CoreError::limit(
                         REPLY_FULL,
@@ -163,36 +166,10 @@ impl Job {
         }
     }
 
-    /// The size of the `task_io` a registration of `task` would hand out (None: unknown yet).
-    fn io_size_of(&self, inner: &Inner, task: TaskId) -> Option<usize> {
-        match task {
-            TaskId::Index(_) => self.task_io_size(inner, task, None),
-            TaskId::Commit => inner.outputs.get().map(|o| o.len()),
-            TaskId::Cleanup => inner
-                .graph_inputs
-                .as_deref()
-                .map(|inputs| inputs.iter().map(|p| 4 + p.len()).sum::<usize>() + 4),
-        }
-    }
-
-    /// Size of the `task_io` a registration of `task` would hand out, computed from the stored
-    /// sizes (no buffer is built). `None` while an input is not produced yet (the registration
-    /// itself then refuses the task).
-    fn task_io_size(&self, inner: &Inner, task: TaskId, io: Option<&TaskIo>) -> Option<usize> {
-        if let Some(io) = io {
-            return Some(io.len());
-        }
-        let (TaskId::Index(t), Some(run)) = (task, inner.run.as_ref()) else {
-            return None;
-        };
-        let mut size = 4usize;
-        for r in &run.readers[run.graph.task_inputs_span(t)] {
-            size = size.saturating_add(4 + r.len(&run.slots)?);
-        }
-        Some(size)
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "shared by single and batch registration, under the caller's lock guard"
+    )]
     fn register_in(
         &self,
         inner: &Inner,
@@ -237,7 +214,7 @@ impl Job {
         if let Some(max) = max_io {
             // Only a registration that would otherwise succeed is refused for its size.
             tcb.can_register(policy.max_num_instances)?;
-            if let Some(size) = self.task_io_size(inner, task, task_io.as_ref()) {
+            if let Some(size) = inner.task_io_size(task, task_io.as_ref()) {
                 if size > max {
                     let (who, what) = match task {
                         TaskId::Index(t) => (format!("task {t}"), "task inputs"),
@@ -309,7 +286,8 @@ impl Job {
         if self.guard(&inner, task).is_err() {
             return false;
         }
-        self.tcb_of(&inner, task)
+        inner
+            .tcb_of(task)
             .is_some_and(|t| !t.state().is_terminal() && t.is_live(id))
     }
 
@@ -317,9 +295,7 @@ impl Job {
     /// the caller re-offers the task).
     pub fn force_remove(&self, task: TaskId, id: TaskInstanceId, table: &InstanceTable) -> bool {
         let inner = self.inner.read();
-        let removed = self
-            .tcb_of(&inner, task)
-            .is_some_and(|t| t.force_remove(id));
+        let removed = inner.tcb_of(task).is_some_and(|t| t.force_remove(id));
         table.remove(id);
         removed && self.guard(&inner, task).is_ok()
     }
@@ -327,8 +303,39 @@ impl Job {
     /// Soft timeout passed: remember it for `explain`.
     pub fn mark_soft_timeout(&self, task: TaskId) {
         let inner = self.inner.read();
-        if let Some(t) = self.tcb_of(&inner, task) {
+        if let Some(t) = inner.tcb_of(task) {
             t.mark_soft_timeout();
         }
+    }
+}
+
+impl Inner {
+    /// The size of the `task_io` a registration of `task` would hand out (None: unknown yet).
+    fn io_size_of(&self, task: TaskId) -> Option<usize> {
+        match task {
+            TaskId::Index(_) => self.task_io_size(task, None),
+            TaskId::Commit => self.outputs.get().map(|o| o.len()),
+            TaskId::Cleanup => self
+                .graph_inputs
+                .as_deref()
+                .map(|inputs| inputs.iter().map(|p| 4 + p.len()).sum::<usize>() + 4),
+        }
+    }
+
+    /// Size of the `task_io` a registration of `task` would hand out, computed from the stored
+    /// sizes (no buffer is built). `None` while an input is not produced yet (the registration
+    /// itself then refuses the task).
+    fn task_io_size(&self, task: TaskId, io: Option<&TaskIo>) -> Option<usize> {
+        if let Some(io) = io {
+            return Some(io.len());
+        }
+        let (TaskId::Index(t), Some(run)) = (task, self.run.as_ref()) else {
+            return None;
+        };
+        let mut size = 4usize;
+        for r in &run.readers[run.graph.task_inputs_span(t)] {
+            size = size.saturating_add(4 + r.len(&run.slots)?);
+        }
+        Some(size)
     }
 }

@@ -53,6 +53,10 @@ fn run_task(
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "tasks a, b, c, d named after the diamond they form"
+)]
 fn diamond_sequential_execution() {
     let s = workloads::diamond(None);
     let (job, table) = started(&s);
