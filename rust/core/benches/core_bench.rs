@@ -23,17 +23,26 @@ struct Counting;
 
 static CURRENT: AtomicIsize = AtomicIsize::new(0);
 
+#[allow(
+    unsafe_code,
+    reason = "a counting global allocator must implement the unsafe `GlobalAlloc` trait"
+)]
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so
+// `System`'s guarantees hold; the counter is a side effect that allocates nothing.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         CURRENT.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         CURRENT.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from this allocator, that is from `System`, with layout `l`.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         CURRENT.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from `System` with layout `l`; the caller upholds the size contract.
         unsafe { System.realloc(p, l, new) }
     }
 }

@@ -1,6 +1,6 @@
-//! The job cache: `JobId -> Arc<Job>` behind sharded `parking_lot` RwLocks, plus the inbound queue
-//! and the task-instance table it feeds. This is the sans-IO façade the storage service drives:
-//! it persists job-level facts first and then applies the matching transition here.
+//! The job cache: `JobId -> Arc<Job>` behind sharded `parking_lot` `RwLock`s, plus the inbound
+//! queue and the task-instance table it feeds. This is the sans-IO façade the storage service
+//! drives: it persists job-level facts first and then applies the matching transition here.
 //!
 //! Lock order: cache shard -> (released) -> job lock -> TCB mutex -> instance-table shard. Queue
 //! offers happen only after the job lock is released (see `queue`). The taken-entry ledger's
@@ -247,7 +247,7 @@ impl JobCache {
         }
     }
 
-    fn offer_transition(&self, job: &Job, t: Transition) -> JobState {
+    fn offer_transition(&self, job: &Job, t: &Transition) -> JobState {
         self.offer(job, &t.offers);
         t.state
     }
@@ -266,7 +266,7 @@ impl JobCache {
         let job = self.get(id)?;
         let t = job.start()?;
         let n = t.offers.len();
-        self.offer_transition(&job, t);
+        self.offer_transition(&job, &t);
         Ok(n)
     }
 
@@ -278,7 +278,7 @@ impl JobCache {
         // No regular task is schedulable any more: forget their taken entries before the commit
         // task is offered.
         self.taken.clear_job(id);
-        Ok(self.offer_transition(&job, t))
+        Ok(self.offer_transition(&job, &t))
     }
 
     /// # Errors
@@ -287,7 +287,7 @@ impl JobCache {
         let job = self.get(id)?;
         let t = job.cancel(now_ms, &self.instances)?;
         self.taken.clear_job(id);
-        Ok(self.offer_transition(&job, t))
+        Ok(self.offer_transition(&job, &t))
     }
 
     /// # Errors

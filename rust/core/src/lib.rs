@@ -4,6 +4,10 @@
 //! ready, outputs to persist, a job that reached a terminal state). No database, no network, no
 //! clock: times are passed in by the caller (the only wait is the inbound queue's bounded poll).
 
+// Safe code only, and nothing printed: the core returns values, the services log.
+#![forbid(unsafe_code)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cache;
 pub mod codec;
 pub mod error;
@@ -15,7 +19,9 @@ pub mod job;
 pub mod names;
 pub mod policy;
 pub mod queue;
-pub mod session;
+// No production user (the services track sessions themselves): kept with its tests only.
+#[cfg(test)]
+mod session;
 pub mod slot;
 pub mod state;
 pub mod submission;
@@ -23,6 +29,7 @@ pub mod taken;
 pub mod tcb;
 pub mod types;
 pub mod value;
+#[cfg(any(test, feature = "test-support"))]
 pub mod workloads;
 
 pub use cache::JobCache;

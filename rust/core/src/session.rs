@@ -4,21 +4,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
-pub struct SessionTracker(AtomicU64);
+pub(crate) struct SessionTracker(AtomicU64);
 
 impl SessionTracker {
     #[must_use]
-    pub const fn new(initial: u64) -> Self {
+    pub(crate) const fn new(initial: u64) -> Self {
         Self(AtomicU64::new(initial))
     }
 
     #[must_use]
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
 
     /// Advance to `observed` if it is newer. Returns true if this call moved the session.
-    pub fn try_advance(&self, observed: u64) -> bool {
+    pub(crate) fn try_advance(&self, observed: u64) -> bool {
         // fetch_max is a CAS loop to the maximum value: concurrent callers converge to the max.
         self.0.fetch_max(observed, Ordering::AcqRel) < observed
     }

@@ -98,18 +98,24 @@ impl SlotWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
+    #[expect(
+        clippy::many_single_char_names,
+        reason = "table, writers, reader, value and errors of one short slot scenario"
+    )]
     fn write_once_shared_read() {
         let (t, w) = SlotTable::new(2);
         let r = SlotTable::reader(1);
         assert_eq!(r.read(&t), None);
         let v: Payload = b"value".as_slice().into();
-        w[1].write(&t, v.clone()).expect("first write");
+        w[1].write(&t, Arc::clone(&v)).expect("first write");
         let a = r.read(&t).expect("filled");
         assert!(
-            std::sync::Arc::ptr_eq(&a, &v),
+            Arc::ptr_eq(&a, &v),
             "readers share the value without copying"
         );
         let e = w[1].write(&t, v).expect_err("second write");
@@ -121,11 +127,11 @@ mod tests {
     fn dropping_table_frees_values_readers_keep_theirs() {
         let (t, w) = SlotTable::new(1);
         let v: Payload = b"x".as_slice().into();
-        w[0].write(&t, v.clone()).expect("write");
+        w[0].write(&t, Arc::clone(&v)).expect("write");
         let kept = SlotTable::reader(0).read(&t).expect("read");
-        assert_eq!(std::sync::Arc::strong_count(&v), 3);
+        assert_eq!(Arc::strong_count(&v), 3);
         drop(t);
-        assert_eq!(std::sync::Arc::strong_count(&v), 2);
+        assert_eq!(Arc::strong_count(&v), 2);
         assert_eq!(&*kept, b"x");
     }
 }

@@ -417,6 +417,7 @@ pub fn validate(ty: &ValueType, payload: &[u8]) -> Result<(), ValueError> {
 }
 
 /// msgpack bin of `data` (the encoding the client uses for `bytes`); for tests and workloads.
+#[cfg(any(test, feature = "test-support"))]
 #[must_use]
 pub fn msgpack_bin(data: &[u8]) -> Vec<u8> {
     let n = data.len();

@@ -10,7 +10,7 @@ use crate::submission::Submission;
 use crate::types::DataTypeDescriptor;
 use crate::Payload;
 
-/// Small deterministic RNG (SplitMix64) so workloads are reproducible without dependencies.
+/// Small deterministic RNG (`SplitMix64`) so workloads are reproducible without dependencies.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 

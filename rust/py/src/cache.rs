@@ -37,6 +37,7 @@ fn lane(code: i64) -> PyResult<Lane> {
 }
 
 #[pyclass(frozen, module = "orbweaver._core", name = "ExecutionContext")]
+#[derive(Debug)]
 pub struct ExecutionContext {
     #[pyo3(get)]
     instance_id: u64,
@@ -101,6 +102,7 @@ impl ExecutionContext {
 }
 
 #[pyclass(frozen, module = "orbweaver._core", name = "Outcome")]
+#[derive(Debug)]
 pub struct Outcome {
     #[pyo3(get)]
     kind: u8,
@@ -146,6 +148,7 @@ impl Outcome {
 }
 
 #[pyclass(frozen, module = "orbweaver._core", name = "InstanceGcReport")]
+#[derive(Debug)]
 pub struct InstanceGcReport {
     #[pyo3(get)]
     removed_terminal: usize,
@@ -180,6 +183,7 @@ fn entries(v: Vec<Entry>) -> Vec<EntryTuple> {
 }
 
 #[pyclass(frozen, module = "orbweaver._core", name = "JobCache")]
+#[derive(Debug)]
 pub struct JobCache {
     inner: CoreCache,
 }
@@ -366,6 +370,10 @@ impl JobCache {
         ExecutionContext::from_core(py, ctx)
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "PyO3 extracts a Python list into an owned `Vec`"
+    )]
     #[pyo3(signature = (items, em_id, now_ms, *, max_task_io_bytes = None, max_total_io_bytes = None))]
     fn register_batch<'py>(
         &self,
@@ -537,6 +545,10 @@ impl JobCache {
         Ok(list)
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "PyO3 extracts a Python list into an owned `Vec`"
+    )]
     fn gc_instances(&self, py: Python<'_>, now_ms: u64, dead_ems: Vec<u64>) -> InstanceGcReport {
         let r = py.detach(|| self.inner.gc_instances(now_ms, &dead_ems));
         InstanceGcReport {
@@ -568,7 +580,6 @@ impl JobCache {
         Ok(entries(got))
     }
 
-    #[allow(clippy::type_complexity)]
     #[pyo3(signature = (max_tasks, max_commit, max_cleanup, wait_ms, now_ms = None))]
     fn poll_all(
         &self,
@@ -616,6 +627,10 @@ impl JobCache {
         py.detach(|| self.inner.evict_terminated(now_ms, retention_ms))
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "PyO3 extracts a Python list into an owned `Vec`"
+    )]
     fn remove(&self, py: Python<'_>, job_ids: Vec<u64>) -> usize {
         py.detach(|| self.inner.remove(&job_ids))
     }

@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyList};
 use crate::errors::{invalid_request, to_pyerr, IntoPyResult, INVALID_INPUT_VALUE};
 
 /// Borrow every item of a Python sequence of `bytes` (no copies).
-pub fn bytes_items<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+pub(crate) fn bytes_items<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let mut out = Vec::with_capacity(seq.len().unwrap_or(0));
     for item in seq.try_iter()? {
         let item = item?;
@@ -31,36 +31,36 @@ fn list_of_bytes<'py>(py: Python<'py>, items: &[&[u8]]) -> PyResult<Bound<'py, P
 }
 
 #[pyfunction]
-pub fn wire_encode<'py>(
+pub(crate) fn wire_encode<'py>(
     py: Python<'py>,
     payloads: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let items = bytes_items(payloads)?;
-    let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
+    let slices: Vec<&[u8]> = items.iter().map(PyBytesMethods::as_bytes).collect();
     let frame = codec::wire_encode(&slices).py()?;
     Ok(PyBytes::new(py, &frame))
 }
 
 #[pyfunction]
-pub fn wire_decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn wire_decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
     let parts = codec::wire_decode(data).py()?;
     list_of_bytes(py, &parts)
 }
 
 #[pyfunction]
-pub fn encode_outputs<'py>(
+pub(crate) fn encode_outputs<'py>(
     py: Python<'py>,
     payloads: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let items = bytes_items(payloads)?;
-    let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
+    let slices: Vec<&[u8]> = items.iter().map(PyBytesMethods::as_bytes).collect();
     let out = py.detach(|| codec::encode_outputs(&slices)).py()?;
     Ok(PyBytes::new(py, &out))
 }
 
 #[pyfunction]
 #[pyo3(signature = (data, max_size = codec::DEFAULT_MAX_DECOMPRESSED_SIZE))]
-pub fn decode_outputs<'py>(
+pub(crate) fn decode_outputs<'py>(
     py: Python<'py>,
     data: &[u8],
     max_size: usize,
@@ -70,14 +70,14 @@ pub fn decode_outputs<'py>(
 }
 
 #[pyfunction]
-pub fn compress<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+pub(crate) fn compress<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let out = py.detach(|| codec::compress(data)).py()?;
     Ok(PyBytes::new(py, &out))
 }
 
 #[pyfunction]
 #[pyo3(signature = (data, max_size = codec::DEFAULT_MAX_DECOMPRESSED_SIZE))]
-pub fn decompress<'py>(
+pub(crate) fn decompress<'py>(
     py: Python<'py>,
     data: &[u8],
     max_size: usize,
@@ -86,13 +86,13 @@ pub fn decompress<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
-pub fn job_state(code: i64) -> PyResult<JobState> {
+pub(crate) fn job_state(code: i64) -> PyResult<JobState> {
     JobState::from_code(code)
         .ok_or_else(|| invalid_request("UnknownJobState", format!("unknown job state {code}")))
 }
 
 #[pyfunction]
-pub fn is_valid_transition(from_state: i64, to_state: i64) -> PyResult<bool> {
+pub(crate) fn is_valid_transition(from_state: i64, to_state: i64) -> PyResult<bool> {
     Ok(JobState::is_valid_transition(
         job_state(from_state)?,
         job_state(to_state)?,
@@ -100,18 +100,18 @@ pub fn is_valid_transition(from_state: i64, to_state: i64) -> PyResult<bool> {
 }
 
 #[pyfunction]
-pub fn is_terminal(state: i64) -> PyResult<bool> {
+pub(crate) fn is_terminal(state: i64) -> PyResult<bool> {
     Ok(job_state(state)?.is_terminal())
 }
 
 #[pyfunction]
-pub fn validate_task_name(package: &str, task_func: &str) -> PyResult<()> {
+pub(crate) fn validate_task_name(package: &str, task_func: &str) -> PyResult<()> {
     names::validate_task_name(package, task_func).py()
 }
 
 /// Check one msgpack payload against a type descriptor, as submissions check graph inputs.
 #[pyfunction]
-pub fn validate_value(type_json: &str, payload: &[u8]) -> PyResult<()> {
+pub(crate) fn validate_value(type_json: &str, payload: &[u8]) -> PyResult<()> {
     let ty = orbweaver_core::types::DataTypeDescriptor::from_json(type_json).map_err(|e| {
         invalid_request(
             "InvalidTypeDescriptor",

@@ -1,6 +1,7 @@
 //! The exception hierarchy of `_core.pyi`, built at import with `type(...)` so classes can also
-//! derive from ValueError / LookupError (a `#[pyclass]` cannot multiply inherit). Every class has
-//! a `kind` class attribute (its own name); raised instances carry the precise variant in `kind`.
+//! derive from `ValueError` / `LookupError` (a `#[pyclass]` cannot multiply inherit). Every class
+//! has a `kind` class attribute (its own name); raised instances carry the precise variant in
+//! `kind`.
 
 use orbweaver_core::CoreError;
 use pyo3::exceptions::{PyException, PyLookupError, PyValueError};
@@ -8,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-pub struct ErrorTypes {
+pub(crate) struct ErrorTypes {
     pub core: Py<PyType>,
     pub invalid_graph: Py<PyType>,
     pub invalid_input_value: Py<PyType>,
@@ -26,10 +27,10 @@ pub struct ErrorTypes {
 static TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
 
 /// `kind` of the `InvalidGraph` errors raised as `InvalidInputValueError`.
-pub use orbweaver_core::value::INVALID_INPUT_VALUE;
+pub(crate) use orbweaver_core::value::INVALID_INPUT_VALUE;
 
 /// `kind` of the `LimitExceeded` errors raised as `TaskInputsTooLargeError`.
-pub use orbweaver_core::job::TASK_INPUTS_TOO_LARGE;
+pub(crate) use orbweaver_core::job::TASK_INPUTS_TOO_LARGE;
 
 fn make(py: Python<'_>, name: &str, bases: &[Bound<'_, PyAny>], doc: &str) -> PyResult<Py<PyType>> {
     let dict = PyDict::new(py);
@@ -42,7 +43,7 @@ fn make(py: Python<'_>, name: &str, bases: &[Bound<'_, PyAny>], doc: &str) -> Py
     Ok(ty.cast_into::<PyType>()?.unbind())
 }
 
-pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
+pub(crate) fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
     TYPES.get_or_try_init(py, || {
         let core = make(
             py,
@@ -131,7 +132,7 @@ pub fn types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
     })
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let t = types(m.py())?;
     for (name, ty) in [
         ("CoreError", &t.core),
@@ -153,7 +154,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// The exception *instance* for `e` (batch calls return these instead of raising).
-pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAny>> {
     let t = types(py)?;
     let ty = match e {
         CoreError::InvalidGraph { kind, .. } if *kind == INVALID_INPUT_VALUE => {
@@ -178,7 +179,7 @@ pub fn instance<'py>(py: Python<'py>, e: &CoreError) -> PyResult<Bound<'py, PyAn
 }
 
 /// Convert a core error into a raisable `PyErr`.
-pub fn to_pyerr(e: &CoreError) -> PyErr {
+pub(crate) fn to_pyerr(e: &CoreError) -> PyErr {
     Python::attach(|py| match instance(py, e) {
         Ok(obj) => PyErr::from_value(obj),
         Err(err) => err,
@@ -186,7 +187,7 @@ pub fn to_pyerr(e: &CoreError) -> PyErr {
 }
 
 /// `?`-friendly conversion for core results.
-pub trait IntoPyResult<T> {
+pub(crate) trait IntoPyResult<T> {
     fn py(self) -> PyResult<T>;
 }
 
@@ -197,6 +198,6 @@ impl<T> IntoPyResult<T> for Result<T, CoreError> {
 }
 
 /// An `InvalidRequestError` for binding-level argument problems (bad lane, bad task id, ...).
-pub fn invalid_request(kind: &'static str, message: String) -> PyErr {
+pub(crate) fn invalid_request(kind: &'static str, message: String) -> PyErr {
     to_pyerr(&CoreError::InvalidRequest { kind, message })
 }

@@ -13,6 +13,7 @@ use pyo3::types::{PyBytes, PyString};
 use crate::errors::IntoPyResult;
 
 #[pyclass(frozen, module = "orbweaver._core", name = "TaskGraph")]
+#[derive(Debug)]
 pub struct TaskGraph {
     pub inner: Arc<CoreGraph>,
 }
@@ -83,7 +84,10 @@ impl TaskGraph {
         let g = &self.inner;
         g.graph_inputs()
             .iter()
-            .filter_map(|&d| g.dep_type(d).map(|t| t.to_json()))
+            .filter_map(|&d| {
+                g.dep_type(d)
+                    .map(orbweaver_core::types::DataTypeDescriptor::to_json)
+            })
             .collect()
     }
 
@@ -91,7 +95,10 @@ impl TaskGraph {
         let g = &self.inner;
         g.graph_outputs()
             .iter()
-            .filter_map(|&d| g.dep_type(d).map(|t| t.to_json()))
+            .filter_map(|&d| {
+                g.dep_type(d)
+                    .map(orbweaver_core::types::DataTypeDescriptor::to_json)
+            })
             .collect()
     }
 
@@ -114,6 +121,7 @@ impl TaskGraph {
 }
 
 #[pyclass(frozen, module = "orbweaver._core", name = "Submission")]
+#[derive(Debug)]
 pub struct Submission {
     pub inner: CoreSubmission,
 }

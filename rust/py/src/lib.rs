@@ -2,6 +2,9 @@
 //! every call converts arguments, runs the core (without the GIL where it can wait or loop) and
 //! converts the result.
 
+// The glue needs no unsafe code of its own (PyO3's macros generate what the FFI needs).
+#![forbid(unsafe_code)]
+
 use pyo3::prelude::*;
 
 mod cache;

@@ -301,6 +301,10 @@ fn gc_removes_terminated_tasks_for_dead_em_without_re_enqueue() {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "one short name per instance, keyed to the comment that lists them"
+)]
 fn gc_comprehensive() {
     let c = cache();
     running(&c, 1, 5, 1);
@@ -323,7 +327,7 @@ fn gc_comprehensive() {
     assert_eq!(r.removed_terminal, 2);
     assert_eq!((r.removed_dead, r.requeued_dead), (1, 1));
     assert_eq!(r.requeued_soft_timeout, 1);
-    let left: std::collections::HashSet<u64> = c
+    let left: HashSet<u64> = c
         .instances()
         .snapshot()
         .into_iter()
@@ -382,6 +386,10 @@ fn spilled_entries_of_a_cancelled_job_are_skipped() {
 }
 
 #[test]
+#[expect(
+    clippy::similar_names,
+    reason = "i0 and i1 are the instances of tasks 0 and 1"
+)]
 fn batches_report_per_item_errors() {
     let c = cache();
     running(&c, 1, 3, 1);
@@ -587,7 +595,7 @@ fn limited(max_task_output_bytes: u64, max_job_bytes: u64) -> JobCache {
         1024,
         16,
         16,
-        crate::job::OutputLimits {
+        OutputLimits {
             max_task_output_bytes,
             max_job_bytes,
         },

@@ -2,7 +2,9 @@ use std::sync::{Arc, Barrier};
 
 use super::*;
 use crate::codec::{decode_outputs, wire_decode, wire_encode, DEFAULT_MAX_DECOMPRESSED_SIZE};
+use crate::instances::InstanceTable;
 use crate::policy::ExecutionPolicy;
+use crate::submission::Submission;
 use crate::workloads;
 
 fn frame(values: &[&[u8]]) -> Vec<u8> {
@@ -51,6 +53,10 @@ fn run_task(
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "tasks a, b, c, d named after the diamond they form"
+)]
 fn diamond_sequential_execution() {
     let s = workloads::diamond(None);
     let (job, table) = started(&s);

@@ -191,7 +191,7 @@ fn spill_and_refill_deliver_every_entry_exactly_once_under_concurrency() {
         })
         .collect();
     let total = (PRODUCERS * u64::from(PER_PRODUCER)) as usize;
-    let seen = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(total)));
+    let seen = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let consumers: Vec<_> = (0..3)
         .map(|_| {
             let q = Arc::clone(&q);

@@ -181,7 +181,9 @@ fn any_value() -> BoxedStrategy<Vec<u8>> {
             proptest::collection::vec(inner.clone(), 0..5).prop_map(|items| {
                 let mut o = Vec::new();
                 header(items.len(), 0x90, 15, 0xdc, &mut o);
-                items.into_iter().for_each(|i| o.extend(i));
+                for i in items {
+                    o.extend(i);
+                }
                 o
             }),
             proptest::collection::vec((key_value(MapKeyType::String {}), inner), 0..4).prop_map(
@@ -245,7 +247,9 @@ fn value_of(t: &ValueType) -> BoxedStrategy<Vec<u8>> {
             .prop_map(|fields| {
                 let mut o = Vec::new();
                 header(fields.len(), 0x90, 15, 0xdc, &mut o);
-                fields.into_iter().for_each(|f| o.extend(f));
+                for f in fields {
+                    o.extend(f);
+                }
                 o
             })
             .boxed(),
@@ -253,7 +257,9 @@ fn value_of(t: &ValueType) -> BoxedStrategy<Vec<u8>> {
             .prop_map(|items| {
                 let mut o = Vec::new();
                 header(items.len(), 0x90, 15, 0xdc, &mut o);
-                items.into_iter().for_each(|i| o.extend(i));
+                for i in items {
+                    o.extend(i);
+                }
                 o
             })
             .boxed(),

@@ -12,14 +12,14 @@ use orbweaver_core::{CoreError, JobCache, JobState, OutcomeKind, Submission, Tas
 use parking_lot::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelPolicy {
+pub(crate) enum CancelPolicy {
     Never,
     Immediately,
     AfterOneMs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// Succeed, but for 50% of first-seen tasks run two concurrent instances that both fail.
     InjectDoubleFailures,
     AlwaysFail,
@@ -27,7 +27,7 @@ pub enum Behaviour {
 
 /// The task function: each output byte is the wrapping sum of the inputs' bytes plus one
 /// (payloads keep the size of the first input).
-pub fn neuron(inputs: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn neuron(inputs: &[&[u8]]) -> Vec<u8> {
     let n = inputs.first().map_or(0, |i| i.len());
     (0..n)
         .map(|k| {
@@ -39,7 +39,7 @@ pub fn neuron(inputs: &[&[u8]]) -> Vec<u8> {
 }
 
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub successes: AtomicUsize,
     pub failures: AtomicUsize,
     pub registrations: AtomicUsize,
@@ -50,7 +50,7 @@ pub struct Stats {
     pub unexpected: Mutex<Vec<String>>,
 }
 
-pub struct Run {
+pub(crate) struct Run {
     pub state: JobState,
     pub stats: Arc<Stats>,
     pub outputs: Option<Vec<u8>>,
@@ -226,7 +226,7 @@ impl Shared {
 }
 
 /// Drive one job to a terminal state with `workers` mock EMs.
-pub fn drive(
+pub(crate) fn drive(
     submission: &Submission,
     workers: usize,
     behaviour: Behaviour,
