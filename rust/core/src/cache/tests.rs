@@ -794,6 +794,11 @@ fn a_batch_registers_only_what_fits_its_reply_and_always_makes_progress() {
     assert!(batch[0].is_ok() && batch[1].is_ok());
     let e = batch[2].as_ref().expect_err("no room left");
     assert_eq!(e.kind(), "ReplyFull");
+    assert_eq!(
+        e.to_string(),
+        "job 3 Index(0): the reply is full (14 bytes of inputs do not fit the 2 left); register \
+         it again"
+    );
     assert!(matches!(e, CoreError::LimitExceeded { .. }));
     // Left out means untouched: it registers in the next call.
     let job = c.get(3).expect("job");

@@ -150,7 +150,8 @@ impl Job {
                     out.push(Err(CoreError::limit(
                         REPLY_FULL,
                         format!(
-                            "job {} {t:?}: the reply is full ({size} bytes of inputs do not fit                              the {} left); register it again",
+                            "job {} {t:?}: the reply is full ({size} bytes of inputs do not fit \
+                             the {} left); register it again",
                             self.id, b.remaining
                         ),
                     )));
