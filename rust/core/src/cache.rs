@@ -29,7 +29,7 @@ use crate::Payload;
 
 const SHARDS: usize = 16;
 
-/// Default lane capacities (storage spec 3.1).
+/// Default lane capacities.
 pub const DEFAULT_TASK_CAPACITY: usize = 65_536;
 pub const DEFAULT_COMMIT_CAPACITY: usize = 1024;
 pub const DEFAULT_CLEANUP_CAPACITY: usize = 1024;
@@ -166,7 +166,7 @@ impl JobCache {
         self.insert_job(Job::new(id, rg, submission)?.with_limits(self.limits))
     }
 
-    /// Rebuild a persisted job (storage spec 7.1); nothing enqueued.
+    /// Rebuild a persisted job (docs/internals.md, "Recovery shapes"); nothing enqueued.
     ///
     /// # Errors
     /// `Recovery` with a readable reason; internal `JobAlreadyExists`.

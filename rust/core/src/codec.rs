@@ -1,4 +1,4 @@
-//! Byte formats of storage spec 8.2.
+//! Byte formats (docs/internals.md, "Byte formats").
 //!
 //! * wire frame: `u32 LE count`, then per payload `u32 LE len` + bytes (empty list = 4 zero
 //!   bytes). Decoding is strictly bounds-checked and never trusts `count` for allocation.

@@ -1,4 +1,4 @@
-//! Task-instance table (storage spec 4, sans-IO): which instances are live, on which EM, and when
+//! Task-instance table (sans-IO): which instances are live, on which EM, and when
 //! their soft timeout passes. Instance ids come from an atomic counter starting at 1 (they are
 //! only unique within a storage session; the session id fences older ones).
 //!

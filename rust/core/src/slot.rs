@@ -1,4 +1,4 @@
-//! Reader/writer-split output slots (storage spec 1.8).
+//! Reader/writer-split output slots (docs/internals.md, "Output slots").
 //!
 //! Every data object of a running job (graph input or task output) is one write-once cell in the
 //! job's [`SlotTable`]. Cells are never handed out raw: the producing task holds the only

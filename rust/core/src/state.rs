@@ -1,4 +1,4 @@
-//! Job and task state machines with the exact transition tables of storage spec 1.3 / 1.4.
+//! Job and task state machines (docs/internals.md, "Job states", "Task states").
 
 /// Job state; the discriminants are the protobuf `JobState` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ impl JobState {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 
-    /// The authoritative table of spec 1.3 (also enforced by the DB layer). Nothing leaves a
+    /// The authoritative job table (docs/internals.md, "Job states"; also enforced by the DB layer). Nothing leaves a
     /// terminal state and nothing enters Ready.
     #[must_use]
     #[expect(
@@ -118,7 +118,7 @@ impl TaskState {
         }
     }
 
-    /// The table of spec 1.4.
+    /// The task table (docs/internals.md, "Task states").
     #[must_use]
     pub const fn is_valid_transition(from: Self, to: Self) -> bool {
         use TaskState::{Cancelled, Failed, Pending, Ready, Running, Succeeded};

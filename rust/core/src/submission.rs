@@ -1,5 +1,5 @@
 //! A validated job submission: zstd(JSON graph) + zstd(wire frame of the graph inputs), checked in
-//! the order of storage spec 2.3.
+//! the order of docs/internals.md ("Task graphs").
 
 use std::sync::Arc;
 
@@ -186,7 +186,7 @@ impl Submission {
         Ok(payloads.into_iter().map(Payload::from).collect())
     }
 
-    /// Combine an already-parsed graph with its inputs (rules 8 and 9 of spec 2.3), each input
+    /// Combine an already-parsed graph with its inputs (the last rules of docs/internals.md, "Task graphs"), each input
     /// checked against its declared type (see [`crate::value`]).
     ///
     /// # Errors

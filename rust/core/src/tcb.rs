@@ -1,4 +1,4 @@
-//! Task control blocks: the per-task state machine (storage spec 1.4 / 1.5) behind a small
+//! Task control blocks: the per-task state machine (docs/internals.md, "Task states", "Task instances") behind a small
 //! `parking_lot` mutex, plus the atomic unfinished-parent counter used for readiness propagation.
 //! The same type serves regular and termination (commit / cleanup) tasks.
 
@@ -145,7 +145,7 @@ impl Tcb {
         Self::check_register(&self.inner.lock(), max_instances)
     }
 
-    /// Register a new instance (spec 1.5 step 1).
+    /// Register a new instance.
     ///
     /// # Errors
     /// Stale `TaskAlreadyTerminated`, `TaskNotReady` (Pending: a duplicate or stale queue entry
@@ -174,7 +174,7 @@ impl Tcb {
         }
     }
 
-    /// First success wins (spec 1.5 step 2).
+    /// First success wins.
     ///
     /// # Errors
     /// Stale `InvalidTaskInstanceId` / `TaskAlreadyTerminated`; internal if not Running.
@@ -216,7 +216,7 @@ impl Tcb {
         Ok(admitted)
     }
 
-    /// A reported failure consumes one retry (spec 1.5 step 3 and retry accounting).
+    /// A reported failure consumes one retry.
     ///
     /// # Errors
     /// Stale `InvalidTaskInstanceId` / `TaskAlreadyTerminated`; internal if not Running.

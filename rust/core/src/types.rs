@@ -1,4 +1,4 @@
-//! Type descriptors (storage spec 2.2) plus the Orbweaver `String` extension. Serde uses
+//! Type descriptors plus the Orbweaver `String` extension. Serde uses
 //! externally tagged enums so the JSON is byte-compatible with Spider:
 //! `{"Value":{"Primitive":{"Int":"Int32"}}}`, `{"Value":{"Bytes":{}}}`, ...
 //! They must match exactly across edges; storage checks graph-input payloads against them at

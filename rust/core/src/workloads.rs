@@ -1,4 +1,4 @@
-//! Synthetic task graphs shared by tests and benchmarks (storage spec 10.1 workloads): a flat
+//! Synthetic task graphs shared by tests and benchmarks : a flat
 //! job, a diamond and the neural-net layers. Built through the same validating builder as parsed
 //! graphs.
 

@@ -1,4 +1,4 @@
-//! Storage spec 10.1 without a database: flat and neural-net jobs under 64 concurrent mock EMs
+//! Without a database: flat and neural-net jobs under 64 concurrent mock EMs
 //! with injected double failures, cancellation races and an always-failing job.
 
 mod common;

@@ -1,5 +1,5 @@
-//! The Spider task-graph JSON schema (`schema_version` 0.1.x): parsing with the checks of storage
-//! spec 2.3 in their documented order, and emission (policies only when non-default).
+//! The Spider task-graph JSON schema (`schema_version` 0.1.x): parsing with the checks of docs/internals.md
+//! ("Task graphs") in their order, and emission (policies only when non-default).
 
 use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};

@@ -121,7 +121,7 @@ fn csr<T>(v: &[T], start: u32, end: Option<u32>) -> &[T] {
 }
 
 impl TaskGraph {
-    /// Parse the Spider JSON schema (every rule of storage spec 2.3 plus task-name checks).
+    /// Parse the Spider JSON schema (every rule of docs/internals.md, "Task graphs").
     ///
     /// # Errors
     /// `InvalidGraph` naming the task and input position at fault.
@@ -142,7 +142,7 @@ impl TaskGraph {
     /// Parse zstd(JSON).
     ///
     /// # Errors
-    /// `InvalidGraph` (zstd failures are reported as invalid graphs, rule 1 of spec 2.3);
+    /// `InvalidGraph` (zstd failures are reported as invalid graphs, the first rule of docs/internals.md, "Task graphs");
     /// `LimitExceeded` `GraphTooLarge` when the JSON is larger than `max_size`.
     pub fn from_compressed(data: &[u8], max_size: usize) -> Result<Self> {
         Self::from_compressed_limited(data, max_size, usize::MAX)

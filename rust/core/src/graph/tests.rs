@@ -1,4 +1,4 @@
-//! Storage spec 10.5: graph construction, validation and serde.
+//! Graph construction, validation and serde (docs/internals.md, "Task graphs").
 
 use super::*;
 use crate::policy::TimeoutPolicy;

@@ -104,7 +104,7 @@ impl Job {
         })
     }
 
-    /// Rebuild a persisted job (storage spec 7.1) with a dedicated shape per state; a built graph
+    /// Rebuild a persisted job with a dedicated shape per state (docs/internals.md, "Recovery shapes"); a built graph
     /// is never mutated to simulate progress:
     /// * Ready / Running: a fresh graph (Running restarts the DAG from the input tasks);
     /// * CommitReady: no regular TCBs, the persisted outputs, a fresh commit TCB (and a fresh

@@ -291,7 +291,7 @@ impl Job {
         })
     }
 
-    /// Validate the task id and the job-state guard of its lane (spec 1.3 guard predicates).
+    /// Validate the task id and the job-state guard of its lane.
     fn guard(&self, inner: &Inner, task: TaskId) -> Result<()> {
         let s = inner.state;
         match task {

@@ -94,7 +94,7 @@ pub struct ReplyBudget {
 }
 
 impl Job {
-    /// Register a new instance of `task` (spec 1.5 step 1) and record it in `table`.
+    /// Register a new instance of `task` and record it in `table`.
     ///
     /// # Errors
     /// `InvalidRequest` (bogus task), `Stale` (lane guard, terminal, Pending, instance limit).

@@ -64,7 +64,7 @@ impl Job {
         }
     }
 
-    /// Report a successful instance (spec 1.5 step 2 and readiness propagation, spec 2.4).
+    /// Report a successful instance (and propagate readiness).
     ///
     /// `outputs` is the wire frame of the task's outputs (ignored for termination tasks).
     ///

@@ -1,4 +1,4 @@
-//! Storage spec 10.4 `cache/task.rs`: the shared tests run for both regular and termination TCBs.
+//! The tests run for both regular and termination TCBs.
 
 use std::sync::{Arc, Barrier};
 

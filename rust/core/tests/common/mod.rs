@@ -1,4 +1,4 @@
-//! Mock scheduler + execution managers driving a job through the cache (storage spec 10.1).
+//! Mock scheduler + execution managers driving a job through the cache.
 //! The harness also plays the storage service: after each `Outcome` it "persists" and applies
 //! `complete` / `fail` / `finish`.
 
