@@ -278,7 +278,7 @@ def test_a_task_with_a_wrong_field_is_rejected_alone() -> None:
     request = decode_pool_message(frame_of({"op": "run", "tasks": [bad, _TASK.to_wire()]})[4:])
     assert request == RunRequest(
         (
-            RejectedTask(8, "io", "run request: field `tasks[0].io` must be bytes, got str 'text'"),
+            RejectedTask(8, "io", "field `tasks[0].io` must be bytes, got str 'text'"),
             _TASK,
         )
     )

@@ -284,19 +284,22 @@ def _describe(value: object) -> str:
     return f"{type(value).__qualname__} {_repr.repr(value)}"
 
 
+_MISSING: Final = object()
+
+
 def _get(message: Mapping[Any, Any], key: str, kind: type[_T], what: str, path: str = "") -> _T:
     """`message[key]`, which must be of type `kind` (an int is never a bool)."""
+    value = message.get(key, _MISSING)
+    if isinstance(value, kind) and (kind is not int or type(value) is not bool):
+        return value
     field = path + key
-    if key not in message:
+    if value is _MISSING:
         raise ProtocolError(f"{what}: field `{field}` is missing", field)
-    value = message[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(
-            f"{what}: field `{field}` must be {_TYPE_NAMES.get(kind, kind.__name__)}, got "
-            f"{_describe(value)}",
-            field,
-        )
-    return value
+    raise ProtocolError(
+        f"{what}: field `{field}` must be {_TYPE_NAMES.get(kind, kind.__name__)}, got "
+        f"{_describe(value)}",
+        field,
+    )
 
 
 def _hello(message: Mapping[Any, Any]) -> Hello:
@@ -308,7 +311,29 @@ def _hello(message: Mapping[Any, Any]) -> Hello:
     )
 
 
+_RUN_TASK_TYPES: Final = (int, str, str, int, int, int, int, bytes)
+
+
 def _run_task(entry: object, index: int) -> RunTask | RejectedTask:
+    # What the pool sends passes this quick check of exact types (msgpack makes no subclasses);
+    # anything else goes through `_checked_run_task`, which names what is wrong.
+    if type(entry) is dict and type(ctx := entry.get("ctx")) is dict:
+        values: tuple[Any, ...] = (
+            entry.get("id"),
+            entry.get("package"),
+            entry.get("func"),
+            ctx.get("job_id"),
+            ctx.get("task_id"),
+            ctx.get("instance_id"),
+            ctx.get("resource_group_id"),
+            entry.get("io"),
+        )
+        if tuple(map(type, values)) == _RUN_TASK_TYPES:
+            return RunTask(*values)
+    return _checked_run_task(entry, index)
+
+
+def _checked_run_task(entry: object, index: int) -> RunTask | RejectedTask:
     what, path = "run request", f"tasks[{index}]."
     if not isinstance(entry, dict):
         raise ProtocolError(
@@ -333,7 +358,7 @@ def _run_task(entry: object, index: int) -> RunTask | RejectedTask:
         )
     except ProtocolError as exc:
         assert exc.field is not None
-        return RejectedTask(tid, exc.field.removeprefix(path), str(exc))
+        return RejectedTask(tid, exc.field.removeprefix(path), str(exc).removeprefix(f"{what}: "))
 
 
 def _run(message: Mapping[Any, Any]) -> RunRequest:
@@ -342,6 +367,10 @@ def _run(message: Mapping[Any, Any]) -> RunRequest:
 
 
 def _response(message: Mapping[Any, Any]) -> TaskSucceeded | TaskFailed:
+    if message.get("ok") is True:  # the common case, checked quickly as in `_run_task`
+        tid, outputs, elapsed = message.get("id"), message.get("outputs"), message.get("elapsed_us")
+        if type(tid) is int and type(outputs) is bytes and type(elapsed) is int:
+            return TaskSucceeded(tid, outputs, elapsed)
     what = "response"
     tid = _get(message, "id", int, what)
     if _get(message, "ok", bool, what):
@@ -413,6 +442,8 @@ def decode_message(body: BytesLike) -> Message:
 # -------------------------------------------------------------------------------------------------
 
 _M = TypeVar("_M")
+# Frame bodies from this size up are decoded from a view of the bytes fed, smaller ones copied.
+_COPY_BELOW: Final = 64 * 1024
 
 
 class FrameDecoder(Generic[_M]):
@@ -453,40 +484,59 @@ class FrameDecoder(Generic[_M]):
         """Take `data` (any amount) and return the messages it completed."""
         if self._error is not None:
             raise self._error
+        if not data:  # frames complete as soon as their bytes are in: nothing new
+            return []
         messages: list[_M] = []
+        # Views of a buffer the caller may change are released before returning.
+        chunk: bytes | memoryview
+        view = None
+        if isinstance(data, bytes):
+            chunk = data
+        else:
+            chunk = view = memoryview(data).cast("B")
         try:
-            with memoryview(data) as view:
-                self._cut(view.cast("B"), messages)
+            self._cut(chunk, messages)
         except ProtocolError as exc:
             # Without its traceback, the error does not keep the buffers of `_cut` alive.
             self._error = exc.with_traceback(None)
             if not messages:
                 raise self._error from None
+        finally:
+            if view is not None:
+                view.release()
         return messages
 
-    def _cut(self, view: memoryview, messages: list[_M]) -> None:
-        pos, end = 0, len(view)
+    def _cut(self, data: bytes | memoryview, messages: list[_M]) -> None:
+        pos, end = 0, len(data)
         while True:
             if self._size is None:
-                take = min(HEADER_BYTES - len(self._head), end - pos)
-                self._head += view[pos : pos + take]
-                pos += take
-                if len(self._head) < HEADER_BYTES:
-                    return
-                (size,) = _HEADER.unpack(self._head)
-                self._head.clear()
+                if not self._head and end - pos >= HEADER_BYTES:
+                    (size,) = _HEADER.unpack_from(data, pos)
+                    pos += HEADER_BYTES
+                else:
+                    take = min(HEADER_BYTES - len(self._head), end - pos)
+                    self._head += data[pos : pos + take]
+                    pos += take
+                    if len(self._head) < HEADER_BYTES:
+                        return
+                    (size,) = _HEADER.unpack(self._head)
+                    self._head.clear()
                 if size > self.max_bytes:
                     raise FrameTooLargeError(size, self.max_bytes)
                 self._size = size
             size = self._size
             body: BytesLike
             if not self._parts and end - pos >= size:
-                body = view[pos : pos + size]  # whole in this chunk: no copy
+                # Whole in this chunk: a large body is decoded in place, not copied.
+                if size >= _COPY_BELOW and isinstance(data, bytes):
+                    body = memoryview(data)[pos : pos + size]
+                else:
+                    body = data[pos : pos + size]
                 pos += size
             else:
                 take = min(size - self._have, end - pos)
                 if take:
-                    self._parts.append(bytes(view[pos : pos + take]))
+                    self._parts.append(bytes(data[pos : pos + take]))
                     self._have += take
                     pos += take
                 if self._have < size:
