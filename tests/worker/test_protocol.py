@@ -453,6 +453,15 @@ def test_the_blocking_reader_never_waits_for_bytes_past_its_frame() -> None:
             reader.read()
 
 
+@pytest.mark.parametrize("cuts", [[], [2], [HEADER_BYTES], [1000, 70_000, 70_001]])
+def test_a_large_frame_decodes_whole_or_in_pieces(cuts: list[int]) -> None:
+    message = TaskSucceeded(3, os.urandom(200_000), 1)
+    decoder = FrameDecoder(decode_executor_message)
+    received = [m for chunk in _cut(message.encode(), cuts) for m in decoder.feed(chunk)]
+    assert received == [message]
+    assert decoder.at_boundary
+
+
 def test_a_decoder_keeps_no_hold_on_a_buffer_it_was_fed() -> None:
     # The caller may resize its buffer afterwards, even after a malformed frame.
     buffer = bytearray(Hello(1, "v").encode() + frame_of({"op": 1}) + b"\x00")
@@ -462,6 +471,10 @@ def test_a_decoder_keeps_no_hold_on_a_buffer_it_was_fed() -> None:
     with pytest.raises(ProtocolError, match="field `op` must be a str, got int 1"):
         decoder.feed()
     buffer.clear()
+    large = TaskSucceeded(1, bytes(100_000), 0)
+    buffer = bytearray(large.encode())
+    assert FrameDecoder(decode_executor_message).feed(buffer) == [large]
+    buffer += b"more"
     for bad in (frame_of({"op": 1}), b"\x00\x00\x00\x01\xc1"):
         buffer = bytearray(bad)
         with pytest.raises(ProtocolError):
