@@ -31,7 +31,13 @@ from hypothesis import strategies as st
 
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
-from orbweaver.worker.protocol import FrameReader
+from orbweaver.worker.protocol import (
+    FrameReader,
+    Hello,
+    TaskFailed,
+    TaskSucceeded,
+    decode_executor_message,
+)
 
 # Fields that make the server wait: kept short so that no example blocks for long.
 _WAIT_FIELDS = frozenset({"wait_ms", "timeout_ms", "wait_time_ms"})
@@ -410,12 +416,12 @@ def check_executor_frame(frame: bytes, tasks_dir: Path) -> int:
     status, out, logs = run_executor(frame, tasks_dir)
     assert status in (EXIT_OK, EXIT_PROTOCOL), (status, frame[:80], logs[-2000:])
     assert b"Traceback" not in logs, logs[-2000:]
-    reader = FrameReader(io.BytesIO(out))
+    # Decoding checks every field of every response (and raises on a malformed one).
+    reader = FrameReader(io.BytesIO(out), decode=decode_executor_message)
     hello = reader.read()
-    assert hello is not None and hello["op"] == "hello"
+    assert isinstance(hello, Hello), hello
     while (response := reader.read()) is not None:
-        assert set(response) >= {"id", "ok", "elapsed_us"}, response
-        if not response["ok"]:
-            error = response["error"]
-            assert error["type"] and isinstance(error["message"], str), error
+        assert isinstance(response, (TaskSucceeded, TaskFailed)), response
+        if isinstance(response, TaskFailed):
+            assert response.error.type, response
     return status

@@ -20,7 +20,16 @@ import pytest
 from orbweaver import _core
 from orbweaver.worker.protocol import (
     PROTOCOL_VERSION,
+    ExecutorMessage,
     FrameReader,
+    Hello,
+    RunRequest,
+    RunTask,
+    Shutdown,
+    TaskError,
+    TaskFailed,
+    TaskSucceeded,
+    decode_executor_message,
     encode_frame,
 )
 
@@ -69,9 +78,9 @@ class RawExecutor:
         self._stderr: list[bytes] = []
         self._stderr_thread = threading.Thread(target=self._drain, daemon=True)
         self._stderr_thread.start()
-        self.reader = FrameReader(self.proc.stdout)
+        self.reader = FrameReader(self.proc.stdout, decode=decode_executor_message)
         self.next_id = 0
-        self.hello: dict[str, Any] | None = self.read() if expect_hello else None
+        self.hello = self.read() if expect_hello else None
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -82,12 +91,19 @@ class RawExecutor:
     def stderr(self) -> str:
         return b"".join(self._stderr).decode(errors="replace")
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> ExecutorMessage | None:
         return self.reader.read()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: RunRequest | Shutdown) -> None:
+        self.send_frame(message.encode())
+
+    def send_raw(self, body: dict[str, Any]) -> None:
+        """A frame of any map, such as a malformed request."""
+        self.send_frame(encode_frame(body))
+
+    def send_frame(self, frame: bytes) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(encode_frame(message))
+        self.proc.stdin.write(frame)
         self.proc.stdin.flush()
 
     def task(
@@ -96,22 +112,28 @@ class RawExecutor:
         func: str,
         io: bytes,
         task_id: int = 0,
-    ) -> dict[str, Any]:
+    ) -> RunTask:
         self.next_id += 1
-        return {
-            "id": self.next_id,
-            "package": package,
-            "func": func,
-            "ctx": {"job_id": 7, "task_id": task_id, "instance_id": 11, "resource_group_id": 5},
-            "io": io,
-        }
+        return RunTask(
+            id=self.next_id,
+            package=package,
+            func=func,
+            job_id=7,
+            task_id=task_id,
+            instance_id=11,
+            resource_group_id=5,
+            io=io,
+        )
 
-    def run(self, package: str, func: str, io: bytes, task_id: int = 0) -> dict[str, Any]:
+    def run(
+        self, package: str, func: str, io: bytes, task_id: int = 0
+    ) -> TaskSucceeded | TaskFailed:
         request = self.task(package, func, io, task_id)
-        self.send({"op": "run", "tasks": [request]})
+        self.send(RunRequest((request,)))
         response = self.read()
         assert response is not None, f"executor ended without answering; stderr:\n{self.stderr}"
-        assert response["id"] == request["id"]
+        assert isinstance(response, (TaskSucceeded, TaskFailed)), response
+        assert response.id == request.id
         return response
 
     def wait(self) -> int:
@@ -133,9 +155,14 @@ def wire(*values: Any) -> bytes:
     return _core.wire_encode([msgpack.packb(v, use_bin_type=True) for v in values])
 
 
-def outputs(response: dict[str, Any]) -> list[Any]:
-    assert response["ok"], response
-    return [msgpack.unpackb(p, raw=False) for p in _core.wire_decode(response["outputs"])]
+def outputs(response: ExecutorMessage | None) -> list[Any]:
+    assert isinstance(response, TaskSucceeded), response
+    return [msgpack.unpackb(p, raw=False) for p in _core.wire_decode(response.outputs)]
+
+
+def failure(response: ExecutorMessage | None) -> TaskError:
+    assert isinstance(response, TaskFailed), response
+    return response.error
 
 
 @pytest.fixture
@@ -163,17 +190,16 @@ def shared_executor() -> Iterator[RawExecutor]:
 
 
 def test_hello_then_fibonacci_then_clean_exit_on_shutdown(executor: RawExecutor) -> None:
-    assert executor.hello is not None
-    assert executor.hello["op"] == "hello"
-    assert executor.hello["pid"] == executor.proc.pid
-    assert executor.hello["version"] == _core.__version__
-    assert executor.hello["protocol"] == PROTOCOL_VERSION
+    assert isinstance(executor.hello, Hello)
+    assert executor.hello.pid == executor.proc.pid
+    assert executor.hello.version == _core.__version__
+    assert executor.hello.protocol == PROTOCOL_VERSION
 
     response = executor.run("integration_tasks", "fibonacci", wire(10))
     assert outputs(response) == [55]
-    assert response["elapsed_us"] >= 0
+    assert response.elapsed_us >= 0
 
-    executor.send({"op": "shutdown"})
+    executor.send(Shutdown())
     assert executor.read() is None
     assert executor.wait() == 0
 
@@ -188,11 +214,11 @@ def test_stdin_eof_is_a_clean_exit(executor: RawExecutor) -> None:
 
 def test_always_fail_is_decoded_with_type_message_and_traceback(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "always_fail", wire())
-    assert response["ok"] is False
-    error = response["error"]
-    assert error["type"] == "ValueError"
-    assert "always_fail" in error["message"]
-    tb = error["traceback"]
+    assert isinstance(response, TaskFailed)
+    error = response.error
+    assert error.type == "ValueError"
+    assert "always_fail" in error.message
+    tb = error.traceback
     assert tb.startswith("Traceback (most recent call last):")
     assert "integration_tasks.py" in tb and 'raise ValueError("always_fail' in tb
     assert "orbweaver/worker/executor.py" not in tb  # only user frames
@@ -202,15 +228,15 @@ def test_always_fail_is_decoded_with_type_message_and_traceback(executor: RawExe
 
 def test_traceback_keeps_user_frames_and_names_the_cause(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "chained_failure", wire("b"))
-    error = response["error"]
-    assert error["type"] == "RuntimeError"
-    assert error["message"] == "lookup of 'b' failed"
-    assert error["traceback"].endswith(
+    error = failure(response)
+    assert error.type == "RuntimeError"
+    assert error.message == "lookup of 'b' failed"
+    assert error.traceback.endswith(
         "RuntimeError: lookup of 'b' failed\n(caused by KeyError: 'b')\n"
     )
     response = executor.run("integration_tasks", "fibonacci", wire(100_000))
-    assert response["error"]["type"] == "RecursionError"
-    tb = response["error"]["traceback"]
+    assert failure(response).type == "RecursionError"
+    tb = failure(response).traceback
     assert len(tb) < 2000  # only the last 8 frames, repeats collapsed
     assert "[Previous line repeated 5 more times]" in tb
     # The executor survives a RecursionError.
@@ -219,25 +245,25 @@ def test_traceback_keeps_user_frames_and_names_the_cause(executor: RawExecutor) 
 
 def test_custom_exception_type_is_qualified(executor: RawExecutor) -> None:
     response = executor.run("complex", "always_fail", wire([[]]))
-    assert response["error"]["type"] == "complex.ComplexError"
-    assert response["error"]["message"] == "always fails (custom error)"
+    assert failure(response).type == "complex.ComplexError"
+    assert failure(response).message == "always fails (custom error)"
 
 
 def test_sys_exit_inside_a_task_is_a_task_error(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "exit_via_sys_exit", wire())
-    assert response["error"]["type"] == "SystemExit"
-    assert response["error"]["message"] == "5"
+    assert failure(response).type == "SystemExit"
+    assert failure(response).message == "5"
     assert outputs(executor.run("integration_tasks", "fibonacci", wire(3))) == [2]
 
 
 def test_crash_gives_no_response_eof_and_nonzero_exit(executor: RawExecutor) -> None:
-    executor.send({"op": "run", "tasks": [executor.task("integration_tasks", "crash", wire())]})
+    executor.send(RunRequest((executor.task("integration_tasks", "crash", wire()),)))
     assert executor.read() is None
     assert executor.wait() == 3
 
 
 def test_sigkill_gives_no_response(executor: RawExecutor) -> None:
-    executor.send({"op": "run", "tasks": [executor.task("integration_tasks", "kill_self", wire())]})
+    executor.send(RunRequest((executor.task("integration_tasks", "kill_self", wire()),)))
     assert executor.read() is None
     assert executor.wait() == -9
 
@@ -257,22 +283,22 @@ def test_commit_task_outputs_do_not_sum_to_zero(executor: RawExecutor) -> None:
     response = executor.run(
         "integration_tasks", "assert_outputs_sum_zero", _job_outputs(1, 2, 3), _core.TASK_COMMIT
     )
-    assert response["ok"] is False
-    assert "do not sum to zero" in response["error"]["message"]
+    assert isinstance(response, TaskFailed)
+    assert "do not sum to zero" in failure(response).message
 
 
 def test_commit_task_with_empty_outputs(executor: RawExecutor) -> None:
     response = executor.run(
         "integration_tasks", "assert_outputs_sum_zero", _job_outputs(), _core.TASK_COMMIT
     )
-    assert response["ok"] is False
-    assert "empty" in response["error"]["message"]
+    assert isinstance(response, TaskFailed)
+    assert "empty" in failure(response).message
 
 
 def test_commit_task_run_as_a_regular_task(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "assert_outputs_sum_zero", wire(), 0)
-    assert response["ok"] is False
-    assert "commit task" in response["error"]["message"]
+    assert isinstance(response, TaskFailed)
+    assert "commit task" in failure(response).message
 
 
 def test_large_commit_outputs_are_zstd_compressed_and_decoded(executor: RawExecutor) -> None:
@@ -304,8 +330,8 @@ def test_cleanup_task_receives_the_graph_inputs(tmp_path: Path) -> None:
 
 def test_termination_task_with_parameters_is_refused(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "fibonacci", _job_outputs(1), _core.TASK_COMMIT)
-    assert response["error"]["type"] == "TaskInputError"
-    assert "cannot run as the commit task" in response["error"]["message"]
+    assert failure(response).type == "TaskInputError"
+    assert "cannot run as the commit task" in failure(response).message
 
 
 def test_context_is_passed_to_the_task(executor: RawExecutor) -> None:
@@ -324,40 +350,40 @@ def test_a_batch_streams_one_response_per_task_in_order(executor: RawExecutor) -
         executor.task("integration_tasks", "always_fail", wire()),
         executor.task("integration_tasks", "sleep_and_echo", wire(["a/b", "c"])),
     ]
-    executor.send({"op": "run", "tasks": tasks})
+    executor.send(RunRequest(tuple(tasks)))
     responses = [executor.read() for _ in tasks]
-    assert [r["id"] for r in responses if r] == [t["id"] for t in tasks]
-    assert outputs(responses[0]) == [55]  # type: ignore[arg-type]
-    assert responses[1] is not None and responses[1]["ok"] is False
-    assert outputs(responses[2]) == [["a/b", "c"]]  # type: ignore[arg-type]
+    assert [getattr(r, "id", None) for r in responses] == [t.id for t in tasks]
+    assert outputs(responses[0]) == [55]
+    assert failure(responses[1]).type == "ValueError"
+    assert outputs(responses[2]) == [["a/b", "c"]]
 
 
 def test_wrong_input_type_and_count_are_readable(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "fibonacci", wire("ten"))
-    assert response["error"]["type"] == "TaskInputError"
-    assert response["error"]["message"] == (
+    assert failure(response).type == "TaskInputError"
+    assert failure(response).message == (
         "`integration_tasks.fibonacci` input 0 (parameter `n` of type int): "
         "expected int, got str 'ten'"
     )
     response = executor.run("integration_tasks", "fibonacci", wire(1, 2))
-    assert "takes 1 inputs (n) but received 2" in response["error"]["message"]
+    assert "takes 1 inputs (n) but received 2" in failure(response).message
     response = executor.run("integration_tasks", "fibonacci", b"\x01")
-    assert response["error"]["type"] == "TaskInputError"
-    assert "malformed inputs" in response["error"]["message"]
+    assert failure(response).type == "TaskInputError"
+    assert "malformed inputs" in failure(response).message
 
 
 def test_wrong_outputs_are_readable(executor: RawExecutor) -> None:
     response = executor.run("integration_tasks", "wrong_output", wire())
-    assert response["error"]["type"] == "TaskOutputError"
-    assert "output 0 (type int): expected int, got str 'not an int'" in response["error"]["message"]
+    assert failure(response).type == "TaskOutputError"
+    assert "output 0 (type int): expected int, got str 'not an int'" in failure(response).message
     response = executor.run("integration_tasks", "wrong_arity", wire())
-    assert "declares 2 outputs (int, int) but returned tuple" in response["error"]["message"]
+    assert "declares 2 outputs (int, int) but returned tuple" in failure(response).message
 
 
 def test_print_inside_a_task_does_not_corrupt_the_protocol(executor: RawExecutor) -> None:
     assert outputs(executor.run("integration_tasks", "chatty", wire(1))) == [2]
     assert outputs(executor.run("integration_tasks", "fibonacci", wire(10))) == [55]
-    executor.send({"op": "shutdown"})
+    executor.send(Shutdown())
     assert executor.wait() == 0
     err = executor.stderr
     assert "hello from print() inside a task" in err
@@ -369,14 +395,14 @@ def test_submodule_tasks_and_renamed_tasks_resolve(executor: RawExecutor) -> Non
     assert outputs(executor.run("nested_pkg", "sub.mod.triple", wire(5))) == [15]
     assert outputs(executor.run("integration_tasks", "renamed", wire(5))) == [-5]
     response = executor.run("integration_tasks", "original_name", wire(5))
-    assert response["error"]["type"] == "TaskNotFoundError"
+    assert failure(response).type == "TaskNotFoundError"
 
 
 def test_package_import_error_is_reported(executor: RawExecutor) -> None:
     response = executor.run("broken_import", "anything", wire())
-    assert response["error"]["type"] == "PackageImportError"
-    assert "broken_import cannot be imported on purpose" in response["error"]["message"]
-    assert "broken_import.py" in response["error"]["traceback"]
+    assert failure(response).type == "PackageImportError"
+    assert "broken_import cannot be imported on purpose" in failure(response).message
+    assert "broken_import.py" in failure(response).traceback
 
 
 def test_init_hook_runs_in_the_executor(executor: RawExecutor) -> None:
@@ -390,11 +416,11 @@ def test_failing_init_hook_is_reported_and_the_executor_survives() -> None:
     try:
         for _ in range(2):  # every attempt reports it; the executor keeps serving
             response = ex.run("integration_tasks", "assert_initialized", wire())
-            assert response["error"]["type"] == "PackageImportError"
-            message = response["error"]["message"]
+            assert failure(response).type == "PackageImportError"
+            message = failure(response).message
             assert "integration_tasks" in message
             assert "initialisation failed on purpose" in message
-            assert "integration_tasks.py" in response["error"]["traceback"]
+            assert "integration_tasks.py" in failure(response).traceback
         assert outputs(ex.run("nested_pkg", "sub.mod.triple", wire(2))) == [6]
     finally:
         ex.close()
@@ -404,8 +430,7 @@ def test_response_larger_than_the_frame_limit_becomes_an_error() -> None:
     ex = RawExecutor(args=["--max-frame-bytes", "4096"])
     try:
         response = ex.run("integration_tasks", "make_text", wire(5000))
-        assert response["ok"] is False
-        assert "exceeds the executor frame limit of 4096 bytes" in response["error"]["message"]
+        assert "exceeds the executor frame limit of 4096 bytes" in failure(response).message
         assert outputs(ex.run("integration_tasks", "fibonacci", wire(6))) == [8]
     finally:
         ex.close()
@@ -414,12 +439,7 @@ def test_response_larger_than_the_frame_limit_becomes_an_error() -> None:
 def test_oversized_request_frame_ends_the_executor_with_an_error() -> None:
     ex = RawExecutor(args=["--max-frame-bytes", "4096"])
     try:
-        ex.send(
-            {
-                "op": "run",
-                "tasks": [ex.task("integration_tasks", "sleep_and_echo", wire(["x" * 10_000]))],
-            }
-        )
+        ex.send(RunRequest((ex.task("integration_tasks", "sleep_and_echo", wire(["x" * 10_000])),)))
         assert ex.read() is None
         assert ex.wait() == 3
         assert "exceeds the executor frame limit of 4096 bytes" in ex.stderr
@@ -489,20 +509,21 @@ def test_escape_attempts_are_refused(
 ) -> None:
     executor = shared_executor
     response = executor.run(package, func, wire())
-    assert response["ok"] is False
-    error = response["error"]
-    assert error["type"] == "TaskNotFoundError"
-    assert isinstance(error["message"], str) and fragment in error["message"]
+    error = failure(response)
+    assert error.type == "TaskNotFoundError"
+    assert fragment in error.message
     # The executor is unharmed.
     assert outputs(executor.run("integration_tasks", "fibonacci", wire(10))) == [55]
 
 
 def test_non_string_names_are_refused(executor: RawExecutor) -> None:
-    request = executor.task("integration_tasks", "fibonacci", wire(1))
+    request = executor.task("integration_tasks", "fibonacci", wire(1)).to_wire()
     request["package"] = b"integration_tasks"
-    executor.send({"op": "run", "tasks": [request]})
+    executor.send_raw({"op": "run", "tasks": [request]})
     response = executor.read()
-    assert response is not None and response["error"]["type"] == "TaskNotFoundError"
+    assert isinstance(response, TaskFailed) and response.id == request["id"]
+    assert response.error.type == "TaskNotFoundError"
+    assert "`tasks[0].package` must be a str, got bytes" in response.error.message
 
 
 _OUTSIDE_MODULE = """
@@ -534,8 +555,8 @@ def test_symlinks_out_of_the_tasks_dir_are_refused(tmp_path: Path) -> None:
     try:
         for package in ("evil", "evilpkg"):
             response = ex.run(package, "fn", wire())
-            assert response["error"]["type"] == "TaskNotFoundError"
-            assert "outside the tasks directory" in response["error"]["message"]
+            assert failure(response).type == "TaskNotFoundError"
+            assert "outside the tasks directory" in failure(response).message
         assert not marker.exists(), "a module outside the tasks directory was imported"
         assert outputs(ex.run("good", "fn", wire())) == [1]
     finally:
@@ -556,10 +577,10 @@ def test_a_task_imported_from_outside_the_tasks_dir_is_refused(tmp_path: Path) -
     ex = RawExecutor(tasks, env={"PYTHONPATH": os.pathsep.join([str(PYTHON_ROOT), str(lib)])})
     try:
         response = ex.run("reexport", "fn", wire())
-        assert response["error"]["type"] == "TaskNotFoundError"
-        assert "imported under another name" in response["error"]["message"]
+        assert failure(response).type == "TaskNotFoundError"
+        assert "imported under another name" in failure(response).message
         response = ex.run("outside_tasks", "fn", wire())
-        assert response["error"]["type"] == "TaskNotFoundError"
+        assert failure(response).type == "TaskNotFoundError"
     finally:
         ex.close()
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -408,6 +409,64 @@ def _write_failing_python(tmp_path: Path) -> Path:
     script.write_text("#!/bin/sh\necho 'broken interpreter: cannot import orbweaver' >&2\nexit 7\n")
     script.chmod(0o755)
     return script
+
+
+# An executor that greets and answers like a real one but breaks the protocol as told: "version"
+# greets with another protocol version; "malformed" answers the first task of a request, then
+# sends a response of the wrong type for the last one, both in one write.
+_FAKE_EXECUTOR = """
+import os, sys
+from orbweaver.worker.protocol import (
+    FrameReader, Hello, RunRequest, TaskSucceeded, decode_pool_message, encode_frame,
+)
+
+mode = sys.argv[1]
+out = sys.stdout.buffer
+out.write(Hello(os.getpid(), "fake", 99 if mode == "version" else 1).encode())
+out.flush()
+for request in iter(FrameReader(sys.stdin.buffer, decode=decode_pool_message).read, None):
+    if not isinstance(request, RunRequest):
+        break
+    good = TaskSucceeded(request.tasks[0].id, b"", 0).encode()
+    bad = {"id": request.tasks[-1].id, "ok": True, "outputs": "text", "elapsed_us": 0}
+    out.write(good + encode_frame(bad))
+    out.flush()
+"""
+
+
+def _fake_python(tmp_path: Path, mode: str) -> Path:
+    """An interpreter for the pool that runs the fake executor instead of the real one."""
+    fake = tmp_path / "fake_executor.py"
+    fake.write_text(_FAKE_EXECUTOR)
+    script = tmp_path / f"python-{mode}"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" {mode} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_an_executor_speaking_another_protocol_version_is_refused(tmp_path: Path) -> None:
+    pool = ExecutorPool(TASKS_DIR, 1, python=str(_fake_python(tmp_path, "version")))
+    with pytest.raises(ExecutorPoolError) as info:
+        pool.start()
+    assert "speaks executor protocol version 99, this pool speaks version 1" in str(info.value)
+    assert pool.closed
+    assert not _executor_children()
+
+
+def test_a_malformed_response_is_a_crash_after_the_responses_before_it(
+    make_pool: Callable[..., ExecutorPool], tmp_path: Path
+) -> None:
+    pool = make_pool(1, python=str(_fake_python(tmp_path, "malformed")))
+    [before] = pool.pids()
+    first, second = pool.run_batch([req("fibonacci", 1), req("fibonacci", 2)])
+    assert (first.kind, first.outputs, first.error) == (ResultKind.SUCCESS, b"", None)
+    assert second.kind is ResultKind.CRASH
+    assert second.error == (
+        "executor crashed (malformed response: response: field `outputs` must be bytes, "
+        "got str 'text')"
+    )
+    assert pool.pids() != [before]  # replaced
+    assert pool.run(req("fibonacci", 3)).kind is ResultKind.SUCCESS
 
 
 @pytest.fixture

@@ -52,8 +52,15 @@ from orbweaver.worker.protocol import (
     PROTOCOL_VERSION,
     FrameReader,
     FrameTooLargeError,
+    Hello,
     ProtocolError,
-    encode_frame,
+    RejectedTask,
+    RunTask,
+    Shutdown,
+    TaskError,
+    TaskFailed,
+    TaskSucceeded,
+    decode_pool_message,
 )
 
 log = logging.getLogger("orbweaver.executor")
@@ -328,31 +335,26 @@ class Executor:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Run one task request; returns the response message (never raises for task errors)."""
+    def run(self, task: RunTask) -> TaskSucceeded | TaskFailed:
+        """Run one task; returns its response (never raises for task errors)."""
         start = time.perf_counter()
-        tid = request.get("id")
         try:
-            outputs = self._run(request)
-            response: dict[str, Any] = {"id": tid, "ok": True, "outputs": outputs}
+            outputs = self._run(task)
         except (Exception, SystemExit, CpuTimeLimitExceeded) as exc:
-            response = {"id": tid, "ok": False, "error": error_info(exc)}
-        response["elapsed_us"] = int((time.perf_counter() - start) * 1e6)
-        return response
+            return TaskFailed(task.id, error_info(exc), _elapsed_us(start))
+        return TaskSucceeded(task.id, outputs, _elapsed_us(start))
 
-    def _run(self, request: dict[str, Any]) -> bytes:
-        fn = self.resolve(request.get("package"), request.get("func"))
-        raw_ctx = request.get("ctx")
-        io = request.get("io")
-        try:
-            if type(io) is not bytes:
-                raise TypeError("`io` must be bytes")
-            job_id = int(raw_ctx["job_id"])  # type: ignore[index]
-            task_id = int(raw_ctx["task_id"])  # type: ignore[index]
-            instance_id = int(raw_ctx["instance_id"])  # type: ignore[index]
-            rg_id = int(raw_ctx["resource_group_id"])  # type: ignore[index]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TaskInputError(f"malformed request for `{fn.qualified_name}`: {exc!r}") from None
+    @staticmethod
+    def reject(task: RejectedTask) -> TaskFailed:
+        """The response to a task request that could not be decoded: a `TaskNotFoundError` when
+        its name is what is wrong, a `TaskInputError` otherwise."""
+        cls = TaskNotFoundError if task.field in ("package", "func") else TaskInputError
+        return TaskFailed(task.id, error_info(cls(f"malformed task request: {task.reason}")), 0)
+
+    def _run(self, task: RunTask) -> bytes:
+        fn = self.resolve(task.package, task.func)
+        io, job_id, task_id = task.io, task.job_id, task.task_id
+        instance_id, rg_id = task.instance_id, task.resource_group_id
         args: list[Any] = []
         if task_id >= 0:
             try:
@@ -532,13 +534,13 @@ def format_traceback(exc: BaseException) -> str:
     return "".join(lines)
 
 
-def error_info(exc: BaseException) -> dict[str, str]:
-    """`{"type", "message", "traceback"}` of an exception raised while running a task."""
-    return {
-        "type": _exc_type(exc),
-        "message": _exc_message(exc),
-        "traceback": format_traceback(exc),
-    }
+def error_info(exc: BaseException) -> TaskError:
+    """The `TaskError` of an exception raised while running a task."""
+    return TaskError(_exc_type(exc), _exc_message(exc), format_traceback(exc))
+
+
+def _elapsed_us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -651,55 +653,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     max_bytes = args.max_frame_bytes
 
-    def send(message: dict[str, Any]) -> None:
-        try:
-            frame = encode_frame(message, max_bytes)
-        except FrameTooLargeError as exc:
-            frame = encode_frame(
-                {
-                    "id": message.get("id"),
-                    "ok": False,
-                    "error": {
-                        "type": "TaskOutputError",
-                        "message": f"the task's response is too large: {exc}",
-                        "traceback": "",
-                    },
-                    "elapsed_us": message.get("elapsed_us", 0),
-                },
-                max_bytes,
-            )
+    def send(frame: bytes) -> None:
         proto_out.write(frame)
         proto_out.flush()
 
-    reader = FrameReader(proto_in, max_bytes)
+    def respond(response: TaskSucceeded | TaskFailed) -> None:
+        try:
+            frame = response.encode(max_bytes)
+        except FrameTooLargeError as exc:
+            error = TaskError(
+                "TaskOutputError", f"the task's response is too large: {exc}", traceback=""
+            )
+            frame = TaskFailed(response.id, error, response.elapsed_us).encode(max_bytes)
+        send(frame)
+
+    reader = FrameReader(proto_in, max_bytes, decode=decode_pool_message)
     try:
-        send(
-            {
-                "op": "hello",
-                "pid": os.getpid(),
-                "version": getattr(_core, "__version__", "0"),
-                "protocol": PROTOCOL_VERSION,
-            }
-        )
+        send(Hello(os.getpid(), getattr(_core, "__version__", "0"), PROTOCOL_VERSION).encode())
         while True:
             try:
                 message = reader.read()
             except ProtocolError as exc:
                 log.error("protocol error: %s", exc)
                 return EXIT_PROTOCOL
-            if message is None:
+            if message is None or isinstance(message, Shutdown):
                 return EXIT_OK
-            op = message.get("op")
-            if op == "shutdown":
-                return EXIT_OK
-            if op != "run" or not isinstance(message.get("tasks"), list):
-                log.error("protocol error: unexpected message %r", {"op": op})
-                return EXIT_PROTOCOL
-            for request in message["tasks"]:
-                if not isinstance(request, dict):
-                    log.error("protocol error: a task request must be a map")
-                    return EXIT_PROTOCOL
-                send(executor.run(request))
+            for task in message.tasks:
+                respond(executor.run(task) if isinstance(task, RunTask) else executor.reject(task))
     except (BrokenPipeError, ConnectionResetError):
         return EXIT_PIPE
 

@@ -48,7 +48,6 @@ import os
 import queue
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -65,11 +64,19 @@ from orbweaver._units import format_size
 from orbweaver.worker import isolation
 from orbweaver.worker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    HEADER_BYTES,
+    PROTOCOL_VERSION,
+    ExecutorMessage,
+    FrameDecoder,
     FrameTooLargeError,
+    Hello,
+    PoolMessage,
     ProtocolError,
-    decode_body,
-    encode_frame,
+    RunRequest,
+    RunTask,
+    Shutdown,
+    TaskFailed,
+    TaskSucceeded,
+    decode_executor_message,
 )
 
 __all__ = [
@@ -96,7 +103,6 @@ _STDERR_TAIL_LINES: Final = 20
 _EXIT_POLL_MS: Final = 50
 # How long the output forwarder of a disposed executor waits for more output before it stops.
 _FORWARDER_POLL_MS: Final = 200
-_HEADER: Final = struct.Struct(">I")
 # The directory holding the `orbweaver` package, so executors import the same orbweaver.
 _PYTHON_ROOT: Final = str(Path(__file__).resolve().parents[2])
 _LEVELS: Final = {
@@ -167,7 +173,7 @@ class _ReadFailed:
 
 
 _EOF: Final = _Eof()
-_Message = dict[str, Any] | _Eof | _ReadFailed
+_Received = ExecutorMessage | _Eof | _ReadFailed
 
 
 class _Executor:
@@ -177,7 +183,9 @@ class _Executor:
     def __init__(self, pool: ExecutorPool) -> None:
         self.max_frame_bytes = pool.max_frame_bytes
         self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
-        self._buf = bytearray()
+        self._decoder = FrameDecoder(decode_executor_message, self.max_frame_bytes)
+        self._received: deque[ExecutorMessage] = deque()
+        self._failure: ProtocolError | None = None
         self._eof = False
         self._exited = False  # seen dead (its output drained); not necessarily reaped yet
         self._next_id = 0
@@ -280,9 +288,9 @@ class _Executor:
         self._next_id += 1
         return self._next_id
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: PoolMessage) -> bool:
         """Write one frame; False when the executor is gone. Raises `FrameTooLargeError`."""
-        frame = memoryview(encode_frame(message, self.max_frame_bytes))
+        frame = memoryview(message.encode(self.max_frame_bytes))
         with self._write_lock:
             try:
                 while frame:
@@ -294,17 +302,17 @@ class _Executor:
                 return False
         return True
 
-    def recv(self, timeout: float | None) -> _Message | None:
+    def recv(self, timeout: float | None) -> _Received | None:
         """The next message, or None when `timeout` (seconds) passes first. `_EOF` once the
         executor closed its output or exited (whoever else still holds the pipe)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                message = self._parse()
-            except ProtocolError as exc:
-                return _ReadFailed(exc)
-            if message is not None:
-                return message
+            if not self._received:
+                self._take(b"")  # a malformed frame after the last message is reported now
+            if self._received:
+                return self._received.popleft()
+            if self._failure is not None:
+                return _ReadFailed(self._failure)
             if self._eof or self._exited:
                 return _EOF
             wait_ms: int | None = None
@@ -332,9 +340,16 @@ class _Executor:
         except OSError:
             data = b""
         if data:
-            self._buf += data
+            self._take(data)
         else:
             self._eof = True
+
+    def _take(self, data: bytes) -> None:
+        if self._failure is None:
+            try:
+                self._received.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                self._failure = exc
 
     def _drain(self) -> None:
         """Read what the pipe holds now (bounded: another writer may still be feeding it)."""
@@ -344,20 +359,6 @@ class _Executor:
             if self._eof or not poller.poll(0):
                 return
             self._read_some()
-
-    def _parse(self) -> dict[str, Any] | None:
-        buf = self._buf
-        if len(buf) < HEADER_BYTES:
-            return None
-        (size,) = _HEADER.unpack_from(buf)
-        if size > self.max_frame_bytes:
-            raise FrameTooLargeError(size, self.max_frame_bytes)
-        end = HEADER_BYTES + size
-        if len(buf) < end:
-            return None
-        body = bytes(buf[HEADER_BYTES:end])
-        del buf[:end]
-        return decode_body(body)
 
     # -- process ---------------------------------------------------------------------------------
 
@@ -429,7 +430,7 @@ class _Executor:
     def request_shutdown(self) -> None:
         """Ask the executor to exit once it is idle (shutdown frame, then stdin EOF)."""
         with contextlib.suppress(Exception):
-            self.send({"op": "shutdown"})
+            self.send(Shutdown())
         with self._write_lock, contextlib.suppress(OSError, ValueError):
             self._stdin.close()
 
@@ -728,7 +729,7 @@ class ExecutorPool:
 
     def _await_hello(self, ex: _Executor) -> None:
         message = ex.recv(self.start_timeout)
-        if isinstance(message, dict) and message.get("op") == "hello":
+        if isinstance(message, Hello) and message.protocol == PROTOCOL_VERSION:
             return
         if message is None:
             why = f"did not start within {self.start_timeout:g} s"
@@ -736,6 +737,11 @@ class ExecutorPool:
             why = f"exited before it was ready ({ex.exit_description()})"
         elif isinstance(message, _ReadFailed):
             why = f"sent a malformed greeting: {message.error}"
+        elif isinstance(message, Hello):
+            why = (
+                f"speaks executor protocol version {message.protocol}, this pool speaks "
+                f"version {PROTOCOL_VERSION}"
+            )
         else:
             why = f"sent {_short(message)} instead of a greeting"
         self._discard(ex)
@@ -906,24 +912,13 @@ class ExecutorPool:
         requests: list[TaskRequest],
         pending: list[int],
         results: list[TaskResult | None],
-    ) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+    ) -> tuple[list[int], list[int]]:
         """The next run of pending tasks that fits in one frame (and the rest). A task too large
         for any frame gets its error result right away."""
-        chunk: list[tuple[int, dict[str, Any]]] = []
+        chunk: list[int] = []
         size = 64
         for pos, i in enumerate(pending):
             r = requests[i]
-            entry = {
-                "package": r.package,
-                "func": r.task_func,
-                "ctx": {
-                    "job_id": r.job_id,
-                    "task_id": r.task_id,
-                    "instance_id": r.instance_id,
-                    "resource_group_id": r.resource_group_id,
-                },
-                "io": bytes(r.task_io),
-            }
             entry_size = len(r.task_io) + len(r.package) + len(r.task_func) + 128
             if entry_size > self.max_frame_bytes:
                 if chunk:
@@ -936,7 +931,7 @@ class ExecutorPool:
                 return [], pending[pos + 1 :]
             if chunk and size + entry_size > self.max_frame_bytes:
                 return chunk, pending[pos:]
-            chunk.append((i, entry))
+            chunk.append(i)
             size += entry_size
         return chunk, []
 
@@ -944,7 +939,7 @@ class ExecutorPool:
         self,
         slot: _Slot,
         requests: list[TaskRequest],
-        chunk: list[tuple[int, dict[str, Any]]],
+        chunk: list[int],
         results: list[TaskResult | None],
     ) -> list[int]:
         """Send a chunk and collect its results. On a timeout or crash the executor is
@@ -952,9 +947,8 @@ class ExecutorPool:
         ex = slot.executor
         assert ex is not None
         ids = [ex.next_id() for _ in chunk]
-        tasks = [{"id": tid, **entry} for tid, (_, entry) in zip(ids, chunk, strict=True)]
         try:
-            sent = ex.send({"op": "run", "tasks": tasks})
+            sent = ex.send(_run_request(requests, chunk, ids))
             if not sent and not self._closed:
                 # It died before reading the request: not the tasks' fault, try a new one.
                 log.warning(
@@ -963,26 +957,22 @@ class ExecutorPool:
                 )
                 ex = self._respawn(slot, "it died while idle")
                 ids = [ex.next_id() for _ in chunk]
-                for task, tid in zip(tasks, ids, strict=True):
-                    task["id"] = tid
-                sent = ex.send({"op": "run", "tasks": tasks})
+                sent = ex.send(_run_request(requests, chunk, ids))
         except FrameTooLargeError:  # the size estimate was off: one task per frame
             if len(chunk) > 1:
-                return self._run_chunk(slot, requests, chunk[:1], results) + [
-                    i for i, _ in chunk[1:]
-                ]
-            results[chunk[0][0]] = TaskResult(
+                return self._run_chunk(slot, requests, chunk[:1], results) + chunk[1:]
+            results[chunk[0]] = TaskResult(
                 ResultKind.TASK_ERROR, None, "the task's input exceeds the executor frame limit"
             )
             return []
-        for pos, ((i, _), tid) in enumerate(zip(chunk, ids, strict=True)):
+        for pos, (i, tid) in enumerate(zip(chunk, ids, strict=True)):
             req = requests[i]
             started = time.monotonic()
             timeout = req.hard_timeout_ms / 1000 if req.hard_timeout_ms > 0 else None
             message = ex.recv(timeout) if sent else _EOF
             elapsed = time.monotonic() - started
-            if isinstance(message, dict) and message.get("id") == tid:
-                results[i] = _decode_result(message, elapsed)
+            if isinstance(message, (TaskSucceeded, TaskFailed)) and message.id == tid:
+                results[i] = _task_result(message, elapsed)
                 continue
             if self._closed:
                 raise ExecutorPoolError("the executor pool was closed while a task ran")
@@ -1005,8 +995,26 @@ class ExecutorPool:
                 extra={"executor_pid": ex.pid, "job_id": req.job_id, "task_id": req.task_id},
             )
             self._respawn(slot, "a hard timeout" if kind is ResultKind.TIMEOUT else "a crash")
-            return [j for j, _ in chunk[pos + 1 :]]
+            return chunk[pos + 1 :]
         return []
+
+
+def _run_request(requests: list[TaskRequest], chunk: list[int], ids: list[int]) -> RunRequest:
+    return RunRequest(
+        tuple(
+            RunTask(
+                id=tid,
+                package=r.package,
+                func=r.task_func,
+                job_id=r.job_id,
+                task_id=r.task_id,
+                instance_id=r.instance_id,
+                resource_group_id=r.resource_group_id,
+                io=bytes(r.task_io),
+            )
+            for r, tid in zip((requests[i] for i in chunk), ids, strict=True)
+        )
+    )
 
 
 def _short(message: object) -> str:
@@ -1019,14 +1027,11 @@ def _tail(ex: _Executor) -> str:
     return ("; executor stderr:\n" + "\n".join(lines)) if lines else ""
 
 
-def _decode_result(message: dict[str, Any], elapsed: float) -> TaskResult:
-    if message.get("ok") is True and isinstance(message.get("outputs"), bytes):
-        return TaskResult(ResultKind.SUCCESS, message["outputs"], None, elapsed)
-    error = message.get("error")
-    if not isinstance(error, dict):
-        return TaskResult(ResultKind.TASK_ERROR, None, f"malformed executor error {error!r}")
-    etype = str(error.get("type") or "Error")
-    text = str(error.get("message") or "")
-    tb = str(error.get("traceback") or "")
-    head = f"{etype}: {text}" if text else etype
-    return TaskResult(ResultKind.TASK_ERROR, None, f"{head}\n{tb}" if tb else head, elapsed)
+def _task_result(message: TaskSucceeded | TaskFailed, elapsed: float) -> TaskResult:
+    if isinstance(message, TaskSucceeded):
+        return TaskResult(ResultKind.SUCCESS, message.outputs, None, elapsed)
+    error = message.error
+    etype = error.type or "Error"
+    head = f"{etype}: {error.message}" if error.message else etype
+    text = f"{head}\n{error.traceback}" if error.traceback else head
+    return TaskResult(ResultKind.TASK_ERROR, None, text, elapsed)
