@@ -1,5 +1,5 @@
-"""The executor process over raw pipes (analogues of Spider's test_executor.rs, workers spec 7.2,
-plus the trust-boundary checks of DESIGN 7.4)."""
+"""The executor process over raw pipes (analogues of Spider's test_executor.rs,
+plus the trust-boundary checks: only registered tasks of the tasks directory run)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The executor pool with real executor processes (analogues of Spider's test_process_pool.rs,
-workers spec 7.3, plus the multi-process behaviour of DESIGN 7.8)."""
+plus the multi-process behaviour: N tasks at once, kill and respawn)."""
 
 from __future__ import annotations
 
