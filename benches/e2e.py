@@ -8,7 +8,7 @@ with MariaDB persistence, and the same workloads on Ray and Dask distributed, in
   with ``Client.gather`` (the APIs for many jobs, as Ray's and Dask's submissions are non-blocking
   and they collect with ``ray.get`` / ``gather`` of a list); ``--w2-submit each`` uses one blocking
   ``Client.submit`` and one ``Job.result`` per job instead.
-* ``nn``: Spider's neural-network workload, 10 layers x 1,000 neurons with 25 inputs each (relu / sigmoid /
+* ``nn``: Spider's neural-net workload, 10 x 1,000 neurons with 25 inputs each (relu / sigmoid /
   identity by layer); wall time, and the outputs checked against an in-process computation to a
   relative tolerance of 1e-12.
 

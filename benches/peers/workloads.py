@@ -4,7 +4,7 @@ shapes of the graphs, and the in-process reference results used for the correctn
 * W1 wide job: ``WIDE_TASKS`` independent ``inc(i)``; outputs ``[i + 1]``.
 * W2 small jobs: ``SMALL_JOBS`` diamonds ``a = inc(x); b = double(a); c = inc(a); d = add(b, c)``;
   output ``[3 * x + 4]`` each.
-* NN (Spider's neural-network workload): ``NN_LAYERS`` layers of ``NN_WIDTH`` neurons with ``NN_FAN_IN`` inputs;
+* NN (Spider's neural-net workload): ``NN_LAYERS`` x ``NN_WIDTH`` neurons, ``NN_FAN_IN`` inputs;
   ``activation(0.5 + sum(w_i x_i))`` with fixed weights and relu / sigmoid / identity by layer
   index mod 3. Layer 0 reads the graph inputs; deeper neurons draw 25 distinct sources from the
   previous layer by dealing from repeatedly reshuffled decks of its indices.

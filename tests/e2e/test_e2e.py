@@ -309,7 +309,7 @@ def test_wide_job(cluster: ow.LocalCluster) -> None:
 
 @pytest.mark.slow
 def test_neural_network_10_by_1000(sqlite_cluster: ow.LocalCluster) -> None:
-    """Spider's neural-network workload: 10 layers x 1,000 neurons, 25 inputs each, checked against an
+    """Spider's neural-net workload: 10 layers x 1,000 neurons, 25 inputs each, checked against an
     in-process computation to a relative tolerance of 1e-12."""
     layers, width, fan_in = 10, 1000, 25
     rng = random.Random(7)

@@ -145,7 +145,7 @@ def cleanup(ctx: ow.TaskContext) -> None:
     _marker(f"cleanup-{ctx.job_id}").write_text(repr(ctx.graph_inputs))
 
 
-# -- neural network (Spider's NN workload) -------------------------------------------------------------
+# -- neural network (Spider's NN workload) -------------------------------------------------
 
 WEIGHTS = [0.01 * (i + 1) * (-1 if i % 2 else 1) for i in range(25)]
 
