@@ -154,8 +154,9 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from orbweaver._service import run_until_signal
+    from orbweaver.worker.config import WorkerConfig
     from orbweaver.worker.isolation import harden_worker_process, parse_env_allow
-    from orbweaver.worker.manager import ExecutionManager, WorkerConfig
+    from orbweaver.worker.manager import ExecutionManager
 
     setup_logging("worker", args.log_level)
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")

@@ -42,8 +42,10 @@ from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.client import Client, Job
 from orbweaver.states import JobState
-from orbweaver.worker.manager import PREFETCH_INITIAL, ExecutionManager, WorkerConfig
+from orbweaver.worker.config import WorkerConfig
+from orbweaver.worker.manager import ExecutionManager
 from orbweaver.worker.pool import ExecutorPoolError
+from orbweaver.worker.prefetch import PREFETCH_INITIAL
 from support.procs import ServiceProcess, StorageProcess, wait_until
 from support.taps import SchedulerTap, StorageTap, TapCall
 

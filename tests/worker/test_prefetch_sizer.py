@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orbweaver.worker.manager import PREFETCH_INITIAL, PrefetchSizer, WorkerConfig
+from orbweaver.worker.config import WorkerConfig
+from orbweaver.worker.prefetch import PREFETCH_INITIAL, PrefetchSizer
 
 TINY_S = 50e-6  # a no-op task
 SLOW_S = 0.2
@@ -128,3 +129,11 @@ def test_invalid_settings(kwargs: dict[str, float], message: str) -> None:
 def test_worker_config_rejects_a_prefetch_below_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prefetch must be at least 1, got 0"):
         WorkerConfig(storage="a:1", scheduler="b:1", tasks_dir=tmp_path, prefetch=0)
+
+
+def test_the_manager_module_still_exports_its_public_names() -> None:
+    from orbweaver.worker import config, manager, prefetch
+
+    assert manager.WorkerConfig is config.WorkerConfig
+    assert manager.PrefetchSizer is prefetch.PrefetchSizer
+    assert manager.PREFETCH_INITIAL == prefetch.PREFETCH_INITIAL

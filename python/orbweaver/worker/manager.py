@@ -38,20 +38,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
 import queue
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from orbweaver import _taskid, errors
 from orbweaver._limits import MAX_VALUE_IN_MESSAGE, clip_message
@@ -59,148 +55,26 @@ from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import (
     Backoff,
-    Security,
     call_with_retry,
     make_channel,
 )
 from orbweaver._service import MetricsServer
-from orbweaver.worker.isolation import parse_env_allow
+from orbweaver.worker.config import WorkerConfig
+from orbweaver.worker.metrics import WorkerMetrics
 from orbweaver.worker.pool import (
-    DEFAULT_OUTPUT_BURST,
-    DEFAULT_OUTPUT_RATE,
     ExecutorPool,
     ExecutorPoolError,
     ResultKind,
     TaskRequest,
     TaskResult,
 )
+from orbweaver.worker.prefetch import PREFETCH_INITIAL, PrefetchSizer
+
+__all__ = ["PREFETCH_INITIAL", "ExecutionManager", "PrefetchSizer", "WorkerConfig"]
 
 log = logging.getLogger("orbweaver.worker")
 
 _CODE_NAMES = {code.value[0]: code.name.lower() for code in grpc.StatusCode}
-
-# Queued work the EM aims to hold per executor, on top of the task it runs.
-PREFETCH_TARGET_S: Final = 0.05
-# Tasks queued per executor before any task run time has been observed.
-PREFETCH_INITIAL: Final = 4
-# Weight of the newest observation in the moving average of task run times.
-PREFETCH_EWMA_WEIGHT: Final = 0.2
-
-
-class PrefetchSizer:
-    """How many tasks an execution manager holds for `executors` executor processes, from an
-    exponentially weighted moving average of the observed task run times.
-
-    `ahead` (tasks queued per executor beyond the one it runs) is about `target_s` of work: at
-    least 1, at most `max_ahead`. It starts at `initial` and grows at most twofold per
-    observation (a first slow run, such as one that imports the task module, settles before the
-    EM takes much), and shrinks at once when tasks get slower. `limit` is what the EM may hold
-    at a time: being fetched or registered, queued, or running. Not thread-safe."""
-
-    def __init__(
-        self,
-        executors: int,
-        max_ahead: int = 256,
-        *,
-        target_s: float = PREFETCH_TARGET_S,
-        initial: int = PREFETCH_INITIAL,
-        weight: float = PREFETCH_EWMA_WEIGHT,
-    ) -> None:
-        if executors < 1:
-            raise ValueError(f"prefetch: executors must be at least 1, got {executors}")
-        if max_ahead < 1:
-            raise ValueError(f"prefetch: max_ahead must be at least 1, got {max_ahead}")
-        if not target_s > 0:
-            raise ValueError(f"prefetch: target_s must be positive, got {target_s}")
-        if not 0 < weight <= 1:
-            raise ValueError(f"prefetch: weight must be in (0, 1], got {weight}")
-        self.executors = executors
-        self.max_ahead = max_ahead
-        self.target_s = target_s
-        self.weight = weight
-        self._ahead = max(1, min(max_ahead, initial))
-        self._average: float | None = None
-
-    @property
-    def average_s(self) -> float | None:
-        """The moving average of task run times (None before the first observation)."""
-        return self._average
-
-    @property
-    def ahead(self) -> int:
-        """Tasks queued per executor, beyond the one it runs."""
-        return self._ahead
-
-    @property
-    def limit(self) -> int:
-        """Tasks the EM may hold at a time."""
-        return self.executors * (1 + self._ahead)
-
-    def wanted(self, average_s: float) -> int:
-        """`ahead` for tasks that take `average_s` each, before the growth limit."""
-        return max(1, min(self.max_ahead, round(self.target_s / average_s)))
-
-    def observe(self, elapsed_s: float) -> None:
-        """One task ran for `elapsed_s` seconds (ignored unless positive and finite)."""
-        if not (elapsed_s > 0 and math.isfinite(elapsed_s)):
-            return
-        if self._average is None:
-            self._average = elapsed_s
-        else:
-            self._average += self.weight * (elapsed_s - self._average)
-        wanted = self.wanted(self._average)
-        self._ahead = wanted if wanted <= self._ahead else min(wanted, 2 * self._ahead)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    storage: str
-    scheduler: str
-    tasks_dir: Path
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    security: Security = field(default_factory=Security)
-    ip_address: str = ""
-    # Most tasks queued ahead of an executor process; the EM holds about 50 ms of work per
-    # executor (see `PrefetchSizer`), this is the upper bound for tiny tasks.
-    prefetch: int = 256
-    # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks); a
-    # batch also holds no more than about 50 ms of work.
-    executor_batch: int = 64
-    poll_wait: float = 1.0
-    heartbeat_interval: float = 1.0
-    report_batch: int = 512
-    drain_timeout: float = 30.0
-    metrics_port: int | None = None
-    # The worker listens on no address of its own: metrics stay on loopback unless asked.
-    metrics_host: str = "127.0.0.1"
-    # Each executor's budget of forwarded output (task prints and executor logs): bytes per
-    # second and largest burst; the excess is dropped and counted in a periodic warning.
-    executor_output_rate: int = DEFAULT_OUTPUT_RATE
-    executor_output_burst: int = DEFAULT_OUTPUT_BURST
-    # Variables of the worker's environment that executors (task code) may see besides the
-    # minimal base: names or fnmatch patterns. Secret ORBWEAVER_* variables never pass.
-    executor_env: tuple[str, ...] = ()
-    # A cgroup v2 per executor where this process may create them (else process groups only).
-    executor_cgroups: bool = True
-
-    def __post_init__(self) -> None:
-        if self.processes < 1:
-            raise ValueError("worker: --processes must be at least 1")
-        for name in ("executor_output_rate", "executor_output_burst"):
-            amount = getattr(self, name)
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
-                raise ValueError(f"worker: {name} must be an int >= 1 (bytes), got {amount!r}")
-        if isinstance(self.executor_env, str) or not all(
-            isinstance(name, str) for name in self.executor_env
-        ):
-            raise ValueError(
-                f"worker: executor_env must be a tuple of names, got {self.executor_env!r}"
-            )
-        object.__setattr__(self, "executor_env", parse_env_allow(self.executor_env))
-        if self.prefetch < 1:
-            raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
-        if not self.tasks_dir.is_dir():
-            raise ValueError(f"worker: tasks directory {self.tasks_dir} does not exist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,35 +111,6 @@ def _by_size(outcomes: list[_Outcome]) -> list[list[_Outcome]]:
     return groups
 
 
-class _Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.tasks = Counter(
-            "orbweaver_worker_tasks", "Tasks run, by result", ["result"], registry=r
-        )
-        self.in_flight = Gauge(
-            "orbweaver_worker_tasks_in_flight", "Registered tasks not yet reported", registry=r
-        )
-        self.prefetch_limit = Gauge(
-            "orbweaver_worker_prefetch_limit",
-            "Tasks the EM may hold at a time (being fetched or registered, queued or running)",
-            registry=r,
-        )
-        self.rejected = Counter(
-            "orbweaver_worker_assignments_rejected",
-            "Assignments storage refused to register",
-            ["reason"],
-            registry=r,
-        )
-        self.reports_dropped = Counter(
-            "orbweaver_worker_reports_dropped",
-            "Outcomes dropped because storage moved on",
-            ["reason"],
-            registry=r,
-        )
-
-
 def _default_ip() -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -278,7 +123,7 @@ def _default_ip() -> str:
 class ExecutionManager:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.metrics = _Metrics()
+        self.metrics = WorkerMetrics()
         # _stop_fetching: no new work (set first); _stop: everything winds down (after the
         # drain); _finished: the EM stopped or wants to (what `wait()` reports).
         self._stop = threading.Event()
