@@ -5,6 +5,9 @@
   their acknowledgements, heartbeats and shutdowns. It can be stopped and restarted on the same
   port, and told to fail polls, to play a scheduler outage.
 * The taps in front of real storage and scheduler processes live in `support.taps`.
+* `PeerRecorder`: wraps the EM's real peers (`SchedulerPeer`, `StoragePeer`) in the process
+  and records every call they forward, in one log for both, so a test sees the order in which
+  the EM made its calls across scheduler and storage (each tap only orders its own).
 * `SchedulerProcess`: a real `python -m orbweaver scheduler` process.
 """
 
@@ -16,6 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -260,6 +264,87 @@ class FakeScheduler(pb_grpc.SchedulerServiceServicer):
             self.shutdowns.append((time.monotonic(), request))
             self._take_acks(request.execution_manager_id, request.prev_assignments)
         return pb.Void()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording peers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PeerCall:
+    """One call the EM made through a recorded peer; `done_seq` once it ended."""
+
+    seq: int
+    peer: str
+    method: str
+    request: Any
+    reply: Any = None
+    outcome: str = ""  # "ok", "cancelled" or the status code's name
+    done_seq: int | None = None
+
+
+class PeerRecorder:
+    """One log for every call that the peers it wrapped forwarded, in the order the EM made
+    them (`seq`) and they ended (`done_seq`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.calls: list[PeerCall] = []
+
+    def wrap(self, peer: str, real: Any, methods: Iterable[str]) -> Any:
+        """A peer with `methods` of `real`, each forwarded and recorded."""
+        wrapped = type(f"Recording{peer.title()}", (), {})()
+        for name in methods:
+            setattr(wrapped, name, _RecordedMethod(self, peer, name, getattr(real, name)))
+        return wrapped
+
+    def of(self, method: str) -> list[PeerCall]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def _begin(self, peer: str, method: str, request: Any) -> PeerCall:
+        with self._lock:
+            self._seq += 1
+            call = PeerCall(self._seq, peer, method, request)
+            self.calls.append(call)
+            return call
+
+    def _end(self, call: PeerCall, outcome: str, reply: Any = None) -> None:
+        with self._lock:
+            self._seq += 1
+            call.outcome, call.reply, call.done_seq = outcome, reply, self._seq
+
+
+class _RecordedMethod:
+    def __init__(self, recorder: PeerRecorder, peer: str, name: str, method: Any) -> None:
+        self._recorder, self._peer, self._name, self._method = recorder, peer, name, method
+
+    def __call__(self, request: Any, timeout: float | None = None) -> Any:
+        call = self._recorder._begin(self._peer, self._name, request)
+        try:
+            reply = self._method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            self._recorder._end(call, exc.code().name)
+            raise
+        self._recorder._end(call, "ok", reply)
+        return reply
+
+    def future(self, request: Any, timeout: float | None = None) -> Any:
+        call = self._recorder._begin(self._peer, self._name, request)
+        future = self._method.future(request, timeout=timeout)
+
+        def ended(f: Any) -> None:
+            if f.cancelled():
+                self._recorder._end(call, "cancelled")
+            elif f.exception() is not None:
+                self._recorder._end(call, f.exception().code().name)
+            else:
+                self._recorder._end(call, "ok", f.result())
+
+        future.add_done_callback(ended)
+        return future
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,18 @@ import grpc
 import msgpack
 import psutil
 import pytest
-from manager_helpers import FakeScheduler, SchedulerProcess
+from manager_helpers import FakeScheduler, PeerRecorder, SchedulerProcess
 
 import orbweaver as ow
 from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._rpc import make_channel
 from orbweaver.client import Client, Job
 from orbweaver.states import JobState
 from orbweaver.worker.config import WorkerConfig
 from orbweaver.worker.manager import ExecutionManager
+from orbweaver.worker.peers import GrpcStorage
 from orbweaver.worker.pool import ExecutorPoolError
 from orbweaver.worker.prefetch import PREFETCH_INITIAL
 from support.procs import ServiceProcess, StorageProcess, wait_until
@@ -152,7 +155,10 @@ def make_em(
     scheduler)."""
     ems: list[ExecutionManager] = []
 
-    def make(start: bool = True, **overrides: Any) -> ExecutionManager:
+    def make(
+        start: bool = True, peers: dict[str, Any] | None = None, **overrides: Any
+    ) -> ExecutionManager:
+        """`peers`: the EM's `scheduler` and `storage` peers instead of gRPC stubs of its own."""
         if "scheduler" not in overrides:
             overrides["scheduler"] = request.getfixturevalue("sched").address
         values: dict[str, Any] = {
@@ -165,7 +171,7 @@ def make_em(
             "drain_timeout": 10.0,
         }
         values.update(overrides)
-        em = ExecutionManager(WorkerConfig(**values))
+        em = ExecutionManager(WorkerConfig(**values), **(peers or {}))
         ems.append(em)
         if start:
             em.start()
@@ -223,6 +229,10 @@ def registration_items(call: TapCall) -> list[str]:
 def accepted_reports(tap: StorageTap, job_id: int) -> list[TapCall]:
     """Reports of `job_id` storage accepted (their reply went back through the tap)."""
     return [r for r in tap.reports_of(job_id) if r.code == grpc.StatusCode.OK]
+
+
+def acks_of(records: Iterable[pb.TaskAssignmentRecord]) -> list[int]:
+    return [r.assignment_id for r in records]
 
 
 def declared_dead(storage: StorageProcess, em_id: int) -> bool:
@@ -860,6 +870,61 @@ def test_storage_outage_while_reporting(
     later = submit(client, it.fibonacci, 10)
     assert later.result(timeout=WAIT) == [55]
     assert tap.count("RegisterExecutionManager") == 1
+
+
+def test_acknowledgements_follow_storage_in_the_order_the_em_made_its_calls(
+    storage: StorageProcess,
+    make_em: Callable[..., ExecutionManager],
+    sched: FakeScheduler,
+    client: Client,
+) -> None:
+    # Both peers recorded in one log: the order across scheduler and storage is the EM's.
+    recorder = PeerRecorder()
+    with make_channel(sched.address) as to_scheduler, make_channel(storage.address) as to_storage:
+        em = make_em(
+            peers={
+                "scheduler": recorder.wrap(
+                    "scheduler",
+                    pb_grpc.SchedulerServiceStub(to_scheduler),
+                    ("NextTasks", "Heartbeat", "Shutdown"),
+                ),
+                "storage": recorder.wrap(
+                    "storage",
+                    GrpcStorage(to_storage),
+                    (
+                        "RegisterExecutionManager",
+                        "UpdateExecutionManagerHeartbeat",
+                        "RegisterTaskInstances",
+                        "ReportTaskOutcomes",
+                    ),
+                ),
+            }
+        )
+        job = submit(client, it.fibonacci, 10)
+        aid = sched.assign(job.id, 0, session_of(storage))
+        assert job.result(timeout=WAIT) == [55]
+        wait_until(lambda: sched.is_acked(aid), timeout=WAIT, what="the ack")
+        em.stop()
+    [delivery] = [
+        c
+        for c in recorder.of("NextTasks")
+        if c.reply is not None and aid in [a.assignment_id for a in c.reply.assignments]
+    ]
+    [registration] = recorder.of("RegisterTaskInstances")
+    [report] = recorder.of("ReportTaskOutcomes")
+    assert registration.outcome == report.outcome == "ok"
+    assert delivery.done_seq is not None and registration.done_seq is not None
+    assert delivery.done_seq < registration.seq, "registered before the poll returned"
+    # Acknowledged only once storage had taken the assignment.
+    carrying = [c for c in recorder.of("NextTasks") if aid in acks_of(c.request.acks)]
+    carrying += [c for c in recorder.of("Shutdown") if aid in acks_of(c.request.prev_assignments)]
+    assert carrying, "the ack was never sent"
+    assert all(c.seq > registration.done_seq for c in carrying)
+    assert report.seq > registration.done_seq
+    # Nothing reached either peer after the final Shutdown.
+    [shutdown] = recorder.of("Shutdown")
+    assert shutdown.request.execution_manager_id == em.em_id and shutdown.outcome == "ok"
+    assert max(c.seq for c in recorder.calls) == shutdown.seq
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ An assignment gets a key (consecutive from 1, in delivery order) and lives in on
 time until it is settled with one `Fate`:
 
     FETCHED -> REGISTERING -> QUEUED -> RUNNING -> REPORTING -> REPORTED | REPORT_DROPPED
-       |            |                     '-> ABANDONED
-       |            |-> RETURNING -> HANDED_BACK      (refused as a whole, or cut short by a stop)
-       |            |-> HANDED_BACK                   (this EM was declared dead)
-       '------------'-> DROPPED                       (stale session, or storage rejected it)
+       |  ^---------'  (per-item UNAVAILABLE)  '-> ABANDONED
+       +------------+-> RETURNING -> HANDED_BACK  (refused, no valid task, or cut short by a stop)
+       |            +-> HANDED_BACK               (this EM was declared dead)
+       '------------'-> DROPPED                   (stale session, or storage rejected it)
 
 Pull methods hand out the next piece of work for a thread (`start_poll`, `next_registration`,
 `take_batch`, `next_report`, `next_hand_back`); event methods take the result of a call and
@@ -26,7 +26,8 @@ The behaviours it owns:
   registered, queued or running; `PrefetchSizer`, about 50 ms of queued work per executor). A
   poll asks for every free place under the limit at the time; the window only grows through a
   poll, so `held` never exceeds the limit that was in force when it last grew (the limit may
-  shrink below it when tasks get slower; then no poll until enough finished).
+  shrink below it when tasks get slower; then no poll until enough finished). A scheduler that
+  delivers more than asked is taken at its word: `held` counts all of it.
 * Acknowledgements: an assignment is acknowledged only once storage accepted its registration or
   definitively rejected it (responsibility moves from the scheduler to storage there); pending
   acknowledgements ride on the next poll, hand-back or Shutdown and are removed only when that
@@ -44,7 +45,8 @@ The behaviours it owns:
   INTERNAL, ...) leaves the assignments un-acknowledged; they are handed back with a `Shutdown`
   for this EM's own id carrying the pending acks, which makes the scheduler reschedule exactly
   them, so a hand-back is issued only while no poll is in flight and nothing else is waiting for
-  or in a registration. While one is owed, no poll is started.
+  or in a registration. While one is owed, no poll is started. An assignment that names no valid
+  task goes back the same way (storage would refuse the whole registration it is in).
 * Declared dead: a registration answered FAILED_PRECONDITION means storage declared this EM dead;
   the assignments are not acknowledged and the EM registers again, which tells the scheduler to
   reschedule what the old id held (`ShutdownOldId`, with the pending acks: those reached storage,
@@ -56,8 +58,8 @@ The behaviours it owns:
   report can carry become an error naming the sizes, so the job fails instead of waiting.
 * Report batching: up to `report_batch` outcomes at a time, split by session and then into
   groups whose values fit one message (`by_size`). Per-outcome refusals are dropped as "stale";
-  a report that cannot be sent is dropped with its reason (shutdown, stale_session, rejected,
-  error), never retried forever and never silently.
+  a report storage refused, or that a stop cut short, is dropped with its reason (shutdown,
+  stale_session, rejected, error), never silently. (The manager retries transient failures.)
 * Fatal pool failure: tasks the executor pool could not run are abandoned (acknowledged, not
   reported: storage recovers them once this EM is gone) and the EM stops fetching and exits with
   code 1, unless it is stopping anyway; results of tasks that did run are still reported.

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from orbweaver.worker.core import Fate, Refused, Settled
+
 
 class WorkerMetrics:
+    """Tasks run by result, assignments rejected and outcomes dropped by reason, tasks in
+    flight and the prefetch limit."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -32,3 +37,13 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+
+    def count(self, action: Settled | Refused) -> None:
+        """Count what the core decided about some assignments."""
+        n = len(action.keys)
+        if isinstance(action, Refused) or action.fate is Fate.DROPPED:
+            self.rejected.labels(action.reason).inc(n)
+        elif action.fate is Fate.REPORT_DROPPED:
+            self.reports_dropped.labels(action.reason).inc(n)
+        elif action.fate is Fate.ABANDONED:
+            self.tasks.labels("not_run").inc(n)
