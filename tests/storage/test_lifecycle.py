@@ -19,7 +19,7 @@ from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.states import JobState
 from orbweaver.storage.config import StorageConfig
-from orbweaver.storage.server import StorageRuntime
+from orbweaver.storage.runtime import StorageRuntime
 from support import graphs
 from support.driver import Driver
 from support.graphs import decode_job_outputs, outputs_frame
