@@ -8,6 +8,10 @@ Conventions:
 * a task id is an `int`: ``>= 0`` is a regular task index, `TASK_COMMIT` / `TASK_CLEANUP` are the
   termination tasks;
 * job states are the numeric values of the protobuf `JobState` enum (`JOB_READY` ... );
+* the shared vocabularies are generated from the core's enums: `JOB_STATES`, `TASK_STATES`,
+  `LANES` and `OUTCOME_KINDS` list `(NAME, code)` pairs in code order (NAME is the Rust variant in
+  upper snake case), and `JOB_<NAME>`, `LANE_<NAME>`, `OUTCOME_<NAME>` are the same codes one by
+  one. The Python enums (`orbweaver.JobState`, the scheduler's `Lane`) are checked against them.
 * times are milliseconds supplied by the caller (`now_ms`), the engine never reads a clock.
 """
 
@@ -18,6 +22,11 @@ __version__: str
 
 TASK_COMMIT: Final[int]
 TASK_CLEANUP: Final[int]
+
+JOB_STATES: Final[tuple[tuple[str, int], ...]]
+TASK_STATES: Final[tuple[tuple[str, int], ...]]
+LANES: Final[tuple[tuple[str, int], ...]]
+OUTCOME_KINDS: Final[tuple[tuple[str, int], ...]]
 
 JOB_READY: Final[int]
 JOB_RUNNING: Final[int]
@@ -109,9 +118,13 @@ def decompress(data: bytes, max_size: int = ...) -> bytes:
     """zstd; raises CodecError when the output would exceed `max_size` bytes (default 1 GiB)."""
 
 def is_valid_transition(from_state: int, to_state: int) -> bool:
-    """The job transition table (docs/concepts.md, "Job states")."""
+    """The job transition table (docs/concepts.md, "Job states"), the one the storage database
+    layer checks its updates against too. Raises InvalidRequestError for a code that is not a job
+    state."""
 
-def is_terminal(state: int) -> bool: ...
+def is_terminal(state: int) -> bool:
+    """Succeeded, Failed and Cancelled; InvalidRequestError for a code that is not a job state."""
+
 def validate_task_name(package: str, task_func: str) -> None:
     """Raise InvalidGraphError unless `package` is an identifier and `task_func` a dotted
     identifier path (no `..`, `/`, absolute paths or empty parts)."""

@@ -114,7 +114,7 @@ def _db_url(args: argparse.Namespace) -> str | None:
 def cmd_storage(args: argparse.Namespace) -> int:
     from orbweaver._service import run_until_signal
     from orbweaver.storage.config import StorageConfig
-    from orbweaver.storage.server import StorageRuntime
+    from orbweaver.storage.runtime import StorageRuntime
 
     setup_logging("storage", args.log_level)
     config = StorageConfig.load(

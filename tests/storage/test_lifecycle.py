@@ -19,7 +19,7 @@ from orbweaver import _core
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver.states import JobState
 from orbweaver.storage.config import StorageConfig
-from orbweaver.storage.server import StorageRuntime
+from orbweaver.storage.runtime import StorageRuntime
 from support import graphs
 from support.driver import Driver
 from support.graphs import decode_job_outputs, outputs_frame
@@ -186,7 +186,8 @@ def test_wait_jobs_leaves_results_beyond_the_message_budget_out(
 ) -> None:
     """WaitJobs carries outputs up to half the message limit; the rest are marked omitted (the
     client fetches those one by one) instead of failing the whole reply."""
-    proc = StorageProcess(sqlite_url, tmp_path, config="[storage]\nmax_message_bytes = 1048576\n")
+    config = "[storage]\nmax_message_bytes = 1048576\nmax_input_bytes = 524288\n"
+    proc = StorageProcess(sqlite_url, tmp_path, config=config)
     proc.start()
     try:
         d = Driver(proc).setup()
@@ -206,7 +207,7 @@ def test_wait_jobs_leaves_results_beyond_the_message_budget_out(
 
 
 def test_oversized_messages_get_a_clear_status(sqlite_url: str, tmp_path: Path) -> None:
-    config = "[storage]\nmax_message_bytes = 1048576\n"
+    config = "[storage]\nmax_message_bytes = 1048576\nmax_input_bytes = 524288\n"
     proc = StorageProcess(sqlite_url, tmp_path, config=config)
     proc.start()
     try:

@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from orbweaver import errors
+from orbweaver import _core, errors
+from orbweaver.states import check_against_core
 
 log = logging.getLogger("orbweaver.scheduler.core")
 
@@ -54,11 +55,14 @@ class InvalidSessionId(errors.InvalidArgument):
 
 
 class Lane(enum.IntEnum):
-    """The inbound-queue lane an entry came from (and the kind of its task)."""
+    """The inbound-queue lane an entry came from (and the kind of its task); the core's lanes."""
 
-    TASK = 0
-    COMMIT = 1
-    CLEANUP = 2
+    TASK = _core.LANE_TASK
+    COMMIT = _core.LANE_COMMIT
+    CLEANUP = _core.LANE_CLEANUP
+
+
+check_against_core(Lane, _core.LANES, "inbound-queue lanes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from orbweaver.scheduler.core import (
 from orbweaver.scheduler.dispatch import DispatchQueue, DispatchQueueClosed
 from orbweaver.scheduler.metrics import SchedulerMetrics
 from orbweaver.scheduler.registry import EmRegistry
-from orbweaver.scheduler.service import SchedulerServicer, add_to_server
+from orbweaver.scheduler.servicer import SchedulerServicer, add_to_server
 
 log = logging.getLogger("orbweaver.scheduler")
 

@@ -29,34 +29,25 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{CoreError, Result};
 use crate::ids::{JobId, ResourceGroupId, TaskId};
+use crate::state::vocabulary;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Lane {
-    Task = 0,
-    Commit = 1,
-    Cleanup = 2,
+vocabulary! {
+    /// An inbound-queue lane: the kind of task its entries name. The codes index per-lane arrays.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Lane {
+        Task = 0,
+        Commit = 1,
+        Cleanup = 2,
+    }
 }
 
 impl Lane {
-    pub const ALL: [Self; 3] = [Self::Task, Self::Commit, Self::Cleanup];
-
     #[must_use]
     pub const fn of(task: TaskId) -> Self {
         match task {
             TaskId::Index(_) => Self::Task,
             TaskId::Commit => Self::Commit,
             TaskId::Cleanup => Self::Cleanup,
-        }
-    }
-
-    #[must_use]
-    pub const fn from_code(code: i64) -> Option<Self> {
-        match code {
-            0 => Some(Self::Task),
-            1 => Some(Self::Commit),
-            2 => Some(Self::Cleanup),
-            _ => None,
         }
     }
 }

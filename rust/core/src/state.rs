@@ -1,68 +1,76 @@
-//! Job and task state machines (docs/internals.md, "Job states", "Task states").
+//! Job and task state machines (docs/internals.md, "Job states", "Task states"), and the macro
+//! that writes out each shared vocabulary (job and task states, inbound-queue lanes, outcome
+//! kinds) once: the binding exports the names and codes it generates, and the Python enums are
+//! built from those exports.
 
-/// Job state; the discriminants are the protobuf `JobState` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum JobState {
-    Ready = 1,
-    Running = 2,
-    CommitReady = 3,
-    CleanupReady = 4,
-    Succeeded = 5,
-    Failed = 6,
-    Cancelled = 7,
+/// A fieldless `#[repr(u8)]` enum whose variants are written once, with its code table:
+/// `ALL` (in declaration order), `code`, `from_code` and `name` (the variant's identifier).
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $enum:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $code:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        $vis enum $enum {
+            $($(#[$vmeta])* $variant = $code,)+
+        }
+
+        impl $enum {
+            /// Every value, in declaration (and code) order.
+            pub const ALL: [Self; <[&str]>::len(&[$(stringify!($variant)),+])] =
+                [$(Self::$variant),+];
+
+            #[must_use]
+            pub const fn code(self) -> u8 {
+                self as u8
+            }
+
+            #[must_use]
+            pub const fn from_code(code: i64) -> Option<Self> {
+                $(if code == $code {
+                    return Some(Self::$variant);
+                })+
+                None
+            }
+
+            /// The variant's identifier (`"CommitReady"`), as messages and the binding spell it.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($variant),)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use vocabulary;
+
+vocabulary! {
+    /// Job state; the codes are the protobuf `JobState` values.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum JobState {
+        Ready = 1,
+        Running = 2,
+        CommitReady = 3,
+        CleanupReady = 4,
+        Succeeded = 5,
+        Failed = 6,
+        Cancelled = 7,
+    }
 }
 
 impl JobState {
-    pub const ALL: [Self; 7] = [
-        Self::Ready,
-        Self::Running,
-        Self::CommitReady,
-        Self::CleanupReady,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    #[must_use]
-    pub const fn from_code(code: i64) -> Option<Self> {
-        Some(match code {
-            1 => Self::Ready,
-            2 => Self::Running,
-            3 => Self::CommitReady,
-            4 => Self::CleanupReady,
-            5 => Self::Succeeded,
-            6 => Self::Failed,
-            7 => Self::Cancelled,
-            _ => return None,
-        })
-    }
-
-    #[must_use]
-    pub const fn code(self) -> u8 {
-        self as u8
-    }
-
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Ready => "Ready",
-            Self::Running => "Running",
-            Self::CommitReady => "CommitReady",
-            Self::CleanupReady => "CleanupReady",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-            Self::Cancelled => "Cancelled",
-        }
-    }
-
     #[must_use]
     pub const fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 
-    /// The authoritative job table (docs/internals.md, "Job states"; also enforced by the DB layer). Nothing leaves a
-    /// terminal state and nothing enters Ready.
+    /// The authoritative job table (docs/internals.md, "Job states"); the DB layer checks its
+    /// updates against this one through the binding. Nothing leaves a terminal state and nothing
+    /// enters Ready.
     #[must_use]
     #[expect(
         clippy::unnested_or_patterns,
@@ -88,34 +96,23 @@ impl std::fmt::Display for JobState {
     }
 }
 
-/// Task state (in memory only). A failed task's message travels in the job-level outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum TaskState {
-    Pending,
-    Ready,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
+vocabulary! {
+    /// Task state (in memory only). A failed task's message travels in the job-level outcome.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum TaskState {
+        Pending = 0,
+        Ready = 1,
+        Running = 2,
+        Succeeded = 3,
+        Failed = 4,
+        Cancelled = 5,
+    }
 }
 
 impl TaskState {
     #[must_use]
     pub const fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::Ready => "Ready",
-            Self::Running => "Running",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-            Self::Cancelled => "Cancelled",
-        }
     }
 
     /// The task table (docs/internals.md, "Task states").
@@ -173,12 +170,23 @@ mod tests {
         assert_eq!(JobState::from_code(8), None);
         assert_eq!(JobState::Ready.code(), 1);
         assert_eq!(JobState::Cancelled.code(), 7);
+        assert_eq!(JobState::CommitReady.name(), "CommitReady");
+    }
+
+    #[test]
+    fn task_codes() {
+        assert_eq!(TaskState::ALL.len(), 6);
+        for (i, s) in TaskState::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(s.code()), i, "{s:?}");
+            assert_eq!(TaskState::from_code(i64::from(s.code())), Some(s));
+        }
+        assert_eq!(TaskState::from_code(6), None);
+        assert_eq!(TaskState::Pending.name(), "Pending");
     }
 
     #[test]
     fn task_table_matches_spec() {
         use TaskState::*;
-        let all = [Pending, Ready, Running, Succeeded, Failed, Cancelled];
         let allowed = [
             (Pending, Ready),
             (Ready, Running),
@@ -190,8 +198,8 @@ mod tests {
             (Ready, Cancelled),
             (Running, Cancelled),
         ];
-        for from in all {
-            for to in all {
+        for from in TaskState::ALL {
+            for to in TaskState::ALL {
                 assert_eq!(
                     TaskState::is_valid_transition(from, to),
                     allowed.contains(&(from, to)),

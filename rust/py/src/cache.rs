@@ -118,7 +118,7 @@ pub struct Outcome {
 impl From<CoreOutcome> for Outcome {
     fn from(o: CoreOutcome) -> Self {
         Self {
-            kind: o.kind as u8,
+            kind: o.kind.code(),
             job_id: o.job_id,
             out: o.outputs,
             message: o.message,

@@ -1,13 +1,18 @@
-"""Job states as stored by the DB layer, and the authoritative transition table.
+"""Job states as the DB layer stores them.
 
-The integer values equal the protobuf ``JobState`` values; the names used in the database (the
-``jobs.state`` ENUM on MariaDB, a CHECKed TEXT column on SQLite) are the CamelCase spellings of the
-reference implementation.
+The states, their integer values (the protobuf ``JobState`` values) and the transition table are
+the core's (`orbweaver.JobState`, `orbweaver._core.is_valid_transition`); this module adds only
+the spellings used in the database (the ``jobs.state`` ENUM on MariaDB, a CHECKed TEXT column on
+SQLite): the CamelCase names of the reference implementation, which are a storage format and stay
+as they are whatever the code calls the states.
 """
 
 from __future__ import annotations
 
 import enum
+
+from orbweaver import _core
+from orbweaver.states import JobState, check_against_core
 
 __all__ = [
     "RECOVERABLE_STATES",
@@ -18,20 +23,31 @@ __all__ = [
 
 
 class DbJobState(enum.IntEnum):
-    """A job's state; ``int(state)`` is the protobuf ``JobState`` value."""
+    """A job's state; ``int(state)`` is the protobuf ``JobState`` value. Each member is the
+    `JobState` of the same name with the spelling stored in the database."""
 
-    READY = 1
-    RUNNING = 2
-    COMMIT_READY = 3
-    CLEANUP_READY = 4
-    SUCCEEDED = 5
-    FAILED = 6
-    CANCELLED = 7
+    _db_name: str
+
+    # Called with both arguments to make the members below; after that, `DbJobState(code)` looks
+    # a member up (the enum machinery does not call this again), which the signature allows.
+    def __new__(cls, state: int, db_name: str = "") -> DbJobState:
+        member = int.__new__(cls, state)
+        member._value_ = int(state)
+        member._db_name = db_name
+        return member
+
+    READY = JobState.READY, "Ready"
+    RUNNING = JobState.RUNNING, "Running"
+    COMMIT_READY = JobState.COMMIT_READY, "CommitReady"
+    CLEANUP_READY = JobState.CLEANUP_READY, "CleanupReady"
+    SUCCEEDED = JobState.SUCCEEDED, "Succeeded"
+    FAILED = JobState.FAILED, "Failed"
+    CANCELLED = JobState.CANCELLED, "Cancelled"
 
     @property
     def db_name(self) -> str:
         """The spelling stored in the database (``'CommitReady'``, ...)."""
-        return _DB_NAMES[self]
+        return self._db_name
 
     @property
     def is_terminal(self) -> bool:
@@ -48,54 +64,23 @@ class DbJobState(enum.IntEnum):
         return self.db_name
 
 
-_DB_NAMES: dict[DbJobState, str] = {
-    DbJobState.READY: "Ready",
-    DbJobState.RUNNING: "Running",
-    DbJobState.COMMIT_READY: "CommitReady",
-    DbJobState.CLEANUP_READY: "CleanupReady",
-    DbJobState.SUCCEEDED: "Succeeded",
-    DbJobState.FAILED: "Failed",
-    DbJobState.CANCELLED: "Cancelled",
-}
-_BY_DB_NAME: dict[str, DbJobState] = {name: state for state, name in _DB_NAMES.items()}
+check_against_core(DbJobState, _core.JOB_STATES, "database job states")
+_BY_DB_NAME: dict[str, DbJobState] = {s.db_name: s for s in DbJobState}
 
-TERMINAL_STATES: frozenset[DbJobState] = frozenset(
-    {DbJobState.SUCCEEDED, DbJobState.FAILED, DbJobState.CANCELLED}
-)
+TERMINAL_STATES: frozenset[DbJobState] = frozenset(s for s in DbJobState if _core.is_terminal(s))
 """States nothing leaves."""
 
-RECOVERABLE_STATES: tuple[DbJobState, ...] = (
-    DbJobState.READY,
-    DbJobState.RUNNING,
-    DbJobState.COMMIT_READY,
-    DbJobState.CLEANUP_READY,
+RECOVERABLE_STATES: tuple[DbJobState, ...] = tuple(
+    s for s in DbJobState if s not in TERMINAL_STATES
 )
 """Non-terminal states: the jobs rebuilt into the job cache when the storage service restarts."""
 
 
 def is_valid_transition(from_state: int, to_state: int) -> bool:
-    """The job transition table (docs/concepts.md, "Job states").
-
-    ======================  ===========================================
-    to                      allowed from
-    ======================  ===========================================
-    Running                 Ready
-    CommitReady             Running
-    CleanupReady            Running, CommitReady
-    Succeeded               Running, CommitReady
-    Failed                  Running, CommitReady, CleanupReady
-    Cancelled               Ready, Running, CleanupReady
-    ======================  ===========================================
-
-    Ready is only ever the initial state, and nothing leaves a terminal state.
-    """
-    s = DbJobState
-    if from_state == s.READY:
-        return to_state in (s.RUNNING, s.CANCELLED)
-    if from_state == s.RUNNING:
-        return to_state in (s.COMMIT_READY, s.CLEANUP_READY, s.SUCCEEDED, s.FAILED, s.CANCELLED)
-    if from_state == s.COMMIT_READY:
-        return to_state in (s.CLEANUP_READY, s.SUCCEEDED, s.FAILED)
-    if from_state == s.CLEANUP_READY:
-        return to_state in (s.FAILED, s.CANCELLED)
-    return False
+    """The core's job transition table (docs/concepts.md, "Job states"). Ready is only ever the
+    initial state, and nothing leaves a terminal state. A code that is no job state is no valid
+    transition."""
+    try:
+        return _core.is_valid_transition(from_state, to_state)
+    except _core.InvalidRequestError:
+        return False

@@ -9,20 +9,23 @@ use crate::codec;
 use crate::error::{CoreError, Result, StaleKind};
 use crate::ids::{JobId, TaskId, TaskInstanceId};
 use crate::instances::InstanceTable;
+use crate::state::vocabulary;
 use crate::tcb::FailureEffect;
 use crate::Payload;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum OutcomeKind {
-    /// Every regular task succeeded: persist `outputs`, then call `complete`.
-    JobCompleted = 1,
-    /// A task exhausted its retries: persist `message`, then call `fail`.
-    JobFailed = 2,
-    /// The commit task succeeded: persist, then `finish` (-> Succeeded).
-    CommitSucceeded = 3,
-    /// The cleanup task succeeded: persist, then `finish` (-> Cancelled).
-    CleanupSucceeded = 4,
+vocabulary! {
+    /// What a job-level [`Outcome`] asks the caller to persist and apply.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum OutcomeKind {
+        /// Every regular task succeeded: persist `outputs`, then call `complete`.
+        JobCompleted = 1,
+        /// A task exhausted its retries: persist `message`, then call `fail`.
+        JobFailed = 2,
+        /// The commit task succeeded: persist, then `finish` (-> Succeeded).
+        CommitSucceeded = 3,
+        /// The cleanup task succeeded: persist, then `finish` (-> Cancelled).
+        CleanupSucceeded = 4,
+    }
 }
 
 /// A job-level consequence of a report that the caller must persist and then apply.

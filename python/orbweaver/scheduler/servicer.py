@@ -29,7 +29,7 @@ from orbweaver.scheduler.dispatch import Delivery, DispatchQueue
 from orbweaver.scheduler.metrics import SchedulerMetrics
 from orbweaver.scheduler.registry import EmRegistry
 
-log = logging.getLogger("orbweaver.scheduler.service")
+log = logging.getLogger("orbweaver.scheduler.servicer")
 
 DEFAULT_MAX_WAIT_S = 30.0
 DEFAULT_MAX_BATCH = 256

@@ -18,7 +18,7 @@ from orbweaver.scheduler.core import Assignment, Lane
 from orbweaver.scheduler.dispatch import DispatchQueue
 from orbweaver.scheduler.metrics import SchedulerMetrics
 from orbweaver.scheduler.registry import EmRegistry
-from orbweaver.scheduler.service import SchedulerServicer, add_to_server
+from orbweaver.scheduler.servicer import SchedulerServicer, add_to_server
 
 pytestmark = pytest.mark.timeout(60)
 
