@@ -9,7 +9,7 @@ executors, and restarts MariaDB. At the end every job must be terminal (stuck = 
 kind dictates (wrong = 0) and be found exactly once (lost = 0, no extra job); each group must see
 exactly its own jobs.
 
-    python benches/chaos.py --duration 720 --jobs 900 --seed 1
+    python benches/chaos.py --duration 720 --jobs 1500 --seed 1
 
 Writes ``benches/results/chaos.json``, prints a summary table (and with ``--markdown`` the
 tables of docs/reliability.md). The exit status is 1 when anything went wrong.
@@ -184,7 +184,7 @@ def _dist(distribution: dict[str, int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=720.0, help="seconds of chaos")
-    parser.add_argument("--jobs", type=int, default=900, help="jobs, spread over the duration")
+    parser.add_argument("--jobs", type=int, default=1500, help="jobs, spread over the duration")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--fault-pause", type=float, default=2.5, help="mean seconds between two faults"
@@ -194,15 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-workers", type=int, default=2)
     parser.add_argument("--executors", type=int, default=2, help="executors per worker")
     parser.add_argument(
-        "--step-seconds", type=float, default=0.1, help="how long each regular task sleeps"
+        "--burst", type=int, default=25, help="submissions each group makes back to back"
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=0.2, help="how long each regular task sleeps"
     )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "chaos.json")
     parser.add_argument("--markdown", action="store_true", help="print the docs tables too")
     parser.add_argument("--keep", action="store_true", help="keep logs and markers")
     parser.add_argument("--quiet", action="store_true", help="do not print every fault")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.duration <= 0 or args.fault_pause <= 0:
-        parser.error("--jobs, --duration and --fault-pause must be positive")
+    if args.jobs < 1 or args.burst < 1 or args.duration <= 0 or args.fault_pause <= 0:
+        parser.error("--jobs, --burst, --duration and --fault-pause must be positive")
 
     config = ChaosConfig(
         jobs=args.jobs,
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         extra_workers=args.extra_workers,
         executors=args.executors,
         step_seconds=args.step_seconds,
+        burst=args.burst,
     )
     h.warn_if_busy()
     workdir = Path(tempfile.mkdtemp(prefix="owchaos-"))

@@ -25,7 +25,9 @@ def server() -> Iterator[MariaDBServer]:
 
 
 def test_chaos_run(server: MariaDBServer, tmp_path: Path) -> None:
-    config = ChaosConfig(jobs=40, duration=45.0, seed=9, fault_pause=1.0, groups=3)
+    config = ChaosConfig(
+        jobs=40, duration=45.0, seed=9, fault_pause=1.0, groups=3, burst=4, step_seconds=0.1
+    )
     report = run_chaos(config, tmp_path / "chaos", "mariadb", server)
 
     assert report.problems() == []

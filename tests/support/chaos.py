@@ -106,6 +106,8 @@ class ChaosConfig:
     drain_timeout: float = 300.0
     """How long the jobs may take to finish once the faults stopped (then they are stuck)."""
     client_timeout: float = 180.0
+    burst: int = 1
+    """Slots each group submits back to back (bursts keep many jobs in flight at a fault)."""
     step_seconds: float = 0.05
     """How long each regular task sleeps (longer: more work in flight when a fault hits)."""
 
@@ -620,10 +622,12 @@ class ChaosRun:
 
     def _submit_loop(self, group: _Group, slots: list[str]) -> None:
         rng = random.Random(f"{self.config.seed}-{group.name}")
-        spacing = self.config.duration / max(1, len(slots))
+        bursts = max(1, -(-len(slots) // self.config.burst))
+        spacing = self.config.duration / bursts
         for i, slot in enumerate(slots):
-            due = self.t0 + (i + rng.random()) * spacing
-            time.sleep(max(0.0, due - time.monotonic()))
+            if i % self.config.burst == 0:  # a burst's jobs go back to back
+                due = self.t0 + (i // self.config.burst + rng.random()) * spacing
+                time.sleep(max(0.0, due - time.monotonic()))
             if slot == "batch":
                 self._submit_batch(group, rng)
                 continue
@@ -670,11 +674,20 @@ class ChaosRun:
                 group.jobs.append(Submitted(spec, group.name, job, "submit_many", now))
 
     def _cancel_loop(self, group: _Group) -> None:
+        # One thread per job: a gate holds an executor until its own job is cancelled, so gates
+        # waiting for a busy canceller could take every executor.
+        cancellers: list[threading.Thread] = []
         while True:
             sub = group.cancels.get()
             if sub is None:
-                return
-            self._cancel(sub)
+                break
+            t = threading.Thread(
+                target=self._guard, args=(self._cancel, sub), name=f"cancel-{group.name}-job"
+            )
+            t.start()
+            cancellers.append(t)
+        for t in cancellers:
+            t.join()
 
     def _cancel(self, sub: Submitted) -> None:
         """Cancel mid-run: once the first task succeeded and the gate holds the job. Then
