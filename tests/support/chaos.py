@@ -94,6 +94,10 @@ class ChaosConfig:
     """Mean pause in seconds between two faults (exponentially distributed)."""
     faults: tuple[str, ...] = FAULT_KINDS
     min_fault_rounds: int = 1
+    """Faults go on after `duration` until this many rounds (each kind once) are done."""
+    fault_rounds: int | None = None
+    """Exactly this many rounds instead, whatever the duration: with the seed, a fixed
+    sequence of faults."""
     groups: int = 3
     """Resource groups besides the operator's default one, each submitting from its thread."""
     extra_workers: int = 1
@@ -719,7 +723,10 @@ class ChaosRun:
             kinds = list(cfg.faults)
             rng.shuffle(kinds)
             for kind in kinds:
-                if time.monotonic() >= end and rounds >= cfg.min_fault_rounds:
+                if cfg.fault_rounds is None:
+                    if time.monotonic() >= end and rounds >= cfg.min_fault_rounds:
+                        return
+                elif rounds >= cfg.fault_rounds:
                     return
                 if self.stop_faults.wait(rng.expovariate(1.0 / cfg.fault_pause)):
                     return
@@ -850,13 +857,15 @@ class ChaosRun:
             (w.name, w.pid) for w in self.workers
         ]
         name, pid = targets[rng.randrange(len(targets))]
+        # The same draws whatever is found: the fault sequence depends on the seed alone.
+        kill_all, pick = rng.random() < 0.2, rng.random()
         try:
             children = psutil.Process(pid).children()
         except psutil.Error:
             children = []
         if not children:
             return Fault("executor", name, at, detail="no executor to kill")
-        victims = children if rng.random() < 0.2 else [rng.choice(children)]
+        victims = children if kill_all else [children[int(pick * len(children))]]
         for child in victims:
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGKILL)
