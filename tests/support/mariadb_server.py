@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class MariaDBServer:
         self._down()
 
     def restart(self) -> None:
+        """Start it again on the same port and data (from any thread; it still dies with this
+        process)."""
         if self._up is None:
             raise RuntimeError("only a private server can be restarted")
         self._up()
@@ -188,6 +191,70 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+_spawner_lock = threading.Lock()
+_spawner_queue: list[Any] = []  # the queue of the spawner thread, once started
+
+
+def _in_long_lived_thread(fn: Callable[[], Any]) -> Any:
+    """Run `fn` (which starts the server) in the main thread or in one daemon thread that lives
+    as long as the process. PR_SET_PDEATHSIG fires when the *thread* that forked the child exits:
+    a server restarted from a short-lived thread (a fault injector) would be SIGKILLed with it."""
+    if threading.current_thread() is threading.main_thread():
+        return fn()
+    import queue
+
+    with _spawner_lock:
+        if not _spawner_queue:
+            jobs: queue.Queue[Any] = queue.Queue()
+
+            def serve() -> None:
+                while True:
+                    job, box, done = jobs.get()
+                    try:
+                        box.append((True, job()))
+                    except BaseException as exc:
+                        box.append((False, exc))
+                    done.set()
+
+            threading.Thread(target=serve, name="mariadb-spawner", daemon=True).start()
+            _spawner_queue.append(jobs)
+    box: list[tuple[bool, Any]] = []
+    done = threading.Event()
+    _spawner_queue[0].put((fn, box, done))
+    done.wait()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _start_daemon(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `command` (mariadbd) so that it gets SIGKILL if this process dies without cleaning
+    up: through ``setpriv --pdeathsig`` where it exists, else the ``preexec_fn`` hook. The
+    hook makes Python fork while holding the GIL and run gRPC's fork handlers, which can
+    deadlock a process that has gRPC threads (a test's clients): ``setpriv`` avoids both."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with open(log, "ab") as log_file:
+            if setpriv is not None:
+                return subprocess.Popen(
+                    [setpriv, "--pdeathsig", "KILL", "--", *command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 (one libc call)
+            )
+
+    return _in_long_lived_thread(spawn)  # type: ignore[no-any-return]
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -261,28 +328,22 @@ def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[
         last_failure = ""
         for _attempt in range(3):  # the free port can be taken before mariadbd binds it
             port = free_port()
-            with open(log, "ab") as log_file:
-                proc = subprocess.Popen(
-                    [
-                        daemon,
-                        "--no-defaults",
-                        "--user=root",
-                        f"--datadir={datadir}",
-                        f"--socket={sock}",
-                        f"--port={port}",
-                        "--bind-address=127.0.0.1",
-                        "--skip-log-bin",
-                        f"--pid-file={root / 'mariadbd.pid'}",
-                        f"--log-error={log}",
-                        "--max-connections=500",
-                        f"--innodb-buffer-pool-size={buffer_pool}",
-                        "--innodb-flush-log-at-trx-commit=2",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 (one libc call)
-                )
+            command = [
+                daemon,
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={datadir}",
+                f"--socket={sock}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                "--skip-log-bin",
+                f"--pid-file={root / 'mariadbd.pid'}",
+                f"--log-error={log}",
+                "--max-connections=500",
+                f"--innodb-buffer-pool-size={buffer_pool}",
+                "--innodb-flush-log-at-trx-commit=2",
+            ]
+            proc = _start_daemon(command, log)
             server = MariaDBServer(
                 host="127.0.0.1",
                 port=port,
@@ -302,24 +363,13 @@ def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[
         if proc is None:
             raise RuntimeError(f"could not start a private MariaDB server: {last_failure}")
         current = [proc]
-        command = list(proc.args)  # type: ignore[arg-type]
 
         def down() -> None:
             current[0].kill()
             current[0].wait(STOP_TIMEOUT_SEC)
 
         def up() -> None:
-            # The test process runs threads now (gRPC): no Python code between fork and exec,
-            # so the parent-death signal is set by setpriv(1) instead of a preexec_fn.
-            setpriv = shutil.which("setpriv")
-            wrapper = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
-            with open(log, "ab") as log_file:
-                current[0] = subprocess.Popen(
-                    [*wrapper, *command],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
+            current[0] = _start_daemon(command, log)
             server.pid = current[0].pid
             _wait_until_ready(server, current[0], log)
 

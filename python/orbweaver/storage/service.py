@@ -891,11 +891,13 @@ class StorageService:
                 scheduler_id = self.db.register_scheduler(host, port)
             except db_errors.DbError as exc:
                 raise translate(exc) from exc
-            replacing = self._scheduler_registered
+            # Replacing either a scheduler registered with this process or, after a storage
+            # restart, the one registered in the database: the predecessor may have polled
+            # ready work it never delivered, so offer that work again.
+            replacing = self._scheduler_registered or self._scheduler_id is not None
             self._scheduler_registered = True
             self._scheduler_id = scheduler_id
         if replacing:
-            # The previous scheduler may have held ready work in memory: offer it again.
             threading.Thread(target=self._resend, name="resend-ready", daemon=True).start()
         log.info(
             "scheduler registered",
