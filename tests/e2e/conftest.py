@@ -55,6 +55,13 @@ def markers(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def cluster_factory() -> Callable[..., ow.LocalCluster]:
+    """`make_cluster` for tests that need their own settings (a fixture, not an import: two
+    test folders have a `conftest` module)."""
+    return make_cluster
+
+
+@pytest.fixture
 def cluster(db_url: str, tmp_path: Path, markers: Path) -> Iterator[ow.LocalCluster]:
     c = make_cluster(db_url, tmp_path)
     with c:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_cluster
 
 import orbweaver as ow
 
@@ -27,11 +27,15 @@ def positions(log: Path, group: str) -> list[int]:
 
 @pytest.mark.parametrize("policy", ["group_round_robin", "job_round_robin"])
 def test_a_small_group_is_not_starved_by_a_big_one(
-    policy: str, sqlite_url: str, tmp_path: Path, markers: Path
+    policy: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    markers: Path,
+    cluster_factory: Callable[..., ow.LocalCluster],
 ) -> None:
     # A dispatch queue of 2: the scheduler's placement decides nearly every slot.
     settings = f'policy = "{policy}"\ndispatch_queue_capacity = 2\n'
-    with make_cluster(sqlite_url, tmp_path, workers=1, scheduler_settings=settings) as cluster:
+    with cluster_factory(sqlite_url, tmp_path, workers=1, scheduler_settings=settings) as cluster:
         client = cluster.client()
         group_a = client.add_resource_group("a", "pw-a")
         group_b = client.add_resource_group("b", "pw-b")
