@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,7 @@ TASKS_PER_JOB = 10
 BULK_BATCH = 1000
 API_SAMPLE = 50
 READY_TIMEOUT_S = 600.0
+OPERATOR_TOKEN = secrets.token_hex(16)
 SETTLE_S = 1.0
 TARGET_JOBS = 100_000
 TARGET_READY_S = 10.0
@@ -194,6 +196,8 @@ def storage_process(
     env = {
         **os.environ,
         "ORBWEAVER_LOG_LEVEL": "INFO",
+        # The sample check reads a job as the operator (a job belongs to a resource group).
+        "ORBWEAVER_OPERATOR_TOKEN": OPERATOR_TOKEN,
         "PYTHONPATH": os.pathsep.join(
             p for p in [str(HERE.parent / "python"), os.environ.get("PYTHONPATH", "")] if p
         ),
@@ -249,7 +253,7 @@ def start_storage(url: str, workdir: Path, jobs: int, sample_job: int | None) ->
         if recovered != jobs:
             raise RuntimeError(f"storage recovered {recovered} jobs, expected {jobs}")
         if sample_job is not None:
-            with ow.Client(f"127.0.0.1:{port}") as client:
+            with ow.Client(f"127.0.0.1:{port}", operator_token=OPERATOR_TOKEN) as client:
                 job = client.get_job(sample_job)
                 p = job.progress()
                 if (p.state, p.total, p.ready) != (ow.JobState.RUNNING, TASKS_PER_JOB, 2):

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orbweaver import __version__, errors
-from orbweaver._config import read_table
+from orbweaver._config import add_flags, flag_values, read_secret_file
 from orbweaver._log import setup_logging
-from orbweaver._rpc import Security
-from orbweaver._units import parse_size
 from orbweaver.states import JobState
 
 DEFAULT_STORAGE = "127.0.0.1:50051"
@@ -62,16 +60,7 @@ def _token(args: argparse.Namespace) -> str | None:
     token: str | None = getattr(args, "token", None)
     token_file: str | None = getattr(args, "token_file", None)
     if token_file:
-        try:
-            token = Path(token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise errors.InvalidArgument(
-                f"cannot read the token file {token_file!r}: {reason}"
-            ) from None
-        if not token:
-            raise errors.InvalidArgument(f"the token file {token_file!r} is empty")
-        return token
+        return read_secret_file(token_file, "the token file")
     if token and hasattr(args, "token_file"):  # a service command
         log.warning(
             f"--token puts the cluster token {_ON_COMMAND_LINE}; set ORBWEAVER_TOKEN or use "
@@ -81,15 +70,10 @@ def _token(args: argparse.Namespace) -> str | None:
     return token or None
 
 
-def _security(args: argparse.Namespace) -> Security:
-    security = Security.from_env(dict(os.environ))
-    token = _token(args)
-    return Security(token=token, tls=security.tls) if token else security
-
-
 def _db_url(args: argparse.Namespace) -> str | None:
-    """The database URL: `--db`, else the file of `--db-file`, else `$ORBWEAVER_DB` (None: the
-    config file's or the default). A password in `--db` gets a warning: `ps` shows it."""
+    """The database URL given on the command line: `--db`, else the file of `--db-file` (None:
+    the environment's, the config file's or the default). A password in `--db` gets a warning:
+    `ps` shows it."""
     from orbweaver.storage.db.url import ENV_DB_URL, has_password, read_url_file
 
     if args.db:
@@ -103,7 +87,11 @@ def _db_url(args: argparse.Namespace) -> str | None:
         return str(args.db)
     if args.db_file:
         return read_url_file(args.db_file)
-    return os.environ.get(ENV_DB_URL) or None
+    return None
+
+
+def _config_file(args: argparse.Namespace) -> Path | None:
+    return Path(args.config) if args.config else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,73 +106,36 @@ def cmd_storage(args: argparse.Namespace) -> int:
 
     setup_logging("storage", args.log_level)
     config = StorageConfig.load(
-        Path(args.config) if args.config else None,
-        db_url=_db_url(args),
-        listen=args.listen,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
+        _config_file(args),
+        token=_token(args),
+        flags={**flag_values(args, StorageConfig), "db_url": _db_url(args)},
     )
-    token = _token(args)
-    if token:
-        config = config.replace(security=Security(token=token, tls=config.security.tls))
     runtime = StorageRuntime(config)
     return run_until_signal(runtime, _ready("storage", args.ready_file, lambda: runtime.port))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from orbweaver.scheduler.runtime import SchedulerConfig, SchedulerRuntime
+    from orbweaver._service import run_until_signal
+    from orbweaver.scheduler.config import SchedulerConfig
+    from orbweaver.scheduler.runtime import SchedulerRuntime
 
     setup_logging("scheduler", args.log_level)
-    values: dict[str, Any] = {"security": _security(args)}
-    if args.config:
-        values = read_table(Path(args.config), "scheduler", SchedulerConfig, values["security"])
-    values.update(storage=args.storage, listen=args.listen)
-    if args.metrics_port is not None:
-        values["metrics_port"] = args.metrics_port
-    if args.metrics_host:
-        values["metrics_host"] = args.metrics_host
-    if args.advertise:
-        values["advertised_host"] = args.advertise
-    config = SchedulerConfig(**values)
+    config = SchedulerConfig.load(
+        _config_file(args), token=_token(args), flags=flag_values(args, SchedulerConfig)
+    )
     runtime = SchedulerRuntime(config)
-    from orbweaver._service import run_until_signal
-
     return run_until_signal(runtime, _ready("scheduler", args.ready_file, lambda: runtime.port))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from orbweaver._service import run_until_signal
     from orbweaver.worker.config import WorkerConfig
-    from orbweaver.worker.isolation import harden_worker_process, parse_env_allow
+    from orbweaver.worker.isolation import harden_worker_process
     from orbweaver.worker.manager import ExecutionManager
 
     setup_logging("worker", args.log_level)
-    tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR")
-    if not tasks_dir:
-        raise errors.InvalidArgument("worker: give --tasks-dir (or ORBWEAVER_TASKS_DIR)")
-    executors: dict[str, Any] = {}
-    if args.output_rate is not None:
-        executors["executor_output_rate"] = parse_size(args.output_rate, "--executor-output-rate")
-    if args.output_burst is not None:
-        executors["executor_output_burst"] = parse_size(
-            args.output_burst, "--executor-output-burst"
-        )
-    allow = args.executor_env
-    if allow is None:
-        allow = os.environ.get("ORBWEAVER_EXECUTOR_ENV", "")
-    executors["executor_env"] = parse_env_allow(allow)
-    if args.executor_cgroups is not None:
-        executors["executor_cgroups"] = args.executor_cgroups
-    config = WorkerConfig(
-        storage=args.storage,
-        scheduler=args.scheduler,
-        tasks_dir=Path(tasks_dir).resolve(),
-        processes=args.processes or (os.cpu_count() or 1),
-        security=_security(args),
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host or "127.0.0.1",
-        ip_address=args.ip or "",
-        **executors,
+    config = WorkerConfig.load(
+        _config_file(args), token=_token(args), flags=flag_values(args, WorkerConfig)
     )
     # Everything is read: secrets leave this process's environment, and task code running as
     # the same user cannot read its memory or /proc files.
@@ -427,15 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"orbweaver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def service(
-        name: str,
-        help_: str,
-        fn: Callable[[argparse.Namespace], int],
-        metrics_help: str = "serve Prometheus metrics on this port",
-    ) -> argparse.ArgumentParser:
+    def service(name: str, help_: str, fn: Callable[[argparse.Namespace], int]) -> Any:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
-        p.add_argument("--metrics-port", type=int, help=metrics_help)
         p.add_argument("--log-level", help="debug, info (default), warning, error")
         token = p.add_mutually_exclusive_group()
         token.add_argument(
@@ -460,11 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         db.add_argument("--db-file", metavar="PATH", help="read the database URL from this file")
 
-    def metrics_host(p: argparse.ArgumentParser) -> None:
+    def configured(name: str, help_: str, fn: Callable[[argparse.Namespace], int]) -> Any:
+        p = service(name, help_, fn)
         p.add_argument(
-            "--metrics-host",
-            help="address the metrics endpoint listens on (default: the host of --listen)",
+            "--config", metavar="FILE", help=f"TOML file with a [{name}] table of settings"
         )
+        return p
 
     def client_cmd(
         name: str, help_: str, fn: Callable[[argparse.Namespace], int]
@@ -489,12 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(fn=cmd_demo)
 
-    p = service(
-        "local",
-        "run storage, scheduler and a worker on this machine",
-        cmd_local,
-        metrics_help="serve Prometheus metrics: storage on this port, the scheduler on the "
-        "next, the worker on the one after",
+    p = service("local", "run storage, scheduler and a worker on this machine", cmd_local)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics: storage on this port, the scheduler on the next, the "
+        "worker on the one after",
     )
     database(p, DEFAULT_LOCAL_DB)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
@@ -502,54 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=DEFAULT_STORAGE, help="storage address to listen on")
     p.add_argument("--log-dir", help="where component logs go (default: a temporary directory)")
 
-    p = service("storage", "run the storage service", cmd_storage)
+    from orbweaver.scheduler.config import SchedulerConfig
+    from orbweaver.storage.config import StorageConfig
+    from orbweaver.worker.config import WorkerConfig
+
+    p = configured("storage", "run the storage service", cmd_storage)
     database(p, "the config file's db_url, else sqlite:///orbweaver.db")
-    p.add_argument("--listen", help=f"host:port to listen on (default {DEFAULT_STORAGE})")
-    metrics_host(p)
-    p.add_argument("--config", help="TOML file with a [storage] table")
-
-    p = service("scheduler", "run the scheduler", cmd_scheduler)
-    p.add_argument("--storage", required=True, help="storage address host:port")
-    p.add_argument("--listen", default="0.0.0.0:50052", help="host:port to listen on")
-    p.add_argument("--advertise", help="host the storage should record for this scheduler")
-    metrics_host(p)
-    p.add_argument("--config", help="TOML file with a [scheduler] table")
-
-    p = service("worker", "run an execution manager with a pool of executors", cmd_worker)
-    p.add_argument("--storage", required=True, help="storage address host:port")
-    p.add_argument("--scheduler", required=True, help="scheduler address host:port")
-    p.add_argument("--tasks-dir", help="directory of task modules (or $ORBWEAVER_TASKS_DIR)")
-    p.add_argument("--processes", type=int, help="executor processes (default: CPU count)")
-    p.add_argument("--ip", help="address to register with (default: the outbound address)")
-    p.add_argument(
-        "--metrics-host", help="address the metrics endpoint listens on (default: 127.0.0.1)"
-    )
-    p.add_argument(
-        "--executor-env",
-        action="append",
-        metavar="NAME[,NAME...]",
-        help="variables of this environment that task code may see, by name or pattern such "
-        "as 'AWS_*' (default: $ORBWEAVER_EXECUTOR_ENV); ORBWEAVER_* secrets never pass",
-    )
-    p.add_argument(
-        "--executor-cgroups",
-        action=argparse.BooleanOptionalAction,
-        help="put each executor in a cgroup v2 of its own where this process may create one "
-        "(default: yes; process groups contain executors either way)",
-    )
-    p.add_argument(
-        "--executor-output-rate",
-        dest="output_rate",
-        metavar="SIZE",
-        help="forwarded task output per executor and second, e.g. 64KiB (the default); "
-        "the excess is dropped and counted",
-    )
-    p.add_argument(
-        "--executor-output-burst",
-        dest="output_burst",
-        metavar="SIZE",
-        help="largest burst of forwarded task output per executor (default 1MiB)",
-    )
+    add_flags(p, StorageConfig, "storage", skip=("db_url",))
+    p = configured("scheduler", "run the scheduler", cmd_scheduler)
+    add_flags(p, SchedulerConfig, "scheduler")
+    p = configured("worker", "run an execution manager with a pool of executors", cmd_worker)
+    add_flags(p, WorkerConfig, "worker")
 
     p = client_cmd("submit", "submit a task graph", cmd_submit)
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")

@@ -28,6 +28,11 @@ class LimitExceeded(InvalidArgument):
     job, ...); the message names the size, the limit and the setting."""
 
 
+class ConfigError(InvalidArgument):
+    """A service setting is unknown, of the wrong type or refused; the message names the setting
+    and where its value came from (a file, an environment variable, a flag)."""
+
+
 class NotFound(OrbweaverError, LookupError):
     """The requested object does not exist."""
 

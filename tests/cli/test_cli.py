@@ -106,8 +106,7 @@ USAGE_ERRORS = {
     "outputs-extra-arg": (["outputs", "1", "2"], "unrecognized arguments: 2"),
     "submit-without-graph": (["submit"], "the following arguments are required: MODULE:GRAPH"),
     "local-bad-workers": (["local", "--workers", "many"], "invalid int value: 'many'"),
-    "scheduler-without-storage": (["scheduler"], "the following arguments are required: --stor"),
-    "worker-without-scheduler": (["worker", "--storage", "127.0.0.1:9"], "required: --scheduler"),
+    "scheduler-unknown-flag": (["scheduler", "--dead-em-cutoff-s", "3"], "unrecognized argument"),
 }
 
 
@@ -117,6 +116,15 @@ def test_usage_errors(args: list[str], message: str) -> None:
     assert proc.returncode == 2, show(proc)
     assert "usage: orbweaver" in proc.stderr
     assert message in proc.stderr, show(proc)
+
+
+def test_a_worker_without_a_scheduler_says_every_way_to_give_one() -> None:
+    proc = cli("worker", "--storage", "127.0.0.1:9", "--tasks-dir", str(TASKS))
+    assert proc.returncode == 2, show(proc)
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "orbweaver worker: ConfigError: worker: scheduler is not set (give --scheduler, "
+        "$ORBWEAVER_WORKER_SCHEDULER or scheduler in the [worker] table of --config)"
+    ), show(proc)
 
 
 SUBMIT_ERRORS = [
@@ -159,7 +167,10 @@ def test_unreachable_storage_is_a_readable_error(command: list[str]) -> None:
 def test_worker_needs_a_tasks_dir() -> None:
     proc = cli("worker", "--storage", "127.0.0.1:9", "--scheduler", "127.0.0.1:9")
     assert proc.returncode == 2, show(proc)
-    assert "give --tasks-dir (or ORBWEAVER_TASKS_DIR)" in proc.stderr
+    assert (
+        "tasks_dir is not set (give --tasks-dir, $ORBWEAVER_WORKER_TASKS_DIR, $ORBWEAVER_TASKS_DIR"
+        in proc.stderr
+    )
 
 
 def test_demo(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,6 +300,44 @@ def test_scheduler_metrics_host_and_exposure(tmp_path: Path, services: list[Serv
         if warns:
             assert exposed[0].startswith(f"scheduler listens on {listen} without a cluster token")
         assert scheduler.stop() == 0
+
+
+def test_services_take_their_settings_from_one_file_and_the_environment(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    """One TOML file configures all three services (the scheduler's `listen` from the file
+    included: no flag default hides it); the environment adds a setting of its own."""
+    storage_port, scheduler_port, metrics = free_port(), free_port(), free_port()
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        f'[storage]\ndb_url = "{sqlite_db(tmp_path)}"\nlisten = "127.0.0.1:{storage_port}"\n'
+        f'[scheduler]\nstorage = "127.0.0.1:{storage_port}"\n'
+        f'listen = "127.0.0.1:{scheduler_port}"\ndead_em_cutoff = "10s"\n'
+        f'[worker]\nstorage = "127.0.0.1:{storage_port}"\n'
+        f'scheduler = "127.0.0.1:{scheduler_port}"\ntasks_dir = "{TASKS}"\nprocesses = 1\n'
+    )
+    storage = Service(tmp_path, "storage", "--config", str(config))
+    services.append(storage)
+    assert storage.port == storage_port
+    scheduler = Service(tmp_path, "scheduler", "--config", str(config))
+    services.append(scheduler)
+    assert scheduler.port == scheduler_port
+    assert scheduler.listening_on(scheduler_port).removeprefix("::ffff:") == "127.0.0.1"
+    env = base_env(ORBWEAVER_WORKER_METRICS_PORT=str(metrics))
+    worker = Service(tmp_path, "worker", "--config", str(config), env=env)
+    services.append(worker)
+    assert worker.listening_on(metrics) == "127.0.0.1"
+    sys.path.insert(0, str(TASKS))
+    import cli_tasks
+
+    address = f"127.0.0.1:{storage_port}"
+    with ow.Client(address) as admin:  # no operator token configured: anyone may add a group
+        group = admin.add_resource_group("configured", "pw-configured")
+    with ow.Client(address, resource_group=group) as client:
+        graph = ow.TaskGraph()
+        graph.add(cli_tasks.double)
+        assert client.submit(graph, [21]).result(timeout=120) == [42]
+    assert worker.stop() == 0
 
 
 # -------------------------------------------------------------------------------------------------

@@ -23,16 +23,16 @@ from orbweaver.scheduler import SchedulerConfig, SchedulerRuntime, main
 
 pytestmark = pytest.mark.timeout(120)
 
-FAST_RETRY = _rpc.Backoff(base=0.01, cap=0.1)
 
 
 def config(storage: str, **overrides: object) -> SchedulerConfig:
     values: dict[str, object] = {
         "storage": storage,
         "listen": "127.0.0.1:0",
-        "retry_backoff": FAST_RETRY,
-        "storage_rpc_timeout_s": 2.0,
-        "stop_timeout_s": 10.0,
+        "retry_backoff_base": 0.01,
+        "retry_backoff_cap": 0.1,
+        "storage_rpc_timeout": 2.0,
+        "stop_timeout": 10.0,
     }
     values.update(overrides)
     return SchedulerConfig(**values)  # type: ignore[arg-type]
@@ -311,7 +311,7 @@ def test_session_bump_drains_old_assignments_and_new_ones_carry_new_session(
 
 def test_assignments_of_a_dead_em_are_redelivered(fake_storage: FakeStorage) -> None:
     rt = SchedulerRuntime(
-        config(fake_storage.address, dead_em_cutoff_s=0.3, liveness_tracking_interval_s=0.05)
+        config(fake_storage.address, dead_em_cutoff=0.3, liveness_tracking_interval=0.05)
     )
     rt.start()
     silent, survivor = Em(rt, 1), Em(rt, 2)
@@ -364,7 +364,7 @@ def test_stop_is_prompt_and_leaves_no_threads(fake_storage: FakeStorage) -> None
 
 
 def test_stop_is_prompt_while_storage_hangs(fake_storage: FakeStorage) -> None:
-    rt = SchedulerRuntime(config(fake_storage.address, storage_rpc_timeout_s=60.0))
+    rt = SchedulerRuntime(config(fake_storage.address, storage_rpc_timeout=60.0))
     rt.start()
     fake_storage.hang.set()
     entered = fake_storage.entered

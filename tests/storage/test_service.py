@@ -655,17 +655,21 @@ def test_register_em_rejects_bad_ip(driver: Driver) -> None:
     assert reply.session_id == driver.session
 
 
-def test_scheduler_registration_resends_only_when_replacing(driver: Driver) -> None:
+def test_a_new_scheduler_gets_what_its_predecessor_polled_and_nothing_twice(
+    driver: Driver,
+) -> None:
     s = driver.s
-    # The driver's scheduler registered first after the start: nothing to re-offer then.
     first = driver.scheduler
-    job = driver.submit(graphs.single(), 5, start=True)
-    assert len(driver.poll()) == 1
-    assert driver.poll(wait_ms=300) == []
+    delivered = driver.submit(graphs.single(), 5, start=True)
+    held = driver.submit(graphs.single(), 6, start=True)
+    assert len(driver.poll(max_items=2)) == 2  # the first scheduler takes both
+    driver.register(delivered, 0)  # one reaches an execution manager
+    waiting = driver.submit(graphs.single(), 7, start=True)  # still in the queue
     second = driver.register_scheduler(host="h", port=2)
     assert second != first
-    entries = wait_until(lambda: driver.poll(wait_ms=200), what="resent entry")
-    assert [(e.job_id, e.task_id.index) for e in entries] == [(job, 0)]
+    # The held entry is offered again at once; the delivered one is not, the queued one once.
+    entries = driver.poll(wait_ms=200) + driver.poll(wait_ms=300)
+    assert sorted((e.job_id, e.task_id.index) for e in entries) == [(held, 0), (waiting, 0)]
     assert [x.port for x in s.schedulers.GetSchedulers(pb.Void(), timeout=10).schedulers] == [2]
     assert (
         code_of(s.schedulers.RegisterScheduler, pb.RegisterSchedulerRequest(host="", port=1))

@@ -79,7 +79,7 @@ job_cache_gc_interval = 1.0
 """
 SCHEDULER_CONFIG = """
 [scheduler]
-dead_em_cutoff_s = 3.0
+dead_em_cutoff = 3.0
 """
 
 

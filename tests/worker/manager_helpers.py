@@ -353,7 +353,7 @@ class _RecordedMethod:
 
 SCHEDULER_CONFIG = """
 [scheduler]
-dead_em_cutoff_s = 5.0
+dead_em_cutoff = 5.0
 """
 
 

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
 from types import FrameType
 from typing import Any
 
@@ -40,10 +39,9 @@ from orbweaver._service import (
     metrics_host_for,
     warn_if_exposed,
 )
+from orbweaver.scheduler.config import SchedulerConfig
 from orbweaver.scheduler.core import (
-    POLICIES,
     Assignment,
-    CoreConfig,
     InvalidSessionId,
     Lane,
     ReadyEntry,
@@ -56,102 +54,11 @@ from orbweaver.scheduler.servicer import SchedulerServicer, add_to_server
 
 log = logging.getLogger("orbweaver.scheduler")
 
-DEFAULT_LISTEN = "0.0.0.0:50052"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 # After this many consecutive UNAVAILABLE answers the storage channel is rebuilt, so a storage
 # that comes back is reached at once instead of after gRPC's reconnect backoff (up to 120 s).
 _RECONNECT_AFTER_FAILURES = 3
 _LANE_NAMES = {Lane.TASK: "task", Lane.COMMIT: "commit", Lane.CLEANUP: "cleanup"}
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
-    """Everything a scheduler process needs. Defaults follow the reference deployment."""
-
-    # Storage service address (`host:port`).
-    storage: str = "127.0.0.1:50051"
-    # Where the EM-facing gRPC server listens (`host:port`; port 0 picks a free port).
-    listen: str = DEFAULT_LISTEN
-    # What is registered with storage; derived from `listen` (and the bound port) when None.
-    advertised_host: str | None = None
-    advertised_port: int | None = None
-    security: _rpc.Security = field(default_factory=_rpc.Security)
-    max_message_bytes: int = _rpc.DEFAULT_MAX_MESSAGE_BYTES
-    # Placement policy: "group_round_robin" (fair across resource groups, then across the jobs
-    # of each group) or "job_round_robin" (the reference: fair across jobs only).
-    policy: str = "group_round_robin"
-    active_job_queue_capacity: int = 16
-    dispatch_queue_capacity: int = 256
-    ready_task_capacity: int = 65_536
-    commit_ready_task_capacity: int = 256
-    cleanup_ready_task_capacity: int = 256
-    finalizing_job_expiration_s: float = 300.0
-    # How long one inbound-queue poll may block on the storage side when there is nothing to do.
-    storage_poll_wait_ms: int = 10
-    storage_rpc_timeout_s: float = 10.0
-    # Retry policy for registration and polling (exponential with full jitter, capped).
-    retry_backoff: _rpc.Backoff = field(default_factory=lambda: _rpc.Backoff(base=0.05, cap=2.0))
-    # None: keep retrying the registration until storage answers or `stop()` is called.
-    registration_timeout_s: float | None = None
-    # EM liveness.
-    dead_em_cutoff_s: float = 30.0
-    liveness_tracking_interval_s: float = 1.0
-    # Server-side caps for the EM long polls.
-    max_long_poll_s: float = 30.0
-    max_batch_items: int = 256
-    # gRPC handler threads: each waiting EM long poll holds one.
-    grpc_workers: int = 256
-    # How long `stop()` waits for the core loop.
-    stop_timeout_s: float = 30.0
-    # Prometheus endpoint (None: no endpoint; 0: any free port) and its host (None: the host
-    # of `listen`, so a scheduler reachable only from this machine keeps its metrics private).
-    metrics_port: int | None = None
-    metrics_host: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise errors.InvalidArgument(
-                f"unknown scheduling policy {self.policy!r}; expected one of {', '.join(POLICIES)}"
-            )
-        self.core_config()  # validates the capacities
-        positive = (
-            "dispatch_queue_capacity",
-            "storage_rpc_timeout_s",
-            "dead_em_cutoff_s",
-            "liveness_tracking_interval_s",
-            "max_batch_items",
-            "grpc_workers",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise errors.InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("storage_poll_wait_ms", "max_long_poll_s", "stop_timeout_s"):
-            if getattr(self, name) < 0:
-                raise errors.InvalidArgument(
-                    f"{name} must not be negative, got {getattr(self, name)}"
-                )
-        if ":" not in self.storage:
-            raise errors.InvalidArgument(f"storage address must be host:port, got {self.storage!r}")
-        if ":" not in self.listen:
-            raise errors.InvalidArgument(f"listen address must be host:port, got {self.listen!r}")
-
-    def core_config(self) -> CoreConfig:
-        return CoreConfig(
-            policy=self.policy,
-            active_job_queue_capacity=self.active_job_queue_capacity,
-            ready_task_capacity=self.ready_task_capacity,
-            commit_ready_task_capacity=self.commit_ready_task_capacity,
-            cleanup_ready_task_capacity=self.cleanup_ready_task_capacity,
-            finalizing_job_expiration_s=self.finalizing_job_expiration_s,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """The configuration as loggable fields (no secrets)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "security"}
-        out["token"] = self.security.token is not None
-        out["tls"] = self.security.tls is not None
-        out["retry_backoff"] = f"{self.retry_backoff.base}..{self.retry_backoff.cap}s"
-        return out
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -207,7 +114,7 @@ class _StorageClient:
 
     def register(self, host: str, port: int) -> pb.SchedulerRegistration:
         request = pb.RegisterSchedulerRequest(host=host, port=port)
-        timeout = self._config.storage_rpc_timeout_s
+        timeout = self._config.storage_rpc_timeout
         reply: pb.SchedulerRegistration = self._observe(
             lambda: self._registration.RegisterScheduler(request, timeout=timeout)
         )
@@ -223,7 +130,7 @@ class _StorageClient:
             max_cleanup=max_cleanup,
             wait_ms=wait_ms,
         )
-        timeout = self._config.storage_rpc_timeout_s + wait_ms / 1000.0
+        timeout = self._config.storage_rpc_timeout + wait_ms / 1000.0
         return self._observe(lambda: self._inbound.PollAll(request, timeout=timeout))
 
     def close(self) -> None:
@@ -265,7 +172,7 @@ class SchedulerRuntime:
         self._core = SchedulerCore(config.core_config())
         self._queue: DispatchQueue[Assignment] = DispatchQueue(config.dispatch_queue_capacity)
         self._registry = EmRegistry(
-            dead_cutoff_s=config.dead_em_cutoff_s,
+            dead_cutoff_s=config.dead_em_cutoff,
             clock=clock,
             on_reschedule=self.metrics.assignments_rescheduled.inc,
         )
@@ -369,7 +276,7 @@ class SchedulerRuntime:
             host, port = self._advertised()
             registration = _rpc.call_with_retry(
                 lambda: storage.register(host, port),
-                deadline=cfg.registration_timeout_s,
+                deadline=cfg.registration_timeout,
                 backoff=cfg.retry_backoff,
                 stop=self._stop,
                 what=f"registering with storage at {cfg.storage}",
@@ -409,7 +316,7 @@ class SchedulerRuntime:
             scheduler_id=registration.scheduler_id,
             queue=self._queue,
             registry=self._registry,
-            max_wait_s=cfg.max_long_poll_s,
+            max_wait_s=cfg.max_long_poll,
             max_batch=cfg.max_batch_items,
             metrics=self.metrics,
         )
@@ -418,7 +325,7 @@ class SchedulerRuntime:
             self._metrics_server = MetricsServer(
                 cfg.metrics_port, self.metrics.registry, self.metrics_host, component="scheduler"
             )
-        self._registry.start_tracking(cfg.liveness_tracking_interval_s)
+        self._registry.start_tracking(cfg.liveness_tracking_interval)
         self._core_thread = threading.Thread(
             target=self._run_core, name="orbweaver-scheduler-core", daemon=True
         )
@@ -475,11 +382,11 @@ class SchedulerRuntime:
             if storage is not None:
                 storage.close()  # also cancels a poll the core loop may be waiting on
             if thread is not None:
-                thread.join(self.config.stop_timeout_s)
+                thread.join(self.config.stop_timeout)
                 if thread.is_alive():
                     log.error(
                         "core loop did not stop in time",
-                        extra={"timeout_s": self.config.stop_timeout_s},
+                        extra={"timeout_s": self.config.stop_timeout},
                     )
             self._registry.stop_tracking()
             if metrics_server is not None:
@@ -560,13 +467,13 @@ class SchedulerRuntime:
         core, queue, cfg = self._core, self._queue, self.config
         if core.buffered and queue.free_slots() <= 0:
             # Back-pressure: nothing can be placed until an EM takes something.
-            queue.wait_for_space(max(cfg.storage_poll_wait_ms / 1000.0, 0.05))
+            queue.wait_for_space(max(cfg.storage_poll_wait, 0.05))
             if self._stop.is_set():
                 return
         budget = core.poll_budget()
         if budget:
             # Block on storage only when there is nothing to place meanwhile.
-            wait_ms = 0 if core.buffered else cfg.storage_poll_wait_ms
+            wait_ms = 0 if core.buffered else round(cfg.storage_poll_wait * 1000)
             self.metrics.storage_polls.inc()
             reply = self._storage_client().poll_all(
                 self.scheduler_id, budget.tasks, budget.commit, budget.cleanup, wait_ms

@@ -1,69 +1,109 @@
-"""Storage-service configuration: defaults, a TOML config file, and command-line overrides."""
+"""The storage service's settings: defaults < TOML file < environment < flags."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orbweaver._config import read_table
+from orbweaver._config import load_config, setting
 from orbweaver._limits import MESSAGE_OVERHEAD_BYTES
 from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security
+from orbweaver.storage.db.url import ENV_DB_URL
 
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    """Every knob of the storage service. Times are seconds unless the name says otherwise."""
+    """Every setting of the storage service (`orbweaver storage`, TOML table `[storage]`,
+    variables `ORBWEAVER_STORAGE_<NAME>`; see `orbweaver._config`)."""
 
-    db_url: str = "sqlite:///orbweaver.db"
-    listen: str = "127.0.0.1:50051"
+    db_url: str = setting(
+        "sqlite:///orbweaver.db",
+        help="database URL: sqlite:///PATH or mariadb://USER@HOST:PORT/DB",
+        flag="--db",
+        env=(ENV_DB_URL,),
+        metavar="URL",
+    )
+    listen: str = setting(
+        "127.0.0.1:50051", help="host:port to listen on (port 0: any free port)", metavar="ADDR"
+    )
     security: Security = field(default_factory=Security)
-    # The operator (admin) credential: sees every resource group, creates resource groups.
-    # Without it, anyone who reaches the service may create resource groups.
-    operator_token: str | None = field(default=None, repr=False)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Without an operator token, anyone who reaches the service may create resource groups.
+    operator_token: str | None = setting(
+        None,
+        help="the operator (admin) credential: sees every resource group, creates them",
+        env=("ORBWEAVER_OPERATOR_TOKEN",),
+        secret=True,
+    )
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message accepted or sent", unit="bytes"
+    )
     # Limits on what a submission may hold, checked after decompression (docs/security.md).
-    max_graph_bytes: int = 64 << 20
-    max_input_bytes: int = 32 << 20
-    max_tasks: int = 100_000
-    # Limits on what a job may hold in memory while it runs: one task's reported outputs, and
-    # its graph inputs plus every task output it keeps.
-    max_task_output_bytes: int = 32 << 20
-    max_job_bytes: int = 256 << 20
-    # Submissions parsed at once (each may hold max_graph_bytes + max_input_bytes meanwhile).
-    max_concurrent_submissions: int = 4
-    # Succeeded jobs keep outputs up to this size in the cache; larger ones are read from the
-    # database when asked for.
-    cached_outputs_bytes: int = 1 << 20
-    # A ready entry a scheduler took but no execution manager registered within this many
-    # seconds is offered again.
-    visibility_timeout: float = 60.0
-    grpc_workers: int = 256
-    # Inbound queue lane capacities.
-    task_capacity: int = 1 << 20
-    commit_capacity: int = 1024
-    cleanup_capacity: int = 1024
-    # Task-instance pool: EMs silent for longer than the cutoff are declared dead.
-    em_stale_cutoff: float = 60.0
-    instance_gc_interval: float = 5.0
-    # Job cache: terminated jobs stay cached for `job_cache_retention`.
-    job_cache_retention: float = 300.0
-    job_cache_gc_interval: float = 30.0
-    # Terminated jobs are deleted from the database after `job_retention` (None: kept forever).
-    job_retention: float | None = 7 * 24 * 3600.0
-    db_gc_interval: float = 3600.0
-    # Recovery reads recoverable jobs in pages of this many rows.
-    recovery_page_size: int = 500
-    # Longest server-side wait of WaitJob / polls, whatever the client asks for.
-    max_wait: float = 60.0
-    metrics_port: int | None = None
-    # Where the metrics endpoint listens (None: the host of `listen`).
-    metrics_host: str | None = None
-    # Seconds a call keeps retrying a transient database error before it answers UNAVAILABLE
-    # (client calls) or leaves a job transition a task report decided waiting for the database.
-    db_retry_deadline: float = 5.0
+    max_graph_bytes: int = setting(
+        64 << 20, help="a submitted graph's JSON, once decompressed", unit="bytes"
+    )
+    max_input_bytes: int = setting(
+        32 << 20, help="a job's graph inputs, once decompressed", unit="bytes"
+    )
+    max_tasks: int = setting(100_000, help="tasks in one job's graph")
+    # Limits on what a job may hold in memory while it runs.
+    max_task_output_bytes: int = setting(
+        32 << 20, help="one task's reported outputs (beyond: the job fails)", unit="bytes"
+    )
+    max_job_bytes: int = setting(
+        256 << 20,
+        help="graph inputs plus task outputs one running job keeps (beyond: the job fails)",
+        unit="bytes",
+    )
+    # Each submission being parsed may hold max_graph_bytes + max_input_bytes.
+    max_concurrent_submissions: int = setting(4, help="submissions decompressed and parsed at once")
+    cached_outputs_bytes: int = setting(
+        1 << 20,
+        help="succeeded jobs keep outputs up to this size in memory (larger: read from the DB)",
+        unit="bytes",
+    )
+    visibility_timeout: float = setting(
+        60.0,
+        help="a ready entry a scheduler took but nobody registered within this is offered again",
+        unit="seconds",
+    )
+    grpc_workers: int = setting(256, help="gRPC handler threads")
+    task_capacity: int = setting(1 << 20, help="inbound-queue capacity of the task lane")
+    commit_capacity: int = setting(1024, help="inbound-queue capacity of the commit lane")
+    cleanup_capacity: int = setting(1024, help="inbound-queue capacity of the cleanup lane")
+    em_stale_cutoff: float = setting(
+        60.0, help="an execution manager without heartbeats this long is dead", unit="seconds"
+    )
+    instance_gc_interval: float = setting(
+        5.0, help="period of the dead-EM sweep and soft-timeout pass", unit="seconds"
+    )
+    job_cache_retention: float = setting(
+        300.0, help="terminated jobs stay in memory this long", unit="seconds"
+    )
+    job_cache_gc_interval: float = setting(
+        30.0, help="period of the job-cache sweep", unit="seconds"
+    )
+    job_retention: float | None = setting(
+        7 * 24 * 3600.0,
+        help="terminated jobs are deleted from the database after this (none: kept forever)",
+        unit="seconds",
+    )
+    db_gc_interval: float = setting(3600.0, help="period of the database sweep", unit="seconds")
+    recovery_page_size: int = setting(500, help="rows per page when rebuilding the cache at start")
+    max_wait: float = setting(
+        60.0, help="longest server-side wait of WaitJob and polls", unit="seconds"
+    )
+    metrics_port: int | None = setting(None, help="serve Prometheus metrics on this port")
+    metrics_host: str | None = setting(
+        None, help="address of the metrics endpoint (default: the host of listen)"
+    )
+    db_retry_deadline: float = setting(
+        5.0,
+        help="how long a call retries an unreachable database before it answers UNAVAILABLE",
+        unit="seconds",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -113,17 +153,20 @@ class StorageConfig:
 
     @staticmethod
     def load(
-        path: Path | None = None, env: dict[str, str] | None = None, **overrides: Any
+        path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        token: str | None = None,
+        flags: Mapping[str, object] | None = None,
+        **overrides: object,
     ) -> StorageConfig:
-        """Defaults, then the `[storage]` table of a TOML file, then the environment
-        (`ORBWEAVER_TOKEN`, `ORBWEAVER_OPERATOR_TOKEN`, `ORBWEAVER_TLS_*`), then explicit
-        overrides (None values ignored)."""
-        environ = dict(os.environ if env is None else env)
-        security = Security.from_env(environ)
-        values: dict[str, Any] = {"security": security}
-        if path is not None:
-            values = read_table(path, "storage", StorageConfig, security)
-        if environ.get("ORBWEAVER_OPERATOR_TOKEN"):
-            values["operator_token"] = environ["ORBWEAVER_OPERATOR_TOKEN"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return StorageConfig(**values)
+        """Defaults < the `[storage]` table of the TOML file `path` < the environment <
+        `flags` and `overrides` (field name -> value, None: not given); `token`: the cluster
+        token of a flag. See `orbweaver._config`."""
+        return load_config(
+            StorageConfig,
+            "storage",
+            path=path,
+            env=env,
+            flags={**(flags or {}), **overrides},
+            token=token,
+        )

@@ -98,7 +98,6 @@ class StorageService:
         self._scheduler_id = self._registered_scheduler()
         # Whether a scheduler registered since this process started (a later registration
         # replaces it, and what it held is offered again).
-        self._scheduler_registered = False
         self._max_wait_ms = int(config.max_wait * 1000)
         self._cached_outputs = config.cached_outputs_bytes
         # Job outputs must fit one database value and one reply (GetJobOutputs, the commit
@@ -891,26 +890,17 @@ class StorageService:
                 scheduler_id = self.db.register_scheduler(host, port)
             except db_errors.DbError as exc:
                 raise translate(exc) from exc
-            # Replacing either a scheduler registered with this process or, after a storage
-            # restart, the one registered in the database: the predecessor may have polled
-            # ready work it never delivered, so offer that work again.
-            replacing = self._scheduler_registered or self._scheduler_id is not None
-            self._scheduler_registered = True
             self._scheduler_id = scheduler_id
-        if replacing:
-            threading.Thread(target=self._resend, name="resend-ready", daemon=True).start()
+            # The scheduler this one replaces (a crashed one, or the one registered before a
+            # storage restart) may have polled ready work it never handed to an execution
+            # manager: offer again every entry polled and not registered since, at once rather
+            # than after the visibility timeout.
+            requeued = self.cache.requeue_expired(now_ms(), 0)
         log.info(
             "scheduler registered",
-            extra={"scheduler_id": scheduler_id, "address": f"{host}:{port}"},
+            extra={"scheduler_id": scheduler_id, "address": f"{host}:{port}", "requeued": requeued},
         )
         return scheduler_id
-
-    def _resend(self) -> None:
-        try:
-            count = self.cache.resend_ready()
-            log.info("re-offered ready work", extra={"entries": count})
-        except Exception as exc:
-            self._fatal(f"resend of ready work failed: {exc}")
 
     def _registered_scheduler(self) -> int | None:
         try:

@@ -1,11 +1,14 @@
-"""The execution manager's settings (`orbweaver worker` builds them from its options)."""
+"""The execution manager's settings: defaults < TOML file < environment < flags
+(`orbweaver._config`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orbweaver._config import load_config, setting
 from orbweaver._rpc import Security
 from orbweaver.worker.isolation import parse_env_allow
 from orbweaver.worker.pool import DEFAULT_OUTPUT_BURST, DEFAULT_OUTPUT_RATE
@@ -13,38 +16,67 @@ from orbweaver.worker.pool import DEFAULT_OUTPUT_BURST, DEFAULT_OUTPUT_RATE
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    storage: str
-    scheduler: str
-    tasks_dir: Path
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Every setting of an execution manager (`orbweaver worker`, TOML table `[worker]`,
+    variables `ORBWEAVER_WORKER_<NAME>`)."""
+
+    storage: str = setting(
+        help="storage address host:port", env=("ORBWEAVER_STORAGE",), metavar="ADDR"
+    )
+    scheduler: str = setting(help="scheduler address host:port", metavar="ADDR")
+    tasks_dir: Path = setting(
+        help="directory of task modules (imported from there only)",
+        env=("ORBWEAVER_TASKS_DIR",),
+        metavar="DIR",
+    )
+    processes: int = setting(
+        help="executor processes, i.e. tasks run at once (default: the CPU count)",
+        default_factory=lambda: os.cpu_count() or 1,
+    )
     security: Security = field(default_factory=Security)
-    ip_address: str = ""
-    # Most tasks queued ahead of an executor process; the EM holds about 50 ms of work per
-    # executor (see `PrefetchSizer`), this is the upper bound for tiny tasks.
-    prefetch: int = 256
-    # Most tasks handed to one executor in one round trip (amortises IPC for tiny tasks); a
-    # batch also holds no more than about 50 ms of work.
-    executor_batch: int = 64
-    poll_wait: float = 1.0
-    heartbeat_interval: float = 1.0
-    report_batch: int = 512
-    drain_timeout: float = 30.0
-    metrics_port: int | None = None
+    ip_address: str = setting(
+        "", help="address registered with storage (default: the outbound address)", flag="--ip"
+    )
+    # The EM holds about 50 ms of work per executor (see `PrefetchSizer`); this bounds it for
+    # tiny tasks.
+    prefetch: int = setting(256, help="most tasks held ahead of the executors")
+    # Amortises IPC for tiny tasks; a batch also holds no more than about 50 ms of work.
+    executor_batch: int = setting(64, help="most tasks handed to one executor at once")
+    poll_wait: float = setting(
+        1.0, help="server-side wait of each poll of the scheduler", unit="seconds"
+    )
+    heartbeat_interval: float = setting(
+        1.0, help="period of heartbeats to storage and scheduler", unit="seconds"
+    )
+    report_batch: int = setting(512, help="most task outcomes in one report to storage")
+    drain_timeout: float = setting(
+        30.0, help="on SIGTERM, how long running tasks may finish", unit="seconds"
+    )
+    metrics_port: int | None = setting(None, help="serve Prometheus metrics on this port")
     # The worker listens on no address of its own: metrics stay on loopback unless asked.
-    metrics_host: str = "127.0.0.1"
-    # Each executor's budget of forwarded output (task prints and executor logs): bytes per
-    # second and largest burst; the excess is dropped and counted in a periodic warning.
-    executor_output_rate: int = DEFAULT_OUTPUT_RATE
-    executor_output_burst: int = DEFAULT_OUTPUT_BURST
-    # Variables of the worker's environment that executors (task code) may see besides the
-    # minimal base: names or fnmatch patterns. Secret ORBWEAVER_* variables never pass.
-    executor_env: tuple[str, ...] = ()
-    # A cgroup v2 per executor where this process may create them (else process groups only).
-    executor_cgroups: bool = True
+    metrics_host: str = setting("127.0.0.1", help="address of the metrics endpoint")
+    # The excess is dropped and counted in a periodic warning.
+    executor_output_rate: int = setting(
+        DEFAULT_OUTPUT_RATE,
+        help="task output (stdout, stderr) forwarded per executor and second",
+        unit="bytes",
+    )
+    executor_output_burst: int = setting(
+        DEFAULT_OUTPUT_BURST,
+        help="largest burst of forwarded task output per executor",
+        unit="bytes",
+    )
+    # Secret ORBWEAVER_* variables never pass, even when listed.
+    executor_env: tuple[str, ...] = setting(
+        (),
+        help="variables of this environment task code may see: names or patterns like 'AWS_*'",
+        env=("ORBWEAVER_EXECUTOR_ENV",),
+    )
+    # Process groups contain executors either way.
+    executor_cgroups: bool = setting(
+        True, help="a cgroup v2 per executor where this process may create one"
+    )
 
     def __post_init__(self) -> None:
-        if self.processes < 1:
-            raise ValueError("worker: --processes must be at least 1")
         for name in ("executor_output_rate", "executor_output_burst"):
             amount = getattr(self, name)
             if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
@@ -58,5 +90,31 @@ class WorkerConfig:
         object.__setattr__(self, "executor_env", parse_env_allow(self.executor_env))
         if self.prefetch < 1:
             raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
+        for name in ("processes", "executor_batch", "report_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"worker: {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("poll_wait", "heartbeat_interval", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"worker: {name} must be > 0 seconds, got {getattr(self, name)}")
+        object.__setattr__(self, "tasks_dir", Path(self.tasks_dir).resolve())
         if not self.tasks_dir.is_dir():
             raise ValueError(f"worker: tasks directory {self.tasks_dir} does not exist")
+
+    @staticmethod
+    def load(
+        path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        token: str | None = None,
+        flags: Mapping[str, object] | None = None,
+        **overrides: object,
+    ) -> WorkerConfig:
+        """Defaults < the `[worker]` table of the TOML file `path` < the environment < `flags`
+        (field name -> value, None: not given)."""
+        return load_config(
+            WorkerConfig,
+            "worker",
+            path=path,
+            env=env,
+            flags={**(flags or {}), **overrides},
+            token=token,
+        )
