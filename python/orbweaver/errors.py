@@ -38,7 +38,12 @@ class NotFound(OrbweaverError, LookupError):
 
 
 class JobNotFound(NotFound):
-    """No job with that id exists (it may also have been deleted after its retention period)."""
+    """No job with that id exists (it may also have been deleted after its retention period).
+    The one class for it: the storage's database layer raises it too."""
+
+    def __init__(self, message: str = "", *, job_id: int | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message or (f"job {job_id} not found" if job_id is not None else ""))
 
 
 class Unauthenticated(OrbweaverError):

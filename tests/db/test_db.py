@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from orbweaver import errors as ow_errors
 from orbweaver.storage.db import (
     RECOVERABLE_STATES,
     CorruptedDbState,
@@ -153,7 +154,8 @@ def test_error_messages_are_readable() -> None:
     assert str(UnexpectedJobState(S.RUNNING, [S.READY], job_id=7)) == (
         "job 7 is Running, expected Ready"
     )
-    assert str(JobNotFound(3)) == "job 3 not found"
+    assert str(JobNotFound(job_id=3)) == "job 3 not found"
+    assert JobNotFound is ow_errors.JobNotFound  # one class, whichever layer raises it
 
 
 # -- jobs -----------------------------------------------------------------------------------

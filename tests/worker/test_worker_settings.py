@@ -114,7 +114,8 @@ def worker_cli(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (
             ["--executor-output-rate", "fast"],
-            "worker: executor_output_rate from --executor-output-rate: cannot read 'fast' as a size",
+            "worker: executor_output_rate from --executor-output-rate: "
+            "cannot read 'fast' as a size",
         ),
         (
             ["--executor-output-burst", "0"],

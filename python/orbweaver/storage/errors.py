@@ -32,7 +32,7 @@ def translate(
     if isinstance(exc, _core.JobNotFoundError):
         if task_rpc:
             return errors.FailedPrecondition(f"{job}no longer cached (stale request)")
-        return errors.JobNotFound(f"{job}not found")
+        return errors.JobNotFound(f"{job}not found", job_id=job_id)
     if isinstance(exc, _core.StaleError):
         return errors.FailedPrecondition(f"{job}{exc}")
     if isinstance(exc, _core.CoreError):
@@ -42,8 +42,6 @@ def translate(
         return errors.Unauthenticated("invalid resource group or password")
     if isinstance(exc, db_errors.ResourceGroupAlreadyExists | db_errors.IdempotencyKeyReused):
         return errors.AlreadyExists(str(exc))
-    if isinstance(exc, db_errors.JobNotFound):
-        return errors.JobNotFound(str(exc))
     if isinstance(exc, db_errors.IllegalExecutionManagerId):
         return errors.NotFound(str(exc))
     if isinstance(exc, db_errors.ExecutionManagerAlreadyDead):

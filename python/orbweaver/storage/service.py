@@ -246,7 +246,7 @@ class StorageService:
             except db_errors.DbError as exc:
                 raise translate(exc, job_id=job_id) from exc
         if not principal.may_see(owner):
-            raise errors.JobNotFound(f"job {job_id} not found")
+            raise errors.JobNotFound(job_id=job_id)
 
     # -----------------------------------------------------------------------------------------
     # Job orchestration
@@ -381,7 +381,7 @@ class StorageService:
             )
             try:
                 new_state = self._transition(transition, park=False)
-            except db_errors.DbError as exc:
+            except (db_errors.DbError, errors.JobNotFound) as exc:
                 raise self._fatal(f"job {job_id}: cache allowed cancel, DB refused: {exc}") from exc
             assert new_state is not None  # park=False: applied or raised
         if new_state.is_terminal:
@@ -674,7 +674,7 @@ class StorageService:
                     )
                 live = [o for o in live if len(o.outputs or b"") <= limit]
                 states += self._commit_outputs(live)
-            except db_errors.DbError as exc:
+            except (db_errors.DbError, errors.JobNotFound) as exc:
                 raise self._fatal(f"jobs completing: cache and database disagree: {exc}") from exc
             except _core.CoreError as exc:
                 raise self._fatal(f"jobs completing: {exc}") from exc
@@ -789,7 +789,7 @@ class StorageService:
                     )
                 else:
                     raise self._fatal(f"unknown outcome kind {kind} for job {job_id}")
-            except db_errors.DbError as exc:
+            except (db_errors.DbError, errors.JobNotFound) as exc:
                 raise self._fatal(f"job {job_id}: cache and database disagree: {exc}") from exc
             except _core.CoreError as exc:
                 raise self._fatal(f"job {job_id}: {exc}") from exc

@@ -48,6 +48,7 @@ from orbweaver.worker.core import (
     HandBack,
     HandBackResult,
     ManagerCore,
+    Phase,
     Refresh,
     Refused,
     Register,
@@ -129,8 +130,13 @@ class ExecutionManager:
             env_allow=config.executor_env,
             cgroups=config.executor_cgroups,
         )
-        # The core and every thread that waits for it share this condition; no I/O under it.
-        self._lock = threading.Condition()
+        # The core's lock; no I/O under it. Each kind of waiter has its own condition, woken only
+        # when what it waits for may have become true (waking every thread on every change
+        # costs the GIL time of a thundering herd at thousands of tasks per second).
+        self._lock = threading.RLock()
+        self._runnable = threading.Condition(self._lock)  # runners: a batch to take
+        self._reportable = threading.Condition(self._lock)  # the reporter: outcomes to send
+        self._changed = threading.Condition(self._lock)  # the fetcher and a draining stop
         self._core = ManagerCore(
             config.processes,
             prefetch=config.prefetch,
@@ -170,9 +176,19 @@ class ExecutionManager:
     def _state(self) -> Iterator[ManagerCore]:
         """The core, under the lock; on the way out waiters are woken and gauges follow."""
         with self._lock:
-            yield self._core
-            self._lock.notify_all()
-            in_flight, limit = self._core.in_flight, self._core.limit
+            core = self._core
+            yield core
+            if core.workers_stopped:
+                self._runnable.notify_all()
+                self._reportable.notify_all()
+            else:
+                if core.work_queued:
+                    self._runnable.notify()  # the runner taking it wakes the next, if need be
+                if core.reports_waiting:
+                    self._reportable.notify()
+            if core.can_poll or core.phase is not Phase.FETCHING:
+                self._changed.notify_all()
+            in_flight, limit = core.in_flight, core.limit
         self.metrics.in_flight.set(in_flight)
         self.metrics.prefetch_limit.set(limit)
 
@@ -307,7 +323,8 @@ class ExecutionManager:
         self._stop_fetching.set()
         with self._lock:
             self._core.stop_fetching()
-            self._lock.notify_all()
+            for condition in (self._runnable, self._reportable, self._changed):
+                condition.notify_all()
         self._calls.cancel()
 
     def stop(self, drain: bool = True) -> None:
@@ -325,7 +342,7 @@ class ExecutionManager:
         if drain:
             with self._state() as core:
                 core.drain(time.monotonic(), self.config.drain_timeout)
-                self._lock.wait_for(
+                self._changed.wait_for(
                     lambda: core.drained(time.monotonic()) or self._stop.is_set(),
                     self.config.drain_timeout,
                 )
@@ -459,7 +476,7 @@ class ExecutionManager:
                     break
             # Only with room under the prefetch limit, so held tasks never pile up beyond it.
             with self._state() as core:
-                self._lock.wait_for(
+                self._changed.wait_for(
                     lambda: core.can_poll or self._stop_fetching.is_set(), timeout=0.2
                 )
                 poll = core.start_poll()
@@ -605,7 +622,7 @@ class ExecutionManager:
         while True:
             with self._state() as core:
                 core.runner_idle()
-                self._lock.wait_for(lambda: core.work_queued or core.workers_stopped)
+                self._runnable.wait_for(lambda: core.work_queued or core.workers_stopped)
                 run = core.take_batch()
             if run is None:
                 return
@@ -638,7 +655,7 @@ class ExecutionManager:
     def _report_loop(self) -> None:
         while True:
             with self._state() as core:
-                self._lock.wait_for(lambda: core.reports_waiting or core.workers_stopped)
+                self._reportable.wait_for(lambda: core.reports_waiting or core.workers_stopped)
                 report = core.next_report()
             if report is None:
                 return

@@ -487,7 +487,7 @@ class SqlDatabase(abc.ABC):
         cur.execute(self._sql.lock_job, (job_id,))
         row = cur.fetchone()
         if row is None:
-            raise JobNotFound(job_id)
+            raise JobNotFound(job_id=job_id)
         return _db_state(row[0], job_id)
 
     def _transition(
@@ -502,7 +502,7 @@ class SqlDatabase(abc.ABC):
         """One locked, validated state change (the shape of every job state change)."""
         jid = _valid_id(job_id, "job_id")
         if not _in_range(jid):
-            raise JobNotFound(jid)
+            raise JobNotFound(job_id=jid)
 
         def default_check(current: DbJobState, target: DbJobState) -> None:
             if not is_valid_transition(current, target):
@@ -550,7 +550,7 @@ class SqlDatabase(abc.ABC):
         for job_id, serialized_outputs, has_commit in jobs:
             jid = _valid_id(job_id, "job_id")
             if not _in_range(jid):
-                raise JobNotFound(jid)
+                raise JobNotFound(job_id=jid)
             self._check_value_size(f"job {jid}: outputs", len(serialized_outputs))
             target = DbJobState.COMMIT_READY if has_commit else DbJobState.SUCCEEDED
             checked.append((jid, _check_bytes(serialized_outputs, "serialized_outputs"), target))
@@ -574,7 +574,7 @@ class SqlDatabase(abc.ABC):
             for jid, outputs, target in checked:
                 current = states.get(jid)
                 if current is None:
-                    raise JobNotFound(jid)
+                    raise JobNotFound(job_id=jid)
                 if not is_valid_transition(current, target):
                     raise InvalidJobStateTransition(current, target, job_id=jid)
                 updates.setdefault(target, []).append((target.db_name, outputs, jid))
@@ -625,7 +625,7 @@ class SqlDatabase(abc.ABC):
     def _read_job(self, job_id: int, sql: str) -> tuple[Any, ...]:
         jid = _valid_id(job_id, "job_id")
         if not _in_range(jid):
-            raise JobNotFound(jid)
+            raise JobNotFound(job_id=jid)
 
         def tx(cur: Cursor) -> tuple[Any, ...] | None:
             cur.execute(sql, (jid,))
@@ -634,7 +634,7 @@ class SqlDatabase(abc.ABC):
 
         row = self._transaction(tx, write=False)
         if row is None:
-            raise JobNotFound(jid)
+            raise JobNotFound(job_id=jid)
         return row
 
     def get_state(self, job_id: int) -> DbJobState:

@@ -1,13 +1,17 @@
 """Errors raised by the DB layer.
 
-Every error derives from :class:`DbError`. :class:`DbUnavailable` is the only *transient* one: the
-database could not be reached, a lock could not be taken in time, or the outcome of a commit is
-unknown; callers retry it with backoff. Everything else is a definite answer.
+Every error derives from :class:`DbError`, except `JobNotFound`, which is the public
+`orbweaver.errors.JobNotFound` itself (one class for one condition, whichever layer finds it).
+:class:`DbUnavailable` is the only *transient* one: the database could not be reached, a lock
+could not be taken in time, or the outcome of a commit is unknown; callers retry it with
+backoff. Everything else is a definite answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from orbweaver.errors import JobNotFound
 
 from .states import DbJobState
 
@@ -109,12 +113,6 @@ class IdempotencyKeyReused(DbError):
             f"idempotency key {idempotency_key!r} already names job {job_id}, which was submitted"
             " with a different graph or inputs"
         )
-
-
-class JobNotFound(DbError):
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
-        super().__init__(f"job {job_id} not found")
 
 
 class IllegalExecutionManagerId(DbError):
