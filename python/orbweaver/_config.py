@@ -34,7 +34,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, Self, TypeVar
 
 from orbweaver._rpc import Security, TlsConfig
 from orbweaver._units import format_size, parse_size
@@ -42,6 +42,7 @@ from orbweaver.errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "Loadable",
     "Meta",
     "add_flags",
     "env_name",
@@ -339,6 +340,29 @@ def load_config(
         named = [n for n in sources if re.search(rf"\b{re.escape(n)}\b", message)]
         origin = "; ".join(f"{n} from {sources[n]}" for n in named)
         raise ConfigError(f"{message} ({origin})" if origin else message) from None
+
+
+class Loadable:
+    """Gives a service's config dataclass its `load()`; the subclass names its `SERVICE` (its
+    TOML table and the middle of its variables' names)."""
+
+    __slots__ = ()
+    SERVICE: ClassVar[str]
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        token: str | None = None,
+        flags: Mapping[str, object] | None = None,
+        **overrides: object,
+    ) -> Self:
+        """Defaults < the service's table in the TOML file `path` < the environment `env`
+        (default: this process's) < `flags` and `overrides` (field name -> value, None: not
+        given); `token`: the cluster token of `--token` / `--token-file`."""
+        merged = {**(flags or {}), **overrides}
+        return load_config(cls, cls.SERVICE, path=path, env=env, flags=merged, token=token)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,21 +9,10 @@ from pathlib import Path
 import pytest
 
 import orbweaver as ow
+from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
 from support.procs import ServiceProcess
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-
-STORAGE_CONFIG = """
-[storage]
-instance_gc_interval = 0.25
-em_stale_cutoff = 3.0
-job_cache_gc_interval = 1.0
-"""
-
-SCHEDULER_CONFIG = """
-[scheduler]
-dead_em_cutoff = 3.0
-"""
 
 
 def make_cluster(

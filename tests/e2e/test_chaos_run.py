@@ -16,13 +16,12 @@ import orbweaver as ow
 from support.chaos import (
     FAULT_KINDS,
     JOB_KINDS,
-    SCHEDULER_CONFIG,
-    STORAGE_CONFIG,
     TASKS_DIR,
     ChaosConfig,
     ct,
     run_chaos,
 )
+from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
 from support.mariadb_server import MariaDBServer, free_port, private_server
 from support.procs import wait_until
 

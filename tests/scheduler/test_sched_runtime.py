@@ -24,7 +24,6 @@ from orbweaver.scheduler import SchedulerConfig, SchedulerRuntime, main
 pytestmark = pytest.mark.timeout(120)
 
 
-
 def config(storage: str, **overrides: object) -> SchedulerConfig:
     values: dict[str, object] = {
         "storage": storage,

@@ -49,6 +49,7 @@ from orbweaver import errors
 from orbweaver._service import LIFELINE_FD_ENV, PARENT_PID_ENV
 from orbweaver.client import JobInfo, ResourceGroup
 from orbweaver.local import Component
+from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
 from support.mariadb_server import MariaDBServer
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "e2e" / "tasks"
@@ -69,18 +70,6 @@ SLOT_WEIGHTS = {
     "flaky": 1,
 }
 BATCH = 3
-
-# Short liveness settings (as the e2e suite's) so dead workers are noticed within seconds.
-STORAGE_CONFIG = """
-[storage]
-instance_gc_interval = 0.25
-em_stale_cutoff = 3.0
-job_cache_gc_interval = 1.0
-"""
-SCHEDULER_CONFIG = """
-[scheduler]
-dead_em_cutoff = 3.0
-"""
 
 
 @dataclass

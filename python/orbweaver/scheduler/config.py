@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from orbweaver import _rpc, errors
-from orbweaver._config import load_config, setting
+from orbweaver._config import Loadable, setting
 from orbweaver.scheduler.core import POLICIES, CoreConfig
 
 DEFAULT_LISTEN = "0.0.0.0:50052"
 
 
 @dataclass(frozen=True, slots=True)
-class SchedulerConfig:
+class SchedulerConfig(Loadable):
     """Every setting of a scheduler process (`orbweaver scheduler`, TOML table `[scheduler]`,
     variables `ORBWEAVER_SCHEDULER_<NAME>`)."""
+
+    SERVICE: ClassVar[str] = "scheduler"
 
     storage: str = setting(
         "127.0.0.1:50051",
@@ -150,23 +150,3 @@ class SchedulerConfig:
         out["token"] = self.security.token is not None
         out["tls"] = self.security.tls is not None
         return out
-
-    @staticmethod
-    def load(
-        path: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        token: str | None = None,
-        flags: Mapping[str, object] | None = None,
-        **overrides: object,
-    ) -> SchedulerConfig:
-        """Defaults < the `[scheduler]` table of the TOML file `path` < the environment <
-        `flags` and `overrides` (field name -> value, None: not given); `token`: the cluster
-        token of a flag."""
-        return load_config(
-            SchedulerConfig,
-            "scheduler",
-            path=path,
-            env=env,
-            flags={**(flags or {}), **overrides},
-            token=token,
-        )

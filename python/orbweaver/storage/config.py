@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from orbweaver._config import load_config, setting
+from orbweaver._config import Loadable, setting
 from orbweaver._limits import MESSAGE_OVERHEAD_BYTES
 from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security
 from orbweaver.storage.db.url import ENV_DB_URL
 
 
 @dataclass(frozen=True, slots=True)
-class StorageConfig:
+class StorageConfig(Loadable):
     """Every setting of the storage service (`orbweaver storage`, TOML table `[storage]`,
     variables `ORBWEAVER_STORAGE_<NAME>`; see `orbweaver._config`)."""
+
+    SERVICE: ClassVar[str] = "storage"
 
     db_url: str = setting(
         "sqlite:///orbweaver.db",
@@ -150,23 +150,3 @@ class StorageConfig:
 
     def replace(self, **changes: Any) -> StorageConfig:
         return dataclasses.replace(self, **changes)
-
-    @staticmethod
-    def load(
-        path: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        token: str | None = None,
-        flags: Mapping[str, object] | None = None,
-        **overrides: object,
-    ) -> StorageConfig:
-        """Defaults < the `[storage]` table of the TOML file `path` < the environment <
-        `flags` and `overrides` (field name -> value, None: not given); `token`: the cluster
-        token of a flag. See `orbweaver._config`."""
-        return load_config(
-            StorageConfig,
-            "storage",
-            path=path,
-            env=env,
-            flags={**(flags or {}), **overrides},
-            token=token,
-        )

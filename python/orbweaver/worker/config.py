@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from orbweaver._config import load_config, setting
+from orbweaver._config import Loadable, setting
 from orbweaver._rpc import Security
 from orbweaver.worker.isolation import parse_env_allow
 from orbweaver.worker.pool import DEFAULT_OUTPUT_BURST, DEFAULT_OUTPUT_RATE
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerConfig:
+class WorkerConfig(Loadable):
     """Every setting of an execution manager (`orbweaver worker`, TOML table `[worker]`,
     variables `ORBWEAVER_WORKER_<NAME>`)."""
+
+    SERVICE: ClassVar[str] = "worker"
 
     storage: str = setting(
         help="storage address host:port", env=("ORBWEAVER_STORAGE",), metavar="ADDR"
@@ -99,22 +101,3 @@ class WorkerConfig:
         object.__setattr__(self, "tasks_dir", Path(self.tasks_dir).resolve())
         if not self.tasks_dir.is_dir():
             raise ValueError(f"worker: tasks directory {self.tasks_dir} does not exist")
-
-    @staticmethod
-    def load(
-        path: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        token: str | None = None,
-        flags: Mapping[str, object] | None = None,
-        **overrides: object,
-    ) -> WorkerConfig:
-        """Defaults < the `[worker]` table of the TOML file `path` < the environment < `flags`
-        (field name -> value, None: not given)."""
-        return load_config(
-            WorkerConfig,
-            "worker",
-            path=path,
-            env=env,
-            flags={**(flags or {}), **overrides},
-            token=token,
-        )
