@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,21 @@ def logs(cluster: MultiHostCluster) -> str:
     return "\n".join(
         f"--- {name}\n{proc.logs()[-3000:]}" for name, proc in cluster.services.items()
     )
+
+
+def test_the_scheduler_host_cut_off_then_restored(cluster: MultiHostCluster, markers: Path) -> None:
+    """Jobs submitted before, during and after the scheduler's outage all end right, and the
+    scheduler process was never restarted."""
+    before = submit(cluster, jobs=2, tasks=6, hold=0.3, first=300)
+    wait_until(lambda: list(markers.glob("started-*")), timeout=60, what="a task running")
+    cluster.cut("scheduler")
+    during = submit(cluster, jobs=2, tasks=4, hold=0.1, first=400)  # clients reach storage only
+    # Long enough for the scheduler to give up on the silent workers (dead_em_cutoff) and for
+    # storage to offer again what the scheduler polled (visibility_timeout).
+    time.sleep(6)
+    cluster.restore("scheduler")
+    after = submit(cluster, jobs=2, tasks=4, hold=0.1, first=500)
+    hosts = hosts_of(cluster, before + during + after)
+    assert set(hosts) <= {"worker1", "worker2"}, hosts
+    scheduler = cluster.services["scheduler"]
+    assert scheduler.alive and scheduler.starts == 1, logs(cluster)
