@@ -16,7 +16,7 @@ from support.procs import wait_until
 
 DRIVER = str(Path(__file__).resolve().parent / "driver.py")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.multihost, pytest.mark.timeout(240)]
 
 
 def drive(cluster: MultiHostCluster, *args: str, timeout: float = 180.0) -> dict[str, Any]:
@@ -112,3 +112,12 @@ def test_the_scheduler_host_cut_off_then_restored(cluster: MultiHostCluster, mar
     assert set(hosts) <= {"worker1", "worker2"}, hosts
     scheduler = cluster.services["scheduler"]
     assert scheduler.alive and scheduler.starts == 1, logs(cluster)
+
+
+def test_everything_works_with_20_ms_round_trips(cluster: MultiHostCluster) -> None:
+    """20 ms of round-trip delay between any two hosts (client, services and MariaDB alike):
+    jobs still spread over both worker hosts and end right."""
+    cluster.delay(20)
+    jobs = submit(cluster, jobs=3, tasks=8, hold=0.1, first=600)
+    hosts = hosts_of(cluster, jobs)
+    assert set(hosts) == {"worker1", "worker2"}, hosts

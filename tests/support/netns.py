@@ -9,8 +9,10 @@ never collide and :func:`sweep_leftovers` can remove what a dead run left behind
 
 Faults: :meth:`Network.cut` takes a host's bridge port down (its packets are lost both ways, as
 with a pulled cable), :meth:`Network.restore` brings it back, :meth:`Network.delay` adds a
-round-trip delay to every host (``netem`` on each host's ``eth0``: half of it on each end).
-Needs root and ``iproute2``; :func:`check_available` says why not otherwise.
+round-trip delay between any two hosts: ``netem`` on each host's ``eth0`` (half of it on each
+end), or, on a kernel without ``netem``, the ports leave the bridge for a userspace switch that
+holds every frame for half the delay (:mod:`support.delayswitch`). Needs root and ``iproute2``;
+:func:`check_available` says why not otherwise.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "SUBNET",
@@ -111,7 +115,7 @@ def netem_available() -> bool:
     probe = f"{PREFIX}{os.getpid()}x{secrets.token_hex(2)}-netem"
     _ip("netns", "add", probe)
     try:
-        _ip("-n", probe, "link", "add", "d0", "type", "dummy")
+        _ip("-n", probe, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
         tc = subprocess.run(
             ["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "d0", "root", "netem"],
             capture_output=True,
@@ -149,6 +153,8 @@ class Network:
         self.hosts: dict[str, Host] = {}
         self.cut_off: set[str] = set()
         self.delay_ms = 0.0
+        self.netem = netem_available()
+        self._delay_switch: subprocess.Popen[str] | None = None
         self._made: list[str] = []
         self._next = 2  # 198.18.0.1 is left for a gateway, should one be needed
         try:
@@ -184,6 +190,8 @@ class Network:
         _ip("-n", host.netns, "link", "set", INTERFACE, "up")
         self.hosts[name] = host
         if self.delay_ms:
+            if not self.netem:
+                raise RuntimeError("hosts cannot join while the userspace delay switch runs")
             self._set_delay(host, self.delay_ms)
         return host
 
@@ -203,9 +211,43 @@ class Network:
     def delay(self, rtt_ms: float) -> None:
         """Add `rtt_ms` of round-trip delay between any two hosts (half on each host's egress);
         0 removes it."""
-        for host in self.hosts.values():
-            self._set_delay(host, rtt_ms)
+        if self.netem:
+            for host in self.hosts.values():
+                self._set_delay(host, rtt_ms)
+        else:
+            self._stop_delay_switch()
+            if rtt_ms:
+                self._start_delay_switch(rtt_ms / 2)
         self.delay_ms = rtt_ms
+
+    def _start_delay_switch(self, one_way_ms: float) -> None:
+        ports = [host.port for host in self.hosts.values()]
+        for port in ports:
+            _ip("-n", self.switch, "link", "set", port, "nomaster")
+        self._delay_switch = subprocess.Popen(
+            ["ip", "netns", "exec", self.switch, sys.executable,
+             str(Path(__file__).with_name("delayswitch.py")), str(one_way_ms), *ports],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self._delay_switch.stdout is not None
+        if self._delay_switch.stdout.readline().strip() != "ready":
+            self._stop_delay_switch()
+            raise RuntimeError("the userspace delay switch did not start")
+
+    def _stop_delay_switch(self) -> None:
+        proc, self._delay_switch = self._delay_switch, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        for host in self.hosts.values():
+            _ip("-n", self.switch, "link", "set", host.port, "master", "br0")
 
     def _set_delay(self, host: Host, rtt_ms: float) -> None:
         tc = [*host.prefix, "tc", "qdisc"]
@@ -222,6 +264,12 @@ class Network:
                            timeout=30, check=False)  # fmt: skip
 
     def close(self) -> None:
+        if self._delay_switch is not None:
+            self._delay_switch.kill()
+            self._delay_switch.wait(10)
+            if self._delay_switch.stdout is not None:
+                self._delay_switch.stdout.close()
+            self._delay_switch = None
         for name in reversed(self._made):
             _delete_namespace(name)
         self._made.clear()
