@@ -2,10 +2,12 @@
 
 :func:`private_server` runs ``mariadb-install-db`` into a temporary directory, then ``mariadbd``
 listening on 127.0.0.1 on a free port and on a socket, with a password-less ``root``, and stops it
-(SIGTERM, then SIGKILL) when the ``with`` block ends. On Linux the server also gets SIGKILL if the
-process that started it dies without cleaning up. :func:`external_server` wraps an existing server
-given by URL instead. No pytest here: ``tests/conftest.py`` turns :class:`MariaDBUnavailable` into
-a skip (or a failure when MariaDB is required).
+(SIGTERM, then SIGKILL) when the ``with`` block ends. It can also listen on another address and
+run under a command prefix (``ip netns exec NS``: a host of a namespace network); it is then
+administered through its socket, which every network namespace shares. On Linux the server also
+gets SIGKILL if the process that started it dies without cleaning up. :func:`external_server`
+wraps an existing server given by URL instead. No pytest here: ``tests/conftest.py`` turns
+:class:`MariaDBUnavailable` into a skip (or a failure when MariaDB is required).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ class MariaDBServer:
     datadir: str | None = None
     log_path: str | None = None
     pid: int | None = None
+    # Administer through the socket (the server's address may be unreachable from here).
+    admin_via_socket: bool = False
     # A private server can be taken down (SIGKILL) and brought back on the same port and data.
     _down: Callable[[], None] | None = field(default=None, repr=False)
     _up: Callable[[], None] | None = field(default=None, repr=False)
@@ -79,7 +83,11 @@ class MariaDBServer:
     def connect(self, database: str | None = None) -> Any:
         import mariadb
 
-        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user}
+        kwargs: dict[str, Any] = {"user": self.user}
+        if self.admin_via_socket and self.socket:
+            kwargs["unix_socket"] = self.socket
+        else:
+            kwargs.update(host=self.host, port=self.port)
         if self.password:
             kwargs["password"] = self.password
         if database:
@@ -296,9 +304,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[MariaDBServer]:
+def private_server(
+    buffer_pool: str = "64M",
+    prefix: str = "owdb-",
+    *,
+    bind_address: str = "127.0.0.1",
+    port: int | None = None,
+    command_prefix: Sequence[str] = (),
+) -> Iterator[MariaDBServer]:
     """Start a private server for the ``with`` block. `buffer_pool`: InnoDB buffer pool size
-    (64 MiB suits test databases; the benchmarks want their tables in memory)."""
+    (64 MiB suits test databases; the benchmarks want their tables in memory). `bind_address`,
+    `port` (default: a free one): where it listens. `command_prefix`: run ``mariadbd`` under it,
+    e.g. ``["ip", "netns", "exec", NS]``; the server is then administered through its socket and
+    skips client host name lookups (the namespace may have no resolver)."""
     check_available()
     install = find_binary("mariadb-install-db", "mysql_install_db")
     daemon = find_binary("mariadbd", "mysqld")
@@ -327,30 +345,33 @@ def private_server(buffer_pool: str = "64M", prefix: str = "owdb-") -> Iterator[
         proc: subprocess.Popen[bytes] | None = None
         last_failure = ""
         for _attempt in range(3):  # the free port can be taken before mariadbd binds it
-            port = free_port()
+            listen_port = port if port is not None else free_port()
             command = [
+                *command_prefix,
                 daemon,
                 "--no-defaults",
                 "--user=root",
                 f"--datadir={datadir}",
                 f"--socket={sock}",
-                f"--port={port}",
-                "--bind-address=127.0.0.1",
+                f"--port={listen_port}",
+                f"--bind-address={bind_address}",
                 "--skip-log-bin",
                 f"--pid-file={root / 'mariadbd.pid'}",
                 f"--log-error={log}",
                 "--max-connections=500",
                 f"--innodb-buffer-pool-size={buffer_pool}",
                 "--innodb-flush-log-at-trx-commit=2",
+                *(["--skip-name-resolve"] if command_prefix else []),
             ]
             proc = _start_daemon(command, log)
             server = MariaDBServer(
-                host="127.0.0.1",
-                port=port,
+                host=bind_address,
+                port=listen_port,
                 socket=str(sock),
                 datadir=str(datadir),
                 log_path=str(log),
                 pid=proc.pid,
+                admin_via_socket=bool(command_prefix),
             )
             try:
                 _wait_until_ready(server, proc, log)

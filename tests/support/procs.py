@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +47,8 @@ def wait_until(
         time.sleep(interval)
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """This environment with the checkout on PYTHONPATH: what service and client children get."""
     env = dict(os.environ)
     repo_python = str(Path(__file__).resolve().parents[2] / "python")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [repo_python, env.get("PYTHONPATH", "")] if p)
@@ -56,15 +57,22 @@ def _env() -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One `python -m orbweaver <component>` child process."""
+    """One `python -m orbweaver <component>` child process; `command_prefix` runs it under
+    another command that execs it, e.g. `ip netns exec NS` (a host of a namespace network)."""
 
     def __init__(
-        self, name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.args = args
+        self.command_prefix = list(command_prefix)
         self.workdir = workdir
-        self.env = {**_env(), **(env or {})}
+        self.env = {**child_env(), **(env or {})}
         self.popen: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -74,9 +82,10 @@ class ServiceProcess:
         ready = self.workdir / f"{self.name}.ready"
         ready.unlink(missing_ok=True)
         args = [a.replace("{port}", str(self.port)) for a in self.args]
+        command = [*self.command_prefix, sys.executable, "-m", "orbweaver", *args]
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "orbweaver", *args, "--ready-file", str(ready)],
+                [*command, "--ready-file", str(ready)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -145,6 +154,9 @@ def stubs_for(ch: grpc.Channel) -> Any:
 
 
 class StorageProcess(ServiceProcess):
+    """`orbweaver storage` on `host` (loopback unless given; `command_prefix` as for
+    `ServiceProcess`)."""
+
     def __init__(
         self,
         db_url: str,
@@ -152,7 +164,10 @@ class StorageProcess(ServiceProcess):
         config: str = FAST_CONFIG,
         env: dict[str, str] | None = None,
         extra: list[str] | None = None,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        self.host = host
         cfg = workdir / "storage.toml"
         cfg.write_text(config)
         super().__init__(
@@ -162,19 +177,20 @@ class StorageProcess(ServiceProcess):
                 "--db",
                 db_url,
                 "--listen",
-                "127.0.0.1:{port}",
+                f"{host}:{{port}}",
                 "--config",
                 str(cfg),
                 *(extra or []),
             ],
             workdir,
             env,
+            command_prefix,
         )
         self._channel: grpc.Channel | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
