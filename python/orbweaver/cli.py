@@ -359,6 +359,41 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask a server's standard gRPC health service: 0 when it answers SERVING, 1 for anything
+    else, including a server that cannot be reached or a TLS file that cannot be read (2 would be
+    taken for a usage error, and container runtimes reserve it)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from orbweaver._config import parse_duration
+    from orbweaver._rpc import Security, make_channel
+
+    what = f"{args.address} ({args.service})" if args.service else args.address
+    try:
+        timeout = parse_duration(args.timeout, "--timeout")
+        # TLS as every client takes it; health checks need no token, so none is ever sent.
+        tls = Security.from_env(dict(os.environ)).tls
+        with make_channel(args.address, Security(tls=tls)) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=timeout
+            )
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"{what}: not serving: {code}: {details}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"{what}: cannot check: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+        print(f"{what}: {status}")
+        return 0
+    print(f"{what}: not serving: {status}", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orbweaver.demo import run_demo
 
@@ -459,6 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, SchedulerConfig, "scheduler")
     p = configured("worker", "run an execution manager with a pool of executors", cmd_worker)
     add_flags(p, WorkerConfig, "worker")
+
+    p = sub.add_parser(
+        "health",
+        help="check a storage or scheduler through its gRPC health service",
+        description="Ask the server at ADDRESS (host:port) whether it is serving, through the "
+        "standard grpc.health.v1.Health/Check: exit code 0 when it answers SERVING, 1 otherwise "
+        "(not serving, unreachable, not answering within --timeout). TLS from "
+        "$ORBWEAVER_TLS_CA (and $ORBWEAVER_TLS_CERT/_KEY for mutual TLS); no token is needed.",
+    )
+    p.set_defaults(fn=cmd_health)
+    p.add_argument("address", metavar="ADDRESS", help="host:port of a storage or scheduler")
+    p.add_argument(
+        "--service", default="", help="the health service's service name (default: the server)"
+    )
+    p.add_argument("--timeout", default="5s", help="how long to wait for the answer (default: 5s)")
 
     p = client_cmd("submit", "submit a task graph", cmd_submit)
     p.add_argument("graph", metavar="MODULE:GRAPH", help="e.g. mytasks:graph")

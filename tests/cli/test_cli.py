@@ -31,7 +31,7 @@ from support.cli import ORBWEAVER, base_env, cli, free_port, show
 TASKS = Path(__file__).resolve().parent / "tasks"
 COMMANDS = [
     "demo", "local", "storage", "scheduler", "worker",
-    "submit", "status", "jobs", "cancel", "outputs",
+    "submit", "status", "jobs", "cancel", "outputs", "health",
 ]  # fmt: skip
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
