@@ -3,7 +3,9 @@
 Hosts, by name: ``db`` (a private MariaDB server), ``storage``, ``scheduler``, ``worker1`` ..
 ``workerN`` and ``client``, each a network namespace with one address in 198.18.0.0/15. The
 services are the real commands (``python -m orbweaver storage | scheduler | worker``) run with
-``ip netns exec``, with a cluster token and an operator token as in production, and the short
+``ip netns exec``, with the command lines of :mod:`support.service_commands` (the ones the
+deployment files in ``deploy/`` run), a cluster token and an operator token passed as in
+production, and the short
 liveness settings of :mod:`support.liveness` (a host cut off is noticed within seconds). Code
 that plays the client runs on the ``client`` host (:meth:`MultiHostCluster.run`).
 
@@ -26,6 +28,7 @@ from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
 from support.mariadb_server import MariaDBServer, private_server
 from support.netns import SUBNET, Host, Network
 from support.procs import ServiceProcess, StorageProcess, child_env
+from support.service_commands import SCHEDULER, STORAGE, WORKER, ServiceCommand
 
 STORAGE_PORT = 50051
 SCHEDULER_PORT = 50052
@@ -119,8 +122,15 @@ class MultiHostCluster:
         name = self.mariadb.create_database("orbweaver_multihost").rsplit("/", 1)[1]
         return f"mariadb://{DB_USER}@{db.address}:{MARIADB_PORT}/{name}"
 
-    def _service_env(self, host: str, **extra: str) -> dict[str, str]:
-        env = {"ORBWEAVER_TOKEN": self.token, "MULTIHOST_HOST": host, **extra}
+    def _service_env(self, host: str, command: ServiceCommand) -> dict[str, str]:
+        """The secrets `command` takes from its environment, and the test's host name."""
+        secrets = {
+            "ORBWEAVER_TOKEN": self.token,
+            "ORBWEAVER_OPERATOR_TOKEN": self.operator_token,
+            "ORBWEAVER_DB_PASSWORD": self.token,  # the MariaDB user's password (see above)
+        }
+        env = {name: secrets[name] for name in command.secrets}
+        env["MULTIHOST_HOST"] = host
         if self.markers is not None:
             env["MULTIHOST_MARKERS"] = str(self.markers)
         return env
@@ -132,17 +142,19 @@ class MultiHostCluster:
 
     def _start_storage(self, db_url: str) -> None:
         host = self.host("storage")
+        workdir = self._workdir("storage")
         proc = StorageProcess(
             db_url,
-            self._workdir("storage"),
-            config=self.storage_config,
-            env=self._service_env(
-                "storage",
-                ORBWEAVER_OPERATOR_TOKEN=self.operator_token,
-                ORBWEAVER_DB_PASSWORD=self.token,
-            ),
+            workdir,
+            config=self.storage_config,  # written to workdir/storage.toml
+            env=self._service_env("storage", STORAGE),
             host=host.address,
             command_prefix=host.prefix,
+        )
+        proc.args = STORAGE.render(
+            db_url=db_url,
+            listen=f"{host.address}:{STORAGE_PORT}",
+            config=str(workdir / "storage.toml"),
         )
         proc.port = STORAGE_PORT
         self._launch("storage", proc)
@@ -154,17 +166,11 @@ class MultiHostCluster:
         config.write_text(self.scheduler_config)
         proc = ServiceProcess(
             "scheduler",
-            [
-                "scheduler",
-                "--storage",
-                self.storage_address,
-                "--listen",
-                self.scheduler_address,
-                "--config",
-                str(config),
-            ],
+            SCHEDULER.render(
+                storage=self.storage_address, listen=self.scheduler_address, config=str(config)
+            ),
             workdir,
-            env=self._service_env("scheduler"),
+            env=self._service_env("scheduler", SCHEDULER),
             command_prefix=host.prefix,
         )
         self._launch("scheduler", proc)
@@ -173,23 +179,16 @@ class MultiHostCluster:
         host = self.host(name)
         proc = ServiceProcess(
             "worker",
-            [
-                "worker",
-                "--storage",
-                self.storage_address,
-                "--scheduler",
-                self.scheduler_address,
-                "--tasks-dir",
-                str(self.tasks_dir),
-                "--processes",
-                str(self.processes),
-                "--ip",
-                host.address,
-                "--executor-env",
-                "MULTIHOST_*",
-            ],
+            WORKER.render(
+                storage=self.storage_address,
+                scheduler=self.scheduler_address,
+                tasks_dir=str(self.tasks_dir),
+                processes=str(self.processes),
+                ip=host.address,
+                executor_env="MULTIHOST_*",
+            ),
             self._workdir(name),
-            env=self._service_env(name),
+            env=self._service_env(name, WORKER),
             command_prefix=host.prefix,
         )
         self._launch(name, proc)
