@@ -121,3 +121,25 @@ def test_everything_works_with_20_ms_round_trips(cluster: MultiHostCluster) -> N
     jobs = submit(cluster, jobs=3, tasks=8, hold=0.1, first=600)
     hosts = hosts_of(cluster, jobs)
     assert set(hosts) == {"worker1", "worker2"}, hosts
+
+
+def test_the_database_host_cut_off_for_20_s_under_load(
+    cluster: MultiHostCluster, markers: Path
+) -> None:
+    """MariaDB's host unreachable for 20 s while tasks run (a silent network: the storage's
+    database calls stall rather than fail, within the connector's 30 s read timeout): the
+    storage stays up, and every job submitted before and after ends right."""
+    before = submit(cluster, jobs=3, tasks=8, hold=0.5, first=700)
+    wait_until(lambda: list(markers.glob("started-*")), timeout=60, what="a task running")
+    cluster.cut("db")
+    time.sleep(20)
+    cluster.restore("db")
+    after = submit(cluster, jobs=2, tasks=4, hold=0.1, first=800)
+    hosts = hosts_of(cluster, before + after)
+    assert set(hosts) <= {"worker1", "worker2"}, hosts
+    storage = cluster.services["storage"]
+    assert storage.alive and storage.starts == 1, logs(cluster)
+    # The outage was felt under load: the workers' heartbeats to the storage, which need the
+    # database, timed out meanwhile.
+    worker_logs = cluster.services["worker1"].logs() + cluster.services["worker2"].logs()
+    assert "storage heartbeat failed" in worker_logs, logs(cluster)
