@@ -143,3 +143,6 @@ def test_the_database_host_cut_off_for_20_s_under_load(
     # database, timed out meanwhile.
     worker_logs = cluster.services["worker1"].logs() + cluster.services["worker2"].logs()
     assert "storage heartbeat failed" in worker_logs, logs(cluster)
+    # A stall is a gap in the heartbeats, not their silence: no worker was declared dead.
+    assert "execution managers declared dead" not in storage.logs(), logs(cluster)
+    assert "registering again" not in worker_logs, logs(cluster)
