@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tomllib
 import types
@@ -282,8 +283,6 @@ def load_config(
     """Build `config_cls` from its defaults, the `[service]` table of `path`, the environment
     `env` and the `flags` (field name -> value; text is parsed, other values are taken as they
     are; None means not given). `token` is the cluster token of `--token` / `--token-file`."""
-    import os
-
     environ: Mapping[str, str] = os.environ if env is None else env
     fields = {f.name: f for f in settings_of(config_cls)}
     values: dict[str, object] = {}
@@ -330,7 +329,7 @@ def load_config(
             f"{service}: {f.name} is not set (give {flag_name(f)}, {variables} or {f.name} in "
             f"the [{service}] table of --config)"
         )
-    if "security" in {f.name for f in dataclasses.fields(config_cls)}:  # type: ignore[arg-type]
+    if "security" in getattr(config_cls, "__dataclass_fields__", {}):
         values["security"] = Security(token=token, tls=sec.tls) if token else sec
     try:
         return config_cls(**values)
