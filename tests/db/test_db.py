@@ -32,6 +32,7 @@ from orbweaver.storage.db import (
     UnexpectedJobState,
     open_database,
 )
+from orbweaver.storage.db._sql import SCHEMA_VERSION
 from orbweaver.storage.db.url import MariaDbConfig, SqliteConfig, parse_url
 
 S = DbJobState
@@ -868,10 +869,10 @@ def test_schema_creation_is_idempotent(db_url: str) -> None:
         assert second.verify_resource_group(b"pw", external_id="g") == (group, "g")
     finally:
         second.close()
-    assert raw_query(db_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert raw_query(db_url, "SELECT version FROM schema_migrations") == [(SCHEMA_VERSION,)]
     tables = {
         "resource_groups", "jobs", "sessions", "execution_managers", "schedulers",
-        "schema_migrations",
+        "schema_migrations", "storage_lease", "storage_fence",
     }  # fmt: skip
     for table in tables:
         raw_query(db_url, f"SELECT COUNT(*) FROM {table}")
@@ -879,10 +880,11 @@ def test_schema_creation_is_idempotent(db_url: str) -> None:
 
 def test_newer_schema_version_is_refused(db_url: str) -> None:
     open_database(db_url).close()
-    raw_query(db_url, "INSERT INTO schema_migrations (version, applied_at) VALUES (2, 0)"
+    newer = SCHEMA_VERSION + 1
+    raw_query(db_url, f"INSERT INTO schema_migrations (version, applied_at) VALUES ({newer}, 0)"
               if db_url.startswith("sqlite")
-              else "INSERT INTO schema_migrations (version) VALUES (2)")  # fmt: skip
-    with pytest.raises(DbError, match="schema is version 2"):
+              else f"INSERT INTO schema_migrations (version) VALUES ({newer})")  # fmt: skip
+    with pytest.raises(DbError, match=f"schema is version {newer}"):
         open_database(db_url)
 
 

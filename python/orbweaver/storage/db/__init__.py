@@ -16,6 +16,7 @@ from .errors import (
     DbError,
     DbUnavailable,
     ExecutionManagerAlreadyDead,
+    Fenced,
     IdempotencyKeyReused,
     IllegalExecutionManagerId,
     InvalidJobStateTransition,
@@ -25,7 +26,7 @@ from .errors import (
     ResourceGroupNotFound,
     UnexpectedJobState,
 )
-from .protocol import Database, JobRow, RecoverableJobRow, ResourceGroupRow, SchedulerRow
+from .protocol import Database, JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 from .url import MariaDbConfig, SqliteConfig, parse_url, redact_url
 
@@ -38,12 +39,14 @@ __all__ = [
     "DbJobState",
     "DbUnavailable",
     "ExecutionManagerAlreadyDead",
+    "Fenced",
     "IdempotencyKeyReused",
     "IllegalExecutionManagerId",
     "InvalidJobStateTransition",
     "InvalidPassword",
     "JobNotFound",
     "JobRow",
+    "Lease",
     "RecoverableJobRow",
     "ResourceGroupAlreadyExists",
     "ResourceGroupNotFound",
@@ -56,22 +59,23 @@ __all__ = [
     "redact_url",
 ]
 
-_SQLITE_OPTIONS = frozenset({"busy_timeout_ms", "clock", "synchronous"})
+_SQLITE_OPTIONS = frozenset({"busy_timeout_ms", "clock", "synchronous", "lead"})
 _MARIADB_OPTIONS = frozenset(
-    {"pool_size", "connect_timeout", "acquire_timeout", "max_retries", "lock_wait_timeout"}
+    {"pool_size", "connect_timeout", "acquire_timeout", "max_retries", "lock_wait_timeout", "lead"}
 )
 
 
 def open_database(url: str, **options: Any) -> Database:
-    """Connect to the database at ``url``, create the schema if needed and open a new session.
+    """Connect to the database at ``url``, create the schema if needed and open a new session
+    (take the storage lease whoever holds it; ``lead=False``: open none, see `Database.campaign`).
 
     URLs: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``,
     ``mariadb://user:password@host:port/database`` or ``mysql://...`` (query parameters
     ``unix_socket=PATH``, ``pool_size=N``, ``connect_timeout=S``; a missing user / password comes
     from ``ORBWEAVER_DB_USER`` / ``ORBWEAVER_DB_PASSWORD``).
 
-    Options: SQLite takes ``busy_timeout_ms``, ``synchronous`` and ``clock``; MariaDB takes
-    ``pool_size``, ``connect_timeout``, ``acquire_timeout``, ``max_retries`` and
+    Options: both take ``lead``; SQLite takes ``busy_timeout_ms``, ``synchronous`` and ``clock``;
+    MariaDB takes ``pool_size``, ``connect_timeout``, ``acquire_timeout``, ``max_retries`` and
     ``lock_wait_timeout``. A malformed URL or an unknown option raises ``ValueError``.
     """
     config = parse_url(url)

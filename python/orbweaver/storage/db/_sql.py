@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -20,6 +21,7 @@ from .errors import (
     DbError,
     DbUnavailable,
     ExecutionManagerAlreadyDead,
+    Fenced,
     IdempotencyKeyReused,
     IllegalExecutionManagerId,
     InvalidJobStateTransition,
@@ -31,12 +33,14 @@ from .errors import (
     ValueTooLarge,
 )
 from .passwords import PasswordVerifier, hash_password
-from .protocol import JobRow, RecoverableJobRow, ResourceGroupRow, SchedulerRow
+from .protocol import JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: jobs, groups, EMs, schedulers, sessions. 2: the storage lease and fence (failover); an
+older Orbweaver, which would ignore them, refuses a version-2 database."""
 BATCH_SIZE = 1000
 """Rows per batch for deleting expired jobs and for locking dead EMs (as in the reference)."""
 
@@ -85,6 +89,8 @@ class Dialect:
     epoch_ms: str
     """Template (``{col}``) turning a timestamp column into integer epoch milliseconds."""
     for_update: str
+    share_lock: str
+    """Suffix of a locking read that other readers share (a writer waits for all of them)."""
     force_primary: str
     insert_ignore: str
 
@@ -127,6 +133,32 @@ class Statements:
         ms = d.epoch_ms.format
         self.insert_session = f"INSERT INTO sessions (started_at) VALUES ({now})"
         self.max_schema_version = "SELECT MAX(version) FROM schema_migrations"
+
+        # -- leadership: one row each; the lease is renewed, the fence changes only at takeover,
+        # so renewals never wait for (or hold up) the writers that share the fence row.
+        now_ms = d.epoch_ms.format(col=now)
+        self.insert_lease_row = (
+            f"{d.insert_ignore} INTO storage_lease (id, session_id, holder, address, "
+            "expires_at_ms) VALUES (1, 0, '', '', 0)"
+        )
+        self.insert_fence_row = (
+            f"{d.insert_ignore} INTO storage_fence (id, session_id) VALUES (1, 0)"
+        )
+        self.select_lease = (
+            f"SELECT session_id, holder, address, expires_at_ms - {now_ms} "
+            "FROM storage_lease WHERE id = 1"
+        )
+        self.lock_lease = self.select_lease + d.for_update
+        self.take_lease = (
+            "UPDATE storage_lease SET session_id = ?, holder = ?, address = ?, "
+            f"expires_at_ms = {now_ms} + ? WHERE id = 1"
+        )
+        self.extend_lease = f"UPDATE storage_lease SET expires_at_ms = {now_ms} + ? WHERE id = 1"
+        self.release_lease = (
+            "UPDATE storage_lease SET expires_at_ms = 0 WHERE id = 1 AND session_id = ?"
+        )
+        self.move_fence = "UPDATE storage_fence SET session_id = ? WHERE id = 1"
+        self.check_fence = f"SELECT session_id FROM storage_fence WHERE id = 1{d.share_lock}"
         self.insert_schema_version = (
             f"{d.insert_ignore} INTO schema_migrations (version, applied_at) VALUES (?, {now})"
         )
@@ -316,13 +348,15 @@ class SqlDatabase(abc.ABC):
         self._sql = Statements(dialect)
         self._verifier = PasswordVerifier()
         self._session_id = 0
+        self.deposed_by: int | None = None
+        """The session that fenced one of our writes, once one did."""
         self._list_sql_cache: dict[tuple[int | None, bool, bool], str] = {}
         self._cache_lock = threading.Lock()
 
     # -- backend hooks --------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _transaction(
+    def _run_transaction(
         self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
     ) -> T:
         """Run ``fn`` in one transaction and commit it (roll back if ``fn`` raises).
@@ -331,6 +365,34 @@ class SqlDatabase(abc.ABC):
         :class:`DbUnavailable` for transient failures and :class:`DbError` for other driver
         errors; exceptions raised by ``fn`` itself propagate unchanged.
         """
+
+    def _transaction(
+        self,
+        fn: Callable[[Cursor], T],
+        *,
+        write: bool,
+        read_committed: bool = False,
+        fence: bool = True,
+    ) -> T:
+        """`_run_transaction`, where a write of a session first checks, under a shared lock on
+        the fence row, that the session still leads: a takeover (which moves the fence) waits
+        for the writes under way, and every later write of the deposed session raises `Fenced`.
+        Without a session (schema set-up, tools) there is nothing to fence."""
+        session = self._session_id
+        if not (write and fence and session):
+            return self._run_transaction(fn, write=write, read_committed=read_committed)
+        check = self._sql.check_fence
+
+        def fenced(cur: Cursor) -> T:
+            cur.execute(check)
+            row = cur.fetchone()
+            current = 0 if row is None else int(row[0])
+            if current != session:
+                self.deposed_by = current
+                raise Fenced(session, current)
+            return fn(cur)
+
+        return self._run_transaction(fenced, write=True, read_committed=read_committed)
 
     @abc.abstractmethod
     def _schema_ddl(self) -> Sequence[str]:
@@ -358,8 +420,10 @@ class SqlDatabase(abc.ABC):
 
     # -- connect --------------------------------------------------------------------------------
 
-    def _initialize(self) -> None:
-        """Create the schema idempotently, check its version, and open a new session."""
+    def _initialize(self, *, lead: bool = True) -> None:
+        """Create the schema idempotently, check its version and, with `lead`, take the lease
+        whoever holds it (a new session, as a storage restart does; a storage service passes
+        ``lead=False`` and campaigns instead)."""
         self._run_ddl(self._schema_ddl())
         sql = self._sql
 
@@ -367,28 +431,100 @@ class SqlDatabase(abc.ABC):
             cur.execute(sql.max_schema_version)
             row = cur.fetchone()
             version = None if row is None or row[0] is None else int(row[0])
-            if version is None:
-                cur.execute(sql.insert_schema_version, (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
+            if version is not None and version > SCHEMA_VERSION:
                 raise DbError(
                     f"the database schema is version {version}, newer than the version "
                     f"{SCHEMA_VERSION} this Orbweaver understands; upgrade Orbweaver"
                 )
+            if version is None or version < SCHEMA_VERSION:
+                cur.execute(sql.insert_schema_version, (SCHEMA_VERSION,))
+            cur.execute(sql.insert_lease_row)
+            cur.execute(sql.insert_fence_row)
 
         self._transaction(migrate, write=True)
-
-        def new_session(cur: Cursor) -> int:
-            cur.execute(sql.insert_session)
-            return int(cur.lastrowid or 0)
-
-        self._session_id = self._transaction(new_session, write=True)
-        if self._session_id <= 0:
-            raise CorruptedDbState("the database returned no session id")
         self._max_value_bytes = max(0, self._max_statement_bytes() - STATEMENT_OVERHEAD)
+        if lead:
+            self._lead(f"direct:{uuid.uuid4().hex}", "", 0.0, force=True)
 
     @property
     def session_id(self) -> int:
         return self._session_id
+
+    # -- leadership -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _lease(row: Any) -> Lease:
+        return Lease(int(row[0]), str(row[1]), str(row[2]), int(row[3]))
+
+    def campaign(self, holder: str, address: str, lease_sec: float) -> Lease:
+        return self._lead(holder, address, lease_sec, force=False)
+
+    def _lead(self, holder: str, address: str, lease_sec: float, *, force: bool) -> Lease:
+        sql = self._sql
+        mine = self._session_id
+        lease_ms = max(0, round(lease_sec * 1000))
+
+        def tx(cur: Cursor) -> Lease:
+            cur.execute(sql.lock_lease)
+            row = cur.fetchone()
+            if row is None:
+                raise CorruptedDbState("the storage_lease row is missing")
+            lease = self._lease(row)
+            # Ours when we hold it, or when our own earlier attempt committed unseen (a lost
+            # reply): the holder name is unique to this process.
+            if lease.session_id and (lease.session_id == mine or lease.holder == holder):
+                cur.execute(sql.extend_lease, (lease_ms,))
+                return Lease(lease.session_id, holder, lease.address, lease_ms)
+            if lease.live and not force:
+                return lease
+            cur.execute(sql.insert_session)
+            session = int(cur.lastrowid or 0)
+            if session <= 0:
+                raise CorruptedDbState("the database returned no session id")
+            # Waits for the old session's writes under way (they share the fence row).
+            cur.execute(sql.move_fence, (session,))
+            cur.execute(sql.take_lease, (session, holder, address, lease_ms))
+            return Lease(session, holder, address, lease_ms)
+
+        lease = self._transaction(tx, write=True, fence=False)
+        if lease.holder == holder:
+            self._session_id = lease.session_id
+            self.deposed_by = None
+        return lease
+
+    def renew_lease(self, lease_sec: float) -> bool:
+        sql = self._sql
+        mine = self._session_id
+        lease_ms = max(0, round(lease_sec * 1000))
+
+        def tx(cur: Cursor) -> bool:
+            cur.execute(sql.lock_lease)
+            row = cur.fetchone()
+            if row is None or int(row[0]) != mine:
+                return False
+            cur.execute(sql.extend_lease, (lease_ms,))
+            return True
+
+        return bool(mine) and self._transaction(tx, write=True, fence=False)
+
+    def release_lease(self) -> None:
+        if self._session_id:
+            session = self._session_id
+            self._transaction(
+                lambda cur: cur.execute(self._sql.release_lease, (session,)),
+                write=True,
+                fence=False,
+            )
+
+    def current_lease(self) -> Lease:
+        def tx(cur: Cursor) -> Lease:
+            cur.execute(self._sql.select_lease)
+            row = cur.fetchone()
+            if row is None:
+                raise CorruptedDbState("the storage_lease row is missing")
+            return self._lease(row)
+
+        return self._transaction(tx, write=False)
 
     def __enter__(self) -> SqlDatabase:
         return self

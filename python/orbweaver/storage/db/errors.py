@@ -20,6 +20,7 @@ __all__ = [
     "DbError",
     "DbUnavailable",
     "ExecutionManagerAlreadyDead",
+    "Fenced",
     "IdempotencyKeyReused",
     "IllegalExecutionManagerId",
     "InvalidJobStateTransition",
@@ -57,6 +58,19 @@ class DbUnavailable(DbError):
     def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class Fenced(DbError):
+    """A write of a storage session that no longer leads: another storage took the lease and
+    bumped the session since. The write was rolled back; the caller must step down."""
+
+    def __init__(self, session_id: int, current: int) -> None:
+        super().__init__(
+            f"storage session {session_id} was superseded by session {current} (another "
+            "storage leads); the write was refused"
+        )
+        self.session_id = session_id
+        self.current = current
 
 
 class ValueTooLarge(DbError):

@@ -36,10 +36,13 @@ DIALECT = Dialect(
     cutoff_scale=1_000_000.0,
     epoch_ms="CAST(ROUND(UNIX_TIMESTAMP({col}) * 1000) AS SIGNED)",
     for_update=" FOR UPDATE",
+    share_lock=" LOCK IN SHARE MODE",
     force_primary=" FORCE INDEX (PRIMARY)",
     insert_ignore="INSERT IGNORE",
 )
 
+# Our transactions never idle between statements longer than a scheduling hiccup.
+_IDLE_TRANSACTION_TIMEOUT_SEC = 5
 _TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 _JOB_STATES = ", ".join(f"'{s.db_name}'" for s in DbJobState)
 
@@ -77,6 +80,19 @@ SCHEMA: tuple[str, ...] = (
         session_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
         started_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
         PRIMARY KEY (session_id)
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS storage_lease (
+        id TINYINT UNSIGNED NOT NULL,
+        session_id BIGINT UNSIGNED NOT NULL,
+        holder VARCHAR(255) NOT NULL,
+        address VARCHAR(255) NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (id)
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS storage_fence (
+        id TINYINT UNSIGNED NOT NULL,
+        session_id BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (id)
     ) {_TABLE_OPTIONS}""",
     f"""CREATE TABLE IF NOT EXISTS execution_managers (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -240,6 +256,7 @@ class MariaDbDatabase(SqlDatabase):
         acquire_timeout: float = 30.0,
         max_retries: int = 5,
         lock_wait_timeout: int = 20,
+        lead: bool = True,
     ) -> None:
         super().__init__(DIALECT)
         self._mariadb = _mariadb_module()
@@ -259,9 +276,12 @@ class MariaDbDatabase(SqlDatabase):
             "read_timeout": max(30, lock_wait_timeout + 10),
             "write_timeout": max(30, lock_wait_timeout + 10),
             "autocommit": False,
-            # UTC sessions: TIMESTAMP comparisons never cross a DST change.
+            # UTC sessions: TIMESTAMP comparisons never cross a DST change. A transaction left
+            # idle (its client cut off from the network mid-transaction) is rolled back by the
+            # server, so its locks cannot hold up a storage taking over for long.
             "init_command": (
-                f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {lock_wait_timeout}"
+                f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {lock_wait_timeout}, "
+                f"idle_transaction_timeout = {_IDLE_TRANSACTION_TIMEOUT_SEC}"
             ),
         }
         if config.password is not None:
@@ -273,7 +293,7 @@ class MariaDbDatabase(SqlDatabase):
             self._connect_args["port"] = config.port
         self._pool = _Pool(self._connect, size, acquire_timeout)
         try:
-            self._initialize()
+            self._initialize(lead=lead)
         except BaseException:
             self.close()
             raise
@@ -309,7 +329,7 @@ class MariaDbDatabase(SqlDatabase):
 
         self._transaction(tx, write=True)
 
-    def _transaction(
+    def _run_transaction(
         self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
     ) -> T:
         mariadb = self._mariadb

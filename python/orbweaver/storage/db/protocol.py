@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from .states import DbJobState
 
-__all__ = ["Database", "JobRow", "RecoverableJobRow", "ResourceGroupRow", "SchedulerRow"]
+__all__ = ["Database", "JobRow", "Lease", "RecoverableJobRow", "ResourceGroupRow", "SchedulerRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,24 @@ class SchedulerRow:
     port: int
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The storage leadership lease as the database has it (see `Database.campaign`)."""
+
+    session_id: int
+    """The session that holds, or last held, the lease (0: nobody ever did)."""
+    holder: str
+    """The holding process's name (unique per process)."""
+    address: str
+    """Where the holder serves clients (`host:port`)."""
+    remaining_ms: int
+    """Lease time left by the database's clock; <= 0 once expired."""
+
+    @property
+    def live(self) -> bool:
+        return self.session_id != 0 and self.remaining_ms > 0
+
+
 @runtime_checkable
 class Database(Protocol):
     """Persistence of job-level facts, resource groups, EM liveness, schedulers and sessions.
@@ -67,7 +85,30 @@ class Database(Protocol):
 
     @property
     def session_id(self) -> int:
-        """This connection's session id: strictly increasing across connects to one database."""
+        """This process's storage session: strictly increasing across sessions of one database;
+        0 before one is opened (`open_database(..., lead=False)` until `campaign` wins). Every
+        write transaction of a session checks that it still leads (raises `Fenced` otherwise)."""
+        ...
+
+    # -- leadership: one storage leads (holds the lease), the others stand by ------------------
+
+    def campaign(self, holder: str, address: str, lease_sec: float) -> Lease:
+        """Take the lease if it is free, expired or already ours; return it as it stands after
+        the attempt (we lead iff its `session_id` is our `session_id`). Taking it from another
+        (or a new) holder opens a new session and fences every later write of the old one; a
+        lease we held and nobody took since is extended, keeping the session."""
+        ...
+
+    def renew_lease(self, lease_sec: float) -> bool:
+        """Extend our lease; False when another session took it (we were deposed)."""
+        ...
+
+    def release_lease(self) -> None:
+        """Let the lease expire now (a clean stop), so a standby takes over at once."""
+        ...
+
+    def current_lease(self) -> Lease:
+        """The lease as it stands (a read)."""
         ...
 
     def close(self) -> None:

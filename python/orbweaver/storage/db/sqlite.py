@@ -40,6 +40,7 @@ DIALECT = Dialect(
     cutoff_scale=1000.0,
     epoch_ms="{col}",
     for_update="",
+    share_lock="",
     force_primary="",
     insert_ignore="INSERT OR IGNORE",
 )
@@ -76,6 +77,17 @@ SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS sessions (
         session_id INTEGER PRIMARY KEY AUTOINCREMENT,
         started_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS storage_lease (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL,
+        holder TEXT NOT NULL,
+        address TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS storage_fence (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS execution_managers (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -118,6 +130,7 @@ class SqliteDatabase(SqlDatabase):
         busy_timeout_ms: int = 10_000,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
+        lead: bool = True,
     ) -> None:
         super().__init__(DIALECT)
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -148,7 +161,7 @@ class SqliteDatabase(SqlDatabase):
             if path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            self._initialize()
+            self._initialize(lead=lead)
         except BaseException:
             self.close()
             raise
@@ -179,7 +192,7 @@ class SqliteDatabase(SqlDatabase):
 
         self._transaction(tx, write=True)
 
-    def _transaction(
+    def _run_transaction(
         self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
     ) -> T:
         del read_committed  # SQLite transactions are serializable.
