@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,6 +36,9 @@ PASSWORD_METADATA_KEY = "orbweaver-password-bin"
 # client raises the same one (the status code alone cannot tell LimitExceeded from
 # InvalidArgument, JobNotFound from NotFound).
 ERROR_METADATA_KEY = "orbweaver-error"
+# Trailing metadata of a call a standby storage refused (it ran nothing): where the leader
+# serves, or "" while no storage leads. Clients retry the call there at once.
+LEADER_METADATA_KEY = "orbweaver-leader"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 T = TypeVar("T")
@@ -114,14 +117,31 @@ class _TokenClientInterceptor(_ClientInterceptor):
         return continuation(client_call_details._replace(metadata=metadata), request)
 
 
+def split_targets(target: str) -> list[str]:
+    """`a:50051,b:50051` -> its addresses (one or more; blanks ignored)."""
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    if not targets:
+        raise errors.InvalidArgument(f"no address in {target!r}")
+    return targets
+
+
 def make_channel(
     target: str,
     security: Security | None = None,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> grpc.Channel:
-    """Open a channel to `host:port` with the cluster's security settings."""
+    """Open a channel to `host:port`, or to the leader among storages `a:50051,b:50051` (see
+    `LeaderChannel`), with the cluster's security settings."""
     security = security or Security()
+
+    def open_one(address: str) -> grpc.Channel:
+        return _open_channel(address, security, max_message_bytes)
+
+    return LeaderChannel(split_targets(target), open_one)
+
+
+def _open_channel(target: str, security: Security, max_message_bytes: int) -> grpc.Channel:
     options = _options(max_message_bytes)
     if security.tls is not None:
         creds = grpc.ssl_channel_credentials(
@@ -135,6 +155,147 @@ def make_channel(
     if security.token:
         channel = grpc.intercept_channel(channel, _TokenClientInterceptor(security.token))
     return channel
+
+
+class LeaderChannel(grpc.Channel):
+    """A channel that follows the storage leader among several addresses.
+
+    Calls go to the current address. A call a standby refused (UNAVAILABLE naming the leader,
+    see `_GateInterceptor`) ran nothing, so it is sent again at once to the leader it named. Any
+    other UNAVAILABLE moves the channel on to the next address and is raised: the caller's
+    retry policy decides, as for a storage restart. A single address behaves as a plain
+    channel that also follows a standby's redirect."""
+
+    def __init__(self, targets: list[str], open_one: Callable[[str], grpc.Channel]) -> None:
+        self._targets = list(targets)
+        self._open_one = open_one
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._current = targets[0]
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return self._current
+
+    def _channel(self) -> tuple[str, grpc.Channel]:
+        with self._lock:
+            if self._closed:
+                raise ValueError("Cannot invoke RPC: the channel is closed")
+            target = self._current
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = self._open_one(target)
+            return target, channel
+
+    def _failed(self, target: str, exc: BaseException) -> bool:
+        """Move on after a failed call to `target`; True when a standby refused it (it ran
+        nothing and the channel now points at the leader it named)."""
+        if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
+            return False
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        leader = next((v for k, v in trailing or () if k == LEADER_METADATA_KEY), None)
+        with self._lock:
+            if self._current != target:
+                return leader is not None  # another call moved on already
+            if leader:
+                self._current = leader
+                if leader not in self._targets:
+                    self._targets.append(leader)
+            else:
+                i = self._targets.index(target) if target in self._targets else -1
+                self._current = self._targets[(i + 1) % len(self._targets)]
+        return bool(leader)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _FollowingCall(self, method, args, kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Orbweaver's services are unary")
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Orbweaver's services are unary")
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Orbweaver's services are unary")
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self._channel()[1].subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> LeaderChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FollowingCall:
+    """A unary method on a `LeaderChannel`: `__call__`, `with_call` and `future` as gRPC's."""
+
+    __slots__ = ("_args", "_channel", "_kwargs", "_method", "_methods")
+
+    def __init__(
+        self, channel: LeaderChannel, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._channel = channel
+        self._method = method
+        self._args = args
+        self._kwargs = kwargs
+        self._methods: dict[str, Any] = {}
+
+    def _on(self) -> tuple[str, Any]:
+        target, channel = self._channel._channel()
+        method = self._methods.get(target)
+        if method is None:
+            method = self._methods[target] = channel.unary_unary(
+                self._method, *self._args, **self._kwargs
+            )
+        return target, method
+
+    def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
+        # Each redirect names a leader: at most one per address, plus one.
+        for _ in range(len(self._channel._targets) + 1):
+            target, method = self._on()
+            try:
+                return getattr(method, how)(request, **kwargs)
+            except grpc.RpcError as exc:
+                if not self._channel._failed(target, exc):
+                    raise
+        return getattr(self._on()[1], how)(request, **kwargs)
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        return self._run("__call__", request, kwargs)
+
+    def with_call(self, request: Any, **kwargs: Any) -> Any:
+        return self._run("with_call", request, kwargs)
+
+    def future(self, request: Any, **kwargs: Any) -> Any:
+        # No transparent retry: the caller waits on this very future. A failure still moves
+        # the channel on, so the caller's retry reaches the leader.
+        target, method = self._on()
+        future = method.future(request, **kwargs)
+
+        def moved_on(done: Any) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                self._channel._failed(target, done.exception())
+
+        future.add_done_callback(moved_on)
+        return future
 
 
 def wait_for_ready(channel: grpc.Channel, timeout: float) -> None:
@@ -176,6 +337,38 @@ class _TokenServerInterceptor(_ServerInterceptor):
             if key == TOKEN_METADATA_KEY and constant_time_eq(value, self._expected):
                 return continuation(handler_call_details)
         return self._deny
+
+
+class Gate(Protocol):
+    """Decides, per call, whether this server serves (see `make_server`)."""
+
+    def refusal(self) -> str | None:
+        """None: serve the call. A string: refuse it as a standby; it names the leader's
+        address ("" when unknown)."""
+        ...
+
+
+class _GateInterceptor(_ServerInterceptor):
+    """A standby refuses every call but health checks, UNAVAILABLE with the leader's address in
+    the trailing metadata (`LEADER_METADATA_KEY`): the caller learns that nothing ran and where
+    to go."""
+
+    def __init__(self, gate: Gate, me: str) -> None:
+        self._gate = gate
+        self._me = me
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        leader = self._gate.refusal()
+        if leader is None or _call_details_name(handler_call_details).startswith(_HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        where = f"at {leader}" if leader else "not known yet (an election is under way)"
+        message = f"storage {self._me} is a standby, not the leader; the leader is {where}"
+
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 def constant_time_eq(a: str | bytes, b: str | bytes) -> bool:
@@ -266,14 +459,18 @@ def make_server(
     max_workers: int = 32,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     client_services: Iterable[str] = (),
+    gate: Gate | None = None,
 ) -> Server:
     """Create a server bound to `listen` (`host:port`, port 0 picks a free port). With a cluster
     token, every call must carry it except those to `client_services` (full service names),
-    whose servicers authenticate clients themselves."""
+    whose servicers authenticate clients themselves. With a `gate`, calls it refuses are
+    answered as a standby's (after the token check: only the cluster learns the leader)."""
     security = security or Security()
     interceptors: list[_ServerInterceptor] = (
         [_TokenServerInterceptor(security.token, client_services)] if security.token else []
     )
+    if gate is not None:
+        interceptors.append(_GateInterceptor(gate, listen))
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
     server = grpc.server(
         executor,

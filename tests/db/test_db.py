@@ -838,12 +838,12 @@ def test_register_scheduler_replaces_previous_scheduler(db: Database) -> None:
         db.register_scheduler("", 1)
 
 
-def test_session_id_returned_after_connect(db: Database) -> None:
-    assert db.session_id > 0
+def test_a_plain_connection_opens_no_session(db: Database) -> None:
+    assert db.session_id == 0  # a tool's: its writes are not fenced (tests/db/test_leadership.py)
 
 
 def test_context_manager(db_url: str) -> None:
-    with open_database(db_url) as database:
+    with open_database(db_url, lead=True) as database:
         assert database.session_id > 0
     with pytest.raises(DbError):
         database.get_state(1)
@@ -852,7 +852,7 @@ def test_context_manager(db_url: str) -> None:
 def test_session_id_bumps_on_reconnect(db_url: str) -> None:
     ids = []
     for _ in range(3):
-        database = open_database(db_url)
+        database = open_database(db_url, lead=True)
         ids.append(database.session_id)
         database.close()
     assert ids[0] < ids[1] < ids[2]
@@ -1083,7 +1083,7 @@ def test_sqlite_relative_path_and_memory(tmp_path: Any, monkeypatch: pytest.Monk
     database = open_database("sqlite:///rel.db")
     database.close()
     assert (tmp_path / "rel.db").exists()
-    memory = open_database("sqlite:///:memory:")
+    memory = open_database("sqlite:///:memory:", lead=True)
     try:
         assert memory.session_id == 1
     finally:
@@ -1117,12 +1117,16 @@ def test_mariadb_env_credentials_and_unix_socket(
         pytest.skip("external server: no socket")
     name = mariadb_url.rsplit("/", 1)[1]
     monkeypatch.setenv("ORBWEAVER_DB_USER", mariadb_server.user)
-    database = open_database(f"mariadb:///{name}?unix_socket={mariadb_server.socket}&pool_size=2")
+    database = open_database(
+        f"mariadb:///{name}?unix_socket={mariadb_server.socket}&pool_size=2", lead=True
+    )
     try:
         assert database.session_id == 1
     finally:
         database.close()
-    database = open_database(f"mysql://{mariadb_server.host}:{mariadb_server.port}/{name}")
+    database = open_database(
+        f"mysql://{mariadb_server.host}:{mariadb_server.port}/{name}", lead=True
+    )
     try:
         assert database.session_id == 2
     finally:

@@ -17,8 +17,8 @@ LEASE = 30.0  # long: only the tests that wait for an expiry use a short one
 @pytest.fixture
 def pair(db_url: str) -> Iterator[tuple[Database, Database]]:
     """Two storages' connections to one database, neither leading yet."""
-    a = open_database(db_url, lead=False)
-    b = open_database(db_url, lead=False)
+    a = open_database(db_url)
+    b = open_database(db_url)
     try:
         yield a, b
     finally:
@@ -31,6 +31,13 @@ def test_without_a_lease_nothing_leads(pair: tuple[Database, Database]) -> None:
     assert a.session_id == 0
     lease = a.current_lease()
     assert not lease.live
+
+
+def test_a_connection_without_a_session_is_not_fenced(pair: tuple[Database, Database]) -> None:
+    a, b = pair
+    b.campaign("b", "hostb:1", LEASE)
+    rg = a.add_resource_group("g", b"pw")  # a tool's write while a storage leads
+    assert b.verify_resource_group(b"pw", external_id="g")[0] == rg
 
 
 def test_first_campaign_wins_and_the_second_stands_by(pair: tuple[Database, Database]) -> None:
@@ -97,11 +104,11 @@ def test_a_released_lease_is_taken_at_once(pair: tuple[Database, Database]) -> N
     assert b.session_id > a.session_id
 
 
-def test_a_direct_open_takes_over_like_a_restart(db_url: str) -> None:
-    a = open_database(db_url, lead=False)
+def test_a_leading_open_takes_over_like_a_restart(db_url: str) -> None:
+    a = open_database(db_url)
     try:
         a.campaign("a", "hosta:1", LEASE)
-        b = open_database(db_url)  # lead=True: the tools' and tests' way
+        b = open_database(db_url, lead=True)
         try:
             assert b.session_id > a.session_id
             assert not a.renew_lease(LEASE)
@@ -112,7 +119,7 @@ def test_a_direct_open_takes_over_like_a_restart(db_url: str) -> None:
 
 
 def test_concurrent_campaigns_elect_exactly_one(db_url: str) -> None:
-    dbs = [open_database(db_url, lead=False) for _ in range(4)]
+    dbs = [open_database(db_url) for _ in range(4)]
     try:
         barrier = threading.Barrier(len(dbs))
         holders: list[str] = []
@@ -138,7 +145,7 @@ def test_a_takeover_waits_for_the_write_under_way(db_url: str) -> None:
     """The deposed session's write that began before the takeover commits; the takeover waits
     for it (the shared fence lock), so no write of the old session lands after the new one
     began."""
-    old = open_database(db_url, lead=False)
+    old = open_database(db_url)
     try:
         old.campaign("old", "old:1", 0.05)
         rg = old.add_resource_group("g", b"pw")
@@ -157,7 +164,7 @@ def test_a_takeover_waits_for_the_write_under_way(db_url: str) -> None:
         writer.start()
         assert inside.wait(10)
         time.sleep(0.1)  # the lease has expired by now
-        new = open_database(db_url, lead=False)
+        new = open_database(db_url)
         try:
             new.campaign("new", "new:1", LEASE)
             order.append("takeover")

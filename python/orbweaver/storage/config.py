@@ -29,6 +29,18 @@ class StorageConfig(Loadable):
     listen: str = setting(
         "127.0.0.1:50051", help="host:port to listen on (port 0: any free port)", metavar="ADDR"
     )
+    advertise: str | None = setting(
+        None,
+        help="host:port clients are sent to while this storage leads (default: the listen "
+        "address; needed when listening on 0.0.0.0)",
+        metavar="ADDR",
+    )
+    # Several storages may run on one database: one leads, the others stand by (failover).
+    lease: float = setting(
+        3.0,
+        help="leadership lease: a leader silent this long is replaced by a standby",
+        unit="seconds",
+    )
     security: Security = field(default_factory=Security)
     # Without an operator token, anyone who reaches the service may create resource groups.
     operator_token: str | None = setting(
@@ -131,6 +143,7 @@ class StorageConfig(Loadable):
             "max_wait",
             "db_retry_deadline",
             "visibility_timeout",
+            "lease",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0 seconds")

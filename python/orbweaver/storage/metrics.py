@@ -121,6 +121,19 @@ class StorageMetrics:
             "Execution managers declared dead",
             registry=r,
         )
+        self.leader = Gauge(
+            "orbweaver_storage_leader",
+            "1 while this storage leads (holds the lease and serves), 0 while it stands by",
+            registry=r,
+        )
+        self.session = Gauge(
+            "orbweaver_storage_session", "The storage session this process leads in", registry=r
+        )
+        self.terms = Counter(
+            "orbweaver_storage_leadership_terms",
+            "Leadership terms begun (a new session, the cache rebuilt)",
+            registry=r,
+        )
         self.pending_transitions = Gauge(
             "orbweaver_storage_pending_transitions",
             "Job transitions waiting for the database to return",

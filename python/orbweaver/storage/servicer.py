@@ -11,6 +11,7 @@ services, and the transport checks their cluster token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import grpc
@@ -58,11 +59,26 @@ def _ready(entries: list[tuple[int, int, int]]) -> list[pb.ReadyTask]:
     ]
 
 
-class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
-    def __init__(self, svc: StorageService, auth: Authenticator) -> None:
-        self.svc = svc
+Current = Callable[[], StorageService]
+
+
+class _OnCurrentService:
+    """Servicers outlive leadership terms: a call runs on the service of the term that serves
+    it (a call reads `svc` once when it needs the session too, so both come from one term)."""
+
+    def __init__(self, current: Current) -> None:
+        self._current = current
+
+    @property
+    def svc(self) -> StorageService:
+        return self._current()
+
+
+class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceServicer):
+    def __init__(self, current: Current, auth: Authenticator, max_message_bytes: int) -> None:
+        super().__init__(current)
         self.auth = auth
-        self.max_message_bytes = svc.config.max_message_bytes
+        self.max_message_bytes = max_message_bytes
 
     def _caller(self, context: Ctx) -> Principal:
         return self.auth.require(context.invocation_metadata())
@@ -211,10 +227,7 @@ class JobOrchestration(pb_grpc.JobOrchestrationServiceServicer):
         )
 
 
-class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
-        self.svc = svc
-
+class TaskInstances(_OnCurrentService, pb_grpc.TaskInstanceManagementServiceServicer):
     @servicer_method
     def RegisterTaskInstance(
         self, request: pb.RegisterTaskInstanceRequest, context: Ctx
@@ -287,13 +300,11 @@ class TaskInstances(pb_grpc.TaskInstanceManagementServiceServicer):
         return pb.ReportTaskOutcomesReply(statuses=[_item_status(e) for e in results])
 
 
-class InboundQueue(pb_grpc.InboundQueueServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
-        self.svc = svc
-
+class InboundQueue(_OnCurrentService, pb_grpc.InboundQueueServiceServicer):
     def _poll(self, lane: int, request: pb.PollRequest) -> pb.ReadyTasks:
-        entries = self.svc.poll(request.scheduler_id, lane, request.max_items, request.wait_ms)
-        return pb.ReadyTasks(session_id=self.svc.session_id, tasks=_ready(entries))
+        svc = self.svc
+        entries = svc.poll(request.scheduler_id, lane, request.max_items, request.wait_ms)
+        return pb.ReadyTasks(session_id=svc.session_id, tasks=_ready(entries))
 
     @servicer_method
     def PollReadyTasks(self, request: pb.PollRequest, context: Ctx) -> pb.ReadyTasks:
@@ -309,7 +320,8 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
 
     @servicer_method
     def PollAll(self, request: pb.PollAllRequest, context: Ctx) -> pb.PollAllReply:
-        tasks, commit, cleanup = self.svc.poll_all(
+        svc = self.svc
+        tasks, commit, cleanup = svc.poll_all(
             request.scheduler_id,
             request.max_tasks,
             request.max_commit,
@@ -317,16 +329,16 @@ class InboundQueue(pb_grpc.InboundQueueServiceServicer):
             request.wait_ms,
         )
         return pb.PollAllReply(
-            session_id=self.svc.session_id,
+            session_id=svc.session_id,
             tasks=_ready(tasks),
             commit=_ready(commit),
             cleanup=_ready(cleanup),
         )
 
 
-class ResourceGroups(pb_grpc.ResourceGroupManagementServiceServicer):
-    def __init__(self, svc: StorageService, auth: Authenticator) -> None:
-        self.svc = svc
+class ResourceGroups(_OnCurrentService, pb_grpc.ResourceGroupManagementServiceServicer):
+    def __init__(self, current: Current, auth: Authenticator) -> None:
+        super().__init__(current)
         self.auth = auth
 
     @servicer_method
@@ -368,37 +380,34 @@ class ResourceGroups(pb_grpc.ResourceGroupManagementServiceServicer):
         return pb.ResourceGroupReply(resource_group_id=rg_id, external_resource_group_id=name)
 
 
-class Liveness(pb_grpc.ExecutionManagerLivenessServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
-        self.svc = svc
-
+class Liveness(_OnCurrentService, pb_grpc.ExecutionManagerLivenessServiceServicer):
     @servicer_method
     def RegisterExecutionManager(
         self, request: pb.RegisterExecutionManagerRequest, context: Ctx
     ) -> pb.ExecutionManagerRegistration:
-        em_id = self.svc.register_execution_manager(request.ip_address)
+        svc = self.svc
+        em_id = svc.register_execution_manager(request.ip_address)
         return pb.ExecutionManagerRegistration(
-            execution_manager_id=em_id, session_id=self.svc.session_id
+            execution_manager_id=em_id, session_id=svc.session_id
         )
 
     @servicer_method
     def UpdateExecutionManagerHeartbeat(
         self, request: pb.HeartbeatRequest, context: Ctx
     ) -> pb.SessionReply:
-        self.svc.heartbeat(request.execution_manager_id)
-        return pb.SessionReply(session_id=self.svc.session_id)
+        svc = self.svc
+        svc.heartbeat(request.execution_manager_id)
+        return pb.SessionReply(session_id=svc.session_id)
 
 
-class SchedulerRegistration(pb_grpc.SchedulerRegistrationServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
-        self.svc = svc
-
+class SchedulerRegistration(_OnCurrentService, pb_grpc.SchedulerRegistrationServiceServicer):
     @servicer_method
     def RegisterScheduler(
         self, request: pb.RegisterSchedulerRequest, context: Ctx
     ) -> pb.SchedulerRegistration:
-        scheduler_id = self.svc.register_scheduler(request.host, request.port)
-        return pb.SchedulerRegistration(scheduler_id=scheduler_id, session_id=self.svc.session_id)
+        svc = self.svc
+        scheduler_id = svc.register_scheduler(request.host, request.port)
+        return pb.SchedulerRegistration(scheduler_id=scheduler_id, session_id=svc.session_id)
 
     @servicer_method
     def GetSchedulers(self, request: pb.Void, context: Ctx) -> pb.SchedulersReply:
@@ -410,24 +419,25 @@ class SchedulerRegistration(pb_grpc.SchedulerRegistrationServiceServicer):
         )
 
 
-class Session(pb_grpc.SessionManagementServiceServicer):
-    def __init__(self, svc: StorageService) -> None:
-        self.svc = svc
-
+class Session(_OnCurrentService, pb_grpc.SessionManagementServiceServicer):
     @servicer_method
     def GetSession(self, request: pb.Void, context: Ctx) -> pb.SessionReply:
         return pb.SessionReply(session_id=self.svc.session_id)
 
 
-def add_servicers(server: grpc.Server, svc: StorageService, auth: Authenticator) -> None:
+def add_servicers(
+    server: grpc.Server, current: Current, auth: Authenticator, max_message_bytes: int
+) -> None:
+    """Register every storage servicer; `current()` is the serving term's service (it raises
+    `Unavailable` between terms)."""
     servicers = {
-        "JobOrchestrationService": JobOrchestration(svc, auth),
-        "TaskInstanceManagementService": TaskInstances(svc),
-        "InboundQueueService": InboundQueue(svc),
-        "ResourceGroupManagementService": ResourceGroups(svc, auth),
-        "ExecutionManagerLivenessService": Liveness(svc),
-        "SchedulerRegistrationService": SchedulerRegistration(svc),
-        "SessionManagementService": Session(svc),
+        "JobOrchestrationService": JobOrchestration(current, auth, max_message_bytes),
+        "TaskInstanceManagementService": TaskInstances(current),
+        "InboundQueueService": InboundQueue(current),
+        "ResourceGroupManagementService": ResourceGroups(current, auth),
+        "ExecutionManagerLivenessService": Liveness(current),
+        "SchedulerRegistrationService": SchedulerRegistration(current),
+        "SessionManagementService": Session(current),
     }
     for name, servicer in servicers.items():
         add_servicer(server, servicer, name)

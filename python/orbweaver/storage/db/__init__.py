@@ -66,8 +66,9 @@ _MARIADB_OPTIONS = frozenset(
 
 
 def open_database(url: str, **options: Any) -> Database:
-    """Connect to the database at ``url``, create the schema if needed and open a new session
-    (take the storage lease whoever holds it; ``lead=False``: open none, see `Database.campaign`).
+    """Connect to the database at ``url`` and create the schema if needed. No storage session
+    is opened (a storage service campaigns for one: `Database.campaign`); ``lead=True`` takes
+    the lease whoever holds it, a new session, as a storage restart did before failover.
 
     URLs: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``,
     ``mariadb://user:password@host:port/database`` or ``mysql://...`` (query parameters

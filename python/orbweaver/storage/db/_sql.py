@@ -420,10 +420,10 @@ class SqlDatabase(abc.ABC):
 
     # -- connect --------------------------------------------------------------------------------
 
-    def _initialize(self, *, lead: bool = True) -> None:
+    def _initialize(self, *, lead: bool) -> None:
         """Create the schema idempotently, check its version and, with `lead`, take the lease
-        whoever holds it (a new session, as a storage restart does; a storage service passes
-        ``lead=False`` and campaigns instead)."""
+        whoever holds it (a new session, as a storage restart did before failover; a storage
+        service campaigns instead). Without a session, writes are not fenced: tools."""
         self._run_ddl(self._schema_ddl())
         sql = self._sql
 
@@ -444,7 +444,7 @@ class SqlDatabase(abc.ABC):
         self._transaction(migrate, write=True)
         self._max_value_bytes = max(0, self._max_statement_bytes() - STATEMENT_OVERHEAD)
         if lead:
-            self._lead(f"direct:{uuid.uuid4().hex}", "", 0.0, force=True)
+            self._lead(f"direct:{uuid.uuid4().hex}", "", 0.0, force=True, new_session=True)
 
     @property
     def session_id(self) -> int:
@@ -456,10 +456,29 @@ class SqlDatabase(abc.ABC):
     def _lease(row: Any) -> Lease:
         return Lease(int(row[0]), str(row[1]), str(row[2]), int(row[3]))
 
-    def campaign(self, holder: str, address: str, lease_sec: float) -> Lease:
-        return self._lead(holder, address, lease_sec, force=False)
+    def campaign(
+        self,
+        holder: str,
+        address: str,
+        lease_sec: float,
+        *,
+        new_session: bool = False,
+        take_from: str | None = None,
+    ) -> Lease:
+        return self._lead(
+            holder, address, lease_sec, force=False, new_session=new_session, take_from=take_from
+        )
 
-    def _lead(self, holder: str, address: str, lease_sec: float, *, force: bool) -> Lease:
+    def _lead(
+        self,
+        holder: str,
+        address: str,
+        lease_sec: float,
+        *,
+        force: bool,
+        new_session: bool = False,
+        take_from: str | None = None,
+    ) -> Lease:
         sql = self._sql
         mine = self._session_id
         lease_ms = max(0, round(lease_sec * 1000))
@@ -472,10 +491,11 @@ class SqlDatabase(abc.ABC):
             lease = self._lease(row)
             # Ours when we hold it, or when our own earlier attempt committed unseen (a lost
             # reply): the holder name is unique to this process.
-            if lease.session_id and (lease.session_id == mine or lease.holder == holder):
+            ours = lease.session_id and (lease.session_id == mine or lease.holder == holder)
+            if ours and not new_session:
                 cur.execute(sql.extend_lease, (lease_ms,))
                 return Lease(lease.session_id, holder, lease.address, lease_ms)
-            if lease.live and not force:
+            if lease.live and not force and not ours and lease.holder != take_from:
                 return lease
             cur.execute(sql.insert_session)
             session = int(cur.lastrowid or 0)

@@ -256,7 +256,7 @@ class MariaDbDatabase(SqlDatabase):
         acquire_timeout: float = 30.0,
         max_retries: int = 5,
         lock_wait_timeout: int = 20,
-        lead: bool = True,
+        lead: bool = False,
     ) -> None:
         super().__init__(DIALECT)
         self._mariadb = _mariadb_module()

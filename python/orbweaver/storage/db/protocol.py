@@ -92,11 +92,25 @@ class Database(Protocol):
 
     # -- leadership: one storage leads (holds the lease), the others stand by ------------------
 
-    def campaign(self, holder: str, address: str, lease_sec: float) -> Lease:
+    deposed_by: int | None
+    """The session that fenced one of our writes, once one did (None: never)."""
+
+    def campaign(
+        self,
+        holder: str,
+        address: str,
+        lease_sec: float,
+        *,
+        new_session: bool = False,
+        take_from: str | None = None,
+    ) -> Lease:
         """Take the lease if it is free, expired or already ours; return it as it stands after
-        the attempt (we lead iff its `session_id` is our `session_id`). Taking it from another
-        (or a new) holder opens a new session and fences every later write of the old one; a
-        lease we held and nobody took since is extended, keeping the session."""
+        the attempt (we lead iff its `holder` is ours; then `session_id` is our session).
+        Taking it from another (or a new) holder opens a new session and fences every later
+        write of the old one; a lease we held and nobody took since is extended, keeping the
+        session, unless `new_session` (our old term is gone: its instance ids must not be
+        mistaken for the new term's). A live lease is taken too when its holder is `take_from`
+        (a holder known to be dead: nobody waits for its lease to run out)."""
         ...
 
     def renew_lease(self, lease_sec: float) -> bool:

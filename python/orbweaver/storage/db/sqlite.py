@@ -130,7 +130,7 @@ class SqliteDatabase(SqlDatabase):
         busy_timeout_ms: int = 10_000,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
-        lead: bool = True,
+        lead: bool = False,
     ) -> None:
         super().__init__(DIALECT)
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
