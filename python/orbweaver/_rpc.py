@@ -81,10 +81,16 @@ def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # A peer cut off from the network is noticed within 10 s even by a call that waits
+        # long (a WaitJob): its calls fail UNAVAILABLE, and a `LeaderChannel` moves on.
+        ("grpc.keepalive_time_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.ping_timeout_ms", 5_000),  # gRPC's default waits a minute for the ack
+        # Servers accept those pings (gRPC's default refuses pings more often than 5 min).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),
+        ("grpc.http2.max_ping_strikes", 0),
         # Reconnect quickly to a restarted peer (gRPC's default backoff grows to 120 s).
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
@@ -162,9 +168,9 @@ class LeaderChannel(grpc.Channel):
 
     Calls go to the current address. A call a standby refused (UNAVAILABLE naming the leader,
     see `_GateInterceptor`) ran nothing, so it is sent again at once to the leader it named. Any
-    other UNAVAILABLE moves the channel on to the next address and is raised: the caller's
-    retry policy decides, as for a storage restart. A single address behaves as a plain
-    channel that also follows a standby's redirect."""
+    other UNAVAILABLE or DEADLINE_EXCEEDED moves the channel on to the next address and is
+    raised: the caller's retry policy decides, as for a storage restart. A single address
+    behaves as a plain channel that also follows a standby's redirect."""
 
     def __init__(self, targets: list[str], open_one: Callable[[str], grpc.Channel]) -> None:
         self._targets = list(targets)
@@ -193,7 +199,7 @@ class LeaderChannel(grpc.Channel):
         nothing and the channel now points at the leader it named)."""
         if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
             return False
-        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        if exc.code() not in RETRYABLE:  # refused, unreachable or silent: try elsewhere
             return False
         trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
         leader = next((v for k, v in trailing or () if k == LEADER_METADATA_KEY), None)
@@ -212,14 +218,16 @@ class LeaderChannel(grpc.Channel):
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _FollowingCall(self, method, args, kwargs)
 
+    # Orbweaver's own services are unary; streams (gRPC health's Watch) stay on the address
+    # current when the stub is made.
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("Orbweaver's services are unary")
+        return self._channel()[1].unary_stream(method, *args, **kwargs)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("Orbweaver's services are unary")
+        return self._channel()[1].stream_unary(method, *args, **kwargs)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("Orbweaver's services are unary")
+        return self._channel()[1].stream_stream(method, *args, **kwargs)
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self._channel()[1].subscribe(callback, try_to_connect)

@@ -100,6 +100,8 @@ def test_a_released_lease_is_taken_at_once(pair: tuple[Database, Database]) -> N
     a.campaign("a", "hosta:1", LEASE)
     assert b.campaign("b", "hostb:1", LEASE).holder == "a"
     a.release_lease()
+    released = b.current_lease()
+    assert (released.holder, released.live) == ("", False)
     assert b.campaign("b", "hostb:1", LEASE).holder == "b"
     assert b.session_id > a.session_id
 

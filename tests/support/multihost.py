@@ -1,7 +1,9 @@
 """An Orbweaver cluster spread over the hosts of a namespace network (:mod:`support.netns`).
 
-Hosts, by name: ``db`` (a private MariaDB server), ``storage``, ``scheduler``, ``worker1`` ..
-``workerN`` and ``client``, each a network namespace with one address in 198.18.0.0/15. The
+Hosts, by name: ``db`` (a private MariaDB server), ``storage1`` .. ``storageN`` (one leads, the
+others stand by), ``scheduler``, ``worker1`` .. ``workerN`` and ``client``, each a network
+namespace with one address in 198.18.0.0/15 (storage hosts also have their own host name, as
+separate machines would: a storage cannot tell its peers' processes apart from its own). The
 services are the real commands (``python -m orbweaver storage | scheduler | worker``) run with
 ``ip netns exec``, with the command lines of :mod:`support.service_commands` (the ones the
 deployment files in ``deploy/`` run), a cluster token and an operator token passed as in
@@ -22,6 +24,7 @@ import contextlib
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
@@ -47,6 +50,7 @@ class MultiHostCluster:
         workdir: Path,
         tasks_dir: Path,
         workers: int = 2,
+        storages: int = 2,
         processes: int = 1,
         markers: Path | None = None,
         storage_config: str = MULTIHOST_STORAGE_CONFIG,
@@ -55,6 +59,7 @@ class MultiHostCluster:
         self.workdir = workdir
         self.tasks_dir = tasks_dir
         self.worker_names = [f"worker{i + 1}" for i in range(workers)]
+        self.storage_names = [f"storage{i + 1}" for i in range(storages)]
         self.processes = processes
         self.markers = markers
         self.storage_config = storage_config
@@ -76,9 +81,13 @@ class MultiHostCluster:
     def host(self, name: str) -> Host:
         return self.net[name]
 
+    def address_of(self, storage: str) -> str:
+        return f"{self.host(storage).address}:{STORAGE_PORT}"
+
     @property
     def storage_address(self) -> str:
-        return f"{self.host('storage').address}:{STORAGE_PORT}"
+        """Every storage's address, `a:50051,b:50051`: what clients and services are given."""
+        return ",".join(self.address_of(name) for name in self.storage_names)
 
     @property
     def scheduler_address(self) -> str:
@@ -89,10 +98,11 @@ class MultiHostCluster:
     def start(self) -> MultiHostCluster:
         try:
             self.network = self._stack.enter_context(Network())
-            for name in ["db", "storage", "scheduler", *self.worker_names, "client"]:
+            for name in ["db", *self.storage_names, "scheduler", *self.worker_names, "client"]:
                 self.network.add_host(name)
             db_url = self._start_mariadb()
-            self._start_storage(db_url)
+            for name in self.storage_names:
+                self._start_storage(name, db_url)
             self._start_scheduler()
             for name in self.worker_names:
                 self._start_worker(name)
@@ -140,24 +150,27 @@ class MultiHostCluster:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _start_storage(self, db_url: str) -> None:
-        host = self.host("storage")
-        workdir = self._workdir("storage")
+    def _start_storage(self, name: str, db_url: str) -> None:
+        host = self.host(name)
+        workdir = self._workdir(name)
+        # Its own UTS namespace and host name: a separate machine's.
+        own_hostname = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', name]
         proc = StorageProcess(
             db_url,
             workdir,
             config=self.storage_config,  # written to workdir/storage.toml
-            env=self._service_env("storage", STORAGE),
+            env=self._service_env(name, STORAGE),
             host=host.address,
-            command_prefix=host.prefix,
+            command_prefix=[*host.prefix, *own_hostname],
         )
         proc.args = STORAGE.render(
             db_url=db_url,
             listen=f"{host.address}:{STORAGE_PORT}",
+            advertise=self.address_of(name),
             config=str(workdir / "storage.toml"),
         )
         proc.port = STORAGE_PORT
-        self._launch("storage", proc)
+        self._launch(name, proc)
 
     def _start_scheduler(self) -> None:
         host = self.host("scheduler")
@@ -201,7 +214,7 @@ class MultiHostCluster:
         """Stop the services (workers first, each SIGKILLed if SIGTERM is not enough in
         `STOP_TIMEOUT`), MariaDB, then delete the namespaces (killing anything left in them)."""
         try:
-            for name in [*self.worker_names, "scheduler", "storage"]:
+            for name in [*self.worker_names, "scheduler", *self.storage_names]:
                 proc = self.services.get(name)
                 if proc is not None and proc.alive:
                     proc.terminate(STOP_TIMEOUT)
@@ -242,6 +255,30 @@ class MultiHostCluster:
             self.mariadb.restart()
         else:
             self.services[host].restart()
+
+    def role(self, storage: str) -> str:
+        """`leader`, `standby` or `down`, as `storage`'s health service tells the client host."""
+        for role in ("leader", "standby"):
+            check = self.run(["-m", "orbweaver", "health", self.address_of(storage),
+                              "--service", f"orbweaver.storage.{role}", "--timeout", "5"],
+                             timeout=30)  # fmt: skip
+            if check.returncode == 0:
+                return role
+        return "down"
+
+    def leaders(self) -> list[str]:
+        return [name for name in self.storage_names if self.role(name) == "leader"]
+
+    def leader(self, timeout: float = 60.0) -> str:
+        """The one storage that leads, once exactly one does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leaders = self.leaders()
+            if len(leaders) == 1:
+                return leaders[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(leaders)} storages lead after {timeout} s: {leaders}")
+            time.sleep(0.5)
 
     # -- the client host --
 

@@ -59,7 +59,17 @@ class ServiceCommand:
 
 
 STORAGE = ServiceCommand(
-    ("storage", "--db", "{db_url}", "--listen", "{listen}", "--config", "{config}"),
+    (
+        "storage",
+        "--db",
+        "{db_url}",
+        "--listen",
+        "{listen}",
+        "--advertise",
+        "{advertise}",
+        "--config",
+        "{config}",
+    ),
     secrets=("ORBWEAVER_TOKEN", "ORBWEAVER_OPERATOR_TOKEN", "ORBWEAVER_DB_PASSWORD"),
 )
 SCHEDULER = ServiceCommand(

@@ -136,6 +136,7 @@ class StorageRuntime:
     _deposed: bool = False
     _session: int = 0  # the session whose lease we hold (0: none); its term may be building
     _lease_thread: threading.Thread | None = None
+    _expired_ticks: int = 0  # standby: consecutive ticks that found the lease expired
     _settled: bool = False  # led or stood by behind a live leader once: `start()` may return
 
     # -- what tests and the CLI read ------------------------------------------------------------
@@ -325,7 +326,20 @@ class StorageRuntime:
         take_from = None
         if not self._session:
             current = db.current_lease()
-            if current.live and self._holder_is_gone(current.holder):
+            # Released (a clean stop) or held by a process known dead: no need to wait.
+            gone = current.session_id != 0 and (
+                current.holder == "" or self._holder_is_gone(current.holder)
+            )
+            if current.holder != self._holder and not gone:
+                # A standby reads; it campaigns only once it has seen the lease expired on two
+                # ticks in a row, so after a database outage the lapsed leader, which
+                # campaigns on its first tick back, resumes with its cache.
+                self._expired_ticks = 0 if current.live else self._expired_ticks + 1
+                if current.live or (current.session_id and self._expired_ticks < 2):
+                    with self._state:
+                        self._stand_by_locked(current.address if current.live else "")
+                    return 0
+            if current.live and gone:
                 take_from = current.holder
         lease = db.campaign(
             self._holder,

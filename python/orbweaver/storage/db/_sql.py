@@ -155,7 +155,8 @@ class Statements:
         )
         self.extend_lease = f"UPDATE storage_lease SET expires_at_ms = {now_ms} + ? WHERE id = 1"
         self.release_lease = (
-            "UPDATE storage_lease SET expires_at_ms = 0 WHERE id = 1 AND session_id = ?"
+            "UPDATE storage_lease SET expires_at_ms = 0, holder = '' "
+            "WHERE id = 1 AND session_id = ?"
         )
         self.move_fence = "UPDATE storage_fence SET session_id = ? WHERE id = 1"
         self.check_fence = f"SELECT session_id FROM storage_fence WHERE id = 1{d.share_lock}"
