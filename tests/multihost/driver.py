@@ -1,7 +1,8 @@
 """The multi-host tests' client: run on the cluster's client host, prints one JSON object.
 
-    python driver.py submit --jobs 2 --tasks 8 --hold 0.3 --first 100
+    python driver.py submit --jobs 2 --tasks 8 --hold 0.3 --first 100 [--commit]
         {"jobs": [[job_id, [x, ...]], ...]}   jobs of `where(x, hold)` tasks, x counting up
+                                              (--commit: each job with the `publish` commit task)
     python driver.py results JOB_ID ... --timeout 120
         {"jobs": {"<id>": {"state": "SUCCEEDED", "outputs": [...], "error": null}, ...}}
 
@@ -40,7 +41,7 @@ def submit(client: ow.Client, args: argparse.Namespace) -> dict[str, Any]:
     jobs = []
     x = args.first
     for _ in range(args.jobs):
-        g = ow.TaskGraph()
+        g = ow.TaskGraph(commit=mt.publish if args.commit else None)
         inputs: list[int | float] = []
         xs = []
         for _ in range(args.tasks):
@@ -76,6 +77,7 @@ def main() -> int:
     s.add_argument("--tasks", type=int, default=4)
     s.add_argument("--hold", type=float, default=0.0)
     s.add_argument("--first", type=int, default=0)
+    s.add_argument("--commit", action="store_true")
     r = sub.add_parser("results")
     r.add_argument("job_ids", type=int, nargs="+")
     r.add_argument("--timeout", type=float, default=120.0)

@@ -30,10 +30,11 @@ def show(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def submit(cluster: MultiHostCluster, jobs: int, tasks: int, hold: float, first: int
-           ) -> list[tuple[int, list[int]]]:  # fmt: skip
+def submit(cluster: MultiHostCluster, jobs: int, tasks: int, hold: float, first: int,
+           commit: bool = False) -> list[tuple[int, list[int]]]:  # fmt: skip
     reply = drive(cluster, "submit", "--jobs", str(jobs), "--tasks", str(tasks),
-                  "--hold", str(hold), "--first", str(first))  # fmt: skip
+                  "--hold", str(hold), "--first", str(first),
+                  *(["--commit"] if commit else []))  # fmt: skip
     return [(int(job_id), list(xs)) for job_id, xs in reply["jobs"]]
 
 
@@ -47,7 +48,20 @@ def hosts_of(cluster: MultiHostCluster, jobs: list[tuple[int, list[int]]]) -> li
         assert entry["state"] == "SUCCEEDED", f"job {job_id}: {entry}"
         assert entry["outputs"][0::2] == [3 * x for x in xs], f"job {job_id}: {entry}"
         hosts += entry["outputs"][1::2]
+        outputs[job_id] = entry["outputs"]
     return hosts
+
+
+outputs: dict[int, list[Any]] = {}  # each checked job's outputs, for `check_publications`
+
+
+def check_publications(markers: Path, jobs: list[tuple[int, list[int]]]) -> None:
+    """Each job's commit task published exactly the job's outputs (it may have run more than
+    once: commit tasks are at-least-once)."""
+    for job_id, _ in jobs:
+        published = markers / f"commit-{job_id}"
+        wait_until(published.exists, timeout=60, what=f"job {job_id}'s publication")
+        assert published.read_text() == repr(outputs[job_id]), job_id
 
 
 def started_on(markers: Path, host: str) -> list[str]:
@@ -126,9 +140,12 @@ def test_everything_works_with_20_ms_round_trips(cluster: MultiHostCluster) -> N
 def test_the_database_host_cut_off_for_20_s_under_load(
     cluster: MultiHostCluster, markers: Path
 ) -> None:
-    """MariaDB's host unreachable for 20 s while tasks run (a silent network: the storage's
-    database calls stall rather than fail, within the connector's 30 s read timeout): the
-    storage stays up, and every job submitted before and after ends right."""
+    """MariaDB's host unreachable for 20 s, longer than the lease, while tasks run (a silent
+    network: the storages' database calls stall rather than fail, within the connector's 30 s
+    read timeout): both storages stay up, the leader stops serving when its lease runs out,
+    exactly one leads when the database is back, and every job submitted before and after
+    ends right."""
+    leader_before = cluster.leader()
     before = submit(cluster, jobs=3, tasks=8, hold=0.5, first=700)
     wait_until(lambda: list(markers.glob("started-*")), timeout=60, what="a task running")
     cluster.cut("db")
@@ -137,12 +154,63 @@ def test_the_database_host_cut_off_for_20_s_under_load(
     after = submit(cluster, jobs=2, tasks=4, hold=0.1, first=800)
     hosts = hosts_of(cluster, before + after)
     assert set(hosts) <= {"worker1", "worker2"}, hosts
-    storage = cluster.services["storage"]
-    assert storage.alive and storage.starts == 1, logs(cluster)
-    # The outage was felt under load: the workers' heartbeats to the storage, which need the
-    # database, timed out meanwhile.
+    for name in cluster.storage_names:
+        storage = cluster.services[name]
+        assert storage.alive and storage.starts == 1, logs(cluster)
+    # The outage outlasted the lease: the leader stopped serving; afterwards exactly one
+    # storage leads, and no job was lost or stuck.
+    leader = cluster.leader()
+    assert "the lease ran out" in cluster.services[leader_before].logs(), logs(cluster)
+    # The outage was felt under load: the workers' heartbeats to the storage timed out or were
+    # refused meanwhile.
     worker_logs = cluster.services["worker1"].logs() + cluster.services["worker2"].logs()
     assert "storage heartbeat failed" in worker_logs, logs(cluster)
-    # A stall is a gap in the heartbeats, not their silence: no worker was declared dead.
-    assert "execution managers declared dead" not in storage.logs(), logs(cluster)
-    assert "registering again" not in worker_logs, logs(cluster)
+    if leader == leader_before:
+        # It resumed its term (nobody led meanwhile): a gap in the heartbeats, not their
+        # silence; no worker was declared dead.
+        assert "execution managers declared dead" not in cluster.services[leader].logs()
+        assert "registering again" not in worker_logs, logs(cluster)
+
+
+def test_the_leader_host_killed_mid_run(cluster: MultiHostCluster, markers: Path) -> None:
+    """The leading storage's process SIGKILLed while jobs with commit tasks run: the standby
+    on the other host takes over, every job ends right with its publication; the old leader
+    started again stands by (its session is fenced)."""
+    old = cluster.leader()
+    before = submit(cluster, jobs=4, tasks=6, hold=0.4, first=900, commit=True)
+    wait_until(lambda: list(markers.glob("started-*")), timeout=60, what="a task running")
+    cluster.kill(old)
+    during = submit(cluster, jobs=2, tasks=4, hold=0.1, first=1000, commit=True)
+    new = cluster.leader()
+    assert new != old, logs(cluster)
+    jobs = before + during
+    hosts_of(cluster, jobs)
+    check_publications(markers, jobs)
+    cluster.restart(old)
+    assert cluster.role(old) == "standby" and cluster.leaders() == [new], logs(cluster)
+    after = submit(cluster, jobs=1, tasks=4, hold=0.0, first=1100, commit=True)
+    hosts_of(cluster, after)
+    check_publications(markers, after)
+
+
+def test_the_leader_host_cut_off_mid_run(cluster: MultiHostCluster, markers: Path) -> None:
+    """The leading storage's host cut off the network while jobs with commit tasks run: the
+    standby takes over once the lease runs out; every job ends right with its publication.
+    Reconnected, the old leader finds its lease taken and its writes fenced: it stands by."""
+    old = cluster.leader()
+    before = submit(cluster, jobs=4, tasks=6, hold=0.4, first=1200, commit=True)
+    wait_until(lambda: list(markers.glob("started-*")), timeout=60, what="a task running")
+    cluster.cut(old)
+    try:
+        during = submit(cluster, jobs=2, tasks=4, hold=0.1, first=1300, commit=True)
+        new = cluster.leader()
+        assert new != old, logs(cluster)
+    finally:
+        cluster.restore(old)
+    jobs = before + during
+    hosts_of(cluster, jobs)
+    check_publications(markers, jobs)
+    wait_until(lambda: cluster.role(old) == "standby", timeout=60,
+               what="the old leader to stand by")  # fmt: skip
+    assert cluster.leaders() == [new], logs(cluster)
+    assert cluster.services[old].alive and cluster.services[old].starts == 1

@@ -26,3 +26,16 @@ def where(x: int, hold: float) -> tuple[int, str]:
 @ow.task
 def inc(x: int) -> int:
     return x + 1
+
+
+@ow.task(retries=5)
+def publish(ctx: ow.TaskContext) -> None:
+    """Commit task: publish the job's outputs as `commit-<job id>` in `$MULTIHOST_MARKERS`,
+    atomically (at-least-once by contract: a re-run rewrites the same content), and count the
+    runs in `commit-<job id>.runs`."""
+    out = Path(os.environ["MULTIHOST_MARKERS"], f"commit-{ctx.job_id}")
+    with open(f"{out}.runs", "a") as runs:
+        runs.write(f"{os.environ['MULTIHOST_HOST']}\n")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(repr(ctx.job_outputs))
+    os.replace(tmp, out)
