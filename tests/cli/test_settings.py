@@ -49,6 +49,7 @@ SAMPLES: dict[str, object] = {
     "policy": "job_round_robin",
     "metrics_host": "127.0.0.2",
     "advertised_host": "scheduler.internal",
+    "advertise": "storage-a.internal:50051",
     "ip_address": "198.18.0.5",
     "operator_token": "operator-secret",
     "executor_env": ["AWS_*", "MY_SETTING"],

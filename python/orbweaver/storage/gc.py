@@ -42,6 +42,9 @@ class _Loop:
         while not self._stop.wait(self._interval):
             try:
                 self._body()
+            except db_errors.Fenced as exc:
+                # Another storage leads: the runtime drops this term (and stops this loop).
+                log.warning("background loop pass refused: %s", exc, extra={"loop": self.name})
             except Exception:
                 # A failing pass (e.g. the DB is briefly unreachable) is retried next interval.
                 log.exception("background loop pass failed", extra={"loop": self.name})

@@ -260,6 +260,7 @@ class StorageRuntime:
             except db_errors.DbUnavailable as exc:
                 self._wait_or_abort(next(delays), "connecting to the database", exc)
         db = self.db
+        log.info("connected to the database", extra={"advertise": self._advertise})
         auth = Authenticator(
             db, operator_token=cfg.operator_token, cluster_token=cfg.security.token
         )
@@ -412,6 +413,8 @@ class StorageRuntime:
             started = time.monotonic()
             try:
                 with self._state:
+                    if self.db is not None and self.db.deposed_by is not None and self._session:
+                        self._deposed = True  # a write of ours was fenced
                     if self._deposed:
                         self._stand_by_locked("")
                     holding = self._session != 0 and started < self._gate.valid_until
