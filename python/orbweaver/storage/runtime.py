@@ -151,6 +151,7 @@ class StorageRuntime:
         self.recovery = recover_cache(
             self.db, self.cache, cfg.recovery_page_size, self.service.submission_limits
         )
+        self.service.resume(self.recovery)
         self.metrics.recovery_seconds.set(self.recovery.seconds)
         for state, count in self.recovery.recovered.items():
             self.metrics.jobs_recovered.labels(state.name).set(count)
@@ -166,6 +167,7 @@ class StorageRuntime:
         self.loops = BackgroundLoops(self.service)
         self.loops.start()
         self.service.pending.start()
+        self.service.task_outputs.start()
         pending = self.service.pending
         self.metrics.pending_transitions.set_function(lambda: len(pending))
         self.server = bind_server(
@@ -228,6 +230,7 @@ class StorageRuntime:
             self.loops.stop()
         if self.service is not None:
             self.service.pending.stop()
+            self.service.task_outputs.stop()
         if self.db is not None:
             self.db.close()
         if self._metrics_server is not None:
