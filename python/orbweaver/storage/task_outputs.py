@@ -34,6 +34,9 @@ log = logging.getLogger("orbweaver.storage")
 # Rows and bytes one transaction writes at most (more waits for the next one).
 MAX_BATCH_ROWS = 5000
 MAX_BATCH_BYTES = 16 << 20
+# How long the first queued row waits for others before a transaction starts: fewer, larger
+# transactions, and the rows of a job that ends within it are never written at all.
+LINGER_SECONDS = 0.05
 
 
 class TaskOutputWriter:
@@ -177,6 +180,9 @@ class TaskOutputWriter:
                 self._changed.wait_for(lambda: self._queue or self._ended or self._stopping)
                 if not self._queue and not self._ended:
                     return  # stopping, and everything is written
+                self._changed.wait_for(
+                    lambda: self._stopping or len(self._queue) >= MAX_BATCH_ROWS, LINGER_SECONDS
+                )
                 rows, ended = self._take()
                 self._writing = True
             written = self._write(rows, ended)

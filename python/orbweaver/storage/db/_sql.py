@@ -493,21 +493,27 @@ class SqlDatabase(abc.ABC):
 
         def insert(cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
             cur.execute(sql.insert_job, (rg, state, graph, inputs, key))
-            job_id = int(cur.lastrowid or 0)
-            if task_durable:
-                cur.execute(sql.insert_task_durable_job, (job_id,))
-            return job_id, False
+            return int(cur.lastrowid or 0), False
+
+        def mark_task_durable(cur: Cursor, results: list[tuple[int, bool]]) -> None:
+            # One batched statement for the jobs inserted.
+            inserted = [(job_id,) for job_id, deduplicated in results if not deduplicated]
+            if task_durable and inserted:
+                cur.executemany(sql.insert_task_durable_job, inserted)
 
         def insert_all(cur: Cursor) -> list[tuple[int, bool]]:
             # Insert first: a key seen before makes the whole batch fail on the unique index,
             # and only then is each key looked up (the rare path).
-            return [insert(cur, inputs, key) for inputs, key in entries]
+            results = [insert(cur, inputs, key) for inputs, key in entries]
+            mark_task_durable(cur, results)
+            return results
 
         def insert_or_find_all(cur: Cursor) -> list[tuple[int, bool]]:
             results = []
             for inputs, key in entries:
                 existing = None if key is None else find_existing(inputs, key, cur)
                 results.append(insert(cur, inputs, key) if existing is None else (existing, True))
+            mark_task_durable(cur, results)
             return results
 
         try:
