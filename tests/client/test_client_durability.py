@@ -14,6 +14,7 @@ import pytest
 
 import orbweaver as ow
 from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver.storage import service
 from orbweaver.storage.db import open_database
 from support.procs import StorageProcess
 from support.taps import StorageTap
@@ -48,6 +49,12 @@ def test_the_submission_overrides_the_graph(
     durable = client.submit(graph("task"), [1], start=False)
     overridden = client.submit(graph("task"), [1], start=False, durability="job")
     many = client.submit_many(graph(), [[1], [2]], start=False, durability="task")
+    # The storage reads the wire's values by number.
+    assert (service.DURABILITY_UNSPECIFIED, service.DURABILITY_JOB, service.DURABILITY_TASK) == (
+        pb.DURABILITY_UNSPECIFIED,
+        pb.DURABILITY_JOB,
+        pb.DURABILITY_TASK,
+    )
     sent = [call.request.durability for call in tap.of("RegisterJob")]
     assert sent == [pb.DURABILITY_JOB, pb.DURABILITY_TASK, pb.DURABILITY_JOB]
     [batch] = tap.of("RegisterJobs")
