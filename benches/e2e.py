@@ -20,6 +20,9 @@ in its own child process of this harness, after a warm-up; cluster start-up is n
 
     python benches/e2e.py --compare ray,dask
 
+``--durability task`` submits Orbweaver's jobs with ``durability="task"`` (each succeeded task's
+outputs persisted in the background, so a storage restart resumes running jobs): its cost.
+
 Writes ``benches/results/e2e.json`` and prints a table.
 """
 
@@ -160,10 +163,17 @@ class OrbweaverRunner(Runner):
     name = "orbweaver"
 
     def __init__(
-        self, workers: int, db: str, timeout: float, workdir: Path, w2_submit: str = "many"
+        self,
+        workers: int,
+        db: str,
+        timeout: float,
+        workdir: Path,
+        w2_submit: str = "many",
+        durability: str = "job",
     ) -> None:
         self.workers = workers
         self.w2_submit = w2_submit
+        self.durability = durability
         self.db = db
         self.timeout = timeout
         self.workdir = workdir
@@ -239,14 +249,18 @@ class OrbweaverRunner(Runner):
             for _ in range(sizes.wide):
                 g.add(t.inc)
             t1 = time.perf_counter()
-            jobs = [client.submit(g, list(range(sizes.wide)))]
+            jobs = [client.submit(g, list(range(sizes.wide)), durability=self.durability)]
         elif workload == "w2":
             g = self._diamond()
             t1 = time.perf_counter()
             if self.w2_submit == "many":  # one call (and one transaction) per 1,000 jobs
-                jobs = client.submit_many(g, [[x] for x in range(sizes.jobs)])
+                jobs = client.submit_many(
+                    g, [[x] for x in range(sizes.jobs)], durability=self.durability
+                )
             else:  # one blocking call per job
-                jobs = [client.submit(g, [x]) for x in range(sizes.jobs)]
+                jobs = [
+                    client.submit(g, [x], durability=self.durability) for x in range(sizes.jobs)
+                ]
         else:
             assert nn is not None
             g = ow.TaskGraph()
@@ -257,7 +271,7 @@ class OrbweaverRunner(Runner):
                     g.add(fn, *[previous[i] for i in nn.sources[layer][n]]) for n in range(nn.width)
                 ]
             t1 = time.perf_counter()
-            jobs = [client.submit(g, nn.inputs)]
+            jobs = [client.submit(g, nn.inputs, durability=self.durability)]
         t2 = time.perf_counter()
         outputs: list[Any] = []
         if workload == "w2" and self.w2_submit == "many":  # as ray.get / Dask's gather of a list
@@ -330,7 +344,9 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"owbench-{args.child}-"))
     runner: Runner
     if args.child == "orbweaver":
-        runner = OrbweaverRunner(args.workers, args.db, args.timeout, workdir, args.w2_submit)
+        runner = OrbweaverRunner(
+            args.workers, args.db, args.timeout, workdir, args.w2_submit, args.durability
+        )
     else:
         runner = PeerRunner(args.child, args.workers)
     out: dict[str, Any] = {"system": args.child, "results": {}}
@@ -416,6 +432,8 @@ def spawn_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.nn_width),
         "--w2-submit",
         args.w2_submit,
+        "--durability",
+        args.durability,
     ]
     env = dict(os.environ)
     # Ray and Dask workers unpickle the task functions by module name: let them import them.
@@ -501,6 +519,7 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
                     if args.w2_submit == "many"
                     else "Client.submit + Job.result per job"
                 ),
+                "durability": args.durability,
                 "cluster": f"LocalCluster(workers={args.workers}, "
                 f"db=<{args.db}>, tasks_dir=benches/peers)",
                 **next((s.get("info", {}) for s in systems if s["system"] == "orbweaver"), {}),
@@ -524,7 +543,7 @@ def print_table(payload: dict[str, Any]) -> None:
     setup = payload["setup"]
     table = Table(
         title=f"End to end, {setup['workers']} workers, median of {setup['repeat']} "
-        f"(Orbweaver on {setup['orbweaver']['db']})"
+        f"(Orbweaver on {setup['orbweaver']['db']}, durability {setup['orbweaver']['durability']})"
     )
     table.add_column("workload")
     table.add_column("tasks", justify="right")
@@ -611,6 +630,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["many", "each"],
         default="many",
         help="Orbweaver W2: Client.submit_many + gather (default) or submit + result per job",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["job", "task"],
+        default="job",
+        help='Orbweaver\'s jobs: job-level durability (default) or durability="task"',
     )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "e2e.json")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)

@@ -37,7 +37,7 @@ from orbweaver.errors import (
     Unauthenticated,
     Unavailable,
 )
-from orbweaver.graph import OutputRef, TaskGraph, TaskHandle
+from orbweaver.graph import Durability, OutputRef, TaskGraph, TaskHandle
 from orbweaver.states import JobState
 from orbweaver.tdl import (
     Float32,
@@ -82,6 +82,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AlreadyExists",
     "Client",
+    "Durability",
     "FailedPrecondition",
     "Float32",
     "Float64",

@@ -277,9 +277,17 @@ class JobCache:
         submission: Submission,
         state: int,
         outputs: bytes | None,
-    ) -> None:
+        finished: list[tuple[int, bytes]] | None = None,
+    ) -> Outcome | None:
         """Dedicated shapes per recovered state: READY and RUNNING get a fresh graph, COMMIT_READY
-        only the job outputs and a fresh commit task, CLEANUP_READY only a fresh cleanup task."""
+        only the job outputs and a fresh commit task, CLEANUP_READY only a fresh cleanup task.
+
+        `finished` (RUNNING only; InvalidRequestError otherwise): ``(task index, outputs wire
+        frame)`` of the tasks whose outputs were persisted (durability "task"). Those whose
+        parents all finished too are SUCCEEDED with their outputs, and only the remaining tasks
+        can become READY. Returns the OUTCOME_JOB_COMPLETED `Outcome` when every task had
+        finished (persist it, then call `complete`), else None. A malformed entry raises
+        RecoveryError naming the task."""
 
     # Queries.
     def state(self, job_id: int) -> int: ...

@@ -35,6 +35,7 @@ from orbweaver._rpc import (
     call_with_retry,
     make_channel,
 )
+from orbweaver.graph import Durability, check_durability
 from orbweaver.states import JobState
 
 if TYPE_CHECKING:
@@ -98,6 +99,13 @@ def _wait_chunk_ms(end: float | None) -> int:
 
 def _decode_plain(payloads: list[bytes]) -> list[Any]:
     return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in payloads]
+
+
+_WIRE_DURABILITY = {"job": pb.DURABILITY_JOB, "task": pb.DURABILITY_TASK}
+
+
+def _durability(graph: TaskGraph, override: Durability | None) -> pb.Durability.ValueType:
+    return _WIRE_DURABILITY[graph.durability if override is None else check_durability(override)]
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -312,8 +320,11 @@ class Client:
         resource_group: ResourceGroup | None = None,
         start: bool = True,
         idempotency_key: str | None = None,
+        durability: Durability | None = None,
     ) -> Job:
-        """Submit `graph` with its graph inputs (flattened in task order, then position)."""
+        """Submit `graph` with its graph inputs (flattened in task order, then position).
+        `durability` overrides the graph's (see `orbweaver.Durability`)."""
+        wire_durability = _durability(graph, durability)
         group = self._group(resource_group)
         self._check_tasks_dir(graph)
         compressed_graph = graph.compressed()
@@ -326,6 +337,7 @@ class Client:
             compressed_serialized_inputs=compressed_inputs,
             idempotency_key=idempotency_key or uuid.uuid4().hex,
             start=start,
+            durability=wire_durability,
         )
         reply = self._call(
             "submit job", self._jobs.RegisterJob, request, metadata=self._metadata(group)
@@ -340,9 +352,11 @@ class Client:
         resource_group: ResourceGroup | None = None,
         start: bool = True,
         batch_size: int = 1000,
+        durability: Durability | None = None,
     ) -> list[Job]:
         """Submit one job of `graph` per entry of `inputs`: the jobs travel in batches of up to
         `batch_size` (and the message size limit), each batch one call and one DB transaction.
+        `durability` overrides the graph's for every job (see `orbweaver.Durability`).
 
         Every input list is type-checked before anything is sent (`InvalidInput` names the job
         and the input). Each job carries its own idempotency key, so a retried batch never
@@ -350,6 +364,7 @@ class Client:
         """
         if batch_size < 1:
             raise errors.InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
+        wire_durability = _durability(graph, durability)
         group = self._group(resource_group)
         self._check_tasks_dir(graph)
         compressed_graph = graph.compressed()
@@ -372,6 +387,7 @@ class Client:
                 compressed_serialized_task_graph=compressed_graph,
                 jobs=batch,
                 start=start,
+                durability=wire_durability,
             )
             reply = self._call(
                 "submit jobs", self._jobs.RegisterJobs, request, metadata=self._metadata(group)

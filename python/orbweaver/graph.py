@@ -16,15 +16,35 @@ import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, get_args
 
 from orbweaver import _core, errors
 from orbweaver.tdl.task import TaskFunction, TaskPolicy
 from orbweaver.tdl.types import ValueMismatchError, ValueType, describe_value
 
-__all__ = ["GraphInput", "GraphOutput", "OutputRef", "TaskGraph", "TaskHandle"]
+__all__ = [
+    "Durability",
+    "GraphInput",
+    "GraphOutput",
+    "OutputRef",
+    "TaskGraph",
+    "TaskHandle",
+    "check_durability",
+]
 
 SCHEMA_VERSION: Final = "0.1.0"
+
+Durability = Literal["job", "task"]
+"""What a storage restart keeps of a running job: ``"job"`` (the default) persists its outputs
+when it completes, and a restart runs its tasks again; ``"task"`` also persists each succeeded
+task's outputs (in the background), and a restart resumes the job without running them again."""
+
+
+def check_durability(value: object) -> Durability:
+    """`value` if it is a `Durability`; else `InvalidArgument` naming it."""
+    if isinstance(value, str) and value in get_args(Durability):
+        return value  # type: ignore[return-value]
+    raise errors.InvalidArgument(f"durability must be 'job' or 'task', got {describe_value(value)}")
 
 
 class OutputRef:
@@ -122,7 +142,11 @@ class TaskGraph:
         *,
         commit: TaskFunction[Any, Any] | None = None,
         cleanup: TaskFunction[Any, Any] | None = None,
+        durability: Durability = "job",
     ) -> None:
+        """`durability`: what a storage restart keeps of this graph's running jobs (see
+        `Durability`); a submission may override it."""
+        self._durability = check_durability(durability)
         self._tasks: list[_Task] = []
         self._has_children: list[bool] = []
         self._commit = _termination("commit", commit)
@@ -231,6 +255,15 @@ class TaskGraph:
     @property
     def commit(self) -> TaskFunction[Any, Any] | None:
         return self._commit
+
+    @property
+    def durability(self) -> Durability:
+        """What a storage restart keeps of this graph's running jobs (see `Durability`)."""
+        return self._durability
+
+    @durability.setter
+    def durability(self, value: Durability) -> None:
+        self._durability = check_durability(value)
 
     @property
     def cleanup(self) -> TaskFunction[Any, Any] | None:

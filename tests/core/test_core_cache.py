@@ -254,6 +254,51 @@ def test_recovery_shapes() -> None:
     assert 10 not in cache and 11 not in cache
 
 
+def test_recover_running_with_finished_tasks() -> None:
+    """A chain a -> b -> c whose a and b outputs were persisted: only c is offered, it reads b's
+    persisted output, and its report completes the job."""
+    doc = graph([task("a", 1, 1, None), task("b", 1, 1, [(0, 0)]), task("c", 1, 1, [(1, 0)])])
+    s = submission(doc, [b"x"])
+    a, b = bin_value(b"a"), bin_value(b"b")
+    cache = core.JobCache()
+    assert (
+        cache.recover(
+            1,
+            7,
+            s,
+            core.JOB_RUNNING,
+            None,
+            [(1, core.wire_encode([b])), (0, core.wire_encode([a]))],
+        )
+        is None
+    )
+    assert cache.progress(1) == (0, 1, 0, 2, 0, 0)
+    assert cache.resend_ready() == 1
+    assert drain(cache) == [(7, 1, 2)]
+    ctx = cache.register(1, 2, 1, 0)
+    assert core.wire_decode(ctx.task_io) == [b]
+    c = bin_value(b"c")
+    [outcome] = cache.report_batch([(1, 2, ctx.instance_id, core.wire_encode([c]))])
+    assert isinstance(outcome, core.Outcome) and outcome.kind == core.OUTCOME_JOB_COMPLETED
+    assert outcome.outputs is not None and core.decode_outputs(outcome.outputs) == [c]
+
+    # Every task persisted: the job is complete already, the caller persists the outcome.
+    frames = [(t, core.wire_encode([v])) for t, v in enumerate((a, b, c))]
+    done = cache.recover(2, 7, s, core.JOB_RUNNING, None, frames)
+    assert isinstance(done, core.Outcome) and done.kind == core.OUTCOME_JOB_COMPLETED
+    assert done.job_id == 2 and done.outputs is not None
+    assert cache.complete(2, 0) == core.JOB_SUCCEEDED
+    assert core.decode_outputs(cache.outputs(2)) == [c]
+
+    with pytest.raises(core.RecoveryError) as r:
+        cache.recover(3, 7, s, core.JOB_RUNNING, None, [(5, core.wire_encode([a]))])
+    assert r.value.kind == "InvalidTaskOutputs" and "task 5" in str(r.value)
+    with pytest.raises(core.InvalidRequestError) as e:
+        cache.recover(4, 7, s, core.JOB_READY, None, [])
+    assert e.value.kind == "UnexpectedTaskOutputs" and "job 4" in str(e.value)
+    assert 3 not in cache and 4 not in cache
+
+
 def test_explain_and_progress() -> None:
     cache = core.JobCache()
     policy = {"max_num_retry": 2, "max_num_instances": 1}

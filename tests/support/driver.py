@@ -104,8 +104,10 @@ class Driver:
         key: str = "",
         password: bytes = PASSWORD,
         stubs: Any = None,
+        durability: int = 0,
     ) -> int:
-        """Submit into the driver's group (with `stubs`: through other credentials)."""
+        """Submit into the driver's group (with `stubs`: through other credentials);
+        `durability`: the wire's Durability value."""
         reply = (stubs or self.s).jobs.RegisterJob(
             pb.RegisterJobRequest(
                 resource_group_id=self.rg,
@@ -114,6 +116,7 @@ class Driver:
                 compressed_serialized_inputs=int_inputs(*inputs),
                 idempotency_key=key,
                 start=start,
+                durability=durability,  # type: ignore[arg-type]
             ),
             timeout=30,
         )

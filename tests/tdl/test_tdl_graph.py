@@ -323,6 +323,25 @@ def test_json_text_is_exactly_the_dumped_dict() -> None:
     assert plain.to_json() == json.dumps(plain.to_dict(), separators=(",", ":"))
 
 
+def test_durability_is_checked_and_stays_out_of_the_graph_json() -> None:
+    g = ow.TaskGraph()
+    g.add(gt.double)
+    assert g.durability == "job"
+    durable = ow.TaskGraph(durability="task")
+    durable.add(gt.double)
+    assert durable.durability == "task"
+    # The Spider JSON has no place for it: the submission carries it.
+    assert durable.to_json() == g.to_json()
+    for bad in ("Task", "tasks", "", 2, None):
+        with pytest.raises(errors.InvalidArgument, match="durability must be 'job' or 'task'"):
+            ow.TaskGraph(durability=bad)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidArgument, match="'always'"):
+        g.durability = "always"  # type: ignore[assignment]
+    assert g.durability == "job"
+    g.durability = "task"
+    assert g.durability == "task"
+
+
 def test_empty_graph_is_invalid() -> None:
     with pytest.raises(errors.InvalidGraph, match="no tasks"):
         ow.TaskGraph().to_json()

@@ -70,6 +70,39 @@ JOB_STATE_FAILED: JobState.ValueType  # 6
 JOB_STATE_CANCELLED: JobState.ValueType  # 7
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _Durability:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DurabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Durability.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DURABILITY_UNSPECIFIED: _Durability.ValueType  # 0
+    """The default: DURABILITY_JOB."""
+    DURABILITY_JOB: _Durability.ValueType  # 1
+    """The outputs are persisted when the job completes; a restart runs its tasks again."""
+    DURABILITY_TASK: _Durability.ValueType  # 2
+    """Each succeeded task's outputs are persisted too (in the background, batched); a restart
+    resumes the job without running its finished tasks again.
+    """
+
+class Durability(_Durability, metaclass=_DurabilityEnumTypeWrapper):
+    """---------------------------------------------------------------------------------------------
+    Job orchestration (client-facing)
+    ---------------------------------------------------------------------------------------------
+
+    Orbweaver: what a storage restart keeps of a RUNNING job.
+    """
+
+DURABILITY_UNSPECIFIED: Durability.ValueType  # 0
+"""The default: DURABILITY_JOB."""
+DURABILITY_JOB: Durability.ValueType  # 1
+"""The outputs are persisted when the job completes; a restart runs its tasks again."""
+DURABILITY_TASK: Durability.ValueType  # 2
+"""Each succeeded task's outputs are persisted too (in the background, batched); a restart
+resumes the job without running its finished tasks again.
+"""
+Global___Durability: _TypeAlias = Durability  # noqa: Y015
+
 @_typing.final
 class Void(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -156,11 +189,6 @@ Global___JobStateReply: _TypeAlias = JobStateReply  # noqa: Y015
 
 @_typing.final
 class RegisterJobRequest(_message.Message):
-    """---------------------------------------------------------------------------------------------
-    Job orchestration (client-facing)
-    ---------------------------------------------------------------------------------------------
-    """
-
     DESCRIPTOR: _descriptor.Descriptor
 
     RESOURCE_GROUP_ID_FIELD_NUMBER: _builtins.int
@@ -169,6 +197,7 @@ class RegisterJobRequest(_message.Message):
     COMPRESSED_SERIALIZED_INPUTS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    DURABILITY_FIELD_NUMBER: _builtins.int
     resource_group_id: _builtins.int
     password: _builtins.bytes
     """Orbweaver: the resource group's password (or a cluster token in `authorization` metadata)."""
@@ -180,6 +209,8 @@ class RegisterJobRequest(_message.Message):
     """Orbweaver: a retried submission with the same key (per resource group) returns the same job."""
     start: _builtins.bool
     """Orbweaver: start the job in the same call."""
+    durability: Global___Durability.ValueType
+    """Orbweaver: see Durability."""
     def __init__(
         self,
         *,
@@ -189,10 +220,11 @@ class RegisterJobRequest(_message.Message):
         compressed_serialized_inputs: _builtins.bytes = ...,
         idempotency_key: _builtins.str = ...,
         start: _builtins.bool = ...,
+        durability: Global___Durability.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_inputs", b"compressed_serialized_inputs", "compressed_serialized_task_graph", b"compressed_serialized_task_graph", "idempotency_key", b"idempotency_key", "password", b"password", "resource_group_id", b"resource_group_id", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_inputs", b"compressed_serialized_inputs", "compressed_serialized_task_graph", b"compressed_serialized_task_graph", "durability", b"durability", "idempotency_key", b"idempotency_key", "password", b"password", "resource_group_id", b"resource_group_id", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,11 +290,14 @@ class RegisterJobsRequest(_message.Message):
     COMPRESSED_SERIALIZED_TASK_GRAPH_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    DURABILITY_FIELD_NUMBER: _builtins.int
     resource_group_id: _builtins.int
     password: _builtins.bytes
     compressed_serialized_task_graph: _builtins.bytes
     """zstd(JSON task graph, schema 0.1.x), shared by every job of the call."""
     start: _builtins.bool
+    durability: Global___Durability.ValueType
+    """Orbweaver: of every job of the call."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobInputs]: ...
     def __init__(
@@ -273,10 +308,11 @@ class RegisterJobsRequest(_message.Message):
         compressed_serialized_task_graph: _builtins.bytes = ...,
         jobs: _abc.Iterable[Global___JobInputs] | None = ...,
         start: _builtins.bool = ...,
+        durability: Global___Durability.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_task_graph", b"compressed_serialized_task_graph", "jobs", b"jobs", "password", b"password", "resource_group_id", b"resource_group_id", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_task_graph", b"compressed_serialized_task_graph", "durability", b"durability", "jobs", b"jobs", "password", b"password", "resource_group_id", b"resource_group_id", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

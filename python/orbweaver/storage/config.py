@@ -69,6 +69,12 @@ class StorageConfig(Loadable):
         help="graph inputs plus task outputs one running job keeps (beyond: the job fails)",
         unit="bytes",
     )
+    task_outputs_queue_bytes: int = setting(
+        64 << 20,
+        help='task outputs of durability="task" jobs waiting to be written (beyond: that job '
+        "falls back to job-level durability)",
+        unit="bytes",
+    )
     # Each submission being parsed may hold max_graph_bytes + max_input_bytes.
     max_concurrent_submissions: int = setting(4, help="submissions decompressed and parsed at once")
     cached_outputs_bytes: int = setting(
@@ -131,6 +137,7 @@ class StorageConfig(Loadable):
             "max_task_output_bytes",
             "max_job_bytes",
             "max_concurrent_submissions",
+            "task_outputs_queue_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0")

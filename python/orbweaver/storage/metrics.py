@@ -134,6 +134,17 @@ class StorageMetrics:
             "Leadership terms begun (a new session, the cache rebuilt)",
             registry=r,
         )
+        self.task_outputs_written = Counter(
+            "orbweaver_storage_task_outputs_written",
+            'Task outputs of durability="task" jobs written to the database',
+            registry=r,
+        )
+        self.task_durability_fallbacks = Counter(
+            "orbweaver_storage_task_durability_fallbacks",
+            'Jobs of durability="task" that fell back to job-level durability (queue full, '
+            "outputs too large for the database, or a write refused)",
+            registry=r,
+        )
         self.pending_transitions = Gauge(
             "orbweaver_storage_pending_transitions",
             "Job transitions waiting for the database to return",

@@ -4,6 +4,11 @@ Recoverable jobs are read in id-ordered pages and turned into cache entries as t
 peak memory does not depend on the number of rows. A job that cannot be rebuilt (corrupt graph,
 CommitReady without outputs, ...) is marked FAILED with the reason and startup continues. Nothing
 is enqueued here: the server resends ready work once it is serving.
+
+A RUNNING job submitted with durability="task" gets back the outputs its succeeded tasks
+stored (`storage.task_outputs`): those tasks are not run again. One whose every task had
+finished is complete already; its completion is left to the service (`StorageService.resume`),
+which persists it like any other.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 from orbweaver import _core
 from orbweaver.states import JobState
-from orbweaver.storage.db import Database
+from orbweaver.storage.db import Database, DbJobState
 from orbweaver.storage.submissions import SubmissionLimits, SubmissionParser
 
 log = logging.getLogger("orbweaver.storage.recovery")
@@ -27,6 +32,12 @@ class RecoveryReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     pages: int = 0
     seconds: float = 0.0
+    # Recovered jobs submitted with durability="task" (READY or RUNNING).
+    task_durable: set[int] = field(default_factory=set)
+    # Tasks whose stored outputs spared them a second run.
+    resumed_tasks: int = 0
+    # Task-durable jobs every task of which had finished: their completion is to be persisted.
+    completed: list[_core.Outcome] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -50,16 +61,24 @@ def recover_cache(
         if not rows:
             break
         report.pages += 1
+        live = [row.id for row in rows if row.state in (DbJobState.READY, DbJobState.RUNNING)]
+        durable = db.task_durable_jobs(live) if live else set()
         for row in rows:
             after = row.id
             try:
                 submission = parser.parse(row.compressed_graph, row.compressed_inputs)
-                cache.recover(
+                finished = (
+                    db.task_outputs(row.id)
+                    if row.id in durable and row.state == DbJobState.RUNNING
+                    else None
+                )
+                outcome = cache.recover(
                     row.id,
                     row.resource_group_id,
                     submission,
                     int(row.state),
                     row.serialized_outputs,
+                    finished,
                 )
             except _core.CoreError as exc:
                 reason = f"cannot be recovered after a storage restart: {exc}"
@@ -67,6 +86,11 @@ def recover_cache(
                 db.fail_unrecoverable(row.id, reason)
                 report.failed.append((row.id, reason))
                 continue
+            if row.id in durable:
+                report.task_durable.add(row.id)
+                report.resumed_tasks += cache.progress(row.id)[3]
+                if outcome is not None:
+                    report.completed.append(outcome)
             report.recovered[JobState(row.state)] += 1
         del rows  # release the page's blobs before reading the next one
         if report.pages % 20 == 0:
@@ -78,6 +102,8 @@ def recover_cache(
             "jobs": report.total,
             "failed": len(report.failed),
             "pages": report.pages,
+            "task_durable": len(report.task_durable),
+            "resumed_tasks": report.resumed_tasks,
             "seconds": round(report.seconds, 3),
             **{f"state_{s.name.lower()}": n for s, n in report.recovered.items()},
         },

@@ -91,6 +91,7 @@ class Term:
         if self.loops is not None:
             self.loops.stop()
         self.service.pending.stop()
+        self.service.task_outputs.stop()
         self.cache.close()  # wakes every waiter; their calls answer UNAVAILABLE
 
 
@@ -483,6 +484,7 @@ class StorageRuntime:
             self.term = term
         try:
             recovery = recover_cache(db, cache, cfg.recovery_page_size, service.submission_limits)
+            service.resume(recovery)  # durability="task" jobs whose every task was stored
         except BaseException:
             with self._state:
                 if self.term is term:
@@ -501,6 +503,7 @@ class StorageRuntime:
             term.loops = BackgroundLoops(service)
             term.loops.start()
             service.pending.start()
+            service.task_outputs.start()
             term.ready = True
             self.metrics.terms.inc()
             if (

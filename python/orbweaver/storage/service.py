@@ -36,7 +36,9 @@ from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.pending import PendingTransitions, Transition
+from orbweaver.storage.recovery import RecoveryReport
 from orbweaver.storage.submissions import SubmissionLimits, SubmissionParser
+from orbweaver.storage.task_outputs import TaskOutputWriter
 
 log = logging.getLogger("orbweaver.storage")
 
@@ -47,6 +49,8 @@ MAX_WAIT_JOBS = 10_000
 _JOB_STATE_VALUES = frozenset(int(s) for s in JobState)
 # Host names, IPv4 and IPv6 addresses (with an optional zone): what a scheduler may advertise.
 _HOST_RE = re.compile(r"[A-Za-z0-9._:%\-\[\]]+")
+# The wire's Durability enum (proto): unspecified, job, task.
+DURABILITY_UNSPECIFIED, DURABILITY_JOB, DURABILITY_TASK = 0, 1, 2
 
 
 def now_ms() -> int:
@@ -110,6 +114,13 @@ class StorageService:
         # dead within a stale cutoff of it.
         self.heartbeat_gap_at = time.monotonic()
         self.pending = PendingTransitions(self._settle, self._settled, self._broken)
+        # Outputs of succeeded tasks of jobs submitted with durability="task".
+        self.task_outputs = TaskOutputWriter(
+            db,
+            max_bytes=config.task_outputs_queue_bytes,
+            on_written=metrics.task_outputs_written.inc,
+            on_degraded=metrics.task_durability_fallbacks.inc,
+        )
 
     # -----------------------------------------------------------------------------------------
     # Helpers
@@ -200,6 +211,19 @@ class StorageService:
                 f"job {job_id} has a state change waiting for the database; retry later"
             )
 
+    def _left_running(self, job_ids: Sequence[int]) -> None:
+        """These jobs left RUNNING (persisted): their task outputs are no longer needed."""
+        if self.task_outputs.jobs:
+            self.task_outputs.forget(job_ids)
+
+    def resume(self, report: RecoveryReport) -> None:
+        """Take over what recovery found of task-durable jobs (before serving): record their
+        further task outputs, and persist the completion of those every task of which had
+        finished."""
+        self.task_outputs.track(report.task_durable)
+        if report.completed:
+            self._complete_jobs(report.completed)
+
     def _notify_terminal(self) -> None:
         with self._terminal:
             self._terminal_generation += 1
@@ -259,12 +283,19 @@ class StorageService:
         jobs: Sequence[tuple[bytes, str]],
         *,
         start: bool = False,
+        durability: int = DURABILITY_UNSPECIFIED,
     ) -> list[tuple[int, JobState, bool]]:
         """Register jobs of one graph, ``(inputs, idempotency_key)`` each, in one DB transaction;
         with ``start`` they are inserted Running and their input tasks enqueued at once. The
-        caller has checked that the client may submit into `rg_id`."""
+        caller has checked that the client may submit into `rg_id`. `durability`: the wire's
+        Durability enum value."""
         if not jobs:
             raise errors.InvalidArgument("no jobs to register")
+        if durability not in (DURABILITY_UNSPECIFIED, DURABILITY_JOB, DURABILITY_TASK):
+            raise errors.InvalidArgument(
+                f"durability {durability} is unknown: 0 (unspecified: job), 1 (job) or 2 (task)"
+            )
+        task_durable = durability == DURABILITY_TASK
         for index, (_, key) in enumerate(jobs):
             if len(key) > 128:
                 raise errors.InvalidArgument(
@@ -282,15 +313,24 @@ class StorageService:
                     raise error from exc
         try:
             registered = self.db.register_jobs(
-                rg_id, graph, [(inputs, key or None) for inputs, key in jobs], start=start
+                rg_id,
+                graph,
+                [(inputs, key or None) for inputs, key in jobs],
+                start=start,
+                task_durable=task_durable,
             )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
+        if task_durable:  # before any task of theirs can be offered
+            self.task_outputs.track(job_id for job_id, _ in registered)
         state = JobState.RUNNING if start else JobState.READY
         results: list[tuple[int, JobState, bool]] = []
         for (job_id, deduplicated), submission in zip(registered, submissions, strict=True):
             if deduplicated:
-                results.append((job_id, self._adopt(job_id, rg_id, submission), True))
+                adopted = self._adopt(job_id, rg_id, submission)
+                if task_durable and adopted not in (JobState.READY, JobState.RUNNING):
+                    self._left_running([job_id])
+                results.append((job_id, adopted, True))
                 continue
             with self._job_lock(job_id):
                 self.cache.insert(job_id, rg_id, submission)
@@ -377,7 +417,7 @@ class StorageService:
                 current,
                 target,
                 lambda: self.db.cancel_job(job_id, has_cleanup),
-                lambda: JobState(self.cache.cancel(job_id, now_ms())),
+                lambda: self._after_running(job_id, self.cache.cancel(job_id, now_ms())),
             )
             try:
                 new_state = self._transition(transition, park=False)
@@ -623,19 +663,32 @@ class StorageService:
         out: list[errors.OrbweaverError | None] = []
         succeeded = failed = 0
         completed: list[_core.Outcome] = []
+        durable = self.task_outputs.jobs  # empty unless a job opted into durability="task"
+        stored: list[tuple[int, int, bytes]] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, _core.CoreError):
                 out.append(self._task_error(result, item[0]))
                 continue
-            if isinstance(item[3], str):
+            outputs = item[3]
+            if isinstance(outputs, str):
                 failed += 1
             else:
                 succeeded += 1
+                # A regular task's outputs the cache kept (a refused one comes with JobFailed).
+                if (
+                    durable
+                    and item[0] in durable
+                    and item[1] >= 0
+                    and (result is None or result.kind == _core.OUTCOME_JOB_COMPLETED)
+                ):
+                    stored.append((item[0], item[1], outputs))
             if result is not None and result.kind == _core.OUTCOME_JOB_COMPLETED:
                 completed.append(result)
             elif result is not None:
                 self._apply_outcome(result)
             out.append(None)
+        if stored:  # queued before the completions below, which delete them again
+            self.task_outputs.record(stored)
         if completed:
             self._complete_jobs(completed)
         self.metrics.task_successes.inc(succeeded)
@@ -692,8 +745,13 @@ class StorageService:
             JobState.RUNNING,
             JobState.COMMIT_READY if o.has_commit else JobState.SUCCEEDED,
             lambda: self.db.commit_outputs(o.job_id, outputs, o.has_commit),
-            lambda: JobState(self.cache.complete(o.job_id, now_ms())),
+            lambda: self._after_running(o.job_id, self.cache.complete(o.job_id, now_ms())),
         )
+
+    def _after_running(self, job_id: int, state: int) -> JobState:
+        """The cache moved the job out of RUNNING (into `state`)."""
+        self._left_running([job_id])
+        return JobState(state)
 
     def _commit_outputs(self, live: list[_core.Outcome]) -> list[JobState | None]:
         """Complete the jobs of `live` (their stripes held): one transaction for all of them;
@@ -719,6 +777,7 @@ class StorageService:
             states: list[JobState | None] = [
                 JobState(self.cache.complete(o.job_id, now)) for o in live
             ]
+            self._left_running([o.job_id for o in live])
             for o, state in zip(live, states, strict=True):
                 # Large outputs stay in the database only; smaller ones answer waits from memory.
                 if state == JobState.SUCCEEDED and len(o.outputs or b"") > self._cached_outputs:
@@ -733,7 +792,7 @@ class StorageService:
 
         def apply() -> JobState:
             self.cache.fail(job_id, message, now_ms())
-            return JobState.FAILED
+            return self._after_running(job_id, JobState.FAILED)
 
         transition = Transition(
             job_id,

@@ -93,6 +93,7 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
             request.compressed_serialized_task_graph,
             [(request.compressed_serialized_inputs, request.idempotency_key)],
             start=request.start,
+            durability=request.durability,
         )
         return pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
 
@@ -106,6 +107,7 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
             request.compressed_serialized_task_graph,
             [(job.compressed_serialized_inputs, job.idempotency_key) for job in request.jobs],
             start=request.start,
+            durability=request.durability,
         )
         return pb.RegisterJobsReply(
             jobs=[

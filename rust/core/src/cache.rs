@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 
 use crate::error::{CoreError, Result};
 use crate::hash::IdMap;
-use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskInstanceId};
+use crate::ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};
 use crate::instances::{InstanceGcReport, InstanceTable};
 pub use crate::job::Report;
 use crate::job::{
@@ -185,6 +185,30 @@ impl JobCache {
             ));
         }
         self.insert_job(Job::recover(id, rg, submission, state, outputs)?.with_limits(self.limits))
+    }
+
+    /// Rebuild a Running job with the tasks whose outputs were persisted (durability "task"),
+    /// see [`Job::recover_running`]; nothing enqueued. Returns the `JobCompleted` outcome when
+    /// every task had succeeded: persist it, then call [`Self::complete`].
+    ///
+    /// # Errors
+    /// `Recovery` `InvalidTaskOutputs`; internal `JobAlreadyExists`.
+    pub fn recover_running(
+        &self,
+        id: JobId,
+        rg: ResourceGroupId,
+        submission: &Submission,
+        finished: &[(TaskIndex, &[u8])],
+    ) -> Result<Option<Outcome>> {
+        if self.contains(id) {
+            return Err(CoreError::internal(
+                "JobAlreadyExists",
+                format!("job {id} is already in the cache"),
+            ));
+        }
+        let (job, outcome) = Job::recover_running(id, rg, submission, finished)?;
+        self.insert_job(job.with_limits(self.limits))?;
+        Ok(outcome)
     }
 
     /// Remove jobs (and their taken-entry records); counts each id that was present once.

@@ -83,6 +83,21 @@ impl Tcb {
         }
     }
 
+    /// A task recovered as already Succeeded (its outputs were persisted before a restart):
+    /// nothing is waited for and no instance can start.
+    #[must_use]
+    pub fn succeeded(max_num_retry: u32) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                state: TaskState::Succeeded,
+                soft_timed_out: false,
+                retries_left: max_num_retry,
+                live: Vec::new(),
+            }),
+            unfinished_parents: AtomicU32::new(0),
+        }
+    }
+
     #[must_use]
     pub fn state(&self) -> TaskState {
         self.inner.lock().state

@@ -9,11 +9,12 @@ use orbweaver_core::cache::{
 };
 use orbweaver_core::graph::TdlContext;
 use orbweaver_core::{
-    CoreError, Entry, ExecutionContext as CoreContext, Lane, Outcome as CoreOutcome, OutputLimits,
-    Payload, Report, TaskId, TaskIo,
+    CoreError, Entry, ExecutionContext as CoreContext, JobState, Lane, Outcome as CoreOutcome,
+    OutputLimits, Payload, Report, TaskId, TaskIo,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::codec::job_state;
@@ -242,7 +243,11 @@ impl JobCache {
             .py()
     }
 
-    #[pyo3(signature = (job_id, resource_group_id, submission, state, outputs))]
+    #[pyo3(signature = (job_id, resource_group_id, submission, state, outputs, finished = None))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the persisted row's fields, passed as Python gives them"
+    )]
     fn recover(
         &self,
         py: Python<'_>,
@@ -251,14 +256,35 @@ impl JobCache {
         submission: &Submission,
         state: i64,
         outputs: Option<&[u8]>,
-    ) -> PyResult<()> {
+        finished: Option<Vec<(u32, PyBackedBytes)>>,
+    ) -> PyResult<Option<Outcome>> {
         let state = job_state(state)?;
         let s = &submission.inner;
-        py.detach(|| {
-            self.inner
-                .recover(job_id, resource_group_id, s, state, outputs)
-        })
-        .py()
+        let Some(finished) = finished else {
+            return py
+                .detach(|| {
+                    self.inner
+                        .recover(job_id, resource_group_id, s, state, outputs)
+                })
+                .py()
+                .map(|()| None);
+        };
+        if state != JobState::Running {
+            return Err(invalid_request(
+                "UnexpectedTaskOutputs",
+                format!(
+                    "job {job_id}: finished tasks are recovered for Running jobs only, not {state}"
+                ),
+            ));
+        }
+        let items: Vec<(u32, &[u8])> = finished.iter().map(|(t, b)| (*t, &**b)).collect();
+        let outcome = py
+            .detach(|| {
+                self.inner
+                    .recover_running(job_id, resource_group_id, s, &items)
+            })
+            .py()?;
+        Ok(outcome.map(Outcome::from))
     }
 
     fn state(&self, job_id: u64) -> PyResult<u8> {

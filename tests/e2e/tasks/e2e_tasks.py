@@ -253,3 +253,13 @@ def slow_publish(ctx: ow.TaskContext) -> None:
     """A commit task slow enough to be interrupted."""
     time.sleep(1.0)
     publish(ctx)
+
+
+@ow.task(retries=3)
+def counted_step(x: int, log: str) -> tuple[int, str]:
+    """One step of a chain that records each of its runs: a line `x` appended to the file `log`
+    (passed along the chain), then a pause that keeps the step in flight for a while."""
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    time.sleep(0.25)
+    return x + 1, log

@@ -125,6 +125,21 @@ def _by_size(rows: list[tuple[str, bytes, int]], limit: int) -> list[list[tuple[
     return batches
 
 
+def _by_size_rows(
+    rows: list[tuple[int, int, bytes]], limit: int
+) -> list[list[tuple[int, int, bytes]]]:
+    """:func:`_by_size` for task-output rows ``(job_id, task_index, outputs)``."""
+    batches: list[list[tuple[int, int, bytes]]] = []
+    size = limit + 1
+    for row in rows:
+        if size + len(row[2]) > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(row)
+        size += len(row[2])
+    return batches
+
+
 class Statements:
     """The DML, rendered once per dialect."""
 
@@ -254,6 +269,22 @@ class Statements:
         )
         self.get_schedulers = "SELECT id, host, port FROM schedulers ORDER BY id"
         self.scheduler_exists = "SELECT 1 FROM schedulers WHERE id = ?"
+
+        # -- task-level durability (jobs submitted with durability="task")
+        self.insert_task_durable_job = "INSERT INTO task_durable_jobs (job_id) VALUES (?)"
+        self.is_task_durable_job = "SELECT 1 FROM task_durable_jobs WHERE job_id = ?"
+        self.task_durable_jobs_prefix = "SELECT job_id FROM task_durable_jobs WHERE job_id IN ("
+        self.running_jobs_prefix = "SELECT id FROM jobs WHERE state = 'Running' AND id IN ("
+        # A task's outputs are written again only after a restart re-ran it (the first write's
+        # outcome was unknown, or its parent had to run again): the latest run wins.
+        self.replace_task_output = (
+            "REPLACE INTO task_outputs (job_id, task_index, serialized_outputs) VALUES (?, ?, ?)"
+        )
+        self.delete_task_outputs_prefix = "DELETE FROM task_outputs WHERE job_id IN ("
+        self.task_outputs = (
+            "SELECT task_index, serialized_outputs FROM task_outputs WHERE job_id = ? "
+            "ORDER BY task_index"
+        )
 
         self._now = now
 
@@ -563,9 +594,14 @@ class SqlDatabase(abc.ABC):
         idempotency_key: str | None = None,
         *,
         start: bool = False,
+        task_durable: bool = False,
     ) -> tuple[int, bool]:
         return self.register_jobs(
-            resource_group_id, compressed_graph, [(compressed_inputs, idempotency_key)], start=start
+            resource_group_id,
+            compressed_graph,
+            [(compressed_inputs, idempotency_key)],
+            start=start,
+            task_durable=task_durable,
         )[0]
 
     def register_jobs(
@@ -575,6 +611,7 @@ class SqlDatabase(abc.ABC):
         jobs: Sequence[tuple[bytes, str | None]],
         *,
         start: bool = False,
+        task_durable: bool = False,
     ) -> list[tuple[int, bool]]:
         rg = _valid_id(resource_group_id, "resource_group_id")
         graph = _check_bytes(compressed_graph, "compressed_graph")
@@ -606,22 +643,34 @@ class SqlDatabase(abc.ABC):
             job_id = int(row[0])
             if _as_bytes(row[1]) != graph or _as_bytes(row[2]) != inputs:
                 raise IdempotencyKeyReused(key, job_id)
+            cur.execute(sql.is_task_durable_job, (job_id,))
+            if (cur.fetchone() is not None) != task_durable:
+                raise IdempotencyKeyReused(key, job_id)
             return job_id
 
         def insert(cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
             cur.execute(sql.insert_job, (rg, state, graph, inputs, key))
             return int(cur.lastrowid or 0), False
 
+        def mark_task_durable(cur: Cursor, results: list[tuple[int, bool]]) -> None:
+            # One batched statement for the jobs inserted.
+            inserted = [(job_id,) for job_id, deduplicated in results if not deduplicated]
+            if task_durable and inserted:
+                cur.executemany(sql.insert_task_durable_job, inserted)
+
         def insert_all(cur: Cursor) -> list[tuple[int, bool]]:
             # Insert first: a key seen before makes the whole batch fail on the unique index,
             # and only then is each key looked up (the rare path).
-            return [insert(cur, inputs, key) for inputs, key in entries]
+            results = [insert(cur, inputs, key) for inputs, key in entries]
+            mark_task_durable(cur, results)
+            return results
 
         def insert_or_find_all(cur: Cursor) -> list[tuple[int, bool]]:
             results = []
             for inputs, key in entries:
                 existing = None if key is None else find_existing(inputs, key, cur)
                 results.append(insert(cur, inputs, key) if existing is None else (existing, True))
+            mark_task_durable(cur, results)
             return results
 
         try:
@@ -942,6 +991,70 @@ class SqlDatabase(abc.ABC):
             if len(ids) < BATCH_SIZE:
                 return deleted
             after = ids[-1]
+
+    # -- task-level durability ------------------------------------------------------------------
+
+    def save_task_outputs(
+        self, outputs: Sequence[tuple[int, int, bytes]], ended_jobs: Sequence[int] = ()
+    ) -> int:
+        sql = self._sql
+        rows = sorted(
+            (
+                _valid_id(job_id, "job_id"),
+                _valid_id(task_index, "task_index"),
+                _check_bytes(data, "serialized_outputs"),
+            )
+            for job_id, task_index, data in outputs
+        )
+        for job_id, task_index, data in rows:
+            if task_index < 0:
+                raise ValueError(f"job {job_id}: task index {task_index} is negative")
+            self._check_value_size(f"job {job_id} task {task_index}: outputs", len(data))
+        ended = sorted({_valid_id(job_id, "job_id") for job_id in ended_jobs})
+
+        def tx(cur: Cursor) -> int:
+            # Only jobs still Running keep task outputs (a plain read, no lock); rows go in job
+            # order, so the foreign-key checks lock parent rows in the order transitions do.
+            jobs = sorted({job_id for job_id, _, _ in rows} - set(ended))
+            running: set[int] = set()
+            for start in range(0, len(jobs), _LOCK_CHUNK):
+                chunk = jobs[start : start + _LOCK_CHUNK]
+                cur.execute(sql.running_jobs_prefix + _placeholders(len(chunk)) + ")", chunk)
+                running.update(int(r[0]) for r in cur.fetchall())
+            kept = [row for row in rows if row[0] in running]
+            for batch in _by_size_rows(kept, self._max_value_bytes):
+                cur.executemany(sql.replace_task_output, batch)
+            for start in range(0, len(ended), _LOCK_CHUNK):
+                chunk = ended[start : start + _LOCK_CHUNK]
+                cur.execute(sql.delete_task_outputs_prefix + _placeholders(len(chunk)) + ")", chunk)
+            return len(kept)
+
+        if not rows and not ended:
+            return 0
+        return self._transaction(tx, write=True)
+
+    def task_durable_jobs(self, job_ids: Sequence[int]) -> set[int]:
+        ids = sorted({_valid_id(job_id, "job_id") for job_id in job_ids})
+        sql = self._sql
+
+        def tx(cur: Cursor) -> set[int]:
+            found: set[int] = set()
+            for start in range(0, len(ids), _LOCK_CHUNK):
+                chunk = ids[start : start + _LOCK_CHUNK]
+                cur.execute(sql.task_durable_jobs_prefix + _placeholders(len(chunk)) + ")", chunk)
+                found.update(int(r[0]) for r in cur.fetchall())
+            return found
+
+        return self._transaction(tx, write=False) if ids else set()
+
+    def task_outputs(self, job_id: int) -> list[tuple[int, bytes]]:
+        jid = _valid_id(job_id, "job_id")
+
+        def tx(cur: Cursor) -> list[tuple[int, bytes]]:
+            cur.execute(self._sql.task_outputs, (jid,))
+            return [(int(r[0]), _as_bytes(r[1])) for r in cur.fetchall()]
+
+        return self._transaction(tx, write=False)
 
     # -- resource groups ------------------------------------------------------------------------
 

@@ -118,14 +118,14 @@ class InvalidPassword(DbError):
 
 
 class IdempotencyKeyReused(DbError):
-    """An idempotency key already names a job with a different graph or inputs."""
+    """An idempotency key already names a job with a different graph, inputs or durability."""
 
     def __init__(self, idempotency_key: str, job_id: int) -> None:
         self.idempotency_key = idempotency_key
         self.job_id = job_id
         super().__init__(
             f"idempotency key {idempotency_key!r} already names job {job_id}, which was submitted"
-            " with a different graph or inputs"
+            " with a different graph, inputs or durability"
         )
 
 

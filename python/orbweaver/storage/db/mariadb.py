@@ -116,6 +116,22 @@ SCHEMA: tuple[str, ...] = (
         applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
         PRIMARY KEY (version)
     ) {_TABLE_OPTIONS}""",
+    # Task-level durability: a row per job submitted with durability="task", and the outputs
+    # of its succeeded tasks while it runs (deleted with the job, or when it leaves Running).
+    f"""CREATE TABLE IF NOT EXISTS task_durable_jobs (
+        job_id BIGINT UNSIGNED NOT NULL,
+        PRIMARY KEY (job_id),
+        CONSTRAINT task_durable_job FOREIGN KEY (job_id)
+            REFERENCES jobs (id) ON UPDATE RESTRICT ON DELETE CASCADE
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS task_outputs (
+        job_id BIGINT UNSIGNED NOT NULL,
+        task_index INT UNSIGNED NOT NULL,
+        serialized_outputs LONGBLOB NOT NULL,
+        PRIMARY KEY (job_id, task_index),
+        CONSTRAINT task_output_job FOREIGN KEY (job_id)
+            REFERENCES jobs (id) ON UPDATE RESTRICT ON DELETE CASCADE
+    ) {_TABLE_OPTIONS}""",
 )
 
 # Error numbers (server ER_* and client CR_*).

@@ -143,14 +143,16 @@ class Database(Protocol):
         idempotency_key: str | None = None,
         *,
         start: bool = False,
+        task_durable: bool = False,
     ) -> tuple[int, bool]:
         """Insert a Ready job (Running with ``start``: one transaction, not insert then start);
-        returns ``(job_id, deduplicated)``.
+        returns ``(job_id, deduplicated)``. ``task_durable``: the job was submitted with
+        durability "task" (recorded with it, see :meth:`save_task_outputs`).
 
         With an ``idempotency_key`` that already exists for the resource group, nothing is inserted
         and the existing job's id is returned with ``deduplicated=True``; if that job was submitted
-        with a different graph or inputs => ``IdempotencyKeyReused``. Unknown resource group =>
-        ``ResourceGroupNotFound``.
+        with a different graph, inputs or durability => ``IdempotencyKeyReused``. Unknown resource
+        group => ``ResourceGroupNotFound``.
         """
         ...
 
@@ -161,6 +163,7 @@ class Database(Protocol):
         jobs: Sequence[tuple[bytes, str | None]],
         *,
         start: bool = False,
+        task_durable: bool = False,
     ) -> list[tuple[int, bool]]:
         """:meth:`register_job` for several jobs of one graph, ``(compressed_inputs,
         idempotency_key)`` each, in one transaction; results in the order given."""
@@ -235,6 +238,26 @@ class Database(Protocol):
 
     def delete_expired_terminated_jobs(self, retention_sec: float) -> int:
         """Delete terminal jobs that ended more than ``retention_sec`` ago; returns the count."""
+        ...
+
+    # -- task-level durability ------------------------------------------------------------------
+
+    def save_task_outputs(
+        self, outputs: Sequence[tuple[int, int, bytes]], ended_jobs: Sequence[int] = ()
+    ) -> int:
+        """One transaction: store ``(job_id, task_index, outputs wire frame)`` of succeeded tasks
+        of task-durable jobs (replacing an earlier row of the same task), skipping jobs that are
+        not Running (any more) and the ``ended_jobs``, whose stored task outputs are deleted.
+        Returns how many rows were written. A value over :attr:`max_value_bytes` =>
+        ``ValueTooLarge`` before anything is sent."""
+        ...
+
+    def task_durable_jobs(self, job_ids: Sequence[int]) -> set[int]:
+        """The jobs among ``job_ids`` that were registered with ``task_durable``."""
+        ...
+
+    def task_outputs(self, job_id: int) -> list[tuple[int, bytes]]:
+        """The stored ``(task_index, outputs wire frame)`` of a job, by task index."""
         ...
 
     # -- resource groups ------------------------------------------------------------------------

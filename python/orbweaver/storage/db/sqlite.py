@@ -109,6 +109,21 @@ SCHEMA: tuple[str, ...] = (
         version INTEGER PRIMARY KEY,
         applied_at INTEGER NOT NULL
     )""",
+    # Task-level durability: a row per job submitted with durability="task", and the outputs
+    # of its succeeded tasks while it runs (deleted with the job, or when it leaves Running).
+    """CREATE TABLE IF NOT EXISTS task_durable_jobs (
+        job_id INTEGER PRIMARY KEY,
+        CONSTRAINT task_durable_job FOREIGN KEY (job_id)
+            REFERENCES jobs (id) ON UPDATE RESTRICT ON DELETE CASCADE
+    )""",
+    """CREATE TABLE IF NOT EXISTS task_outputs (
+        job_id INTEGER NOT NULL,
+        task_index INTEGER NOT NULL CHECK (task_index >= 0),
+        serialized_outputs BLOB NOT NULL,
+        PRIMARY KEY (job_id, task_index),
+        CONSTRAINT task_output_job FOREIGN KEY (job_id)
+            REFERENCES jobs (id) ON UPDATE RESTRICT ON DELETE CASCADE
+    )""",
 )
 
 _SQLITE_BUSY = 5

@@ -834,3 +834,27 @@ fn dropped_outputs_are_gone_but_a_commit_ready_job_keeps_its_own() {
     assert!(!c.drop_outputs(2).expect("job"), "running: no outputs yet");
     assert_eq!(c.drop_outputs(9), Err(CoreError::JobNotFound(9)));
 }
+
+#[test]
+fn recover_running_offers_only_the_remaining_tasks() {
+    let c = cache();
+    let s = workloads::diamond(None);
+    let a = wire_encode(&[b"a".as_slice()]).expect("frame");
+    let out = c.recover_running(3, 1, &s, &[(0, &a)]).expect("recover");
+    assert!(out.is_none());
+    assert_eq!(c.progress(3).expect("progress").succeeded, 1);
+    assert_eq!(c.resend_ready(), 2, "B and C, not A");
+    let got = c.poll(Lane::Task, 10, Duration::ZERO, None);
+    let mut tasks: Vec<TaskId> = got.iter().map(|e| e.task).collect();
+    tasks.sort_by_key(|t| t.code());
+    assert_eq!(tasks, vec![TaskId::Index(1), TaskId::Index(2)]);
+    let e = c
+        .recover_running(3, 1, &s, &[])
+        .expect_err("already cached");
+    assert_eq!(e.kind(), "JobAlreadyExists");
+    let e = c
+        .recover_running(4, 1, &s, &[(9, &a)])
+        .expect_err("no task 9");
+    assert_eq!(e.kind(), "InvalidTaskOutputs");
+    assert!(!c.contains(4), "a refused job is not cached");
+}

@@ -6,11 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
-use super::{Inner, Job, OutputLimits, Progress, Run};
+use super::{Inner, Job, Outcome, OutputLimits, Progress, Run};
 use crate::codec;
 use crate::error::{CoreError, Result};
 use crate::graph::TaskGraph;
-use crate::ids::{JobId, ResourceGroupId};
+use crate::ids::{JobId, ResourceGroupId, TaskIndex};
 use crate::slot::SlotTable;
 use crate::state::JobState;
 use crate::submission::Submission;
@@ -74,6 +74,17 @@ impl Job {
         submission: &Submission,
         state: JobState,
     ) -> Result<Self> {
+        let run = Run::new(&submission.graph, &submission.inputs)?;
+        Self::with_run(id, resource_group, submission, state, run)
+    }
+
+    fn with_run(
+        id: JobId,
+        resource_group: ResourceGroupId,
+        submission: &Submission,
+        state: JobState,
+        run: Run,
+    ) -> Result<Self> {
         let g = &submission.graph;
         let total_tasks = u32::try_from(g.num_tasks())
             .map_err(|_| CoreError::internal("TaskGraphCorrupted", "too many tasks"))?;
@@ -86,7 +97,7 @@ impl Job {
             limits: OutputLimits::DEFAULT,
             inner: RwLock::new(Inner {
                 state,
-                run: Some(Run::new(g, &submission.inputs)?),
+                run: Some(run),
                 commit: g
                     .commit()
                     .map(|t| TerminationTcb::new(Arc::clone(&t.context), t.policy)),
@@ -106,7 +117,8 @@ impl Job {
 
     /// Rebuild a persisted job with a dedicated shape per state (docs/internals.md, "Recovery shapes"); a built graph
     /// is never mutated to simulate progress:
-    /// * Ready / Running: a fresh graph (Running restarts the DAG from the input tasks);
+    /// * Ready / Running: a fresh graph (Running restarts the DAG from the input tasks; see
+    ///   [`Self::recover_running`] for a job whose task outputs were persisted);
     /// * CommitReady: no regular TCBs, the persisted outputs, a fresh commit TCB (and a fresh
     ///   cleanup TCB if the graph has one, so the job can still be cancelled);
     /// * CleanupReady: no regular TCBs, a fresh cleanup TCB.
@@ -195,6 +207,103 @@ impl Job {
                 format!("jobs in state {s} are not recovered into the cache"),
             ),
         }
+    }
+
+    /// Rebuild a Running job whose succeeded tasks had their outputs persisted one by one
+    /// (durability "task"): `finished` holds `(task, outputs wire frame)` pairs, in any order.
+    ///
+    /// A persisted task counts as succeeded only if every parent does too (a task whose parent
+    /// must run again runs again: its inputs may change); index order is a topological order, so
+    /// one pass decides. Succeeded tasks get their outputs back in their slots and are never
+    /// offered; each other task waits only for its parents that did not succeed, so exactly the
+    /// remaining frontier is Ready. Nothing is enqueued.
+    ///
+    /// Returns the job and, when every task had succeeded (the job's completion itself was not
+    /// persisted), the `JobCompleted` outcome: the caller persists it and calls `complete`, as
+    /// for a report.
+    ///
+    /// # Errors
+    /// `Recovery` `InvalidTaskOutputs` naming the task when a persisted entry names no task of
+    /// the graph, appears twice, is not a wire frame or holds the wrong number of values.
+    pub fn recover_running(
+        id: JobId,
+        resource_group: ResourceGroupId,
+        submission: &Submission,
+        finished: &[(TaskIndex, &[u8])],
+    ) -> Result<(Self, Option<Outcome>)> {
+        let g = &submission.graph;
+        let n = g.num_tasks();
+        let invalid =
+            |m: String| CoreError::recovery("InvalidTaskOutputs", format!("job {id}: {m}"));
+        let mut values: Vec<Option<Vec<&[u8]>>> = vec![None; n];
+        for &(t, frame) in finished {
+            let slot = values.get_mut(t as usize).ok_or_else(|| {
+                invalid(format!(
+                    "outputs were persisted for task {t} but the graph has {n} tasks"
+                ))
+            })?;
+            if slot.is_some() {
+                return Err(invalid(format!(
+                    "outputs were persisted twice for task {t}"
+                )));
+            }
+            let v = codec::wire_decode(frame).map_err(|e| {
+                invalid(format!(
+                    "the persisted outputs of task {t} are not a wire frame: {e}"
+                ))
+            })?;
+            let declared = g.task_outputs(t).len();
+            if v.len() != declared {
+                return Err(invalid(format!(
+                    "the persisted outputs of task {t} hold {} values but the task declares \
+                     {declared}",
+                    v.len()
+                )));
+            }
+            *slot = Some(v);
+        }
+        let mut done = vec![false; n];
+        for t in 0..n {
+            done[t] =
+                values[t].is_some() && g.parents(t as TaskIndex).iter().all(|&p| done[p as usize]);
+        }
+        let mut run = Run::new(g, &submission.inputs)?;
+        let mut held = 0u64;
+        for (t, v) in values.into_iter().enumerate() {
+            let (true, Some(v)) = (done[t], v) else {
+                continue;
+            };
+            for (d, value) in g.task_outputs(t as TaskIndex).zip(v) {
+                let w = run.writers.get(d as usize).ok_or_else(|| {
+                    CoreError::internal("TaskGraphCorrupted", "output slot out of range")
+                })?;
+                held += value.len() as u64;
+                w.write(&run.slots, Payload::from(value))?;
+            }
+        }
+        run.tcbs = (0..n)
+            .map(|t| {
+                let retries = g.policy(t as TaskIndex).max_num_retry;
+                if done[t] {
+                    Tcb::succeeded(retries)
+                } else {
+                    let parents = g.parents(t as TaskIndex);
+                    let waiting = parents.iter().filter(|&&p| !done[p as usize]).count();
+                    Tcb::new(waiting as u32, retries)
+                }
+            })
+            .collect();
+        let succeeded = done.iter().filter(|&&d| d).count();
+        *run.incomplete.get_mut() = (n - succeeded) as u32;
+        *run.held.get_mut() += held;
+        let job = Self::with_run(id, resource_group, submission, JobState::Running, run)?;
+        let outcome = if succeeded == n {
+            let inner = job.inner.read();
+            Some(job.completed(&inner, job.run(&inner)?)?)
+        } else {
+            None
+        };
+        Ok((job, outcome))
     }
 
     /// Shape without regular TCBs (CommitReady / CleanupReady recovery).

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Inner, Job};
+use super::{Inner, Job, Run};
 use crate::codec;
 use crate::error::{CoreError, Result, StaleKind};
 use crate::ids::{JobId, TaskId, TaskInstanceId};
@@ -166,7 +166,12 @@ impl Job {
         if prev != n {
             return Ok(None);
         }
-        // Last task: gather the job outputs (every output slot must be filled by now).
+        self.completed(inner, run).map(Some)
+    }
+
+    /// Every regular task succeeded: gather the job outputs (every output slot is filled by
+    /// now), keep them, and return the `JobCompleted` outcome. Called once per job.
+    pub(super) fn completed(&self, inner: &Inner, run: &Run) -> Result<Outcome> {
         let mut values = Vec::with_capacity(run.outputs.len());
         for r in &*run.outputs {
             values.push(r.read(&run.slots).ok_or_else(|| {
@@ -178,13 +183,13 @@ impl Job {
             .outputs
             .set(Arc::clone(&encoded))
             .map_err(|_| CoreError::internal("JobOutputsAlreadySet", "job completed twice"))?;
-        Ok(Some(Outcome {
+        Ok(Outcome {
             kind: OutcomeKind::JobCompleted,
             job_id: self.id,
             outputs: Some(encoded),
             message: None,
             has_commit: self.has_commit,
-        }))
+        })
     }
 
     #[expect(

@@ -575,6 +575,141 @@ fn recovery_shapes() {
     }
 }
 
+/// The outputs frames tasks A and B of a diamond reported on a first run (the input is `x`).
+fn diamond_first_run(s: &Submission) -> (Vec<u8>, Vec<u8>) {
+    let (job, table) = started(s);
+    let (_, _) = run_task(&job, &table, 0, |i| xor(&i[0], 0x01));
+    let (_, _) = run_task(&job, &table, 1, |i| xor(&i[0], 0x02));
+    let x = s.inputs[0].to_vec();
+    let a = xor(&x, 0x01);
+    let b = xor(&a, 0x02);
+    (frame(&[&a]), frame(&[&b]))
+}
+
+#[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "tasks a, b, c, d named after the diamond they form"
+)]
+fn recover_running_resumes_from_the_frontier() {
+    let s = workloads::diamond(None);
+    let (fa, fb) = diamond_first_run(&s);
+    let table = InstanceTable::new();
+    // Persisted in any order.
+    let (job, outcome) = Job::recover_running(7, 1, &s, &[(1, &fb), (0, &fa)]).expect("recover");
+    assert!(outcome.is_none());
+    assert_eq!(job.state(), JobState::Running);
+    assert_eq!(
+        job.ready_entries(),
+        vec![TaskId::Index(2)],
+        "only C is left to start"
+    );
+    let p = job.progress();
+    assert_eq!((p.succeeded, p.ready, p.pending), (2, 1, 1));
+    for t in [0, 1] {
+        assert_eq!(
+            stale_kind(job.register(TaskId::Index(t), 1, 0, &table)),
+            StaleKind::TaskAlreadyTerminated,
+            "a recovered task never runs again"
+        );
+    }
+    assert_eq!(
+        stale_kind(job.register(TaskId::Index(3), 1, 0, &table)),
+        StaleKind::TaskNotReady,
+        "D still waits for C"
+    );
+    let x = s.inputs[0].to_vec();
+    let a = xor(&x, 0x01);
+    let b = xor(&a, 0x02);
+    let (seen_c, r) = run_task(&job, &table, 2, |i| xor(&i[0], 0x04));
+    assert_eq!(seen_c, vec![a.clone()], "C reads A's persisted output");
+    assert_eq!(r.offers, vec![TaskId::Index(3)], "C makes D ready");
+    let c = xor(&a, 0x04);
+    let (seen_d, r) = run_task(&job, &table, 3, |i| {
+        i[0].iter().zip(&i[1]).map(|(p, q)| p ^ q).collect()
+    });
+    assert_eq!(
+        seen_d,
+        vec![b.clone(), c.clone()],
+        "D reads B's persisted output"
+    );
+    let o = r.outcome.expect("the last task completes the job");
+    assert_eq!(o.kind, OutcomeKind::JobCompleted);
+    let d: Vec<u8> = b.iter().zip(&c).map(|(p, q)| p ^ q).collect();
+    let outputs = decode_outputs(&o.outputs.expect("outputs"), DEFAULT_MAX_DECOMPRESSED_SIZE)
+        .expect("decode");
+    assert_eq!(outputs, vec![d]);
+    assert_eq!(
+        job.complete(1, &table).expect("complete").state,
+        JobState::Succeeded
+    );
+}
+
+#[test]
+fn recover_running_reruns_tasks_whose_parent_must_run_again() {
+    let s = workloads::diamond(None);
+    let (_, fb) = diamond_first_run(&s);
+    let table = InstanceTable::new();
+    // B's outputs were persisted but A's were not (a write that did not land): B runs again.
+    let (job, outcome) = Job::recover_running(7, 1, &s, &[(1, &fb)]).expect("recover");
+    assert!(outcome.is_none());
+    assert_eq!(job.ready_entries(), vec![TaskId::Index(0)]);
+    let p = job.progress();
+    assert_eq!((p.succeeded, p.ready, p.pending), (0, 1, 3));
+    let (_, r) = run_task(&job, &table, 0, |i| xor(&i[0], 0x01));
+    assert_eq!(r.offers, vec![TaskId::Index(1), TaskId::Index(2)]);
+    // The same with nothing persisted: the DAG restarts from its input task.
+    let (fresh, _) = Job::recover_running(8, 1, &s, &[]).expect("recover");
+    assert_eq!(fresh.ready_entries(), vec![TaskId::Index(0)]);
+}
+
+#[test]
+fn recover_running_with_every_task_persisted_completes() {
+    let s = flat(3, true, 0);
+    let o = frame(&[b"o"]);
+    let finished: Vec<(u32, &[u8])> = (0..3).map(|t| (t, o.as_slice())).collect();
+    let (job, outcome) = Job::recover_running(7, 1, &s, &finished).expect("recover");
+    let outcome = outcome.expect("every task succeeded: the job completes");
+    assert_eq!(outcome.kind, OutcomeKind::JobCompleted);
+    assert!(outcome.has_commit);
+    let values = decode_outputs(
+        &outcome.outputs.expect("outputs"),
+        DEFAULT_MAX_DECOMPRESSED_SIZE,
+    )
+    .expect("decode");
+    assert_eq!(values, vec![b"o".to_vec(); 3]);
+    assert!(job.ready_entries().is_empty(), "nothing is left to run");
+    let table = InstanceTable::new();
+    assert_eq!(
+        job.complete(1, &table).expect("complete").state,
+        JobState::CommitReady
+    );
+    assert_eq!(job.ready_entries(), vec![TaskId::Commit]);
+}
+
+/// A persisted `(task, outputs frame)` entry.
+type Finished<'a> = (u32, &'a [u8]);
+
+#[test]
+fn recover_running_refuses_bad_persisted_outputs() {
+    let s = workloads::diamond(None);
+    let one = frame(&[b"x"]);
+    let two = frame(&[b"x", b"y"]);
+    let cases: [(&[Finished<'_>], &str); 4] = [
+        (&[(4, &one)], "task 4 but the graph has 4 tasks"),
+        (&[(0, &one), (0, &one)], "twice for task 0"),
+        (&[(1, b"\xff")], "task 1 are not a wire frame"),
+        (&[(2, &two)], "task 2 hold 2 values but the task declares 1"),
+    ];
+    for (finished, what) in cases {
+        let e = Job::recover_running(7, 1, &s, finished).expect_err("refused");
+        assert!(matches!(e, CoreError::Recovery { .. }), "{e:?}");
+        assert_eq!(e.kind(), "InvalidTaskOutputs");
+        let text = e.to_string();
+        assert!(text.contains("job 7") && text.contains(what), "{text}");
+    }
+}
+
 #[test]
 fn soft_timeout_and_force_remove() {
     let s = flat(1, false, 0);
