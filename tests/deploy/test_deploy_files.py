@@ -4,7 +4,9 @@ the compose file and every systemd unit runs a command line the `orbweaver` pars
 that is the multi-host tests' command (support.service_commands) with its own values; the
 values agree with each other (addresses, ports, the database user); secrets reach the services
 only through their environment, from files meant for them; every variable used is defined;
-the health checks are `orbweaver health` on the address the service listens on; the image's
+the health checks are `orbweaver health` on the address the service listens on. Storage
+failover: two storages on the one database, each listening on its own address and advertising
+one its peers reach, and every `--storage` listing exactly the storages' addresses. The image's
 build stage is the script CI runs."""
 
 from __future__ import annotations
@@ -78,17 +80,23 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def test_a_command_matches_only_with_the_same_flags() -> None:
-    argv = STORAGE.render(db_url="mariadb://u@h:3306/d", listen="10.0.0.1:1", config="/c.toml")
-    assert STORAGE.match(argv) == {
+    values = {
         "db_url": "mariadb://u@h:3306/d",
-        "listen": "10.0.0.1:1",
+        "listen": "0.0.0.0:1",
+        "advertise": "10.0.0.1:1",
         "config": "/c.toml",
     }
+    argv = STORAGE.render(**values)
+    assert STORAGE.match(argv) == values
     with pytest.raises(ValueError, match="argument 3 is '--db-file', expected '--listen'"):
         STORAGE.match([*argv[:3], "--db-file", *argv[4:]])
-    with pytest.raises(ValueError, match="9 arguments"):
+    with pytest.raises(ValueError, match="11 arguments"):
         STORAGE.match([*argv, "--token", "t0ken"])
-    with pytest.raises(ValueError, match=r"values for \['config', 'db_url', 'listen'\]"):
+    with pytest.raises(ValueError, match="7 arguments"):
+        STORAGE.match([a for a in argv if a not in ("--advertise", "10.0.0.1:1")])
+    with pytest.raises(
+        ValueError, match=r"values for \['advertise', 'config', 'db_url', 'listen'\]"
+    ):
         STORAGE.render(db_url="x", listen="y")
 
 
@@ -207,25 +215,47 @@ def orbweaver_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: s for name, s in compose["services"].items() if s.get("image") != "mariadb:11.4"}
 
 
+def storage_list(value: str) -> list[str]:
+    """`--storage a:50051,b:50051` as the services split it (no blanks allowed here)."""
+    addresses = value.split(",")
+    assert all(a and a == a.strip() for a in addresses), f"--storage {value!r}"
+    for address in addresses:
+        host_port(address)
+    return addresses
+
+
+WILDCARDS = ("0.0.0.0", "::", "[::]", "")
+
+
+def is_wildcard_or_loopback(host: str) -> bool:
+    """An address no other host can reach a service at (a host name counts as reachable)."""
+    if host in WILDCARDS or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def test_compose_runs_the_multihost_commands(
     compose: dict[str, Any], secret_values: dict[str, str], tmp_path: Path
 ) -> None:
     services = orbweaver_services(compose)
     kinds = sorted(s["command"][0] for s in services.values())
-    assert kinds == ["scheduler", "storage", "worker", "worker"], kinds
+    assert kinds == ["scheduler", "storage", "storage", "worker", "worker"], kinds
     network = ipaddress.ip_network(compose["networks"]["orbweaver"]["ipam"]["config"][0]["subnet"])
-    listen: dict[str, tuple[str, int]] = {}
     address_of = {
         name: s["networks"]["orbweaver"]["ipv4_address"] for name, s in compose["services"].items()
     }
     assert len(set(address_of.values())) == len(address_of)
     assert all(ipaddress.ip_address(a) in network for a in address_of.values())
     config_file = DEPLOY / compose["configs"]["orbweaver"]["file"]
+    values_of: dict[str, dict[str, str]] = {}
 
     for name, service in services.items():
         argv = [str(a) for a in service["command"]]
         kind = argv[0]
-        values = COMMANDS[kind].match(argv)
+        values = values_of[name] = COMMANDS[kind].match(argv)
         env = {k: str(v) for k, v in service["environment"].items()}
         # The secrets of the table, each from the variable of the same name, and nothing else.
         assert set(env) == set(COMMANDS[kind].secrets), name
@@ -236,13 +266,14 @@ def test_compose_runs_the_multihost_commands(
         assert service["init"] is True, name
 
         if kind in ("storage", "scheduler"):
-            host, port = host_port(values["listen"])
+            host, _ = host_port(values["listen"])
             assert host == address_of[name], f"{name} listens on its own address"
-            listen[kind] = (name, port)
+            # The server's overall health (service ""): a standby storage counts as healthy.
             assert service["healthcheck"]["test"] == [
                 "CMD", "orbweaver", "health", values["listen"],
             ]  # fmt: skip
-            assert parse_cli(service["healthcheck"]["test"][2:]).command == "health"
+            health = parse_cli(service["healthcheck"]["test"][2:])
+            assert health.command == "health" and health.service == ""
             mount = {c["source"]: c["target"] for c in service["configs"]}
             assert mount == {"orbweaver": values["config"]}, name
         else:
@@ -252,35 +283,52 @@ def test_compose_runs_the_multihost_commands(
             assert tasks, f"{name}: the tasks directory is mounted read-only"
             assert int(values["processes"]) >= 1
 
-    # The addresses services are given are those their peers listen on.
-    by_kind = {s["command"][0]: s for s in services.values()}
-    storage_name, storage_port = listen["storage"]
-    scheduler_name, scheduler_port = listen["scheduler"]
-    for service in services.values():
-        argv = [str(a) for a in service["command"]]
-        values = COMMANDS[argv[0]].match(argv)
-        if "storage" in values:
-            assert values["storage"] == f"{storage_name}:{storage_port}"
-        if "scheduler" in values:
-            assert values["scheduler"] == f"{scheduler_name}:{scheduler_port}"
+    storages = [name for name, s in services.items() if s["command"][0] == "storage"]
+    (scheduler_name,) = [name for name, s in services.items() if s["command"][0] == "scheduler"]
+    workers = [name for name, s in services.items() if s["command"][0] == "worker"]
 
-    # The database the storage is given is the one the MariaDB container creates, and the
+    # Storage failover: each storage sends clients to the address it listens on (its own on the
+    # network, which every peer reaches), has a host name of its own, and publishes its port
+    # for the clients on a host port of its own.
+    published: list[str] = []
+    for name in storages:
+        service, values = services[name], values_of[name]
+        assert values["advertise"] == values["listen"], f"{name} advertises its own address"
+        assert service["hostname"] == name
+        (ports,) = service["ports"]
+        publish_host, published_port, container_port = str(ports).split(":")
+        assert publish_host == "127.0.0.1", f"{name}: published on the loopback by default"
+        assert int(container_port) == host_port(values["listen"])[1], name
+        published.append(published_port)
+    assert len(set(published)) == len(published) == 2, published
+
+    # The addresses services are given are those their peers listen on: every storage, in the
+    # services' order, and the scheduler.
+    listen_of_storages = [values_of[name]["listen"] for name in storages]
+    for name in [scheduler_name, *workers]:
+        assert storage_list(values_of[name]["storage"]) == listen_of_storages, name
+    for name in workers:
+        assert values_of[name]["scheduler"] == values_of[scheduler_name]["listen"], name
+
+    # The database every storage is given is the one the MariaDB container creates, and the
     # password both get is the same variable.
     db = compose["services"]["mariadb"]
-    storage = by_kind["storage"]
-    url = urlsplit(COMMANDS["storage"].match([str(a) for a in storage["command"]])["db_url"])
+    assert len({values_of[name]["db_url"] for name in storages}) == 1, "one database"
+    url = urlsplit(values_of[storages[0]]["db_url"])
     assert url.scheme == "mariadb" and url.password is None
     assert url.username == db["environment"]["MARIADB_USER"]
     assert url.hostname == "mariadb" and url.port == 3306
     assert url.path == "/" + db["environment"]["MARIADB_DATABASE"]
     assert db["environment"]["MARIADB_PASSWORD"] == secret_values["ORBWEAVER_DB_PASSWORD"]
 
-    # Start order: each service waits for the health of what it needs.
-    assert storage["depends_on"] == {"mariadb": {"condition": "service_healthy"}}
-    assert by_kind["scheduler"]["depends_on"] == {storage_name: {"condition": "service_healthy"}}
-    for service in services.values():
-        if service["command"][0] == "worker":
-            assert service["depends_on"] == {scheduler_name: {"condition": "service_healthy"}}
+    # Start order: each service waits for the health of what it needs (the scheduler for
+    # both storages: the leader and the standby).
+    healthy = {"condition": "service_healthy"}
+    for name in storages:
+        assert services[name]["depends_on"] == {"mariadb": healthy}, name
+    assert services[scheduler_name]["depends_on"] == {name: healthy for name in storages}
+    for name in workers:
+        assert services[name]["depends_on"] == {scheduler_name: healthy}, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +427,35 @@ def test_a_unit_runs_the_multihost_command_with_secrets_from_root_only_files(
     config_file = shipped(config_path) if config_path else DEPLOY / "orbweaver.toml"
     secret_env = {k: v for k, v in env.items() if k in secret_vars}
     load_service_config(argv, secret_env, config_file, tmp_path)
+
+
+def test_the_units_give_each_service_the_addresses_its_peers_listen_on() -> None:
+    """orbweaver.env as one storage host, the scheduler host and a worker host read it: the
+    storage advertises an address of its own that is in everyone's storage list, which names
+    two or more storages; the workers are given the scheduler's address."""
+    settings = read_env_file(SYSTEMD / "orbweaver.env")
+    values: dict[str, dict[str, str]] = {}
+    for unit_path in UNITS:
+        (exec_start,) = read_unit(unit_path)["Service"]["ExecStart"]
+        argv = [interpolate(w, settings) for w in shlex.split(exec_start)[1:]]
+        values[argv[0]] = COMMANDS[argv[0]].match(argv)
+    storage, scheduler, worker = values["storage"], values["scheduler"], values["worker"]
+
+    storages = storage_list(scheduler["storage"])
+    assert storage_list(worker["storage"]) == storages
+    assert len(set(storages)) == len(storages) >= 2, "storage failover needs two storages"
+    assert len({host_port(a)[0] for a in storages}) == len(storages), "one storage per host"
+    assert storage["advertise"] in storages, "a storage advertises an address of the list"
+    listen_host, listen_port = host_port(storage["listen"])
+    advertise_host, advertise_port = host_port(storage["advertise"])
+    assert advertise_port == listen_port
+    assert listen_host in (advertise_host, *WILDCARDS), "it listens where it advertises"
+    assert not is_wildcard_or_loopback(advertise_host), "peers on other hosts reach it"
+    assert worker["scheduler"] == scheduler["listen"]
+    assert host_port(scheduler["listen"])[0] not in WILDCARDS
+    assert worker["ip"] not in {host_port(a)[0] for a in [*storages, scheduler["listen"]]}
+    url = urlsplit(storage["db_url"])
+    assert url.scheme == "mariadb" and url.password is None, "failover needs MariaDB"
 
 
 def test_every_setting_of_the_env_file_is_used() -> None:
