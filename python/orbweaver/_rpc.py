@@ -39,6 +39,10 @@ ERROR_METADATA_KEY = "orbweaver-error"
 # Trailing metadata of a call a standby storage refused (it ran nothing): where the leader
 # serves, or "" while no storage leads. Clients retry the call there at once.
 LEADER_METADATA_KEY = "orbweaver-leader"
+# Health-service names telling a storage's role (its server, "", is SERVING in both roles once
+# connected to the database; its gRPC services only while leading).
+HEALTH_LEADER = "orbweaver.storage.leader"
+HEALTH_STANDBY = "orbweaver.storage.standby"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 T = TypeVar("T")
@@ -174,6 +178,10 @@ class LeaderChannel(grpc.Channel):
 
     def __init__(self, targets: list[str], open_one: Callable[[str], grpc.Channel]) -> None:
         self._targets = list(targets)
+        # A leader's address a standby named -> the address of that standby: when the named
+        # address fails (it may not be reachable from here: NAT, published ports), rotation
+        # goes on after the standby, not back to the start of the list.
+        self._referred: dict[str, str] = {}
         self._open_one = open_one
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
@@ -206,14 +214,15 @@ class LeaderChannel(grpc.Channel):
         with self._lock:
             if self._current != target:
                 return leader is not None  # another call moved on already
-            if leader:
-                self._current = leader
+            if leader and leader != target:
                 if leader not in self._targets:
-                    self._targets.append(leader)
+                    self._referred[leader] = target
+                self._current = leader
             else:
-                i = self._targets.index(target) if target in self._targets else -1
+                base = self._referred.get(target, target)
+                i = self._targets.index(base) if base in self._targets else -1
                 self._current = self._targets[(i + 1) % len(self._targets)]
-        return bool(leader)
+        return bool(leader) and leader != target
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _FollowingCall(self, method, args, kwargs)
@@ -276,8 +285,8 @@ class _FollowingCall:
         return target, method
 
     def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
-        # Each redirect names a leader: at most one per address, plus one.
-        for _ in range(len(self._channel._targets) + 1):
+        # A redirect names a leader: at most one per address and its referral, plus one.
+        for _ in range(2 * len(self._channel._targets) + 1):
             target, method = self._on()
             try:
                 return getattr(method, how)(request, **kwargs)

@@ -375,9 +375,9 @@ def cmd_health(args: argparse.Namespace) -> int:
         # TLS as every client takes it; health checks need no token, so none is ever sent.
         tls = Security.from_env(dict(os.environ)).tls
         with make_channel(args.address, Security(tls=tls)) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=timeout
-            )
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=timeout)
+            role = _storage_role(stub, timeout) if not args.service else None
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -388,10 +388,27 @@ def cmd_health(args: argparse.Namespace) -> int:
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     if reply.status == health_pb2.HealthCheckResponse.SERVING:
-        print(f"{what}: {status}")
+        print(f"{what}: {status}" + (f" ({role})" if role else ""))
         return 0
     print(f"{what}: not serving: {status}", file=sys.stderr)
     return 1
+
+
+def _storage_role(stub: Any, timeout: float) -> str | None:
+    """`leader` or `standby` for a storage (its health service names its role), else None."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from orbweaver._rpc import HEALTH_LEADER, HEALTH_STANDBY
+
+    for name, role in ((HEALTH_LEADER, "leader"), (HEALTH_STANDBY, "standby")):
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=timeout)
+        except grpc.RpcError:
+            return None  # not a storage (NOT_FOUND), or gone meanwhile
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return role
+    return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

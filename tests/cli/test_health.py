@@ -32,7 +32,7 @@ def storage(sqlite_url: str, tmp_path: Path) -> Iterator[StorageProcess]:
 def test_a_serving_storage_answers_serving_without_a_token(storage: StorageProcess) -> None:
     proc = cli("health", storage.address)
     assert proc.returncode == 0, show(proc)
-    assert proc.stdout.strip() == f"{storage.address}: SERVING"
+    assert proc.stdout.strip() == f"{storage.address}: SERVING (leader)"
 
 
 def test_a_named_service_is_checked_on_its_own(storage: StorageProcess) -> None:
@@ -91,7 +91,7 @@ def test_tls_comes_from_the_environment(sqlite_url: str, tmp_path: Path) -> None
     try:
         proc = cli("health", storage.address, env=base_env(ORBWEAVER_TLS_CA=str(ca)))
         assert proc.returncode == 0, show(proc)
-        assert proc.stdout.strip() == f"{storage.address}: SERVING"
+        assert proc.stdout.strip() == f"{storage.address}: SERVING (leader)"
 
         plaintext = cli("health", storage.address, "--timeout", "2s")
         assert plaintext.returncode == 1, show(plaintext)

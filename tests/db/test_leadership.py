@@ -179,3 +179,18 @@ def test_a_takeover_waits_for_the_write_under_way(db_url: str) -> None:
             new.close()
     finally:
         old.close()
+
+
+def test_a_mariadb_transaction_left_idle_is_rolled_back_by_the_server(mariadb_url: str) -> None:
+    """A leader cut off mid-transaction cannot hold its locks (and a takeover) for long."""
+    db = open_database(mariadb_url)
+    try:
+        assert isinstance(db, SqlDatabase)
+
+        def read(cur: Cursor) -> int:
+            cur.execute("SELECT @@SESSION.idle_transaction_timeout")
+            return int(cur.fetchone()[0])
+
+        assert db._transaction(read, write=False) == 5
+    finally:
+        db.close()

@@ -21,7 +21,7 @@ class SchedulerConfig(Loadable):
 
     storage: str = setting(
         "127.0.0.1:50051",
-        help="storage address host:port",
+        help="storage address host:port (several storages: a:50051,b:50051)",
         env=("ORBWEAVER_STORAGE",),
         metavar="ADDR",
     )

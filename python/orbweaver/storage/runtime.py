@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from orbweaver import _core, errors
-from orbweaver._rpc import Backoff, Server, make_server
+from orbweaver._rpc import HEALTH_LEADER, HEALTH_STANDBY, Backoff, Server, make_server
 from orbweaver._service import (
     MetricsServer,
     StartupError,
@@ -62,10 +62,6 @@ log = logging.getLogger("orbweaver.storage")
 
 EXIT_FATAL = 70  # EX_SOFTWARE: the cache had to be abandoned; a restart recovers from the DB
 
-# Health-service names telling the role (the server itself, "", is SERVING in both roles once
-# connected to the database; the storage's gRPC services only while leading).
-HEALTH_LEADER = "orbweaver.storage.leader"
-HEALTH_STANDBY = "orbweaver.storage.standby"
 
 # A lease is renewed (and watched by standbys) this many times per lease period.
 _TICKS_PER_LEASE = 4

@@ -22,7 +22,9 @@ class WorkerConfig(Loadable):
     SERVICE: ClassVar[str] = "worker"
 
     storage: str = setting(
-        help="storage address host:port", env=("ORBWEAVER_STORAGE",), metavar="ADDR"
+        help="storage address host:port (several storages: a:50051,b:50051)",
+        env=("ORBWEAVER_STORAGE",),
+        metavar="ADDR",
     )
     scheduler: str = setting(help="scheduler address host:port", metavar="ADDR")
     tasks_dir: Path = setting(

@@ -141,6 +141,7 @@ ER_NO_REFERENCED_ROW_2 = 1452
 ER_CHECKREAD = 1020  # "Record has changed since last read"
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_LOCK_DEADLOCK = 1213
+ER_UNKNOWN_SYSTEM_VARIABLE = 1193
 _TRANSIENT_ERRNOS = frozenset(
     {
         ER_CHECKREAD,
@@ -292,12 +293,9 @@ class MariaDbDatabase(SqlDatabase):
             "read_timeout": max(30, lock_wait_timeout + 10),
             "write_timeout": max(30, lock_wait_timeout + 10),
             "autocommit": False,
-            # UTC sessions: TIMESTAMP comparisons never cross a DST change. A transaction left
-            # idle (its client cut off from the network mid-transaction) is rolled back by the
-            # server, so its locks cannot hold up a storage taking over for long.
+            # UTC sessions: TIMESTAMP comparisons never cross a DST change.
             "init_command": (
-                f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {lock_wait_timeout}, "
-                f"idle_transaction_timeout = {_IDLE_TRANSACTION_TIMEOUT_SEC}"
+                f"SET time_zone = '+00:00', innodb_lock_wait_timeout = {lock_wait_timeout}"
             ),
         }
         if config.password is not None:
@@ -315,7 +313,20 @@ class MariaDbDatabase(SqlDatabase):
             raise
 
     def _connect(self) -> Any:
-        return self._mariadb.connect(**self._connect_args)
+        conn = self._mariadb.connect(**self._connect_args)
+        # A transaction left idle (its client cut off from the network mid-transaction) is
+        # rolled back by the server, so its locks cannot hold up a storage taking over for long.
+        # MariaDB only: MySQL has no such variable (and then keeps wait_timeout's behaviour).
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SET SESSION idle_transaction_timeout = {_IDLE_TRANSACTION_TIMEOUT_SEC}")
+        except self._mariadb.Error as exc:
+            if _errno(exc) != ER_UNKNOWN_SYSTEM_VARIABLE:
+                _close_quietly(conn)
+                raise
+        finally:
+            cur.close()
+        return conn
 
     def _max_statement_bytes(self) -> int:
         # The server refuses (and drops the connection of) a bigger packet.
