@@ -167,6 +167,53 @@ def _open_channel(target: str, security: Security, max_message_bytes: int) -> gr
     return channel
 
 
+def named_leader(exc: BaseException) -> str | None:
+    """The leader's address a standby named when it refused a call ("" when it knows none);
+    None when the failure did not come from a standby."""
+    trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return next((str(v) for k, v in trailing or () if k == LEADER_METADATA_KEY), None)
+
+
+class LeaderTargets:
+    """Which of several storage addresses to call (sans-IO: the sync `LeaderChannel` and the
+    asyncio client share it). Thread-safe."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.targets = list(targets)
+        # A leader's address a standby named -> the address of that standby: when the named
+        # address fails (it may not be reachable from here: NAT, published ports), rotation
+        # goes on after the standby, not back to the start of the list.
+        self._referred: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.current = targets[0]
+
+    @property
+    def max_redirects(self) -> int:
+        """Immediate re-sends one call may need: a redirect per address and its referral."""
+        return 2 * len(self.targets) + 1
+
+    def failed(self, target: str, code: grpc.StatusCode | None, leader: str | None) -> bool:
+        """Move on after a call to `target` failed with `code` (`leader`: see `named_leader`).
+        True when a standby refused it naming another leader: it ran nothing and may be sent
+        again at once (to `current`)."""
+        if code not in RETRYABLE:  # a definite answer: stay
+            return False
+        redirect = bool(leader) and leader != target
+        with self._lock:
+            if self.current != target:
+                return redirect  # another call moved on already
+            if redirect:
+                assert leader
+                if leader not in self.targets:
+                    self._referred[leader] = target
+                self.current = leader
+            else:  # refused without a leader, unreachable or silent: the next address
+                base = self._referred.get(target, target)
+                i = self.targets.index(base) if base in self.targets else -1
+                self.current = self.targets[(i + 1) % len(self.targets)]
+        return redirect
+
+
 class LeaderChannel(grpc.Channel):
     """A channel that follows the storage leader among several addresses.
 
@@ -177,52 +224,30 @@ class LeaderChannel(grpc.Channel):
     behaves as a plain channel that also follows a standby's redirect."""
 
     def __init__(self, targets: list[str], open_one: Callable[[str], grpc.Channel]) -> None:
-        self._targets = list(targets)
-        # A leader's address a standby named -> the address of that standby: when the named
-        # address fails (it may not be reachable from here: NAT, published ports), rotation
-        # goes on after the standby, not back to the start of the list.
-        self._referred: dict[str, str] = {}
+        self.targets = LeaderTargets(targets)
         self._open_one = open_one
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
-        self._current = targets[0]
         self._closed = False
 
     @property
     def target(self) -> str:
-        return self._current
+        return self.targets.current
 
     def _channel(self) -> tuple[str, grpc.Channel]:
         with self._lock:
             if self._closed:
                 raise ValueError("Cannot invoke RPC: the channel is closed")
-            target = self._current
+            target = self.targets.current
             channel = self._channels.get(target)
             if channel is None:
                 channel = self._channels[target] = self._open_one(target)
             return target, channel
 
     def _failed(self, target: str, exc: BaseException) -> bool:
-        """Move on after a failed call to `target`; True when a standby refused it (it ran
-        nothing and the channel now points at the leader it named)."""
         if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
             return False
-        if exc.code() not in RETRYABLE:  # refused, unreachable or silent: try elsewhere
-            return False
-        trailing: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-        leader = next((v for k, v in trailing or () if k == LEADER_METADATA_KEY), None)
-        with self._lock:
-            if self._current != target:
-                return leader is not None  # another call moved on already
-            if leader and leader != target:
-                if leader not in self._targets:
-                    self._referred[leader] = target
-                self._current = leader
-            else:
-                base = self._referred.get(target, target)
-                i = self._targets.index(base) if base in self._targets else -1
-                self._current = self._targets[(i + 1) % len(self._targets)]
-        return bool(leader) and leader != target
+        return self.targets.failed(target, exc.code(), named_leader(exc))
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _FollowingCall(self, method, args, kwargs)
@@ -286,7 +311,7 @@ class _FollowingCall:
 
     def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
         # A redirect names a leader: at most one per address and its referral, plus one.
-        for _ in range(2 * len(self._channel._targets) + 1):
+        for _ in range(self._channel.targets.max_redirects):
             target, method = self._on()
             try:
                 return getattr(method, how)(request, **kwargs)
