@@ -1203,3 +1203,34 @@ def test_mariadb_pool_waits_for_free_connection(mariadb_url: str) -> None:
         assert len(set(ids)) == 16
     finally:
         database.close()
+
+
+# -- group commit ---------------------------------------------------------------------------------
+
+
+def test_job_groups_commit_together_each_with_its_own_result(db: Database) -> None:
+    from orbweaver.storage.db import JobGroup, ResourceGroupNotFound
+
+    a = db.add_resource_group("ga", b"pw")
+    b = db.add_resource_group("gb", b"pw")
+    results = db.register_job_groups([
+        JobGroup(a, b"graph-a", [(b"in-1", "k1"), (b"in-2", None)]),
+        JobGroup(b, b"graph-b", [(b"in-3", None)], start=True),
+        JobGroup(9_999_999, b"graph-c", [(b"in-4", None)]),  # no such group: refused alone
+        JobGroup(a, b"graph-d", [(b"in-5", "k" * 300)]),  # key too long: refused alone
+    ])  # fmt: skip
+    [first, second, missing, too_long] = results
+    assert isinstance(first, list) and isinstance(second, list)
+    assert [dedup for _, dedup in first] == [False, False]
+    assert db.get_state(first[0][0]) == S.READY
+    assert db.get_state(second[0][0]) == S.RUNNING
+    assert isinstance(missing, ResourceGroupNotFound)
+    assert isinstance(too_long, (ValueError, DbError))
+    # A key seen before: the shared transaction fails on it, each group is then registered on
+    # its own, exactly as `register_jobs` would.
+    again = db.register_job_groups([
+        JobGroup(a, b"graph-a", [(b"in-1", "k1")]),
+        JobGroup(b, b"graph-b", [(b"in-6", None)]),
+    ])  # fmt: skip
+    assert again[0] == [(first[0][0], True)]
+    assert isinstance(again[1], list) and again[1][0][1] is False

@@ -31,9 +31,10 @@ from orbweaver._rpc import Backoff
 from orbweaver.states import JobState
 from orbweaver.storage.auth import Principal
 from orbweaver.storage.config import StorageConfig
-from orbweaver.storage.db import Database, JobRow, ResourceGroupRow
+from orbweaver.storage.db import Database, JobGroup, JobRow, ResourceGroupRow
 from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
+from orbweaver.storage.groupcommit import GroupCommitter
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.pending import PendingTransitions, Transition
 from orbweaver.storage.recovery import RecoveryReport
@@ -114,6 +115,10 @@ class StorageService:
         # dead within a stale cutoff of it.
         self.heartbeat_gap_at = time.monotonic()
         self.pending = PendingTransitions(self._settle, self._settled, self._broken)
+        # Concurrent submissions share one transaction (and one log flush).
+        self._registrations: GroupCommitter[JobGroup, list[tuple[int, bool]]] = GroupCommitter(
+            db.register_job_groups
+        )
         # Outputs of succeeded tasks of jobs submitted with durability="task".
         self.task_outputs = TaskOutputWriter(
             db,
@@ -312,12 +317,14 @@ class StorageService:
                         error = type(error)(f"job {index}: {error}")
                     raise error from exc
         try:
-            registered = self.db.register_jobs(
-                rg_id,
-                graph,
-                [(inputs, key or None) for inputs, key in jobs],
-                start=start,
-                task_durable=task_durable,
+            registered = self._registrations.commit(
+                JobGroup(
+                    rg_id,
+                    graph,
+                    [(inputs, key or None) for inputs, key in jobs],
+                    start=start,
+                    task_durable=task_durable,
+                )
             )
         except db_errors.DbError as exc:
             raise translate(exc) from exc

@@ -26,7 +26,15 @@ from .errors import (
     ResourceGroupNotFound,
     UnexpectedJobState,
 )
-from .protocol import Database, JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
+from .protocol import (
+    Database,
+    JobGroup,
+    JobRow,
+    Lease,
+    RecoverableJobRow,
+    ResourceGroupRow,
+    SchedulerRow,
+)
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 from .url import MariaDbConfig, SqliteConfig, parse_url, redact_url
 
@@ -44,6 +52,7 @@ __all__ = [
     "IllegalExecutionManagerId",
     "InvalidJobStateTransition",
     "InvalidPassword",
+    "JobGroup",
     "JobNotFound",
     "JobRow",
     "Lease",

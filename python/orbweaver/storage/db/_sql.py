@@ -33,7 +33,7 @@ from .errors import (
     ValueTooLarge,
 )
 from .passwords import PasswordVerifier, hash_password
-from .protocol import JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
+from .protocol import JobGroup, JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 
 T = TypeVar("T")
@@ -369,6 +369,66 @@ def _opt_int(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
+class _Registration:
+    """The statements of one checked submission, to run in a transaction."""
+
+    def __init__(
+        self,
+        sql: Statements,
+        rg: int,
+        graph: bytes,
+        entries: list[tuple[bytes, str | None]],
+        start: bool,
+        task_durable: bool,
+    ) -> None:
+        self.sql = sql
+        self.rg = rg
+        self.graph = graph
+        self.entries = entries
+        # A job submitted with start=True is inserted Running: one transaction instead of an
+        # insert and a locked Ready -> Running update (recovery treats both rows alike).
+        self.state = (DbJobState.RUNNING if start else DbJobState.READY).db_name
+        self.task_durable = task_durable
+
+    def _find_existing(self, inputs: bytes, key: str, cur: Cursor) -> int | None:
+        cur.execute(self.sql.find_idempotent_job, (self.rg, key))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        job_id = int(row[0])
+        if _as_bytes(row[1]) != self.graph or _as_bytes(row[2]) != inputs:
+            raise IdempotencyKeyReused(key, job_id)
+        cur.execute(self.sql.is_task_durable_job, (job_id,))
+        if (cur.fetchone() is not None) != self.task_durable:
+            raise IdempotencyKeyReused(key, job_id)
+        return job_id
+
+    def _insert(self, cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
+        cur.execute(self.sql.insert_job, (self.rg, self.state, self.graph, inputs, key))
+        return int(cur.lastrowid or 0), False
+
+    def _mark_task_durable(self, cur: Cursor, results: list[tuple[int, bool]]) -> None:
+        # One batched statement for the jobs inserted.
+        inserted = [(job_id,) for job_id, deduplicated in results if not deduplicated]
+        if self.task_durable and inserted:
+            cur.executemany(self.sql.insert_task_durable_job, inserted)
+
+    def insert_all(self, cur: Cursor) -> list[tuple[int, bool]]:
+        # Insert first: a key seen before makes the whole batch fail on the unique index, and
+        # only then is each key looked up (the rare path).
+        results = [self._insert(cur, inputs, key) for inputs, key in self.entries]
+        self._mark_task_durable(cur, results)
+        return results
+
+    def insert_or_find_all(self, cur: Cursor) -> list[tuple[int, bool]]:
+        results = []
+        for inputs, key in self.entries:
+            existing = None if key is None else self._find_existing(inputs, key, cur)
+            results.append(self._insert(cur, inputs, key) if existing is None else (existing, True))
+        self._mark_task_durable(cur, results)
+        return results
+
+
 # -- the shared implementation --------------------------------------------------------------------
 
 
@@ -613,6 +673,78 @@ class SqlDatabase(abc.ABC):
         start: bool = False,
         task_durable: bool = False,
     ) -> list[tuple[int, bool]]:
+        reg = self._registration(resource_group_id, compressed_graph, jobs, start, task_durable)
+        try:
+            try:
+                return self._transaction(reg.insert_all, write=True)
+            except DuplicateKeyError:
+                pass
+            # Some keys exist: look each one up, still in one transaction (all or nothing). A
+            # concurrent submission with the same key can win a race in between: try again.
+            for _attempt in range(5):
+                try:
+                    return self._transaction(reg.insert_or_find_all, write=True)
+                except DuplicateKeyError:
+                    continue
+            raise DbUnavailable("idempotency keys kept colliding with concurrent submissions")
+        except ForeignKeyViolationError:
+            raise ResourceGroupNotFound(resource_group_id=reg.rg) from None
+
+    def register_job_groups(
+        self, groups: Sequence[JobGroup]
+    ) -> list[list[tuple[int, bool]] | Exception]:
+        """Group commit: several submissions (each as `register_jobs` takes it) in one
+        transaction, so they share its round trips and its log flush. Each group gets its own
+        result or error, exactly as `register_jobs` would give it: a group refused by a check
+        is left out, and when the shared transaction fails on an idempotency key or a missing
+        resource group, each group is registered on its own. A transient failure of the shared
+        transaction is raised (to every caller)."""
+        results: list[list[tuple[int, bool]] | Exception] = []
+        ready: list[tuple[int, _Registration]] = []
+        for index, g in enumerate(groups):
+            try:
+                reg = self._registration(
+                    g.resource_group_id, g.compressed_graph, g.jobs, g.start, g.task_durable
+                )
+            except (DbError, ValueError, TypeError) as exc:
+                results.append(exc)
+                continue
+            results.append([])
+            ready.append((index, reg))
+        if not ready:
+            return results
+
+        def insert_all(cur: Cursor) -> list[list[tuple[int, bool]]]:
+            return [reg.insert_all(cur) for _, reg in ready]
+
+        try:
+            inserted = self._transaction(insert_all, write=True)
+        except (DuplicateKeyError, ForeignKeyViolationError):
+            for index, _ in ready:
+                g = groups[index]
+                try:
+                    results[index] = self.register_jobs(
+                        g.resource_group_id,
+                        g.compressed_graph,
+                        g.jobs,
+                        start=g.start,
+                        task_durable=g.task_durable,
+                    )
+                except (DbError, ValueError, TypeError) as exc:
+                    results[index] = exc
+            return results
+        for (index, _), rows in zip(ready, inserted, strict=True):
+            results[index] = rows
+        return results
+
+    def _registration(
+        self,
+        resource_group_id: int,
+        compressed_graph: bytes,
+        jobs: Sequence[tuple[bytes, str | None]],
+        start: bool,
+        task_durable: bool,
+    ) -> _Registration:
         rg = _valid_id(resource_group_id, "resource_group_id")
         graph = _check_bytes(compressed_graph, "compressed_graph")
         max_key = MAX_IDEMPOTENCY_KEY_LEN
@@ -630,64 +762,7 @@ class SqlDatabase(abc.ABC):
             self._check_value_size(
                 what if len(entries) == 1 else f"job {index}: {what}", len(graph) + len(inputs)
             )
-        # A job submitted with start=True is inserted Running: one transaction instead of an
-        # insert and a locked Ready -> Running update (recovery treats both rows alike).
-        state = (DbJobState.RUNNING if start else DbJobState.READY).db_name
-        sql = self._sql
-
-        def find_existing(inputs: bytes, key: str, cur: Cursor) -> int | None:
-            cur.execute(sql.find_idempotent_job, (rg, key))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            job_id = int(row[0])
-            if _as_bytes(row[1]) != graph or _as_bytes(row[2]) != inputs:
-                raise IdempotencyKeyReused(key, job_id)
-            cur.execute(sql.is_task_durable_job, (job_id,))
-            if (cur.fetchone() is not None) != task_durable:
-                raise IdempotencyKeyReused(key, job_id)
-            return job_id
-
-        def insert(cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
-            cur.execute(sql.insert_job, (rg, state, graph, inputs, key))
-            return int(cur.lastrowid or 0), False
-
-        def mark_task_durable(cur: Cursor, results: list[tuple[int, bool]]) -> None:
-            # One batched statement for the jobs inserted.
-            inserted = [(job_id,) for job_id, deduplicated in results if not deduplicated]
-            if task_durable and inserted:
-                cur.executemany(sql.insert_task_durable_job, inserted)
-
-        def insert_all(cur: Cursor) -> list[tuple[int, bool]]:
-            # Insert first: a key seen before makes the whole batch fail on the unique index,
-            # and only then is each key looked up (the rare path).
-            results = [insert(cur, inputs, key) for inputs, key in entries]
-            mark_task_durable(cur, results)
-            return results
-
-        def insert_or_find_all(cur: Cursor) -> list[tuple[int, bool]]:
-            results = []
-            for inputs, key in entries:
-                existing = None if key is None else find_existing(inputs, key, cur)
-                results.append(insert(cur, inputs, key) if existing is None else (existing, True))
-            mark_task_durable(cur, results)
-            return results
-
-        try:
-            try:
-                return self._transaction(insert_all, write=True)
-            except DuplicateKeyError:
-                pass
-            # Some keys exist: look each one up, still in one transaction (all or nothing). A
-            # concurrent submission with the same key can win a race in between: try again.
-            for _attempt in range(5):
-                try:
-                    return self._transaction(insert_or_find_all, write=True)
-                except DuplicateKeyError:
-                    continue
-            raise DbUnavailable("idempotency keys kept colliding with concurrent submissions")
-        except ForeignKeyViolationError:
-            raise ResourceGroupNotFound(resource_group_id=rg) from None
+        return _Registration(self._sql, rg, graph, entries, start, task_durable)
 
     def _lock_job(self, cur: Cursor, job_id: int) -> DbJobState:
         cur.execute(self._sql.lock_job, (job_id,))

@@ -8,7 +8,15 @@ from typing import Protocol, runtime_checkable
 
 from .states import DbJobState
 
-__all__ = ["Database", "JobRow", "Lease", "RecoverableJobRow", "ResourceGroupRow", "SchedulerRow"]
+__all__ = [
+    "Database",
+    "JobGroup",
+    "JobRow",
+    "Lease",
+    "RecoverableJobRow",
+    "ResourceGroupRow",
+    "SchedulerRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,17 @@ class SchedulerRow:
     id: int
     host: str
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobGroup:
+    """One submission as `Database.register_jobs` takes it (for `register_job_groups`)."""
+
+    resource_group_id: int
+    compressed_graph: bytes
+    jobs: Sequence[tuple[bytes, str | None]]
+    start: bool = False
+    task_durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +186,14 @@ class Database(Protocol):
     ) -> list[tuple[int, bool]]:
         """:meth:`register_job` for several jobs of one graph, ``(compressed_inputs,
         idempotency_key)`` each, in one transaction; results in the order given."""
+        ...
+
+    def register_job_groups(
+        self, groups: Sequence[JobGroup]
+    ) -> list[list[tuple[int, bool]] | Exception]:
+        """Group commit of several `register_jobs` submissions in one transaction; each gets
+        its own result or the error `register_jobs` would have raised for it. A transient
+        failure of the shared transaction is raised."""
         ...
 
     def start_job(self, job_id: int) -> None:
