@@ -1234,3 +1234,13 @@ def test_job_groups_commit_together_each_with_its_own_result(db: Database) -> No
     ])  # fmt: skip
     assert again[0] == [(first[0][0], True)]
     assert isinstance(again[1], list) and again[1][0][1] is False
+
+
+def test_no_execution_manager_is_marked_dead_past_the_deadline(db: Database) -> None:
+    """A sweep whose database stalled past its deadline marks nobody: the stall held the
+    heartbeats up too."""
+    em = db.register_execution_manager("10.0.0.9")
+    time.sleep(PAST_CUTOFF_SEC)
+    assert db.get_dead_execution_managers(CUTOFF_SEC, deadline=time.monotonic() - 1) == []
+    assert db.is_execution_manager_alive(em)
+    assert db.get_dead_execution_managers(CUTOFF_SEC, deadline=time.monotonic() + 60) == [em]

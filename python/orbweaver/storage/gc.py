@@ -51,8 +51,11 @@ class _Loop:
 
 
 class BackgroundLoops:
-    def __init__(self, service: StorageService) -> None:
+    def __init__(self, service: StorageService, serving: Callable[[], bool] = lambda: True) -> None:
+        """`serving`: whether calls are served (a leader whose lease ran out refuses them, so
+        execution managers cannot heartbeat meanwhile)."""
         self.service = service
+        self._serving = serving
         self._stop = threading.Event()
         cfg = service.config
         self._loops = [
@@ -75,14 +78,23 @@ class BackgroundLoops:
         svc = self.service
         cutoff = svc.config.em_stale_cutoff
         dead: list[int] = []
-        # Heartbeats could not be recorded while storage or its database was away: nobody is
-        # declared dead until a whole cutoff has passed with both answering.
+        # Heartbeats could not be recorded while storage or its database was away, or while
+        # this storage did not serve: nobody is declared dead until a whole cutoff has passed
+        # with both answering.
+        if not self._serving():
+            svc.note_heartbeat_gap()
         if time.monotonic() - svc.heartbeat_gap_at > cutoff:
+            asked = time.monotonic()
             try:
-                dead = svc.db.get_dead_execution_managers(cutoff)
+                dead = svc.db.get_dead_execution_managers(cutoff, deadline=asked + cutoff / 2)
             except db_errors.DbUnavailable as exc:
                 svc.note_heartbeat_gap()
                 log.warning("instance GC: database unavailable: %s", exc)
+            # A database that stalled (rather than failed) held the heartbeats up too: what
+            # it answers after the stall says nothing about the execution managers.
+            if time.monotonic() - asked > cutoff / 2 or not self._serving():
+                svc.note_heartbeat_gap()
+                dead = []
         if dead:
             svc.mark_dead(dead)
             svc.metrics.dead_ems.inc(len(dead))

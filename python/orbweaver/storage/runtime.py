@@ -496,7 +496,7 @@ class StorageRuntime:
                 return
             term.recovery = recovery
             self._record_recovery(recovery)
-            term.loops = BackgroundLoops(service)
+            term.loops = BackgroundLoops(service, serving=lambda: self._gate.serving)
             term.loops.start()
             service.pending.start()
             service.task_outputs.start()

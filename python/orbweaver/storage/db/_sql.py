@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -1235,7 +1236,9 @@ class SqlDatabase(abc.ABC):
             raise IllegalExecutionManagerId(em)
         return bool(row[0] == "Alive")
 
-    def get_dead_execution_managers(self, stale_cutoff_sec: float) -> list[int]:
+    def get_dead_execution_managers(
+        self, stale_cutoff_sec: float, *, deadline: float | None = None
+    ) -> list[int]:
         if isinstance(stale_cutoff_sec, bool) or not isinstance(stale_cutoff_sec, (int, float)):
             raise TypeError("stale_cutoff_sec must be a number")
         if stale_cutoff_sec < 0:
@@ -1249,6 +1252,8 @@ class SqlDatabase(abc.ABC):
             cur.execute(sql.stale_em_candidates, (cutoff,))
             candidates = [int(r[0]) for r in cur.fetchall()]
             dead: list[int] = []
+            if deadline is not None and time.monotonic() > deadline:
+                return dead  # the database stalled: heartbeats were held up too
             for i in range(0, len(candidates), BATCH_SIZE):
                 chunk = candidates[i : i + BATCH_SIZE]
                 marks = _placeholders(len(chunk))

@@ -319,9 +319,12 @@ class Database(Protocol):
 
     def is_execution_manager_alive(self, execution_manager_id: int) -> bool: ...
 
-    def get_dead_execution_managers(self, stale_cutoff_sec: float) -> list[int]:
+    def get_dead_execution_managers(
+        self, stale_cutoff_sec: float, *, deadline: float | None = None
+    ) -> list[int]:
         """Mark Alive EMs without a heartbeat for ``stale_cutoff_sec`` Dead; each is returned by
-        exactly one call."""
+        exactly one call. Past `deadline` (``time.monotonic()``) when the stale ones are known,
+        none is marked: a database that stalled held their heartbeats up too."""
         ...
 
     # -- schedulers -----------------------------------------------------------------------------
