@@ -7,7 +7,9 @@ with MariaDB persistence, and the same workloads on Ray and Dask distributed, in
   and their outputs gathered. Orbweaver submits them with ``Client.submit_many`` and collects them
   with ``Client.gather`` (the APIs for many jobs, as Ray's and Dask's submissions are non-blocking
   and they collect with ``ray.get`` / ``gather`` of a list); ``--w2-submit each`` uses one blocking
-  ``Client.submit`` and one ``Job.result`` per job instead.
+  ``Client.submit`` and one ``Job.result`` per job instead (the plain loop), ``--w2-submit async``
+  an ``AsyncClient`` and ``await asyncio.gather(*(run(x) for x in range(1000)))`` where ``run``
+  submits one diamond and awaits its result (concurrent submissions share transactions).
 * ``nn``: Spider's neural-net workload, 10 x 1,000 neurons with 25 inputs each (relu / sigmoid /
   identity by layer); wall time, and the outputs checked against an in-process computation to a
   relative tolerance of 1e-12.
@@ -29,6 +31,7 @@ Writes ``benches/results/e2e.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -250,6 +253,12 @@ class OrbweaverRunner(Runner):
                 g.add(t.inc)
             t1 = time.perf_counter()
             jobs = [client.submit(g, list(range(sizes.wide)), durability=self.durability)]
+        elif workload == "w2" and self.w2_submit == "async":
+            g = self._diamond()
+            t1 = time.perf_counter()
+            outputs = asyncio.run(self._w2_async(g, sizes.jobs))
+            t2 = time.perf_counter()
+            return outputs, {"build_s": t1 - t0, "submit_and_wait_s": t2 - t1}
         elif workload == "w2":
             g = self._diamond()
             t1 = time.perf_counter()
@@ -282,6 +291,17 @@ class OrbweaverRunner(Runner):
                 outputs.extend(job.result(timeout=self.timeout))
         t3 = time.perf_counter()
         return outputs, {"build_s": t1 - t0, "submit_s": t2 - t1, "wait_and_outputs_s": t3 - t2}
+
+    async def _w2_async(self, g: Any, jobs: int) -> list[Any]:
+        """What asyncio code writes: one coroutine per job, each submitting and awaiting."""
+        async with self.cluster.async_client() as client:
+
+            async def run(x: int) -> list[Any]:
+                job = await client.submit(g, [x], durability=self.durability)
+                return list(await job.result(timeout=self.timeout))
+
+            results = await asyncio.gather(*(run(x) for x in range(jobs)))
+        return [value for result in results for value in result]
 
 
 # -- CPU accounting --
@@ -514,11 +534,11 @@ def summarize(args: argparse.Namespace, systems: list[dict[str, Any]]) -> dict[s
             "statistic": "median over repeats",
             "orbweaver": {
                 "db": args.db,
-                "w2_submit": (
-                    "Client.submit_many + Client.gather"
-                    if args.w2_submit == "many"
-                    else "Client.submit + Job.result per job"
-                ),
+                "w2_submit": {
+                    "many": "Client.submit_many + Client.gather",
+                    "each": "Client.submit + Job.result per job",
+                    "async": "AsyncClient: asyncio.gather of (await submit, await result)",
+                }[args.w2_submit],
                 "durability": args.durability,
                 "cluster": f"LocalCluster(workers={args.workers}, "
                 f"db=<{args.db}>, tasks_dir=benches/peers)",
@@ -627,9 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nn-width", type=int, default=w.NN_WIDTH)
     parser.add_argument(
         "--w2-submit",
-        choices=["many", "each"],
+        choices=["many", "each", "async"],
         default="many",
-        help="Orbweaver W2: Client.submit_many + gather (default) or submit + result per job",
+        help="Orbweaver W2: Client.submit_many + gather (default), submit + result per job, or "
+        "AsyncClient coroutines (submit + await result each, gathered)",
     )
     parser.add_argument(
         "--durability",
