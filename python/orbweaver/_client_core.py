@@ -42,9 +42,9 @@ T = TypeVar("T")
 J = TypeVar("J", bound="JobCore")
 
 # Server-side waits are cut into chunks so a dead connection is noticed and retried.
-_WAIT_CHUNK_MS = 20_000
+WAIT_CHUNK_MS = 20_000
 # Jobs per WaitJobs call in gather.
-_GATHER_CHUNK = 1000
+GATHER_CHUNK = 1000
 # Jobs per WaitJobs call in as_completed: every job waited for must be named (the storage takes
 # up to 10,000); results beyond half the message limit are left for GetJobOutputs.
 _COMPLETED_CHUNK = 10_000
@@ -119,8 +119,8 @@ Op = Generator[Call, Any, T]
 def _wait_chunk_ms(end: float | None) -> int:
     """The next server-side wait: a chunk, or what is left until `end` (monotonic)."""
     if end is None:
-        return _WAIT_CHUNK_MS
-    return max(0, min(_WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
+        return WAIT_CHUNK_MS
+    return max(0, min(WAIT_CHUNK_MS, int((end - time.monotonic()) * 1000)))
 
 
 def _decode_plain(payloads: list[bytes]) -> list[Any]:
@@ -435,8 +435,8 @@ class ClientCore(Generic[J]):
             by_credentials.setdefault(metadata, []).append(job.id)
         for metadata, job_ids in by_credentials.items():
             ids = list(dict.fromkeys(job_ids))
-            for start in range(0, len(ids), _GATHER_CHUNK):
-                chunk = ids[start : start + _GATHER_CHUNK]
+            for start in range(0, len(ids), GATHER_CHUNK):
+                chunk = ids[start : start + GATHER_CHUNK]
                 while chunk:
                     wait_ms = _wait_chunk_ms(end)
                     chunk_replies = yield from self._wait_jobs_op(chunk, metadata, wait_ms)
@@ -612,7 +612,7 @@ class JobCore:
         )
 
 
-class _Waited(Generic[J]):
+class Waited(Generic[J]):
     """The jobs of an `AsCompleted` that one client waits for under one set of credentials."""
 
     def __init__(self, client: ClientCore[J], metadata: Metadata) -> None:
@@ -631,7 +631,7 @@ class AsCompleted(Generic[J]):
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
         self.end = None if timeout is None else time.monotonic() + timeout
-        self._groups: dict[tuple[int, Metadata], _Waited[J]] = {}
+        self._groups: dict[tuple[int, Metadata], Waited[J]] = {}
         self._ended: list[J] = []
 
     def add(self, client: ClientCore[J], metadata: Metadata, job: J) -> None:
@@ -641,7 +641,7 @@ class AsCompleted(Generic[J]):
         key = (id(client), metadata)
         waited = self._groups.get(key)
         if waited is None:
-            waited = self._groups[key] = _Waited(client, metadata)
+            waited = self._groups[key] = Waited(client, metadata)
         waited.jobs.setdefault(job.id, []).append(job)
 
     def ended_before(self) -> list[J]:
@@ -649,11 +649,11 @@ class AsCompleted(Generic[J]):
         ended, self._ended = self._ended, []
         return ended
 
-    def waits(self) -> list[_Waited[J]]:
+    def waits(self) -> list[Waited[J]]:
         """The credentials with unfinished jobs."""
         return [w for w in self._groups.values() if w.jobs]
 
-    def wait_op(self, waited: _Waited[J], turn_ms: int | None = None) -> Op[list[J]]:
+    def wait_op(self, waited: Waited[J], turn_ms: int | None = None) -> Op[list[J]]:
         """Wait for the first of `waited`'s jobs to end (or the timeout, or `turn_ms`): the
         handles of the jobs that ended, in the order given, each with its result kept."""
         ids = list(waited.jobs)[:_COMPLETED_CHUNK]

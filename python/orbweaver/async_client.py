@@ -20,22 +20,30 @@ loops): create one per loop, e.g. inside the coroutine given to `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from orbweaver import errors
 from orbweaver._client_core import (
+    GATHER_CHUNK,
+    TURN_MS,
+    WAIT_CHUNK_MS,
     AsCompleted,
     Call,
     ClientCore,
     JobCore,
     JobInfo,
+    Metadata,
     Op,
     Progress,
     ResourceGroup,
     Waited,
 )
+from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import DEFAULT_MAX_MESSAGE_BYTES, Security
 from orbweaver._rpc_aio import call_with_retry_async, make_aio_channel
@@ -86,11 +94,18 @@ class AsyncClient(ClientCore["AsyncJob"]):
         )
         self._jobs = pb_grpc.JobOrchestrationServiceStub(self._channel)
         self._groups = pb_grpc.ResourceGroupManagementServiceStub(self._channel)
+        self._waits: dict[Metadata, _SharedWaits] = {}
 
     def _new_job(
         self, job_id: int, graph: TaskGraph | None, resource_group: ResourceGroup | None
     ) -> AsyncJob:
         return AsyncJob(self, job_id, graph, resource_group)
+
+    def _shared_waits(self, metadata: Metadata) -> _SharedWaits:
+        waits = self._waits.get(metadata)
+        if waits is None:
+            waits = self._waits[metadata] = _SharedWaits(self, metadata)
+        return waits
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -257,12 +272,24 @@ class AsyncJob(JobCore):
 
     async def wait(self, timeout: float | None = None) -> JobState:
         """As `Job.wait`: the state once terminal or after `timeout` seconds."""
-        reply = await self.client._run(self._wait_op(timeout, include_result=False))
-        return JobState(reply.state)
+        return JobState((await self._reply(timeout)).state)
 
     async def result(self, timeout: float | None = None) -> list[Any]:
         """As `Job.result`: the outputs; `JobFailed`, `JobCancelled` or `JobTimeout`."""
-        return await self.client._run(self._result_op(timeout))
+        reply = await self._reply(timeout)
+        return await self.client._run(self._result_of_op(reply, timeout))
+
+    async def _reply(self, timeout: float | None) -> pb.WaitJobReply:
+        """The job's terminal state with its result, or after `timeout` its state then."""
+        if self._ended is not None:
+            return self._ended
+        metadata = await self.client._run(self._metadata_op())
+        reply = await self.client._shared_waits(metadata).wait(self.id, timeout)
+        if reply is None:  # the state now (with the result, if it ended just now)
+            reply = await self.client._run(self._wait_op(0, include_result=True))
+        if JobState(reply.state).is_terminal:
+            self._ended = reply
+        return reply
 
     async def outputs(self) -> list[Any]:
         return await self.client._run(self._outputs_op())
@@ -272,6 +299,168 @@ class AsyncJob(JobCore):
 
     async def progress(self, explain: int = 0) -> Progress:
         return await self.client._run(self._progress_op(explain))
+
+
+class _Lane:
+    """One WaitJobs call of `_SharedWaits`, made again until none of its jobs is awaited."""
+
+    __slots__ = ("ids", "task")
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.task: asyncio.Task[None] | None = None
+
+
+class _SharedWaits:
+    """The waits of every coroutine awaiting `job.result()` / `job.wait()` on one client under
+    one set of credentials, shared: the jobs awaited are named in a few WaitJobs calls that
+    return as soon as one of their jobs ends (`any_terminal`), instead of one WaitJob call per
+    coroutine, each holding a storage thread while it waits.
+
+    The jobs first awaited in one turn of the event loop start a call ("lane", up to 1,000
+    jobs) at once, up to `MAX_LANES` lanes; a lane that returns settles the jobs that ended and
+    goes on with those still awaited plus the jobs awaited since. With every lane in flight,
+    one of them waits briefly (`TURN_MS`) so that jobs awaited meanwhile join within that
+    time, even while the other lanes wait for long jobs. A coroutine that stops waiting
+    (cancelled, or its timeout) withdraws; a lane left with no job anybody awaits is
+    cancelled, with its call."""
+
+    # Calls in flight for one client and credentials: a burst of coroutines each awaiting a
+    # result would otherwise hold a storage thread each (the storage lets half of its threads
+    # wait long; beyond that waits are cut short and made again).
+    MAX_LANES = 8
+
+    def __init__(self, client: AsyncClient, metadata: Metadata) -> None:
+        self._client = client
+        self._metadata = metadata
+        self._waiters: dict[int, list[asyncio.Future[pb.WaitJobReply]]] = {}
+        self._lane_of: dict[int, _Lane] = {}
+        self._fresh: dict[int, None] = {}  # awaited, in no lane yet (in order)
+        self._lanes: set[_Lane] = set()
+        self._brief: _Lane | None = None  # the lane taking jobs in while all are in flight
+        self._kick_pending = False
+
+    async def wait(self, job_id: int, timeout: float | None) -> pb.WaitJobReply | None:
+        """The job's terminal reply (with its result), or None after `timeout` seconds."""
+        future: asyncio.Future[pb.WaitJobReply] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        if job_id not in self._lane_of:
+            self._fresh[job_id] = None
+            self._kick_soon()
+        try:
+            done, _ = await asyncio.wait((future,), timeout=timeout)
+            return future.result() if done else None
+        finally:
+            self._withdraw(job_id, future)
+
+    def _kick_soon(self) -> None:
+        # After this turn of the loop: the jobs awaited meanwhile share a lane.
+        if not self._kick_pending:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        while self._fresh and len(self._lanes) < self.MAX_LANES:
+            lane = _Lane(self._take_fresh(GATHER_CHUNK))
+            self._lanes.add(lane)
+            for job_id in lane.ids:
+                self._lane_of[job_id] = lane
+            lane.task = asyncio.create_task(self._run(lane))
+            lane.task.add_done_callback(functools.partial(self._ended, lane))
+
+    def _take_fresh(self, count: int) -> list[int]:
+        ids = list(itertools.islice(self._fresh, count))
+        for job_id in ids:
+            del self._fresh[job_id]
+        return ids
+
+    def _withdraw(self, job_id: int, future: asyncio.Future[pb.WaitJobReply]) -> None:
+        future.cancel()  # nothing else awaits it
+        waiters = self._waiters.get(job_id)
+        if waiters is None or future not in waiters:
+            return  # settled
+        waiters.remove(future)
+        if waiters:
+            return
+        del self._waiters[job_id]
+        self._fresh.pop(job_id, None)
+        lane = self._lane_of.get(job_id)
+        if lane is not None and not any(j in self._waiters for j in lane.ids):
+            assert lane.task is not None
+            lane.task.cancel()  # and its call
+
+    def _settle(
+        self, job_id: int, reply: pb.WaitJobReply | None, error: BaseException | None
+    ) -> None:
+        for future in self._waiters.pop(job_id, []):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert reply is not None
+                future.set_result(reply)
+
+    async def _run(self, lane: _Lane) -> None:
+        client = self._client
+        while lane.ids:
+            if self._brief is lane and len(self._lanes) < self.MAX_LANES:
+                self._brief = None  # new lanes can be started again
+            elif self._brief is None and len(self._lanes) >= self.MAX_LANES:
+                self._brief = lane
+            wait_ms = TURN_MS if self._brief is lane else WAIT_CHUNK_MS
+            try:
+                replies = await client._run(
+                    client._wait_jobs_op(lane.ids, self._metadata, wait_ms, any_terminal=True)
+                )
+            except errors.JobNotFound:
+                await self._settle_unknown(lane)
+            except Exception as exc:  # for every job of the lane (Unavailable, a closed client)
+                for job_id in lane.ids:
+                    self._settle(job_id, None, exc)
+            else:
+                for job_id, reply in zip(lane.ids, replies, strict=True):
+                    if JobState(reply.state).is_terminal:
+                        self._settle(job_id, reply, None)
+            # Those still awaited, and the jobs awaited since (up to a lane's worth).
+            kept = []
+            for job_id in lane.ids:
+                if job_id in self._waiters:
+                    kept.append(job_id)
+                elif self._lane_of.get(job_id) is lane:
+                    del self._lane_of[job_id]
+            fresh = self._take_fresh(GATHER_CHUNK - len(kept))
+            for job_id in fresh:
+                self._lane_of[job_id] = lane
+            lane.ids = kept + fresh
+
+    def _ended(self, lane: _Lane, task: asyncio.Task[None]) -> None:
+        """A lane finished, was cancelled (perhaps before it ever ran) or broke."""
+        self._lanes.discard(lane)
+        if self._brief is lane:
+            self._brief = None
+        error = None if task.cancelled() else task.exception()
+        for job_id in lane.ids:
+            if self._lane_of.get(job_id) is lane:
+                del self._lane_of[job_id]
+                if error is not None:
+                    self._settle(job_id, None, error)
+                elif job_id in self._waiters:  # awaited again while the lane was cancelled
+                    self._fresh[job_id] = None
+        lane.ids = []
+        if self._fresh:
+            self._kick_soon()
+
+    async def _settle_unknown(self, lane: _Lane) -> None:
+        """A wait for several jobs is refused whole when one is unknown (or not the
+        credentials'): find which, one call each, and raise JobNotFound for those only."""
+        client = self._client
+        for job_id in lane.ids:
+            try:
+                await client._run(client._wait_jobs_op([job_id], self._metadata, 0))
+            except errors.JobNotFound as unknown:
+                self._settle(job_id, None, unknown)
 
 
 async def as_completed(
