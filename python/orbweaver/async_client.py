@@ -9,9 +9,10 @@ The same surface as `orbweaver.Client` and `orbweaver.Job`, as coroutines::
 
 Requests, idempotency keys, retries (backoff, `timeout`, `connect_timeout`), leader following
 over several storage addresses and errors are the sync client's: both run the operations of
-`orbweaver._client_core`, this one awaiting each call. Cancelling a task that awaits a call
-(`await job.result()`, `asyncio.wait_for`, `asyncio.timeout`) cancels the RPC in flight and
-leaves the client usable.
+`orbweaver._client_core`, this one awaiting each call. The coroutines awaiting results on one
+client share their server-side waits (`_SharedWaits`). Cancelling a task that awaits
+(`task.cancel()`, `asyncio.wait_for`, `asyncio.timeout`) cancels its RPC in flight (a shared
+wait: once nobody else needs it) and leaves the client usable.
 
 A client belongs to the event loop of its first call (`grpc.aio` channels cannot move between
 loops): create one per loop, e.g. inside the coroutine given to `asyncio.run`.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -334,6 +336,8 @@ class _SharedWaits:
         self._client = client
         self._metadata = metadata
         self._waiters: dict[int, list[asyncio.Future[pb.WaitJobReply]]] = {}
+        # When the waiters with a timeout give up (monotonic): no call waits longer for them.
+        self._ends: dict[asyncio.Future[pb.WaitJobReply], float] = {}
         self._lane_of: dict[int, _Lane] = {}
         self._fresh: dict[int, None] = {}  # awaited, in no lane yet (in order)
         self._lanes: set[_Lane] = set()
@@ -344,6 +348,8 @@ class _SharedWaits:
         """The job's terminal reply (with its result), or None after `timeout` seconds."""
         future: asyncio.Future[pb.WaitJobReply] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(future)
+        if timeout is not None:
+            self._ends[future] = time.monotonic() + timeout
         if job_id not in self._lane_of:
             self._fresh[job_id] = None
             self._kick_soon()
@@ -377,6 +383,7 @@ class _SharedWaits:
 
     def _withdraw(self, job_id: int, future: asyncio.Future[pb.WaitJobReply]) -> None:
         future.cancel()  # nothing else awaits it
+        self._ends.pop(future, None)
         waiters = self._waiters.get(job_id)
         if waiters is None or future not in waiters:
             return  # settled
@@ -394,6 +401,7 @@ class _SharedWaits:
         self, job_id: int, reply: pb.WaitJobReply | None, error: BaseException | None
     ) -> None:
         for future in self._waiters.pop(job_id, []):
+            self._ends.pop(future, None)
             if future.done():
                 continue
             if error is not None:
@@ -410,6 +418,12 @@ class _SharedWaits:
             elif self._brief is None and len(self._lanes) >= self.MAX_LANES:
                 self._brief = lane
             wait_ms = TURN_MS if self._brief is lane else WAIT_CHUNK_MS
+            # No longer than its waiters wait: a call they all left would hold a storage
+            # thread until it ran out.
+            futures = [f for j in lane.ids for f in self._waiters.get(j, ())]
+            if futures and all(f in self._ends for f in futures):
+                last = max(self._ends[f] for f in futures)
+                wait_ms = max(0, min(wait_ms, int((last - time.monotonic()) * 1000)))
             try:
                 replies = await client._run(
                     client._wait_jobs_op(lane.ids, self._metadata, wait_ms, any_terminal=True)

@@ -142,3 +142,18 @@ def test_jobs_awaited_while_every_lane_waits_on_long_jobs_are_taken_in(
             await until(lambda: in_flight(tap, "WaitJobs") == 0, "the lanes to end")
 
     run(scenario())
+
+
+def test_a_wait_with_a_timeout_asks_the_storage_for_no_longer(
+    cluster: ow.LocalCluster, tap: StorageTap, run: Runner
+) -> None:
+    async def scenario() -> None:
+        async with client_via(tap, cluster) as client:
+            job = await client.submit(inc_graph(), [1], start=False)
+            assert await job.wait(timeout=0.5) == ow.JobState.READY
+            with pytest.raises(ow.JobTimeout, match=r"still READY after 0\.5 s"):
+                await job.result(timeout=0.5)
+            waits = tap.of("WaitJobs")
+            assert len(waits) == 2 and all(0 < w.request.timeout_ms <= 500 for w in waits)
+
+    run(scenario())
