@@ -11,11 +11,10 @@ raise the same errors.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
@@ -93,7 +92,7 @@ class JobInfo:
     error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per call, and frozen ones are slow to make
 class Call:
     """One RPC an operation needs: `method` of the storage's job service (or, with
     `service="groups"`, of its resource-group service)."""
@@ -110,6 +109,30 @@ class Call:
     wait: bool = False
     # About one or more jobs: NotFound is raised as JobNotFound.
     job: bool = False
+
+
+class _Outcome:
+    """`ClientCore._outcome`: a context manager (a class: cheaper than a generator one)."""
+
+    __slots__ = ("_call", "_client")
+
+    def __init__(self, client: ClientCore[Any], call: Call) -> None:
+        self._client = client
+        self._call = call
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            if not self._call.wait:
+                self._client._reached = True
+        elif isinstance(exc, errors.OrbweaverError):
+            failure = self._client._failure(self._call, exc)
+            if failure is not exc:
+                raise failure from exc
 
 
 # An operation: yields calls, is sent their replies, returns its result.
@@ -202,18 +225,9 @@ class ClientCore(Generic[J]):
             return self.timeout
         return min(self.timeout, self.connect_timeout)
 
-    @contextlib.contextmanager
-    def _outcome(self, call: Call) -> Iterator[None]:
+    def _outcome(self, call: Call) -> _Outcome:
         """Around one call with its retries: its failure as the client raises it."""
-        try:
-            yield
-        except errors.OrbweaverError as exc:
-            failure = self._failure(call, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
-        if not call.wait:
-            self._reached = True
+        return _Outcome(self, call)
 
     def _failure(self, call: Call, exc: errors.OrbweaverError) -> errors.OrbweaverError:
         if call.job and type(exc) is errors.NotFound:
