@@ -639,13 +639,15 @@ class Waited(Generic[J]):
 class AsCompleted(Generic[J]):
     """as_completed's bookkeeping, shared by `Client.as_completed` and `orbweaver.as_completed`:
     which jobs are still unfinished, under which credentials, which ones a wait saw end, and the
-    timeout. A wait (`wait_op`) is one WaitJobs call that returns as soon as one of its jobs is
-    terminal (`any_terminal`), results included."""
+    timeout. A wait (`wait_op`) is one WaitJobs call over up to 10,000 jobs of one client and
+    set of credentials (a `Waited`) that returns as soon as one of them is terminal
+    (`any_terminal`), results included."""
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
         self.end = None if timeout is None else time.monotonic() + timeout
-        self._groups: dict[tuple[int, Metadata], Waited[J]] = {}
+        self._groups: list[Waited[J]] = []
+        self._filling: dict[tuple[int, Metadata], Waited[J]] = {}
         self._ended: list[J] = []
 
     def add(self, client: ClientCore[J], metadata: Metadata, job: J) -> None:
@@ -653,9 +655,12 @@ class AsCompleted(Generic[J]):
             self._ended.append(job)
             return
         key = (id(client), metadata)
-        waited = self._groups.get(key)
-        if waited is None:
-            waited = self._groups[key] = Waited(client, metadata)
+        waited = self._filling.get(key)
+        if waited is None or (
+            len(waited.jobs) >= _COMPLETED_CHUNK and job.id not in waited.jobs
+        ):  # every job waited for is named in the call: the next ones wait in another
+            waited = self._filling[key] = Waited(client, metadata)
+            self._groups.append(waited)
         waited.jobs.setdefault(job.id, []).append(job)
 
     def ended_before(self) -> list[J]:
@@ -664,13 +669,13 @@ class AsCompleted(Generic[J]):
         return ended
 
     def waits(self) -> list[Waited[J]]:
-        """The credentials with unfinished jobs."""
-        return [w for w in self._groups.values() if w.jobs]
+        """The groups with unfinished jobs."""
+        return [w for w in self._groups if w.jobs]
 
     def wait_op(self, waited: Waited[J], turn_ms: int | None = None) -> Op[list[J]]:
         """Wait for the first of `waited`'s jobs to end (or the timeout, or `turn_ms`): the
         handles of the jobs that ended, in the order given, each with its result kept."""
-        ids = list(waited.jobs)[:_COMPLETED_CHUNK]
+        ids = list(waited.jobs)
         wait_ms = _wait_chunk_ms(self.end)
         if turn_ms is not None:
             wait_ms = min(wait_ms, turn_ms)

@@ -490,8 +490,8 @@ async def as_completed(
                 print(job.id, "failed:", exc.message)
 
     One server-side wait (`WaitJobs`) per client and set of credentials covers up to 10,000
-    jobs and returns as soon as one of them ends; waits for jobs of several clients or
-    credentials run concurrently. With `timeout` (seconds, for the whole iteration),
+    jobs and returns as soon as one of them ends; waits for more jobs, or for jobs of several
+    clients or credentials, run concurrently. With `timeout` (seconds, for the whole iteration),
     `JobTimeout` is raised once it has passed with jobs unfinished: its `unfinished` maps each
     such job id to its last known state. A job given twice is yielded twice.
 

@@ -208,8 +208,8 @@ class Client(ClientCore["Job"]):
         """Yield each of `jobs` as it reaches a terminal state (succeeded, failed or
         cancelled), first finished first; its `result()` then needs no further call. One
         server-side wait (`WaitJobs`) covers up to 10,000 jobs of one set of credentials and
-        returns as soon as one of them ends; jobs under several credentials (no operator token)
-        are looked at in turn, a quarter of a second each.
+        returns as soon as one of them ends; more jobs, or jobs under several credentials (no
+        operator token), are looked at in turn, a quarter of a second each.
 
         With `timeout` (seconds, for the whole iteration), `JobTimeout` is raised once it has
         passed with jobs unfinished: its `unfinished` maps each such job id to its last known

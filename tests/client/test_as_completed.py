@@ -172,3 +172,28 @@ def test_the_sync_client_takes_turns_between_credentials(
         gates.open("turn-left")
         assert next(completed) is on_left
         assert [on_left.result(), on_right.result()] == [[2], [3]]
+
+
+def test_more_jobs_than_one_wait_names_are_all_watched(
+    cluster: ow.LocalCluster, run: Runner
+) -> None:
+    """One WaitJobs call names at most 10,000 jobs: a job beyond them that ends first still
+    comes out first, from the sync iterator (turns) and the async one (concurrent waits)."""
+    client = cluster.client()
+    g = ow.TaskGraph()
+    g.add(t.inc)
+    jobs = client.submit_many(g, [[i] for i in range(10_001)], start=False)
+    completed = client.as_completed(jobs)
+    jobs[-1].cancel()
+    assert next(completed) is jobs[-1]
+    completed.close()
+
+    async def scenario() -> None:
+        async with cluster.async_client() as aclient:
+            handles = [ow.AsyncJob(aclient, j.id) for j in jobs]
+            async with contextlib.aclosing(ow.as_completed(handles)) as waiting:
+                await handles[-2].cancel()
+                assert await anext(waiting) is handles[-1]  # already ended
+                assert await anext(waiting) is handles[-2]
+
+    run(scenario())
