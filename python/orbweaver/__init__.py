@@ -53,12 +53,16 @@ from orbweaver.tdl import (
 )
 
 if TYPE_CHECKING:
+    from orbweaver.async_client import AsyncClient, AsyncJob, as_completed
     from orbweaver.client import Client, Job, JobInfo, Progress, ResourceGroup
     from orbweaver.local import LocalCluster
 
 # The client side (gRPC) is imported on first use: executors import `orbweaver` for `@task`
 # and should not pay for grpc at every start and respawn.
 _LAZY = {
+    "AsyncClient": "orbweaver.async_client",
+    "AsyncJob": "orbweaver.async_client",
+    "as_completed": "orbweaver.async_client",
     "Client": "orbweaver.client",
     "Job": "orbweaver.client",
     "JobInfo": "orbweaver.client",
@@ -81,6 +85,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AlreadyExists",
+    "AsyncClient",
+    "AsyncJob",
     "Client",
     "Durability",
     "FailedPrecondition",
@@ -118,5 +124,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "as_completed",
     "task",
 ]

@@ -151,15 +151,20 @@ def make_channel(
     return LeaderChannel(split_targets(target), open_one)
 
 
+def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
+    """A client's TLS credentials (the CA that signed the server's certificate, and the client's
+    own certificate and key for mutual TLS)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+
+
 def _open_channel(target: str, security: Security, max_message_bytes: int) -> grpc.Channel:
     options = _options(max_message_bytes)
     if security.tls is not None:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(security.tls.ca_file),
-            private_key=_read(security.tls.key_file),
-            certificate_chain=_read(security.tls.cert_file),
-        )
-        channel = grpc.secure_channel(target, creds, options=options)
+        channel = grpc.secure_channel(target, channel_credentials(security.tls), options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
     if security.token:
@@ -650,6 +655,39 @@ class Backoff:
             attempt += 1
 
 
+class RetryState:
+    """The retry policy of one call, sans-IO: after each failed attempt, the pause before the
+    next one, or the typed error to raise instead. `call_with_retry` and the asyncio client's
+    `call_with_retry_async` (`orbweaver._rpc_aio`) both run it."""
+
+    __slots__ = ("_codes", "_delays", "_end", "what")
+
+    def __init__(
+        self,
+        *,
+        deadline: float | None = 30.0,
+        backoff: Backoff = Backoff(),
+        retryable: Iterable[grpc.StatusCode] = RETRYABLE,
+        what: str = "call",
+    ) -> None:
+        self._codes = frozenset(retryable)
+        self._end = None if deadline is None else time.monotonic() + deadline
+        self._delays = backoff.delays()
+        self.what = what
+
+    def pause_after(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before retrying after `exc`. A failure that is not transient is
+        raised as its typed error; a transient one past the deadline as `Unavailable`."""
+        code = exc.code() if hasattr(exc, "code") else None
+        if code not in self._codes:
+            raise error_from_rpc(exc) from exc
+        delay = next(self._delays)
+        if self._end is not None and time.monotonic() + delay > self._end:
+            raise errors.Unavailable(f"{self.what}: {exc.details() or code}") from exc
+        log.debug("%s failed with %s, retrying in %.3f s", self.what, code, delay)
+        return delay
+
+
 def call_with_retry(
     call: Callable[[], T],
     *,
@@ -661,20 +699,12 @@ def call_with_retry(
 ) -> T:
     """Run `call`, retrying transient gRPC failures with backoff until `deadline` seconds pass
     (None: forever, until `stop` is set). Non-transient failures are raised as typed errors."""
-    retry_codes = frozenset(retryable)
-    end = None if deadline is None else time.monotonic() + deadline
-    delays = backoff.delays()
+    retries = RetryState(deadline=deadline, backoff=backoff, retryable=retryable, what=what)
     while True:
         try:
             return call()
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code not in retry_codes:
-                raise error_from_rpc(exc) from exc
-            delay = next(delays)
-            if end is not None and time.monotonic() + delay > end:
-                raise errors.Unavailable(f"{what}: {exc.details() or code}") from exc
-            log.debug("%s failed with %s, retrying in %.3f s", what, code, delay)
+            delay = retries.pause_after(exc)
             if stop is not None:
                 if stop.wait(delay):
                     raise errors.Unavailable(f"{what}: stopped while retrying") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class OrbweaverError(Exception):
     """Base class of every Orbweaver error."""
@@ -89,9 +91,28 @@ class JobCancelled(OrbweaverError):
 
 
 class JobTimeout(OrbweaverError, TimeoutError):
-    """The job did not reach a terminal state within the given timeout."""
+    """The job did not reach a terminal state within the given timeout. From a wait for several
+    jobs (`as_completed`), `unfinished` maps each job not finished to its last known state and
+    `job_id` is the first of them."""
 
-    def __init__(self, job_id: int, timeout: float, state: str) -> None:
-        super().__init__(f"job {job_id} still {state} after {timeout:g} s")
+    def __init__(
+        self,
+        job_id: int,
+        timeout: float,
+        state: str,
+        *,
+        unfinished: Mapping[int, str] | None = None,
+    ) -> None:
+        self.unfinished = dict(unfinished) if unfinished else {job_id: state}
+        if len(self.unfinished) == 1:
+            message = f"job {job_id} still {state} after {timeout:g} s"
+        else:
+            listed = ", ".join(f"{j} ({s})" for j, s in list(self.unfinished.items())[:10])
+            more = len(self.unfinished) - 10
+            message = (
+                f"{len(self.unfinished)} jobs still unfinished after {timeout:g} s: {listed}"
+                + (f" and {more} more" if more > 0 else "")
+            )
+        super().__init__(message)
         self.job_id = job_id
         self.timeout = timeout

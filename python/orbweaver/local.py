@@ -31,13 +31,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from orbweaver import errors
 from orbweaver._service import LIFELINE_FD_ENV, PARENT_PID_ENV, StartupError
 from orbweaver.client import Client, ResourceGroup
 from orbweaver.storage.db.url import ENV_DB_URL
 from orbweaver.tdl.task import registered_tasks_dirs
+
+if TYPE_CHECKING:
+    from orbweaver._client_core import ClientCore
+    from orbweaver.async_client import AsyncClient
+
+C = TypeVar("C", bound="ClientCore[Any]")
 
 log = logging.getLogger("orbweaver.local")
 
@@ -204,12 +210,22 @@ class LocalCluster:
         """A new client of this cluster, refusing a graph whose tasks the cluster's executors
         could not import. With `operator` (the default) it holds the operator token and submits
         to the default resource group; without, pass `resource_group=` (and `password=`)."""
+        return self._made(Client, operator, kwargs)
+
+    def async_client(self, *, operator: bool = True, **kwargs: object) -> AsyncClient:
+        """A new `AsyncClient` of this cluster, as `new_client` makes a `Client`: ``async with
+        cluster.async_client() as client`` (within one event loop)."""
+        from orbweaver.async_client import AsyncClient
+
+        return self._made(AsyncClient, operator, kwargs)
+
+    def _made(self, cls: type[C], operator: bool, kwargs: dict[str, object]) -> C:
         kwargs.setdefault("tasks_dir", self.tasks_dir)
         if operator:
             kwargs.setdefault("operator_token", self.operator_token)
-        client = Client(self.address, **kwargs)  # type: ignore[arg-type]
+        client = cls(self.address, **kwargs)  # type: ignore[arg-type]
         if operator and self._group is not None and "resource_group" not in kwargs:
-            client.default_resource_group = self._group
+            client._set_default_group(self._group)
         return client
 
     def client(self) -> Client:

@@ -595,6 +595,31 @@ def test_wait_jobs_returns_when_all_are_terminal(driver: Driver) -> None:
     assert driver.storage.serving()
 
 
+def test_wait_jobs_any_terminal_returns_when_one_is(driver: Driver) -> None:
+    """`any_terminal` (as_completed): the wait ends with the first job that ends."""
+    first, second = (driver.submit(graphs.single(), v, start=True) for v in (1, 2))
+    result: list[pb.WaitJobsReply] = []
+    request = pb.WaitJobsRequest(
+        job_ids=[first, second], timeout_ms=600_000, include_result=True, any_terminal=True
+    )
+    waiter = threading.Thread(
+        target=lambda: result.append(driver.s.jobs.WaitJobs(request, timeout=60))
+    )
+    waiter.start()
+    entries = {e.job_id: e for e in driver.poll()}
+    ctx = driver.register(second, entries[second].task_id.index)
+    driver.succeed(second, 0, ctx.task_instance_id, outputs_frame(20))
+    # Without any_terminal it would wait for the first job (up to max_wait, 60 s).
+    waiter.join(30)
+    assert not waiter.is_alive(), "the wait did not end with the first terminal job"
+    [reply] = result
+    assert [j.state for j in reply.jobs] == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert decode_job_outputs(reply.jobs[1].serialized_outputs) == [20]
+    # A job already terminal ends it at once.
+    again = driver.s.jobs.WaitJobs(request, timeout=30)
+    assert [j.state for j in again.jobs] == [JobState.RUNNING, JobState.SUCCEEDED]
+
+
 def test_progress_counts_and_explanations(driver: Driver) -> None:
     job = driver.submit(graphs.diamond(), 3, start=True)
     reply = driver.s.jobs.GetJobProgress(

@@ -442,15 +442,22 @@ Global___WaitJobReply: _TypeAlias = WaitJobReply  # noqa: Y015
 
 @_typing.final
 class WaitJobsRequest(_message.Message):
-    """Orbweaver: wait for several jobs at once; returns when all are terminal or at the deadline."""
+    """Orbweaver: wait for several jobs at once; returns when all are terminal (with any_terminal:
+    when one is) or at the deadline.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_IDS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     INCLUDE_RESULT_FIELD_NUMBER: _builtins.int
+    ANY_TERMINAL_FIELD_NUMBER: _builtins.int
     timeout_ms: _builtins.int
     include_result: _builtins.bool
+    any_terminal: _builtins.bool
+    """Return as soon as one of the jobs is terminal (as_completed). A server that predates it
+    waits for all of them: the caller still gets every job, in larger groups.
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -459,10 +466,11 @@ class WaitJobsRequest(_message.Message):
         job_ids: _abc.Iterable[_builtins.int] | None = ...,
         timeout_ms: _builtins.int = ...,
         include_result: _builtins.bool = ...,
+        any_terminal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_result", b"include_result", "job_ids", b"job_ids", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_terminal", b"any_terminal", "include_result", b"include_result", "job_ids", b"job_ids", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

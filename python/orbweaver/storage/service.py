@@ -510,10 +510,15 @@ class StorageService:
         return self.wait_jobs(principal, [job_id], timeout_ms)[0]
 
     def wait_jobs(
-        self, principal: Principal, job_ids: Sequence[int], timeout_ms: int
+        self,
+        principal: Principal,
+        job_ids: Sequence[int],
+        timeout_ms: int,
+        *,
+        any_terminal: bool = False,
     ) -> list[JobState]:
-        """Block until every job is terminal or the (capped) timeout passes; the states in the
-        order given. An unknown job id is `JobNotFound`.
+        """Block until every job (with `any_terminal`: one of them) is terminal or the (capped)
+        timeout passes; the states in the order given. An unknown job id is `JobNotFound`.
 
         Each waiting call holds a gRPC worker thread, so at most half of them may wait long;
         beyond that a call waits briefly and the client simply calls again."""
@@ -536,9 +541,10 @@ class StorageService:
                     generation = self._terminal_generation
                 for job_id in pending:
                     states[job_id] = self._state(job_id)
+                ended = any(states[j].is_terminal for j in pending)
                 pending = [j for j in pending if not states[j].is_terminal]
                 remaining = deadline - time.monotonic()
-                if not pending or remaining <= 0:
+                if not pending or (any_terminal and ended) or remaining <= 0:
                     return [states[j] for j in job_ids]
                 with self._terminal:
                     if self._terminal_generation == generation:

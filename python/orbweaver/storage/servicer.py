@@ -150,7 +150,9 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
     @servicer_method
     def WaitJobs(self, request: pb.WaitJobsRequest, context: Ctx) -> pb.WaitJobsReply:
         caller = self._caller(context)
-        states = self.svc.wait_jobs(caller, request.job_ids, request.timeout_ms)
+        states = self.svc.wait_jobs(
+            caller, request.job_ids, request.timeout_ms, any_terminal=request.any_terminal
+        )
         # Results beyond half the message limit are left for GetJobOutputs.
         budget = [self.max_message_bytes // 2]
         return pb.WaitJobsReply(
