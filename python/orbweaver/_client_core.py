@@ -209,6 +209,11 @@ class ClientCore(Generic[J]):
     ) -> J:
         raise NotImplementedError
 
+    def _peers_of(self, job: J) -> list[J]:
+        """Other jobs of this client whose results may be collected with `job`'s (same
+        credentials, not collected yet); none by default."""
+        return []
+
     def _set_default_group(self, group: ResourceGroup | None) -> None:
         self._default_group = group
         self._group_name = None
@@ -561,9 +566,30 @@ class JobCore:
                 return cast("pb.WaitJobReply", reply)
 
     def _result_op(self, timeout: float | None) -> Op[list[Any]]:
+        if self._ended is None:
+            yield from self._collect_ended_op()
         # One call returns the state with the outputs or the error.
         reply = yield from self._wait_op(timeout, include_result=True)
         return (yield from self._result_of_op(reply, timeout))
+
+    def _collect_ended_op(self) -> Op[None]:
+        """With other jobs of this client waiting to be collected (`ClientCore._peers_of`): one
+        WaitJobs that waits for nothing takes the result of every one of them that has ended,
+        this one included, so the loop `[job.result() for job in jobs]` makes a call per batch of
+        ended jobs, not per job. A terminal job never changes: the results are kept on their
+        handles (`_ended`)."""
+        peers = self.client._peers_of(self)
+        if not peers:
+            return
+        metadata = yield from self._metadata_op()
+        jobs = [self, *peers]
+        try:
+            replies = yield from self.client._wait_jobs_op([j.id for j in jobs], metadata, 0)
+        except errors.OrbweaverError:
+            return  # e.g. a peer deleted meanwhile: this job's own wait says what matters
+        for job, reply in zip(jobs, replies, strict=True):
+            if JobState(reply.state).is_terminal:
+                job._ended = reply
 
     def _result_of_op(self, reply: pb.WaitJobReply, timeout: float | None) -> Op[list[Any]]:
         state = JobState(reply.state)

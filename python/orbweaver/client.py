@@ -13,6 +13,8 @@ cluster token: that one is for the services.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_STORAGE", "Client", "Job", "JobInfo", "Metadata", "Progress", "ResourceGroup"]
 
 T = TypeVar("T")
+
+# `Job.result()` collects the results of the client's other ended jobs in the same call, at most
+# this often and this many at a time (one WaitJobs).
+_COLLECT_INTERVAL = 0.02
+_COLLECT_MAX = 1000
 
 
 class Client(ClientCore["Job"]):
@@ -85,12 +92,35 @@ class Client(ClientCore["Job"]):
             self.address, Security(tls=self._tls), max_message_bytes=max_message_bytes
         )
         self._jobs = pb_grpc.JobOrchestrationServiceStub(self._channel)
+        # Handles of jobs this client submitted or looked up whose results were not collected
+        # (weak: a handle the caller dropped is nobody's business), see `_peers_of`.
+        self._uncollected: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
+        self._collected_at = 0.0
         self._groups = pb_grpc.ResourceGroupManagementServiceStub(self._channel)
 
     def _new_job(
         self, job_id: int, graph: TaskGraph | None, resource_group: ResourceGroup | None
     ) -> Job:
-        return Job(self, job_id, graph, resource_group)
+        job = Job(self, job_id, graph, resource_group)
+        self._uncollected[job_id] = job
+        return job
+
+    def _peers_of(self, job: Job) -> list[Job]:
+        # At most one collection per interval: jobs that have not ended yet are not asked for
+        # again on every `result()`.
+        now = time.monotonic()
+        if now - self._collected_at < _COLLECT_INTERVAL:
+            return []
+        self._collected_at = now
+        peers: list[Job] = []
+        for job_id, peer in list(self._uncollected.items()):
+            if peer._ended is not None:
+                self._uncollected.pop(job_id, None)
+            elif peer is not job and peer.resource_group == job.resource_group:
+                peers.append(peer)
+                if len(peers) >= _COLLECT_MAX - 1:
+                    break
+        return peers
 
     # -- plumbing -------------------------------------------------------------------------------
 
