@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -284,3 +286,33 @@ def test_a_zero_or_negative_setting_is_refused_at_start(
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_cancelled_wait_gives_its_long_wait_back(sqlite_url: str, tmp_path: Path) -> None:
+    """Two handler threads allow one long wait. A caller that cancels its long wait frees it at
+    once (its thread no longer waits out the 600 s it asked for), so the next caller's wait is a
+    long one again and sees the job end (a short one would return after 0.2 s, RUNNING)."""
+    proc = StorageProcess(sqlite_url, tmp_path, config="[storage]\ngrpc_workers = 2\n")
+    proc.start()
+    try:
+        d = Driver(proc).setup()
+        job = d.submit(graphs.single(), 5, start=True)
+        request = pb.WaitJobRequest(job_id=job, timeout_ms=600_000, include_result=True)
+        first = d.s.jobs.WaitJob.future(request, timeout=900)
+        time.sleep(0.5)  # the first wait holds the long-wait slot
+        first.cancel()
+        time.sleep(0.5)
+        replies: list[pb.WaitJobReply] = []
+        second = threading.Thread(
+            target=lambda: replies.append(d.s.jobs.WaitJob(request, timeout=60))
+        )
+        second.start()
+        time.sleep(1.0)  # well past a short wait's 0.2 s
+        [entry] = d.poll()
+        ctx = d.register(job, entry.task_id.index)
+        d.succeed(job, 0, ctx.task_instance_id, outputs_frame(6))
+        second.join(60)
+        assert [r.state for r in replies] == [JobState.SUCCEEDED]
+    finally:
+        proc.close()
+        proc.terminate()

@@ -229,6 +229,11 @@ class StorageService:
         if report.completed:
             self._complete_jobs(report.completed)
 
+    def wake_waiters(self) -> None:
+        """Wake every waiting call to check again (one of their callers left)."""
+        with self._terminal:
+            self._terminal.notify_all()
+
     def _notify_terminal(self) -> None:
         with self._terminal:
             self._terminal_generation += 1
@@ -505,9 +510,16 @@ class StorageService:
             f"job {job_id} is {state.name}; an error message exists only for FAILED jobs"
         )
 
-    def wait_job(self, principal: Principal, job_id: int, timeout_ms: int) -> JobState:
+    def wait_job(
+        self,
+        principal: Principal,
+        job_id: int,
+        timeout_ms: int,
+        *,
+        active: Callable[[], bool] = lambda: True,
+    ) -> JobState:
         """Block until the job is terminal or the (capped) timeout passes."""
-        return self.wait_jobs(principal, [job_id], timeout_ms)[0]
+        return self.wait_jobs(principal, [job_id], timeout_ms, active=active)[0]
 
     def wait_jobs(
         self,
@@ -516,9 +528,11 @@ class StorageService:
         timeout_ms: int,
         *,
         any_terminal: bool = False,
+        active: Callable[[], bool] = lambda: True,
     ) -> list[JobState]:
         """Block until every job (with `any_terminal`: one of them) is terminal or the (capped)
-        timeout passes; the states in the order given. An unknown job id is `JobNotFound`.
+        timeout passes, or the caller is gone (`active()` false: a cancelled call, woken by
+        `wake_waiters`); the states in the order given. An unknown job id is `JobNotFound`.
 
         Each waiting call holds a gRPC worker thread, so at most half of them may wait long;
         beyond that a call waits briefly and the client simply calls again."""
@@ -544,7 +558,7 @@ class StorageService:
                 ended = any(states[j].is_terminal for j in pending)
                 pending = [j for j in pending if not states[j].is_terminal]
                 remaining = deadline - time.monotonic()
-                if not pending or (any_terminal and ended) or remaining <= 0:
+                if not pending or (any_terminal and ended) or remaining <= 0 or not active():
                     return [states[j] for j in job_ids]
                 with self._terminal:
                     if self._terminal_generation == generation:

@@ -11,7 +11,8 @@ services, and the transport checks their cluster token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import grpc
@@ -60,6 +61,23 @@ def _ready(entries: list[tuple[int, int, int]]) -> list[pb.ReadyTask]:
 
 
 Current = Callable[[], StorageService]
+
+
+@contextlib.contextmanager
+def _waiting(svc: StorageService, context: Ctx) -> Iterator[StorageService]:
+    """A waiting call whose caller leaves (cancelled, deadline, connection lost) frees its
+    thread at once: gRPC's termination callback wakes the waiters while it still waits."""
+    waiting = [True]
+
+    def left() -> None:
+        if waiting[0]:
+            svc.wake_waiters()
+
+    context.add_callback(left)
+    try:
+        yield svc
+    finally:
+        waiting[0] = False
 
 
 class _OnCurrentService:
@@ -144,15 +162,23 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
     @servicer_method
     def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobReply:
         caller = self._caller(context)
-        state = self.svc.wait_job(caller, request.job_id, request.timeout_ms)
+        with _waiting(self.svc, context) as svc:
+            state = svc.wait_job(
+                caller, request.job_id, request.timeout_ms, active=context.is_active
+            )
         return self._wait_reply(caller, request.job_id, state, request.include_result, None)
 
     @servicer_method
     def WaitJobs(self, request: pb.WaitJobsRequest, context: Ctx) -> pb.WaitJobsReply:
         caller = self._caller(context)
-        states = self.svc.wait_jobs(
-            caller, request.job_ids, request.timeout_ms, any_terminal=request.any_terminal
-        )
+        with _waiting(self.svc, context) as svc:
+            states = svc.wait_jobs(
+                caller,
+                request.job_ids,
+                request.timeout_ms,
+                any_terminal=request.any_terminal,
+                active=context.is_active,
+            )
         # Results beyond half the message limit are left for GetJobOutputs.
         budget = [self.max_message_bytes // 2]
         return pb.WaitJobsReply(
