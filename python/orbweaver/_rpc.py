@@ -291,15 +291,14 @@ class LeaderChannel(grpc.Channel):
         self.close()
 
 
-class _FollowingCall:
-    """A unary method on a `LeaderChannel`: `__call__`, `with_call` and `future` as gRPC's."""
+class PerTargetMethod:
+    """A unary method of a leader-following channel (sync or asyncio), made on the current
+    address's channel when first called there."""
 
     __slots__ = ("_args", "_channel", "_kwargs", "_method", "_methods")
 
-    def __init__(
-        self, channel: LeaderChannel, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        self._channel = channel
+    def __init__(self, channel: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self._channel = channel  # has `targets` (`LeaderTargets`) and `_channel()`
         self._method = method
         self._args = args
         self._kwargs = kwargs
@@ -313,6 +312,12 @@ class _FollowingCall:
                 self._method, *self._args, **self._kwargs
             )
         return target, method
+
+
+class _FollowingCall(PerTargetMethod):
+    """A unary method on a `LeaderChannel`: `__call__`, `with_call` and `future` as gRPC's."""
+
+    __slots__ = ()
 
     def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
         # A redirect names a leader: at most one per address and its referral, plus one.

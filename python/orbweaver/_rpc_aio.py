@@ -21,6 +21,7 @@ from orbweaver._rpc import (
     RETRYABLE,
     Backoff,
     LeaderTargets,
+    PerTargetMethod,
     RetryState,
     TlsConfig,
     _options,
@@ -153,29 +154,11 @@ class AioLeaderChannel(grpc.aio.Channel):
         await self.close()
 
 
-class _AioFollowingCall:
+class _AioFollowingCall(PerTargetMethod):
     """A unary method on an `AioLeaderChannel`: awaiting a call follows a standby's redirect as
     `orbweaver._rpc.LeaderChannel` does."""
 
-    __slots__ = ("_args", "_channel", "_kwargs", "_method", "_methods")
-
-    def __init__(
-        self, channel: AioLeaderChannel, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        self._channel = channel
-        self._method = method
-        self._args = args
-        self._kwargs = kwargs
-        self._methods: dict[str, Any] = {}
-
-    def _on(self) -> tuple[str, Any]:
-        target, channel = self._channel._channel()
-        method = self._methods.get(target)
-        if method is None:
-            method = self._methods[target] = channel.unary_unary(
-                self._method, *self._args, **self._kwargs
-            )
-        return target, method
+    __slots__ = ()
 
     async def __call__(self, request: Any, **kwargs: Any) -> Any:
         targets = self._channel.targets

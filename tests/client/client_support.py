@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orbweaver._proto import orbweaver_pb2 as pb
+from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._rpc import Server, add_servicer, make_server
+
 T = TypeVar("T")
 J = TypeVar("J")
 
@@ -43,3 +47,35 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
 
 async def collect(items: AsyncIterator[J]) -> list[J]:
     return [item async for item in items]
+
+
+class _Gate:
+    def __init__(self, refusal: str | None) -> None:
+        self.value = refusal
+
+    def refusal(self) -> str | None:
+        return self.value
+
+
+class _Session(pb_grpc.SessionManagementServiceServicer):
+    def __init__(self, session_id: int) -> None:
+        self.session_id = session_id
+        self.calls = 0
+
+    def GetSession(self, request: pb.Void, context: Any) -> pb.SessionReply:
+        self.calls += 1
+        return pb.SessionReply(session_id=self.session_id)
+
+
+class FakeStorage:
+    """A gRPC server answering GetSession with its `session_id`, or refusing every call as a
+    standby naming `refusal` (the leader's address, "" for none), through the real gate of
+    `orbweaver._rpc.make_server`."""
+
+    def __init__(self, session_id: int, refusal: str | None = None) -> None:
+        self.gate = _Gate(refusal)
+        self.servicer = _Session(session_id)
+        self.server: Server = make_server("127.0.0.1:0", gate=self.gate)
+        add_servicer(self.server.grpc_server, self.servicer, "SessionManagementService")
+        self.server.start()
+        self.address = f"127.0.0.1:{self.server.port}"

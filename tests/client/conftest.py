@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_support import Gates, Runner
+from client_support import FakeStorage, Gates, Runner
 
 import orbweaver as ow
 from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
@@ -52,3 +52,12 @@ def cluster(db_url: str, tmp_path: Path, markers: Path) -> Iterator[ow.LocalClus
 @pytest.fixture
 def run() -> Runner:
     return Runner()
+
+
+@pytest.fixture
+def storages() -> Iterator[list[FakeStorage]]:
+    """Fake storages a test makes (append them); stopped afterwards."""
+    made: list[FakeStorage] = []
+    yield made
+    for s in made:
+        s.server.stop(0)

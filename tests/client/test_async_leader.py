@@ -13,53 +13,15 @@ from typing import Any
 import client_tasks as t
 import grpc
 import pytest
-from client_support import Gates, Runner
+from client_support import FakeStorage, Gates, Runner
 
 import orbweaver as ow
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import Server, add_servicer, make_server
 from orbweaver._rpc_aio import AioLeaderChannel, make_aio_channel
 from support.failover import FailoverCluster
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-
-
-class _Gate:
-    def __init__(self, refusal: str | None) -> None:
-        self.value = refusal
-
-    def refusal(self) -> str | None:
-        return self.value
-
-
-class _Session(pb_grpc.SessionManagementServiceServicer):
-    def __init__(self, session_id: int) -> None:
-        self.session_id = session_id
-        self.calls = 0
-
-    def GetSession(self, request: pb.Void, context: Any) -> pb.SessionReply:
-        self.calls += 1
-        return pb.SessionReply(session_id=self.session_id)
-
-
-class Storage:
-    """A server answering GetSession with its `session_id`, or refusing as a standby."""
-
-    def __init__(self, session_id: int, refusal: str | None = None) -> None:
-        self.servicer = _Session(session_id)
-        self.server: Server = make_server("127.0.0.1:0", gate=_Gate(refusal))
-        add_servicer(self.server.grpc_server, self.servicer, "SessionManagementService")
-        self.server.start()
-        self.address = f"127.0.0.1:{self.server.port}"
-
-
-@pytest.fixture
-def storages() -> Iterator[list[Storage]]:
-    made: list[Storage] = []
-    yield made
-    for s in made:
-        s.server.stop(0)
 
 
 async def session(channel: AioLeaderChannel) -> int:
@@ -68,10 +30,10 @@ async def session(channel: AioLeaderChannel) -> int:
 
 
 def test_a_standby_sends_the_call_on_to_the_leader_it_names(
-    storages: list[Storage], run: Runner
+    storages: list[FakeStorage], run: Runner
 ) -> None:
-    leader = Storage(7)
-    standby = Storage(0, refusal=leader.address)
+    leader = FakeStorage(7)
+    standby = FakeStorage(0, refusal=leader.address)
     storages += [leader, standby]
 
     async def scenario() -> None:
@@ -84,10 +46,10 @@ def test_a_standby_sends_the_call_on_to_the_leader_it_names(
 
 
 def test_a_named_leader_that_cannot_be_reached_does_not_loop_back(
-    storages: list[Storage], run: Runner
+    storages: list[FakeStorage], run: Runner
 ) -> None:
-    leader = Storage(9)
-    standby = Storage(0, refusal="unreachable.invalid:1")
+    leader = FakeStorage(9)
+    standby = FakeStorage(0, refusal="unreachable.invalid:1")
     storages += [leader, standby]
 
     async def scenario() -> None:
@@ -106,11 +68,11 @@ def test_a_named_leader_that_cannot_be_reached_does_not_loop_back(
 
 
 def test_an_address_that_is_down_is_skipped_by_the_client_retry(
-    storages: list[Storage], run: Runner
+    storages: list[FakeStorage], run: Runner
 ) -> None:
-    leader = Storage(3)
+    leader = FakeStorage(3)
     storages.append(leader)
-    down = Storage(0)
+    down = FakeStorage(0)
     down.server.stop(0)  # nothing listens there any more
 
     async def scenario() -> None:
@@ -123,9 +85,9 @@ def test_an_address_that_is_down_is_skipped_by_the_client_retry(
 
 
 def test_a_channel_serves_the_event_loop_of_its_first_call(
-    storages: list[Storage], run: Runner
+    storages: list[FakeStorage], run: Runner
 ) -> None:
-    leader = Storage(5)
+    leader = FakeStorage(5)
     storages.append(leader)
     channel = make_aio_channel(leader.address)
     assert run(session(channel)) == 5

@@ -3,54 +3,14 @@ names, with real gRPC servers (one serving, others refusing as standbys do)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import grpc
 import pytest
+from client_support import FakeStorage
 
 from orbweaver import errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import LeaderChannel, Server, add_servicer, make_channel, make_server
-
-
-class _Gate:
-    def __init__(self, refusal: str | None) -> None:
-        self.value = refusal
-
-    def refusal(self) -> str | None:
-        return self.value
-
-
-class _Session(pb_grpc.SessionManagementServiceServicer):
-    def __init__(self, session_id: int) -> None:
-        self.session_id = session_id
-        self.calls = 0
-
-    def GetSession(self, request: pb.Void, context: Any) -> pb.SessionReply:
-        self.calls += 1
-        return pb.SessionReply(session_id=self.session_id)
-
-
-class Storage:
-    """A server answering GetSession with its `session_id`, or refusing as a standby."""
-
-    def __init__(self, session_id: int, refusal: str | None = None) -> None:
-        self.gate = _Gate(refusal)
-        self.servicer = _Session(session_id)
-        self.server: Server = make_server("127.0.0.1:0", gate=self.gate)
-        add_servicer(self.server.grpc_server, self.servicer, "SessionManagementService")
-        self.server.start()
-        self.address = f"127.0.0.1:{self.server.port}"
-
-
-@pytest.fixture
-def storages() -> Iterator[list[Storage]]:
-    made: list[Storage] = []
-    yield made
-    for s in made:
-        s.server.stop(0)
+from orbweaver._rpc import LeaderChannel, make_channel
 
 
 def session(channel: grpc.Channel) -> int:
@@ -58,9 +18,9 @@ def session(channel: grpc.Channel) -> int:
     return int(reply.session_id)
 
 
-def test_a_standby_sends_the_call_on_to_the_leader_it_names(storages: list[Storage]) -> None:
-    leader = Storage(7)
-    standby = Storage(0, refusal=leader.address)
+def test_a_standby_sends_the_call_on_to_the_leader_it_names(storages: list[FakeStorage]) -> None:
+    leader = FakeStorage(7)
+    standby = FakeStorage(0, refusal=leader.address)
     storages += [leader, standby]
     channel = make_channel(f"{standby.address},{leader.address}")
     assert isinstance(channel, LeaderChannel)
@@ -71,12 +31,12 @@ def test_a_standby_sends_the_call_on_to_the_leader_it_names(storages: list[Stora
 
 
 def test_a_named_leader_that_cannot_be_reached_does_not_loop_back(
-    storages: list[Storage],
+    storages: list[FakeStorage],
 ) -> None:
     """The standby names an address this client cannot reach (NAT, published ports): the
     channel moves on after the standby, to the next address it was given."""
-    leader = Storage(9)
-    standby = Storage(0, refusal="unreachable.invalid:1")
+    leader = FakeStorage(9)
+    standby = FakeStorage(0, refusal="unreachable.invalid:1")
     storages += [leader, standby]
     channel = make_channel(f"{standby.address},{leader.address}")
     for _ in range(5):
@@ -91,10 +51,10 @@ def test_a_named_leader_that_cannot_be_reached_does_not_loop_back(
     channel.close()
 
 
-def test_an_address_that_is_down_is_skipped(storages: list[Storage]) -> None:
-    leader = Storage(3)
+def test_an_address_that_is_down_is_skipped(storages: list[FakeStorage]) -> None:
+    leader = FakeStorage(3)
     storages.append(leader)
-    down = Storage(0)
+    down = FakeStorage(0)
     down.server.stop(0)  # nothing listens there any more
     channel = make_channel(f"{down.address},{leader.address}")
     with pytest.raises(grpc.RpcError):
@@ -103,8 +63,8 @@ def test_an_address_that_is_down_is_skipped(storages: list[Storage]) -> None:
     channel.close()
 
 
-def test_while_nobody_leads_the_standby_says_so(storages: list[Storage]) -> None:
-    standby = Storage(0, refusal="")
+def test_while_nobody_leads_the_standby_says_so(storages: list[FakeStorage]) -> None:
+    standby = FakeStorage(0, refusal="")
     storages.append(standby)
     channel = make_channel(standby.address)
     with pytest.raises(grpc.RpcError) as refused:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import secrets
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,7 @@ from grpc_health.v1 import health_pb2
 
 import orbweaver as ow
 from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
-from support.procs import ServiceProcess, StorageProcess
+from support.procs import ServiceProcess, StorageProcess, one_leader
 
 # A short lease: failover within seconds in tests.
 FAILOVER_STORAGE_CONFIG = STORAGE_CONFIG + "lease = 1.5\nvisibility_timeout = 5.0\n"
@@ -150,14 +149,7 @@ class FailoverCluster:
 
     def leader(self, timeout: float = 60.0) -> int:
         """The index of the one storage that leads, once exactly one does."""
-        deadline = time.monotonic() + timeout
-        while True:
-            leaders = self.leaders()
-            if len(leaders) == 1:
-                return leaders[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(leaders)} storages lead after {timeout} s: {leaders}")
-            time.sleep(0.1)
+        return one_leader(self.leaders, timeout, interval=0.1)
 
     # -- faults --
 

@@ -24,13 +24,12 @@ import contextlib
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from support.liveness import SCHEDULER_CONFIG, STORAGE_CONFIG
 from support.mariadb_server import MariaDBServer, private_server
 from support.netns import SUBNET, Host, Network
-from support.procs import ServiceProcess, StorageProcess, child_env
+from support.procs import ServiceProcess, StorageProcess, child_env, one_leader
 from support.service_commands import SCHEDULER, STORAGE, WORKER, ServiceCommand
 
 STORAGE_PORT = 50051
@@ -271,14 +270,7 @@ class MultiHostCluster:
 
     def leader(self, timeout: float = 60.0) -> str:
         """The one storage that leads, once exactly one does."""
-        deadline = time.monotonic() + timeout
-        while True:
-            leaders = self.leaders()
-            if len(leaders) == 1:
-                return leaders[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(leaders)} storages lead after {timeout} s: {leaders}")
-            time.sleep(0.5)
+        return one_leader(self.leaders, timeout, interval=0.5)
 
     # -- the client host --
 

@@ -47,6 +47,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def one_leader(leaders: Callable[[], list[T]], timeout: float, interval: float) -> T:
+    """The one storage `leaders()` names, once exactly one leads (failover clusters)."""
+    found: list[T] = []
+
+    def exactly_one() -> bool:
+        found[:] = leaders()
+        return len(found) == 1
+
+    try:
+        wait_until(exactly_one, timeout=timeout, interval=interval, what="exactly one leader")
+    except AssertionError:
+        raise AssertionError(f"{len(found)} storages lead after {timeout} s: {found}") from None
+    return found[0]
+
+
 def child_env() -> dict[str, str]:
     """This environment with the checkout on PYTHONPATH: what service and client children get."""
     env = dict(os.environ)
