@@ -9,6 +9,7 @@ Executors import this module from the example's folder (the tasks directory).
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import shutil
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orbweaver as ow
 
@@ -101,10 +103,31 @@ def open_staging(staging_dir: str) -> str:
 def remove_staging(ctx: ow.TaskContext) -> None:
     """The cleanup task: runs when the job is cancelled, with the graph inputs (plain values) in
     `ctx.graph_inputs`; the first one is the staging directory. Removing an already removed
-    directory is fine, so the task may safely run more than once."""
+    directory is fine, so the task may safely run more than once.
+
+    A staging task of the cancelled job may still be running (cancellation does not interrupt a
+    task mid-way), so files can appear or vanish (a temporary file renamed into place) while the
+    tree is removed: a file already gone is fine, and the removal is retried until it holds."""
     staging = Path((ctx.graph_inputs or [""])[0])
-    if staging.is_absolute() and is_staging_dir(staging):
-        shutil.rmtree(staging)
+    if not (staging.is_absolute() and is_staging_dir(staging)):
+        return
+    for _ in range(50):
+        shutil.rmtree(staging, onerror=_ignore_vanished)
+        if not staging.exists():
+            return
+        time.sleep(0.05)
+    raise OSError(f"could not remove the staging directory {staging}: files keep appearing")
+
+
+def _ignore_vanished(func: object, path: str, exc_info: tuple[Any, BaseException, Any]) -> None:
+    """`shutil.rmtree`'s error handler: a file that vanished, or a directory that gained a file,
+    is left for the next pass; anything else is a real error."""
+    exc = exc_info[1]
+    if isinstance(exc, FileNotFoundError):
+        return
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY:
+        return
+    raise exc
 
 
 # -- ingest, validate, stage ----------------------------------------------------------------------
