@@ -108,23 +108,9 @@ def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 if TYPE_CHECKING:
-    _ClientInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
     _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
-else:  # the runtime classes are not generic
-    _ClientInterceptor = grpc.UnaryUnaryClientInterceptor
+else:  # the runtime class is not generic
     _ServerInterceptor = grpc.ServerInterceptor
-
-
-class _TokenClientInterceptor(_ClientInterceptor):
-    def __init__(self, token: str) -> None:
-        self._metadata = (TOKEN_METADATA_KEY, f"Bearer {token}")
-
-    def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        metadata = list(client_call_details.metadata or [])
-        metadata.append(self._metadata)
-        return continuation(client_call_details._replace(metadata=metadata), request)
 
 
 def split_targets(target: str) -> list[str]:
@@ -148,7 +134,10 @@ def make_channel(
     def open_one(address: str) -> grpc.Channel:
         return _open_channel(address, security, max_message_bytes)
 
-    return LeaderChannel(split_targets(target), open_one)
+    # The cluster token rides on every call as metadata the channel adds itself: a gRPC client
+    # interceptor would cost a few wrapper objects per call on every hop of every task.
+    token = ((TOKEN_METADATA_KEY, f"Bearer {security.token}"),) if security.token else ()
+    return LeaderChannel(split_targets(target), open_one, metadata=token)
 
 
 def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
@@ -167,8 +156,6 @@ def _open_channel(target: str, security: Security, max_message_bytes: int) -> gr
         channel = grpc.secure_channel(target, channel_credentials(security.tls), options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
-    if security.token:
-        channel = grpc.intercept_channel(channel, _TokenClientInterceptor(security.token))
     return channel
 
 
@@ -228,9 +215,17 @@ class LeaderChannel(grpc.Channel):
     raised: the caller's retry policy decides, as for a storage restart. A single address
     behaves as a plain channel that also follows a standby's redirect."""
 
-    def __init__(self, targets: list[str], open_one: Callable[[str], grpc.Channel]) -> None:
+    def __init__(
+        self,
+        targets: list[str],
+        open_one: Callable[[str], grpc.Channel],
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.targets = LeaderTargets(targets)
         self._open_one = open_one
+        # Added to every unary call's own metadata (the cluster token).
+        self.metadata = metadata
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._closed = False
@@ -319,7 +314,14 @@ class _FollowingCall(PerTargetMethod):
 
     __slots__ = ()
 
+    def _with_metadata(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        extra = self._channel.metadata
+        if extra:
+            kwargs["metadata"] = (*(kwargs.get("metadata") or ()), *extra)
+        return kwargs
+
     def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
+        kwargs = self._with_metadata(kwargs)
         # A redirect names a leader: at most one per address and its referral, plus one.
         for _ in range(self._channel.targets.max_redirects):
             target, method = self._on()
@@ -340,7 +342,7 @@ class _FollowingCall(PerTargetMethod):
         # No transparent retry: the caller waits on this very future. A failure still moves
         # the channel on, so the caller's retry reaches the leader.
         target, method = self._on()
-        future = method.future(request, **kwargs)
+        future = method.future(request, **self._with_metadata(kwargs))
 
         def moved_on(done: Any) -> None:
             if not done.cancelled() and done.exception() is not None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from orbweaver import _trace
 from orbweaver._client_core import (
     DEFAULT_STORAGE,
     TURN_MS,
@@ -201,9 +202,17 @@ class Client(ClientCore["Job"]):
         `durability` overrides the graph's (see `orbweaver.Durability`). The submission carries
         `idempotency_key` (a random one by default), so a retried call never creates a second
         job; the same key with the same graph and inputs returns the same job."""
-        return self._run(
+        if not _trace.ENABLED:
+            return self._run(
+                self._submit_op(graph, inputs, resource_group, start, idempotency_key, durability)
+            )
+        began = time.monotonic_ns()
+        job = self._run(
             self._submit_op(graph, inputs, resource_group, start, idempotency_key, durability)
         )
+        _trace.mark("client.submit", job.id, began)
+        _trace.mark("client.submitted", job.id)
+        return job
 
     def submit_many(
         self,
@@ -312,7 +321,13 @@ class Job(JobCore):
     def result(self, timeout: float | None = None) -> list[Any]:
         """Wait for the job and return its outputs; raise `JobFailed`, `JobCancelled` or
         `JobTimeout`."""
-        return self.client._run(self._result_op(timeout))
+        if not _trace.ENABLED:
+            return self.client._run(self._result_op(timeout))
+        _trace.mark("client.result", self.id)
+        try:
+            return self.client._run(self._result_op(timeout))
+        finally:
+            _trace.mark("client.resulted", self.id)
 
     def outputs(self) -> list[Any]:
         """The job outputs (all outputs of the tasks without children, in task order)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from orbweaver import _rpc, _taskid, errors
+from orbweaver import _rpc, _taskid, _trace, errors
 from orbweaver._log import setup_logging
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
@@ -492,6 +492,8 @@ class SchedulerRuntime:
 
     def _ingest(self, reply: pb.PollAllReply) -> None:
         core = self._core
+        if _trace.ENABLED:
+            _trace.mark_many("scheduler.polled", (t.job_id for t in reply.tasks))
         session = reply.session_id
         try:
             result = core.ingest(

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from orbweaver import _rpc, _taskid, errors
+from orbweaver import _rpc, _taskid, _trace, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver.scheduler.core import Assignment
@@ -141,6 +141,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         self._ack(em_id, request.acks)
         max_items = min(request.max_items or 1, self._max_batch)
         deliveries = self._take(em_id, max_items, self._wait(request.wait_time_ms), context)
+        if _trace.ENABLED:
+            _trace.mark_many("scheduler.handed", (d.item.job_id for d in deliveries))
         return pb.NextTasksReply(assignments=[self._to_proto(d) for d in deliveries])
 
     @_rpc.servicer_method

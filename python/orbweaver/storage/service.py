@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from orbweaver import _core, errors
+from orbweaver import _core, _trace, errors
 from orbweaver._limits import MESSAGE_OVERHEAD_BYTES, clip_message
 from orbweaver._rpc import Backoff
 from orbweaver.states import JobState
@@ -333,6 +333,8 @@ class StorageService:
             )
         except db_errors.DbError as exc:
             raise translate(exc) from exc
+        if _trace.ENABLED:
+            _trace.mark_many("storage.committed", (job_id for job_id, _ in registered))
         if task_durable:  # before any task of theirs can be offered
             self.task_outputs.track(job_id for job_id, _ in registered)
         state = JobState.RUNNING if start else JobState.READY
@@ -660,6 +662,8 @@ class StorageService:
                 registered += 1
                 out.append(result)
         self.metrics.instances_registered.inc(registered)
+        if _trace.ENABLED:
+            _trace.mark_many("storage.instances", (job_id for job_id, _ in items))
         return out
 
     def _fail_undeliverable(self, job_id: int, message: str) -> None:
@@ -686,6 +690,8 @@ class StorageService:
     ) -> list[errors.OrbweaverError | None]:
         """Apply reported successes (`bytes` outputs) and failures (`str` message)."""
         self.check_session(session_id)
+        if _trace.ENABLED:
+            _trace.mark_many("storage.report", (item[0] for item in items))
         results = self.cache.report_batch(items)
         out: list[errors.OrbweaverError | None] = []
         succeeded = failed = 0
@@ -758,6 +764,8 @@ class StorageService:
                 raise self._fatal(f"jobs completing: cache and database disagree: {exc}") from exc
             except _core.CoreError as exc:
                 raise self._fatal(f"jobs completing: {exc}") from exc
+        if _trace.ENABLED:
+            _trace.mark_many("storage.completed", (o.job_id for o in live))
         terminal = [state for state in states if state is not None and state.is_terminal]
         for state in terminal:
             self.metrics.job_terminated(state)
@@ -914,13 +922,16 @@ class StorageService:
     ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         self._check_poller(scheduler_id)
         cap = 1 << 20
-        return self.cache.poll_all(
+        polled = self.cache.poll_all(
             min(max_tasks, cap),
             min(max_commit, cap),
             min(max_cleanup, cap),
             min(wait_ms, self._max_wait_ms),
             now_ms(),
         )
+        if _trace.ENABLED:
+            _trace.mark_many("storage.polled", (job for lane in polled for _, job, _ in lane))
+        return polled
 
     # -----------------------------------------------------------------------------------------
     # Execution managers and schedulers

@@ -12,12 +12,13 @@ services, and the transport checks their cluster token.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
 import grpc
 
-from orbweaver import _core, _taskid, errors
+from orbweaver import _core, _taskid, _trace, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import add_servicer, code_for, servicer_method
@@ -103,6 +104,7 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
 
     @servicer_method
     def RegisterJob(self, request: pb.RegisterJobRequest, context: Ctx) -> pb.RegisterJobReply:
+        began = time.monotonic_ns() if _trace.ENABLED else 0
         self.auth.for_submission(
             context.invocation_metadata(), request.resource_group_id, request.password
         )
@@ -113,6 +115,8 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
             start=request.start,
             durability=request.durability,
         )
+        if began:
+            _trace.mark("storage.register", job_id, began)
         return pb.RegisterJobReply(job_id=job_id, state=_state(state), deduplicated=dedup)
 
     @servicer_method
@@ -166,6 +170,8 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
             state = svc.wait_job(
                 caller, request.job_id, request.timeout_ms, active=context.is_active
             )
+        if _trace.ENABLED:
+            _trace.mark("storage.waited", request.job_id)
         return self._wait_reply(caller, request.job_id, state, request.include_result, None)
 
     @servicer_method

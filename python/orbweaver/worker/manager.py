@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
-from orbweaver import _taskid, errors
+from orbweaver import _taskid, _trace, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import Backoff, call_with_retry, make_channel
@@ -117,9 +117,18 @@ class ExecutionManager:
         if scheduler is None:
             self._channels.append(make_channel(config.scheduler, config.security))
             scheduler = pb_grpc.SchedulerServiceStub(self._channels[-1])
+        # Registrations go on a channel of their own: made in the fetching thread (see
+        # `Calls.direct`), they are cut short by closing it when fetching stops.
+        self._fetch_channel: grpc.Channel | None = None
+        self._registrar: StoragePeer
         if storage is None:
             self._channels.append(make_channel(config.storage, config.security))
             storage = GrpcStorage(self._channels[-1])
+            self._fetch_channel = make_channel(config.storage, config.security)
+            self._channels.append(self._fetch_channel)
+            self._registrar = GrpcStorage(self._fetch_channel)
+        else:
+            self._registrar = storage
         self._scheduler: SchedulerPeer = scheduler
         self._storage: StoragePeer = storage
         self._pool = ExecutorPool(
@@ -326,6 +335,10 @@ class ExecutionManager:
             for condition in (self._runnable, self._reportable, self._changed):
                 condition.notify_all()
         self._calls.cancel()
+        if self._fetch_channel is not None:
+            # Cuts a registration in flight short. In a thread: the channel's lock is not
+            # reentrant, and this may run in a signal handler.
+            threading.Thread(target=self._fetch_channel.close, daemon=True).start()
 
     def stop(self, drain: bool = True) -> None:
         """Stop fetching (cutting an in-flight poll or registration short), let registered
@@ -509,6 +522,8 @@ class ExecutionManager:
                 self._stop_fetching.wait(delay)
                 continue
             delays = Backoff(base=0.05, cap=2.0).delays()
+            if _trace.ENABLED:
+                _trace.mark_many("em.fetched", (a.job_id for a in reply.assignments))
             with self._state() as core:
                 actions = core.fetched([assigned(a) for a in reply.assignments])
             self._apply(actions, self._stop_fetching)
@@ -543,8 +558,8 @@ class ExecutionManager:
         reason = ""
         try:
             reply = call_with_retry(
-                lambda: self._calls.call(
-                    self._storage.RegisterTaskInstances, request, 30, self._stop_fetching
+                lambda: self._calls.direct(
+                    self._registrar.RegisterTaskInstances, request, 30, self._stop_fetching
                 ),
                 deadline=None,
                 stop=self._stop_fetching,
@@ -578,6 +593,8 @@ class ExecutionManager:
             failure = RegistrationFailure.REFUSED
         else:
             results = [registration_result(item) for item in reply.items]
+            if _trace.ENABLED:
+                _trace.mark_many("em.registered", (i.job_id for i in register.items))
             with self._state() as core:
                 return core.registration_done(register, results)
         with self._state() as core:
@@ -626,6 +643,8 @@ class ExecutionManager:
                 run = core.take_batch()
             if run is None:
                 return
+            if _trace.ENABLED:
+                _trace.mark_many("em.run", (w.request.job_id for w in run.work))
             try:
                 results = self._pool.run_batch([w.request for w in run.work])
             except ExecutorPoolError as exc:
@@ -644,6 +663,8 @@ class ExecutionManager:
                 if result.kind is not ResultKind.NOT_RUN:
                     self.metrics.tasks.labels(result.kind.name.lower()).inc()
             failure = self._pool.respawn_failure
+            if _trace.ENABLED:
+                _trace.mark_many("em.ran", (w.request.job_id for w in run.work))
             with self._state() as core:
                 actions = core.ran(
                     run, results, pool_failure=failure, pool_closed=self._pool.closed
@@ -666,9 +687,13 @@ class ExecutionManager:
 
     def _send_report(self, report: Report) -> list[Action]:
         request = report_request(report)
+        if _trace.ENABLED:
+            _trace.mark_many("em.report", (o.job_id for o in report.outcomes))
         try:
             reply = call_with_retry(
-                lambda: self._calls.call(self._storage.ReportTaskOutcomes, request, 60, self._stop),
+                lambda: self._calls.direct(
+                    self._storage.ReportTaskOutcomes, request, 60, self._stop
+                ),
                 deadline=None,
                 stop=self._stop,
                 what="report outcomes",

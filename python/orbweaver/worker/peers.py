@@ -105,6 +105,26 @@ class Calls:
     ) -> Rep:
         return self.result(self.begin(method, request, timeout, stop))
 
+    @staticmethod
+    def direct(method: Unary[Req, Rep], request: Req, timeout: float, stop: threading.Event) -> Rep:
+        """A call made in the calling thread, for the hops of every task (registration,
+        reports): gRPC's future would wake another thread for each of them (and start one when
+        no other call is under way). `cancel()` cannot reach it: it is cut short only by
+        closing its channel once `stop` is set (then it raises `grpc.FutureCancelledError`,
+        as a cancelled future does), and it lasts at most `timeout` seconds."""
+        if stop.is_set():
+            raise grpc.FutureCancelledError()
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if stop.is_set() and exc.code() == grpc.StatusCode.CANCELLED:
+                raise grpc.FutureCancelledError() from exc
+            raise
+        except ValueError as exc:  # the channel was closed before the call began
+            if stop.is_set():
+                raise grpc.FutureCancelledError() from exc
+            raise
+
     def begin(
         self, method: Unary[Req, Rep], request: Req, timeout: float, stop: threading.Event
     ) -> Pending[Rep]:
