@@ -60,11 +60,10 @@ def add(a: int, b: int) -> int:
 def spin(ms: int) -> float:
     """Busy-wait (no sleep: the CPU stays busy) for ``ms`` milliseconds; the seconds spun."""
     start = time.perf_counter()
-    end = start + ms / 1000
-    now = start
-    while now < end:
-        now = time.perf_counter()
-    return now - start
+    spun = 0.0
+    while spun < ms / 1000:  # the returned time is compared with ms / 1000 exactly so
+        spun = time.perf_counter() - start
+    return spun
 
 
 def blob(size: int) -> bytes:
