@@ -265,12 +265,14 @@ class PeerRunner(Runner):
         return self.peer.neural_network(nn), {}, {}
 
     def bytes_moved(self) -> tuple[int | None, str]:
-        return tuple(self.peer.bytes_moved())  # type: ignore[return-value]
+        moved, how = self.peer.bytes_moved()
+        return moved, how
 
     def other_topology(self, sizes: Sizes) -> tuple[str, float, list[Any]]:
         if not hasattr(self.peer, "other_topology"):
             return super().other_topology(sizes)
-        return tuple(self.peer.other_topology(self.workers, sizes.jobs))  # type: ignore[return-value]
+        label, seconds, outputs = self.peer.other_topology(self.workers, sizes.jobs)
+        return label, seconds, outputs
 
     def client_env(self) -> dict[str, str]:
         return {CLIENT_ADDRESS_ENV: self.peer.address()}
