@@ -5,6 +5,7 @@
   loopback port and a socket, with a password-less ``root``; stopped with SIGTERM (then SIGKILL).
   ``ORBWEAVER_BENCH_MARIADB_URL`` (``mariadb://user:pw@host:port``) uses an existing server.
 * :func:`machine_info`, :func:`write_results`: what every results file records.
+* :func:`median`, :func:`percentile`: the statistics of the summaries.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ Workload shapes (``--workloads lat,t1,t10,t100,fanout,clients4,topology``; the d
   workers of 1 thread against 1 worker of 2 threads; not run on Ray.
 
 Every run also records the CPU seconds and the peak memory of each role (storage, scheduler,
-execution manager, executors, mariadbd; raylet, gcs_server, ray workers; dask workers; "driver"
-is the harness process of the system, with its client and, for Dask, the scheduler).
+execution manager, executors, mariadbd; raylet, gcs_server, ray workers and helpers; dask
+workers; "driver" is the harness process of the system, with its client and, for Dask, the
+scheduler).
 
 Orbweaver runs as ``orbweaver.LocalCluster(workers=2, db=<MariaDB on a private server started
 here>, tasks_dir=benches/peers)``: storage, scheduler and an execution manager with 2 executor
@@ -58,7 +59,9 @@ in its own child process of this harness, after a warm-up; cluster start-up is n
 ``--durability task`` submits Orbweaver's jobs with ``durability="task"`` (each succeeded task's
 outputs persisted in the background, so a storage restart resumes running jobs): its cost.
 
-Writes ``benches/results/e2e.json`` and prints a table.
+Writes ``benches/results/e2e.json`` (``--out``; the shapes' figures in docs/performance.md are in
+``e2e-shapes.json``, which ``benches/charts.py`` draws) and prints a table, and a second one with
+the shapes' own figures.
 """
 
 from __future__ import annotations
@@ -507,12 +510,17 @@ class OrbweaverRunner(Runner):
 
 
 def measure(
-    runner: Runner, workload: str, sizes: Sizes, nn: w.NeuralNetwork | None, timeout: float
+    runner: Runner,
+    workload: str,
+    sizes: Sizes,
+    nn: w.NeuralNetwork | None,
+    timeout: float,
+    durability: str,
 ) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """One run of ``workload``: outputs, phase timings, other measures. ``extra["wall_s"]``,
     when present, is the wall time of the measured part (without starting client processes)."""
     if workload == "clients4":
-        return run_clients(runner, sizes, timeout)
+        return run_clients(runner, sizes, timeout, durability)
     if workload != "topology":
         return runner.run(workload, sizes, nn)
     started = time.perf_counter()
@@ -532,7 +540,7 @@ CLIENT_LINE = "owbench-client"
 
 
 def run_clients(
-    runner: Runner, sizes: Sizes, timeout: float
+    runner: Runner, sizes: Sizes, timeout: float, durability: str
 ) -> tuple[list[Any], dict[str, float], dict[str, Any]]:
     """``sizes.clients`` client processes (``--client``) each run ``sizes.client_jobs`` diamond
     jobs one after the other, all at once: each connects and warms up, says it is ready, and
@@ -551,6 +559,8 @@ def run_clients(
                 str(sizes.client_jobs),
                 "--timeout",
                 str(timeout),
+                "--durability",
+                durability,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -590,7 +600,7 @@ def _client_says(proc: subprocess.Popen[str], what: str) -> str:
     raise RuntimeError(f"a client process exited ({proc.wait()}) before it said {what}")
 
 
-def client_main(system: str, index: int, jobs: int, timeout: float) -> int:
+def client_main(system: str, index: int, jobs: int, timeout: float, durability: str) -> int:
     """A client process of ``run_clients``: diamond jobs ``index * jobs ..``, one at a time."""
     one: Callable[[int], int]
     if system == "orbweaver":
@@ -600,7 +610,7 @@ def client_main(system: str, index: int, jobs: int, timeout: float) -> int:
         g = OrbweaverRunner.diamond()
 
         def one(x: int) -> int:
-            return int(client.submit(g, [x]).result(timeout=timeout)[0])
+            return int(client.submit(g, [x], durability=durability).result(timeout=timeout)[0])
     else:
         import importlib
 
@@ -733,7 +743,7 @@ def measure_once(
     cpu_before = cpu_snapshot()
     rss_before = memory_reset()
     started = time.perf_counter()
-    outputs, phases, extra = measure(runner, workload, sizes, nn, args.timeout)
+    outputs, phases, extra = measure(runner, workload, sizes, nn, args.timeout, args.durability)
     wall = extra.pop("wall_s", time.perf_counter() - started)
     cpu = cpu_delta(cpu_before)
     memory = memory_peaks(rss_before)
@@ -1190,7 +1200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        return client_main(args.client, args.client_index, args.client_jobs, args.timeout)
+        return client_main(
+            args.client, args.client_index, args.client_jobs, args.timeout, args.durability
+        )
     if args.repeat < 1 or args.workers < 1:
         parser.error("--repeat and --workers must be positive")
     if args.nn_width < w.NN_FAN_IN:
