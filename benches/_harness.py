@@ -5,6 +5,7 @@
   loopback port and a socket, with a password-less ``root``; stopped with SIGTERM (then SIGKILL).
   ``ORBWEAVER_BENCH_MARIADB_URL`` (``mariadb://user:pw@host:port``) uses an existing server.
 * :func:`machine_info`, :func:`write_results`: what every results file records.
+* :func:`median`, :func:`percentile`: the statistics of the summaries.
 """
 
 from __future__ import annotations
@@ -137,3 +138,14 @@ def write_results(path: Path, payload: dict[str, Any]) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, interpolated between the closest ranks."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)

@@ -5,11 +5,15 @@ docs/performance.md:
   same run (``e2e.json``), plus the W2 variants of the asyncio client and the plain loop
   (``e2e-w2-async.json``, ``e2e-w2-each.json``) against Ray's W2 of their own runs;
 * ``recovery.png``: start-to-serving and recovery time of a restarted storage against the
-  number of running jobs (``recovery.json``), with the failover time (``failover.json``).
+  number of running jobs (``recovery.json``), with the failover time (``failover.json``);
+* ``latency.png``: the distribution (CDF) of the submit-to-result latency of a one-task job per
+  system, from every ``lat`` sample of ``e2e-shapes.json``;
+* ``utilisation.png``: core utilisation per task duration (``t1``, ``t10``, ``t100`` of
+  ``e2e-shapes.json``) per system, with the 90 % target at 10 ms.
 
     python benches/charts.py            # needs matplotlib: pip install '.[bench]'
 
-Writes ``docs/img/throughput.png`` and ``docs/img/recovery.png``.
+Writes them to ``docs/img/`` (the last two only when ``e2e-shapes.json`` exists).
 """
 
 from __future__ import annotations
@@ -106,6 +110,66 @@ def recovery(out: Path) -> Path:
     return path
 
 
+def latency(out: Path, shapes: dict[str, Any]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in shapes["results"] if r["workload"] == "lat" and r.get("runs")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in rows:
+        samples = sorted(x for run in row["runs"] for x in run["latency_ms"])
+        share = [(i + 1) / len(samples) for i in range(len(samples))]
+        ms = row["latency_ms"]
+        ax.step(samples, share, where="post", color=COLOURS[row["system"]],
+                label=f"{row['system']}: p50 {ms['p50']:.1f}, p99 {ms['p99']:.1f} ms")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("submit to result, ms (log scale)")
+    ax.set_ylabel("share of jobs")
+    jobs = shapes["setup"]["sizes"]["lat"]["jobs"]
+    ax.set_title(f"Latency of a one-task job, {jobs} jobs one after the other")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = out / "latency.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def utilisation(out: Path, shapes: dict[str, Any]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = {
+        (r["workload"], r["system"]): float(r["utilisation"])
+        for r in shapes["results"]
+        if r.get("utilisation") is not None
+    }
+    durations = [w for w in ("t1", "t10", "t100") if any(k[0] == w for k in found)]
+    if not durations:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.26
+    for i, workload in enumerate(durations):
+        for j, system in enumerate(SYSTEMS):
+            if (workload, system) in found:
+                x, value = i + (j - 1) * width, 100 * found[(workload, system)]
+                ax.bar(x, value, width, color=COLOURS[system], label=system if i == 0 else None)
+                ax.annotate(f"{value:.0f}", (x, value), ha="center", va="bottom", fontsize=7)
+    ax.axhline(90, color="black", linestyle="--", linewidth=0.8, label="target at 10 ms")
+    ax.set_xticks(range(len(durations)), [f"{w[1:]} ms tasks" for w in durations])
+    ax.set_ylim(0, 118)  # room for the legend above the bars
+    ax.set_ylabel("core utilisation, % (higher is better)")
+    ax.set_title(f"Busy executor time / (cores x wall), {shapes['setup']['workers']} cores")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", ncols=4)
+    fig.tight_layout()
+    path = out / "utilisation.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -118,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         print("matplotlib is missing: pip install '.[bench]'", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in (throughput(args.out), recovery(args.out)):
+    paths = [throughput(args.out), recovery(args.out)]
+    shapes = _load("e2e-shapes.json")
+    if shapes is None:
+        print("benches/results/e2e-shapes.json is missing: no latency or utilisation chart")
+    else:
+        paths += [p for p in (latency(args.out, shapes), utilisation(args.out, shapes)) if p]
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

@@ -6,6 +6,7 @@ framework-free functions in ``workloads``."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import dask
@@ -19,7 +20,7 @@ def dense(layer: int, *xs: float) -> float:
     return w.neuron(layer, xs)
 
 
-def start(workers: int) -> None:
+def _quiet() -> None:
     for name in (
         "distributed",
         "distributed.worker",
@@ -28,15 +29,33 @@ def start(workers: int) -> None:
         "distributed.core",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
-    cluster = distributed.LocalCluster(
+
+
+def _cluster(workers: int, threads: int) -> distributed.LocalCluster:
+    return distributed.LocalCluster(
         n_workers=workers,
-        threads_per_worker=1,
+        threads_per_worker=threads,
         processes=True,
         dashboard_address=None,
         silence_logs=logging.ERROR,
     )
+
+
+def start(workers: int) -> None:
+    _quiet()
+    cluster = _cluster(workers, 1)
     _state["cluster"] = cluster
     _state["client"] = distributed.Client(cluster)
+
+
+def connect(address: str) -> None:
+    """Join the running cluster's scheduler at ``address`` as one more client."""
+    _quiet()
+    _state["client"] = distributed.Client(address)
+
+
+def address() -> str:
+    return str(_state["cluster"].scheduler_address)
 
 
 def stop() -> None:
@@ -89,3 +108,50 @@ def neural_network(nn: w.NeuralNetwork) -> list[float]:
             for n in range(nn.width)
         ]
     return list(c.gather(previous))
+
+
+def latency(n: int) -> tuple[list[int], list[float]]:
+    c = _client()
+    return w.sample_latency(lambda x: c.submit(w.inc, x, pure=False).result(), n)
+
+
+def spin_tasks(ms: int, n: int) -> list[float]:
+    c = _client()
+    return list(c.gather(c.map(w.spin, [ms] * n, pure=False)))
+
+
+def fanout(size: int, readers: int) -> list[int]:
+    c = _client()
+    data = c.submit(w.blob, size, pure=False)
+    return list(c.gather([c.submit(w.digest, data, pure=False) for _ in range(readers)]))
+
+
+def bytes_moved() -> tuple[int | None, str]:
+    """Bytes the workers sent each other so far (a reader on another worker fetches a copy)."""
+    sent = _client().run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total)
+    return sum(sent.values()), "sum of the workers' transfer_outgoing_bytes_total"
+
+
+def diamond(x: int) -> int:
+    """One diamond job, waited for."""
+    c = _client()
+    a = c.submit(w.inc, x, pure=False)
+    d = c.submit(
+        w.add, c.submit(w.double, a, pure=False), c.submit(w.inc, a, pure=False), pure=False
+    )
+    return int(d.result())
+
+
+def other_topology(workers: int, jobs: int) -> tuple[str, float, list[int]]:
+    """W2 on 1 worker with ``workers`` threads (the usual cluster has ``workers`` workers of 1
+    thread): its label, seconds and outputs."""
+    with _cluster(1, workers) as cluster, distributed.Client(cluster) as client:
+        previous = _state["client"]
+        _state["client"] = client
+        try:
+            small_jobs([0])  # warm-up
+            start = time.perf_counter()
+            outputs = small_jobs(list(range(jobs)))
+            return f"1 worker x {workers} threads", time.perf_counter() - start, outputs
+        finally:
+            _state["client"] = previous

@@ -97,3 +97,18 @@ dense_relu = _named("dense_relu", 0)
 dense_sigmoid = _named("dense_sigmoid", 1)
 dense_identity = _named("dense_identity", 2)
 LAYER_TASKS = [dense_relu, dense_sigmoid, dense_identity]
+
+
+@ow.task
+def spin(ms: int) -> float:
+    return w.spin(ms)
+
+
+@ow.task
+def blob(size: int) -> bytes:
+    return w.blob(size)
+
+
+@ow.task
+def digest(data: bytes) -> int:
+    return w.digest(data)

@@ -25,6 +25,21 @@ def add(a: int, b: int) -> int:
 
 
 @ray.remote
+def spin(ms: int) -> float:
+    return w.spin(ms)
+
+
+@ray.remote
+def blob(size: int) -> bytes:
+    return w.blob(size)
+
+
+@ray.remote
+def digest(data: bytes) -> int:
+    return w.digest(data)
+
+
+@ray.remote
 def dense(layer: int, *xs: float) -> float:
     return w.neuron(layer, xs)
 
@@ -33,6 +48,15 @@ def start(workers: int) -> None:
     ray.init(
         num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False
     )
+
+
+def connect(address: str) -> None:
+    """Join the running cluster at ``address`` as one more driver."""
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+
+
+def address() -> str:
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def stop() -> None:
@@ -69,3 +93,26 @@ def neural_network(nn: w.NeuralNetwork) -> list[float]:
             for n in range(nn.width)
         ]
     return list(ray.get(previous))
+
+
+def latency(n: int) -> tuple[list[int], list[float]]:
+    return w.sample_latency(lambda x: ray.get(inc.remote(x)), n)
+
+
+def spin_tasks(ms: int, n: int) -> list[float]:
+    return list(ray.get([spin.remote(ms) for _ in range(n)]))
+
+
+def fanout(size: int, readers: int) -> list[int]:
+    data = blob.remote(size)
+    return list(ray.get([digest.remote(data) for _ in range(readers)]))
+
+
+def bytes_moved() -> tuple[int | None, str]:
+    return None, "not exposed (one node: readers map the object from the shared-memory store)"
+
+
+def diamond(x: int) -> int:
+    """One diamond job, waited for."""
+    a = inc.remote(x)
+    return int(ray.get(add.remote(double.remote(a), inc.remote(a))))

@@ -8,12 +8,21 @@ shapes of the graphs, and the in-process reference results used for the correctn
   ``activation(0.5 + sum(w_i x_i))`` with fixed weights and relu / sigmoid / identity by layer
   index mod 3. Layer 0 reads the graph inputs; deeper neurons draw 25 distinct sources from the
   previous layer by dealing from repeatedly reshuffled decks of its indices.
+* Latency: ``LATENCY_JOBS`` one-task jobs ``inc(x)``, one after the other.
+* Task-duration shapes: independent ``spin(ms)`` tasks that keep a CPU busy for ``ms``
+  milliseconds and return the seconds they spun (measured inside the task).
+* Fan-out: one ``blob(size)`` (``size`` deterministic pseudo-random bytes) read by
+  ``FANOUT_READERS`` ``digest(data)`` children, each returning ``len(data) << 32 | crc32(data)``.
+* Clients: ``CLIENTS`` processes, each running ``CLIENT_JOBS`` diamonds one after the other.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 WIDE_TASKS = 10_000
@@ -24,6 +33,13 @@ NN_WIDTH = 1_000
 NN_FAN_IN = 25
 NN_SEED = 7
 NN_RTOL = 1e-12
+LATENCY_JOBS = 500
+SPIN_MS = (1, 10, 100)
+SPIN_CPU_SECONDS = 6.0  # busy time per task-duration shape: 3 s of wall on 2 executors
+FANOUT_BYTES = 1 << 20
+FANOUT_READERS = 100
+CLIENTS = 4
+CLIENT_JOBS = 250
 
 
 # -- task bodies (each system wraps these; nothing else runs in a task) ---------------------------
@@ -39,6 +55,23 @@ def double(x: int) -> int:
 
 def add(a: int, b: int) -> int:
     return a + b
+
+
+def spin(ms: int) -> float:
+    """Busy-wait (no sleep: the CPU stays busy) for ``ms`` milliseconds; the seconds spun."""
+    start = time.perf_counter()
+    spun = 0.0
+    while spun < ms / 1000:  # the returned time is compared with ms / 1000 exactly so
+        spun = time.perf_counter() - start
+    return spun
+
+
+def blob(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def digest(data: bytes) -> int:
+    return len(data) << 32 | zlib.crc32(data)
 
 
 WEIGHTS = [0.01 * (i + 1) * (-1 if i % 2 else 1) for i in range(NN_FAN_IN)]
@@ -70,6 +103,38 @@ def wide_expected(n: int = WIDE_TASKS) -> list[int]:
 def diamond_expected(x: int) -> int:
     a = inc(x)
     return add(double(a), inc(a))
+
+
+def spin_tasks(ms: int, cpu_seconds: float = SPIN_CPU_SECONDS) -> int:
+    """How many ``spin(ms)`` tasks make ``cpu_seconds`` of busy time (at least 10)."""
+    return max(10, round(cpu_seconds * 1000 / ms))
+
+
+def spin_problem(got: list[float], ms: int, n: int) -> str | None:
+    """None when there are ``n`` spin times of at least ``ms`` each, else what is wrong."""
+    if len(got) != n:
+        return f"expected {n} spin times, got {len(got)}"
+    short = [s for s in got if not (isinstance(s, float) and s >= ms / 1000)]
+    return None if not short else f"{len(short)} spins shorter than {ms} ms, e.g. {short[0]!r}"
+
+
+def sample_latency(
+    call: Callable[[int], int], n: int, warm: int = 20
+) -> tuple[list[int], list[float]]:
+    """``call(x)`` for ``x`` in ``range(n)``, one after the other, after ``warm`` untimed calls:
+    the outputs and each call's milliseconds."""
+    for x in range(warm):
+        call(x)
+    outputs, samples = [], []
+    for x in range(n):
+        start = time.perf_counter()
+        outputs.append(call(x))
+        samples.append((time.perf_counter() - start) * 1000)
+    return outputs, samples
+
+
+def fanout_expected(size: int, readers: int) -> list[int]:
+    return [digest(blob(size))] * readers
 
 
 # -- the neural network ----------------------------------------------------------------------------
