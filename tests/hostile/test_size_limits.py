@@ -166,52 +166,75 @@ def test_a_task_whose_inputs_cannot_be_delivered_fails_its_job(small: Driver) ->
     assert "task inputs of" in error and "exceed the limit of" in error, error
 
 
-def test_a_batch_registration_stops_where_its_reply_is_full(small: Driver) -> None:
-    """Four ready tasks of 300 kB inputs each (the outputs of four parents) cannot travel in
-    one 1 MiB reply: those that do not fit come back UNAVAILABLE, untouched, and register in
-    the next call."""
+def register_four_children(d: Driver) -> list[tuple[int, int]]:
+    """Four ready tasks whose inputs are 300 kB each (the outputs of four parents), registered
+    in one batch, then again for those left out, until all are: (registered, reply bytes) per
+    call."""
     parents = [blob_task(f"p{i}") for i in range(4)]
     children = [blob_task(f"c{i}", sources=[(i, 0)]) for i in range(4)]
     request = pb.RegisterJobRequest(
-        resource_group_id=small.rg,
+        resource_group_id=d.rg,
         password=PASSWORD,
         compressed_serialized_task_graph=compressed(graphs.graph(parents + children)),
         compressed_serialized_inputs=bytes_inputs(b"a", b"b", b"c", b"d"),
         start=True,
     )
-    job = small.s.jobs.RegisterJob(request, timeout=30).job_id
+    job = d.s.jobs.RegisterJob(request, timeout=30).job_id
     ready: list[pb.ReadyTask] = []
     while len(ready) < 4:
-        ready += small.poll(max_items=4)
+        ready += d.poll(max_items=4)
     for entry in ready:
-        ctx = small.register(job, entry.task_id.index)
+        ctx = d.register(job, entry.task_id.index)
         frame = _core.wire_encode([msgpack.packb(os.urandom(300_000))])
-        small.succeed(job, entry.task_id.index, ctx.task_instance_id, frame)
+        d.succeed(job, entry.task_id.index, ctx.task_instance_id, frame)
     entries: list[pb.ReadyTask] = []
     while len(entries) < 4:
-        entries += small.poll(max_items=4)
+        entries += d.poll(max_items=4)
     assert sorted(e.task_id.index for e in entries) == [4, 5, 6, 7]
     items = [pb.RegisterTaskInstancesRequest.Item(job_id=job, task_id=to_proto(e.task_id.index))
              for e in entries]  # fmt: skip
-    registered = 0
+    calls = []
     while items:
-        reply = small.s.instances.RegisterTaskInstances(
+        reply = d.s.instances.RegisterTaskInstances(
             pb.RegisterTaskInstancesRequest(
-                execution_manager_id=small.em, session_id=small.session, items=items
+                execution_manager_id=d.em, session_id=d.session, items=items
             ),
             timeout=30,
         )
-        assert reply.ByteSize() < 1 << 20
         again = []
         for item, result in zip(items, reply.items, strict=True):
-            if result.WhichOneof("result") == "context":
-                registered += 1
-            else:
+            if result.WhichOneof("result") != "context":
                 assert result.error.code == grpc.StatusCode.UNAVAILABLE.value[0], result
                 again.append(item)
         assert len(again) < len(items), "no progress"
+        calls.append((len(items) - len(again), reply.ByteSize()))
         items = again
-    assert registered == 4
+    assert sum(registered for registered, _ in calls) == 4
+    return calls
+
+
+def test_a_batch_registration_stops_where_its_reply_is_full(small: Driver) -> None:
+    """Those that do not fit one 1 MiB reply come back UNAVAILABLE, untouched, and register in
+    the next call."""
+    calls = register_four_children(small)
+    assert all(size < 1 << 20 for _, size in calls), calls
+    assert len(calls) > 1
+
+
+def test_a_registration_reply_carries_at_most_its_budget(db_url: str, tmp_path: Path) -> None:
+    """`registration_reply_bytes` bounds the inputs one reply carries (a value read by many
+    tasks is not copied for all of them at once): one 300 kB task per reply here, far below
+    the message limit."""
+    config = FAST_CONFIG + LIMITS + "registration_reply_bytes = 400000\n"
+    proc = StorageProcess(db_url, tmp_path, config=config)
+    proc.start()
+    try:
+        calls = register_four_children(Driver(proc).setup())
+    finally:
+        proc.close()
+        proc.terminate()
+    assert [registered for registered, _ in calls] == [1, 1, 1, 1]
+    assert all(size < 400_000 for _, size in calls), calls
 
 
 def test_outputs_kept_out_of_memory_are_still_served(small: Driver) -> None:

@@ -320,6 +320,45 @@ def test_per_item_results_queue_drop_or_register_again() -> None:
     assert core.in_flight == 2 and core.held == 2
 
 
+def accepted_with_inputs(item: Item, size: int) -> Accepted:
+    request = TaskRequest(1, item.task_id, 1000 + item.key, 1, "pkg", "fn", b"i" * size, 0)
+    return Accepted(request, f"pkg.fn (job 1, task {item.task_id})")
+
+
+def test_registrations_wait_while_the_queued_tasks_hold_enough_input() -> None:
+    """A value read by many tasks is held once per registered task: with `max_queued_bytes`
+    of inputs waiting for an executor, the next registration waits for a runner to take
+    some; a stop still cuts the waiting one short at once."""
+    core = make_core(executors=1, max_queued_bytes=1000)
+    fetch(core, assignments(4))
+    register = core.next_registration()
+    assert register is not None
+    first, second, third, fourth = register.items
+    core.registration_done(
+        register,
+        [
+            accepted_with_inputs(first, 600),
+            accepted_with_inputs(second, 600),
+            ItemError(UNAVAILABLE, "no room"),
+            ItemError(UNAVAILABLE, "no room"),
+        ],
+    )
+    assert not core.can_register and core.next_registration() is None, "1,200 bytes queued"
+    assert core.stage(third.key) is Stage.FETCHED and not core.can_poll
+    core.runner_idle()
+    run = core.take_batch()
+    assert run is not None and [w.key for w in run.work] == [first.key, second.key]
+    assert core.can_register
+    again = core.next_registration()
+    assert again is not None and again.items == (third, fourth)
+    core.registration_done(again, [accepted_with_inputs(third, 600), ItemError(UNAVAILABLE, "")])
+    assert core.can_register, "600 bytes queued: below the limit"
+    core.stop_fetching()
+    assert core.next_registration() is None
+    assert core.stage(fourth.key) is Stage.RETURNING, "a stop cuts the waiting one short"
+    core.check_invariants()
+
+
 def test_an_unknown_status_code_is_still_counted() -> None:
     core = make_core()
     fetch(core, assignments(1))
@@ -743,7 +782,9 @@ class CoreMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.core = ManagerCore(EXECUTORS, prefetch=6, executor_batch=3, report_batch=4)
+        self.core = ManagerCore(
+            EXECUTORS, prefetch=6, executor_batch=3, report_batch=4, max_queued_bytes=5
+        )
         self.core.registered(1, 1)
         self.storage_session = 1
         self.next_em_id = 2
@@ -873,7 +914,13 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def next_registration(self) -> None:
         waiting = {k for k, s in self.core.live().items() if s is Stage.FETCHED}
+        held_back = not self.core.can_register
         register = self.core.next_registration()
+        if register is None and held_back:
+            # Queued tasks hold enough input: nothing moves until a runner takes some.
+            assert self.core.phase is Phase.FETCHING and self.core.work_queued
+            assert all(self.core.stage(k) is Stage.FETCHED for k in waiting)
+            return
         if register is None:
             assert self.core.phase is not Phase.FETCHING
             assert all(self.core.stage(k) is Stage.RETURNING for k in waiting)

@@ -75,6 +75,15 @@ class StorageConfig(Loadable):
         "falls back to job-level durability)",
         unit="bytes",
     )
+    # Each task's inputs are copied into the reply that registers it: a value read by many
+    # tasks registered together would otherwise cost the storage (and the execution manager)
+    # one copy per reader at once.
+    registration_reply_bytes: int = setting(
+        8 << 20,
+        help="task inputs one registration reply carries in all (a single task's always fit; "
+        "the others are registered by the next call)",
+        unit="bytes",
+    )
     # Each submission being parsed may hold max_graph_bytes + max_input_bytes.
     max_concurrent_submissions: int = setting(4, help="submissions decompressed and parsed at once")
     cached_outputs_bytes: int = setting(
@@ -138,6 +147,7 @@ class StorageConfig(Loadable):
             "max_job_bytes",
             "max_concurrent_submissions",
             "task_outputs_queue_bytes",
+            "registration_reply_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage config: {name} must be > 0")

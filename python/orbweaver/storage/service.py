@@ -642,10 +642,14 @@ class StorageService:
     ) -> list[_core.ExecutionContext | errors.OrbweaverError]:
         self.check_session(session_id)
         self._check_em(em_id)
-        # Each task's inputs, and all of them together, must fit the reply.
+        # Each task's inputs must fit the reply; all of them together fit the reply budget.
         limit = self.max_task_io_bytes
         results = self.cache.register_batch(
-            items, em_id, now_ms(), max_task_io_bytes=limit, max_total_io_bytes=limit
+            items,
+            em_id,
+            now_ms(),
+            max_task_io_bytes=limit,
+            max_total_io_bytes=min(limit, self.config.registration_reply_bytes),
         )
         out: list[_core.ExecutionContext | errors.OrbweaverError] = []
         registered = 0

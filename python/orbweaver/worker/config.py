@@ -45,6 +45,14 @@ class WorkerConfig(Loadable):
     prefetch: int = setting(256, help="most tasks held ahead of the executors")
     # Amortises IPC for tiny tasks; a batch also holds no more than about 50 ms of work.
     executor_batch: int = setting(64, help="most tasks handed to one executor at once")
+    # A value read by many tasks is held once per task registered: registrations wait while the
+    # tasks waiting for an executor hold this much input.
+    queued_input_bytes: int = setting(
+        16 << 20,
+        help="task inputs the tasks registered but not running yet may hold (more tasks are "
+        "registered as executors take them; a single task's always fit)",
+        unit="bytes",
+    )
     poll_wait: float = setting(
         1.0, help="server-side wait of each poll of the scheduler", unit="seconds"
     )
@@ -94,7 +102,7 @@ class WorkerConfig(Loadable):
         object.__setattr__(self, "executor_env", parse_env_allow(self.executor_env))
         if self.prefetch < 1:
             raise ValueError(f"worker: prefetch must be at least 1, got {self.prefetch}")
-        for name in ("processes", "executor_batch", "report_batch"):
+        for name in ("processes", "executor_batch", "report_batch", "queued_input_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"worker: {name} must be at least 1, got {getattr(self, name)}")
         for name in ("poll_wait", "heartbeat_interval", "drain_timeout"):

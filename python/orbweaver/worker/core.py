@@ -392,8 +392,11 @@ class ManagerCore:
         executor_batch: int = 64,
         report_batch: int = 512,
         max_report_bytes: int = MAX_VALUE_IN_MESSAGE,
+        max_queued_bytes: int = 16 << 20,
     ) -> None:
         self.sizer = PrefetchSizer(executors, prefetch)
+        self._max_queued_bytes = max(1, max_queued_bytes)
+        self._queued_bytes = 0  # the task inputs of the QUEUED entries
         self._executor_batch = max(1, executor_batch)
         self._report_batch = max(1, report_batch)
         self._max_report_bytes = max_report_bytes
@@ -479,6 +482,18 @@ class ManagerCore:
             and not self._to_register
             and not self._returning
             and self._held < self.sizer.limit
+        )
+
+    @property
+    def can_register(self) -> bool:
+        """A registration may start: assignments wait for one and, while fetching, the tasks
+        registered but not running yet hold less than `max_queued_bytes` of inputs (a value
+        read by many tasks is held once per task: they are registered as executors free up).
+        Once fetching stopped, waiting registrations are cut short at once."""
+        return bool(self._to_register) and (
+            self._phase is not Phase.FETCHING
+            or not self._queue
+            or self._queued_bytes < self._max_queued_bytes
         )
 
     @property
@@ -585,7 +600,7 @@ class ManagerCore:
     def next_registration(self) -> Register | None:
         """The next group to register (one session), with the EM id as of now. Once the EM stops
         fetching, what waits is cut short instead: not acknowledged, so handed back."""
-        if not self._to_register:
+        if not self.can_register:
             return None
         if self._phase is not Phase.FETCHING:
             while self._to_register:
@@ -628,6 +643,7 @@ class ManagerCore:
             entry.work = Work(item.key, register.session_id, result.request, result.label)
             self._in_flight += 1
             self._queue.append(item.key)
+            self._queued_bytes += len(result.request.task_io)
         if full:
             self._to_register.appendleft((register.session_id, full))
         return actions
@@ -718,6 +734,7 @@ class ManagerCore:
             entry.stage = Stage.RUNNING
             assert entry.work is not None
             work.append(entry.work)
+            self._queued_bytes -= len(entry.work.request.task_io)
         return Run(tuple(work))
 
     def ran(
@@ -945,6 +962,9 @@ class ManagerCore:
             k for k in self._queue if self._entries[k].stage is Stage.QUEUED
         ]
         assert {k for k, e in self._entries.items() if e.stage is Stage.QUEUED} == set(self._queue)
+        assert self._queued_bytes == sum(
+            len(w.request.task_io) for k in self._queue if (w := self._entries[k].work) is not None
+        )
         reporting = list(self._reports) + [k for g in self._report_groups for k in g]
         # (The rest of REPORTING is in a report under way.)
         assert {k for k, e in self._entries.items() if e.stage is Stage.REPORTING} >= set(reporting)

@@ -151,6 +151,7 @@ class ExecutionManager:
             prefetch=config.prefetch,
             executor_batch=config.executor_batch,
             report_batch=config.report_batch,
+            max_queued_bytes=config.queued_input_bytes,
         )
         self.metrics.prefetch_limit.set(self._core.limit)
         self._register_lock = threading.Lock()
@@ -195,7 +196,7 @@ class ExecutionManager:
                     self._runnable.notify()  # the runner taking it wakes the next, if need be
                 if core.reports_waiting:
                     self._reportable.notify()
-            if core.can_poll or core.phase is not Phase.FETCHING:
+            if core.can_poll or core.can_register or core.phase is not Phase.FETCHING:
                 self._changed.notify_all()
             in_flight, limit = core.in_flight, core.limit
         self.metrics.in_flight.set(in_flight)
@@ -490,10 +491,13 @@ class ExecutionManager:
             # Only with room under the prefetch limit, so held tasks never pile up beyond it.
             with self._state() as core:
                 self._changed.wait_for(
-                    lambda: core.can_poll or self._stop_fetching.is_set(), timeout=0.2
+                    lambda: core.can_poll or core.can_register or self._stop_fetching.is_set(),
+                    timeout=0.2,
                 )
                 poll = core.start_poll()
             if poll is None:
+                # Registrations held back while queued tasks held enough input may go on now.
+                self._register_fetched()
                 continue
             request = pb.NextTasksRequest(
                 execution_manager_id=poll.em_id,
