@@ -190,6 +190,15 @@ class Statements:
             "compressed_serialized_job_inputs, idempotency_key, created_at, updated_at) "
             f"VALUES (?, ?, ?, ?, ?, {now}, {now})"
         )
+        # The same insert made only while the given session holds the fence, checked under the
+        # fence row's shared lock by the statement itself: a submission's transaction saves the
+        # separate fence check's round trip (see `SqlDatabase._transaction`). No row: fenced.
+        self.insert_job_fenced = (
+            "INSERT INTO jobs (resource_group_id, state, compressed_serialized_task_graph, "
+            "compressed_serialized_job_inputs, idempotency_key, created_at, updated_at) "
+            f"SELECT ?, ?, ?, ?, ?, {now}, {now} FROM storage_fence "
+            f"WHERE id = 1 AND session_id = ?{d.share_lock}"
+        )
         self.lock_job = f"SELECT state FROM jobs WHERE id = ?{d.for_update}"
         self.lock_jobs_prefix = "SELECT id, state FROM jobs WHERE id IN ("
         self.lock_jobs_suffix = f"){d.for_update}"
@@ -381,8 +390,13 @@ class _Registration:
         entries: list[tuple[bytes, str | None]],
         start: bool,
         task_durable: bool,
+        fence: Callable[[Cursor], DbError] | None = None,
+        session: int = 0,
     ) -> None:
         self.sql = sql
+        # With a session, each insert checks the fence itself; `fence` reads who holds it.
+        self.session = session
+        self.fence = fence
         self.rg = rg
         self.graph = graph
         self.entries = entries
@@ -405,7 +419,14 @@ class _Registration:
         return job_id
 
     def _insert(self, cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
-        cur.execute(self.sql.insert_job, (self.rg, self.state, self.graph, inputs, key))
+        values = (self.rg, self.state, self.graph, inputs, key)
+        if not self.session:
+            cur.execute(self.sql.insert_job, values)
+        else:
+            cur.execute(self.sql.insert_job_fenced, (*values, self.session))
+            if cur.rowcount != 1:
+                assert self.fence is not None
+                raise self.fence(cur)
         return int(cur.lastrowid or 0), False
 
     def _mark_task_durable(self, cur: Cursor, results: list[tuple[int, bool]]) -> None:
@@ -474,18 +495,33 @@ class SqlDatabase(abc.ABC):
         session = self._session_id
         if not (write and fence and session):
             return self._run_transaction(fn, write=write, read_committed=read_committed)
-        check = self._sql.check_fence
 
         def fenced(cur: Cursor) -> T:
-            cur.execute(check)
-            row = cur.fetchone()
-            current = 0 if row is None else int(row[0])
-            if current != session:
-                self.deposed_by = current
-                raise Fenced(session, current)
+            refused = self._check_fence(cur, session)
+            if refused is not None:
+                raise refused
             return fn(cur)
 
         return self._run_transaction(fenced, write=True, read_committed=read_committed)
+
+    def _check_fence(self, cur: Cursor, session: int) -> Fenced | None:
+        """Read the fence (under its shared lock): the error to raise when `session` no longer
+        holds it."""
+        cur.execute(self._sql.check_fence)
+        row = cur.fetchone()
+        current = 0 if row is None else int(row[0])
+        if current == session:
+            return None
+        self.deposed_by = current
+        return Fenced(session, current)
+
+    def _fenced_by(self, cur: Cursor) -> DbError:
+        """The error of a write its own statement found fenced."""
+        session = self._session_id
+        return self._check_fence(cur, session) or DbError(
+            f"a fenced write of session {session} changed nothing although the session holds "
+            "the fence"
+        )
 
     @abc.abstractmethod
     def _schema_ddl(self) -> Sequence[str]:
@@ -677,14 +713,15 @@ class SqlDatabase(abc.ABC):
         reg = self._registration(resource_group_id, compressed_graph, jobs, start, task_durable)
         try:
             try:
-                return self._transaction(reg.insert_all, write=True)
+                # The inserts check the fence themselves.
+                return self._transaction(reg.insert_all, write=True, fence=False)
             except DuplicateKeyError:
                 pass
             # Some keys exist: look each one up, still in one transaction (all or nothing). A
             # concurrent submission with the same key can win a race in between: try again.
             for _attempt in range(5):
                 try:
-                    return self._transaction(reg.insert_or_find_all, write=True)
+                    return self._transaction(reg.insert_or_find_all, write=True, fence=False)
                 except DuplicateKeyError:
                     continue
             raise DbUnavailable("idempotency keys kept colliding with concurrent submissions")
@@ -719,7 +756,7 @@ class SqlDatabase(abc.ABC):
             return [reg.insert_all(cur) for _, reg in ready]
 
         try:
-            inserted = self._transaction(insert_all, write=True)
+            inserted = self._transaction(insert_all, write=True, fence=False)
         except (DuplicateKeyError, ForeignKeyViolationError):
             for index, _ in ready:
                 g = groups[index]
@@ -763,7 +800,16 @@ class SqlDatabase(abc.ABC):
             self._check_value_size(
                 what if len(entries) == 1 else f"job {index}: {what}", len(graph) + len(inputs)
             )
-        return _Registration(self._sql, rg, graph, entries, start, task_durable)
+        return _Registration(
+            self._sql,
+            rg,
+            graph,
+            entries,
+            start,
+            task_durable,
+            fence=self._fenced_by,
+            session=self._session_id,
+        )
 
     def _lock_job(self, cur: Cursor, job_id: int) -> DbJobState:
         cur.execute(self._sql.lock_job, (job_id,))
