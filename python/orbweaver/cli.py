@@ -159,6 +159,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         token=_token(args) or os.environ.get("ORBWEAVER_TOKEN") or None,
         log_dir=args.log_dir,
         metrics_port=args.metrics_port,
+        dashboard=args.dashboard,
     )
     import signal
     import threading
@@ -182,7 +183,43 @@ def cmd_local(args: argparse.Namespace) -> int:
             f" ORBWEAVER_RESOURCE_GROUP={cluster.resource_group.name}",
             flush=True,
         )
+        if cluster.dashboard_url:
+            print(
+                f"  dashboard: {cluster.dashboard_url} (log in with the operator token above)",
+                flush=True,
+            )
         stop.wait()
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from orbweaver.dashboard import MISSING_EXTRA
+
+    try:
+        from orbweaver.dashboard.server import bind, serve
+    except ImportError as exc:
+        raise errors.ConfigError(f"{MISSING_EXTRA} ({exc})") from None
+    from orbweaver._rpc import Security
+
+    setup_logging("dashboard", args.log_level)
+    # As every client: the CA that signed the storage's certificate, and a client certificate
+    # for mutual TLS, from $ORBWEAVER_TLS_*.
+    storage_tls = Security.from_env(dict(os.environ)).tls
+    cert = args.tls_cert or os.environ.get("ORBWEAVER_TLS_CERT")
+    key = args.tls_key or os.environ.get("ORBWEAVER_TLS_KEY")
+    if bool(cert) != bool(key):
+        raise errors.ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    https = (Path(cert), Path(key)) if cert and key else None
+    sock = bind(args.listen)
+    port = int(sock.getsockname()[1])
+    serve(
+        args.storage,
+        sock,
+        read_only=args.read_only,
+        https=https,
+        storage_tls=storage_tls,
+        ready=_ready("dashboard", args.ready_file, lambda: port),
+    )
     return 0
 
 
@@ -499,6 +536,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", help="directory of task modules (default: current directory)")
     p.add_argument("--listen", default=DEFAULT_STORAGE, help="storage address to listen on")
     p.add_argument("--log-dir", help="where component logs go (default: a temporary directory)")
+    p.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:8265",
+        metavar="HOST:PORT",
+        help="also serve the web dashboard (default address 127.0.0.1:8265; needs the "
+        "orbweaver[dashboard] extra)",
+    )
+
+    p = service(
+        "dashboard",
+        "serve the web dashboard of a cluster (needs the orbweaver[dashboard] extra)",
+        cmd_dashboard,
+    )
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
+        help=f"storage address host:port (default: $ORBWEAVER_STORAGE or {DEFAULT_STORAGE})",
+    )
+    p.add_argument("--listen", default="127.0.0.1:8265", help="HOST:PORT to serve on")
+    p.add_argument(
+        "--read-only", action="store_true", help="hide the cancel button and refuse cancels"
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (default: $ORBWEAVER_TLS_CERT); the storage "
+        "is reached with $ORBWEAVER_TLS_CA (and the certificate and key for mutual TLS)",
+    )
+    p.add_argument("--tls-key", metavar="PEM", help="its key (default: $ORBWEAVER_TLS_KEY)")
 
     from orbweaver.scheduler.config import SchedulerConfig
     from orbweaver.storage.config import StorageConfig

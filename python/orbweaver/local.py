@@ -47,7 +47,7 @@ C = TypeVar("C", bound="ClientCore[Any]")
 
 log = logging.getLogger("orbweaver.local")
 
-Component = Literal["storage", "scheduler", "worker"]
+Component = Literal["storage", "scheduler", "worker", "dashboard"]
 DEFAULT_GROUP = "default"
 
 
@@ -109,9 +109,12 @@ class LocalCluster:
         worker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         metrics_port: int | None = None,
+        dashboard: str | None = None,
+        dashboard_args: list[str] | None = None,
     ) -> None:
         """`metrics_port`: serve Prometheus metrics, the storage service's on this port, the
-        scheduler's on the next and the worker's on the one after."""
+        scheduler's on the next and the worker's on the one after. `dashboard`: also serve the
+        web dashboard on this `host:port` (port 0: any free port; see `dashboard_url`)."""
         if workers < 1:
             raise ValueError("LocalCluster needs at least one worker process")
         if metrics_port is not None and not 0 < metrics_port <= 65533:
@@ -131,7 +134,9 @@ class LocalCluster:
             "storage": list(storage_args or []),
             "scheduler": list(scheduler_args or []),
             "worker": list(worker_args or []),
+            "dashboard": list(dashboard_args or []),
         }
+        self.dashboard = dashboard
         self._env = {**os.environ, **(env or {}), "ORBWEAVER_TOKEN": self.token}
         # Client credentials of this process are not the components' business.
         for name in ("ORBWEAVER_OPERATOR_TOKEN", "ORBWEAVER_PASSWORD", "ORBWEAVER_RESOURCE_GROUP"):
@@ -152,6 +157,7 @@ class LocalCluster:
         self._group: ResourceGroup | None = None
         self._storage_port = 0
         self._scheduler_port = 0
+        self._dashboard_port = 0
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -163,6 +169,14 @@ class LocalCluster:
     @property
     def scheduler_address(self) -> str:
         return f"127.0.0.1:{self._scheduler_port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where the dashboard serves (None without `dashboard`)."""
+        if not self.dashboard or not self._dashboard_port:
+            return None
+        host = self.dashboard.rpartition(":")[0] or "127.0.0.1"
+        return f"http://{host}:{self._dashboard_port}/"
 
     @property
     def metrics_ports(self) -> dict[Component, int]:
@@ -192,6 +206,8 @@ class LocalCluster:
             self.start_component("storage")
             self.start_component("scheduler")
             self.start_component("worker")
+            if self.dashboard:
+                self.start_component("dashboard")
             self._client = self.new_client()
             self._group = self._default_group(self._client)
             self._client.default_resource_group = self._group
@@ -242,6 +258,13 @@ class LocalCluster:
         elif name == "scheduler":
             listen = f"127.0.0.1:{self._scheduler_port}"
             args = [*py, "scheduler", "--storage", self.address, "--listen", listen]
+        elif name == "dashboard":
+            listen = (
+                f"{(self.dashboard or '').rpartition(':')[0]}:{self._dashboard_port}"
+                if self._dashboard_port
+                else self.dashboard or "127.0.0.1:0"
+            )
+            args = [*py, "dashboard", "--storage", self.address, "--listen", listen]
         else:
             args = [
                 *py,
@@ -284,6 +307,8 @@ class LocalCluster:
             self._storage_port = proc.port
         elif name == "scheduler":
             self._scheduler_port = proc.port
+        elif name == "dashboard":
+            self._dashboard_port = proc.port
 
     def _lifeline_fd(self) -> int:
         """The read end of the lifeline pipe, which every component inherits. Only this process
@@ -305,6 +330,9 @@ class LocalCluster:
         if name == "storage":  # the only component that reads them
             env[ENV_DB_URL] = self.db_url
             env["ORBWEAVER_OPERATOR_TOKEN"] = self.operator_token
+        elif name == "dashboard":  # a client: its users log in with their own credentials
+            env.pop(ENV_DB_URL, None)
+            env.pop("ORBWEAVER_TOKEN", None)
         else:
             env.pop(ENV_DB_URL, None)  # executors run user code
         return env
@@ -354,7 +382,7 @@ class LocalCluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        names: tuple[Component, ...] = ("worker", "scheduler", "storage")
+        names: tuple[Component, ...] = ("dashboard", "worker", "scheduler", "storage")
         for name in names:
             proc = self._procs.pop(name, None)
             if proc is None:

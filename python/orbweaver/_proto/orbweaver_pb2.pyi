@@ -1782,3 +1782,243 @@ class ShutdownRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShutdownRequest: _TypeAlias = ShutdownRequest  # noqa: Y015
+
+@_typing.final
+class ClusterStatusRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Orbweaver: cluster inspection (read-only views for the dashboard; client-facing, the same
+    credentials as JobOrchestrationService: the operator sees the cluster, a resource group only
+    its own jobs)
+    ---------------------------------------------------------------------------------------------
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterStatusRequest: _TypeAlias = ClusterStatusRequest  # noqa: Y015
+
+@_typing.final
+class JobStateCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    state: Global___JobState.ValueType
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        state: Global___JobState.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStateCount: _TypeAlias = JobStateCount  # noqa: Y015
+
+@_typing.final
+class ExecutionManagerInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_MANAGER_ID_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    EXECUTORS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AT_MS_FIELD_NUMBER: _builtins.int
+    execution_manager_id: _builtins.int
+    ip_address: _builtins.str
+    executors: _builtins.int
+    """The size of its executor pool as it registered (0: it registered before this storage
+    process started).
+    """
+    in_flight: _builtins.int
+    """Task instances registered by it and not reported yet (as this storage process counted)."""
+    last_heartbeat_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        execution_manager_id: _builtins.int = ...,
+        ip_address: _builtins.str = ...,
+        executors: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        last_heartbeat_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "executors", b"executors", "in_flight", b"in_flight", "ip_address", b"ip_address", "last_heartbeat_at_ms", b"last_heartbeat_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionManagerInfo: _TypeAlias = ExecutionManagerInfo  # noqa: Y015
+
+@_typing.final
+class RecoveryInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_AT_MS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    UNRECOVERABLE_FIELD_NUMBER: _builtins.int
+    ended_at_ms: _builtins.int
+    """When the recovery ended (ms since the Unix epoch); 0: none in this storage process."""
+    jobs: _builtins.int
+    duration_ms: _builtins.int
+    unrecoverable: _builtins.int
+    def __init__(
+        self,
+        *,
+        ended_at_ms: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        unrecoverable: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "ended_at_ms", b"ended_at_ms", "jobs", b"jobs", "unrecoverable", b"unrecoverable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveryInfo: _TypeAlias = RecoveryInfo  # noqa: Y015
+
+@_typing.final
+class ClusterStatusReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    CLUSTER_WIDE_FIELD_NUMBER: _builtins.int
+    TASKS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    TASKS_FAILED_FIELD_NUMBER: _builtins.int
+    EXECUTION_MANAGERS_FIELD_NUMBER: _builtins.int
+    QUEUED_TASKS_FIELD_NUMBER: _builtins.int
+    QUEUED_COMMIT_FIELD_NUMBER: _builtins.int
+    QUEUED_CLEANUP_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_MS_FIELD_NUMBER: _builtins.int
+    CACHED_JOBS_FIELD_NUMBER: _builtins.int
+    LIVE_TASK_INSTANCES_FIELD_NUMBER: _builtins.int
+    cluster_wide: _builtins.bool
+    """What follows is the operator's only (zero or empty for a resource group)."""
+    tasks_succeeded: _builtins.int
+    """Task reports accepted by this storage process (a rate is their difference over time)."""
+    tasks_failed: _builtins.int
+    queued_tasks: _builtins.int
+    """Inbound-queue depth per lane."""
+    queued_commit: _builtins.int
+    queued_cleanup: _builtins.int
+    session_id: _builtins.int
+    server_time_ms: _builtins.int
+    cached_jobs: _builtins.int
+    live_task_instances: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStateCount]:
+        """Every state, zeros too: the operator's counts are the cluster's, a group's its own."""
+
+    @_builtins.property
+    def execution_managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionManagerInfo]: ...
+    @_builtins.property
+    def recovery(self) -> Global___RecoveryInfo: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___JobStateCount] | None = ...,
+        cluster_wide: _builtins.bool = ...,
+        tasks_succeeded: _builtins.int = ...,
+        tasks_failed: _builtins.int = ...,
+        execution_managers: _abc.Iterable[Global___ExecutionManagerInfo] | None = ...,
+        queued_tasks: _builtins.int = ...,
+        queued_commit: _builtins.int = ...,
+        queued_cleanup: _builtins.int = ...,
+        session_id: _builtins.int = ...,
+        recovery: Global___RecoveryInfo | None = ...,
+        server_time_ms: _builtins.int = ...,
+        cached_jobs: _builtins.int = ...,
+        live_task_instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recovery", b"recovery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_jobs", b"cached_jobs", "cluster_wide", b"cluster_wide", "execution_managers", b"execution_managers", "jobs", b"jobs", "live_task_instances", b"live_task_instances", "queued_cleanup", b"queued_cleanup", "queued_commit", b"queued_commit", "queued_tasks", b"queued_tasks", "recovery", b"recovery", "server_time_ms", b"server_time_ms", "session_id", b"session_id", "tasks_failed", b"tasks_failed", "tasks_succeeded", b"tasks_succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterStatusReply: _TypeAlias = ClusterStatusReply  # noqa: Y015
+
+@_typing.final
+class TaskStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"pending", "ready", "running", "succeeded", "failed", "cancelled" or "unknown"."""
+    reason: _builtins.str
+    """For a task that is not running yet or any more: as TaskWait.reason (empty when finished)."""
+    detail: _builtins.str
+    @_builtins.property
+    def task_id(self) -> Global___TaskId: ...
+    def __init__(
+        self,
+        *,
+        task_id: Global___TaskId | None = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
+
+@_typing.final
+class JobGraphReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    COMPRESSED_SERIALIZED_TASK_GRAPH_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    compressed_serialized_task_graph: _builtins.bytes
+    """zstd(JSON task graph), as submitted."""
+    live: _builtins.bool
+    """False when the job is no longer cached: task states are derived from the job's state."""
+    @_builtins.property
+    def job(self) -> Global___JobSummary: ...
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]:
+        """One per regular task, then the commit / cleanup task when the graph has them."""
+
+    @_builtins.property
+    def counts(self) -> Global___TaskCounts: ...
+    def __init__(
+        self,
+        *,
+        job: Global___JobSummary | None = ...,
+        compressed_serialized_task_graph: _builtins.bytes = ...,
+        tasks: _abc.Iterable[Global___TaskStatus] | None = ...,
+        live: _builtins.bool = ...,
+        counts: Global___TaskCounts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed_serialized_task_graph", b"compressed_serialized_task_graph", "counts", b"counts", "job", b"job", "live", b"live", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobGraphReply: _TypeAlias = JobGraphReply  # noqa: Y015

@@ -1634,3 +1634,118 @@ class SchedulerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ClusterInspectionServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetClusterStatus = channel.unary_unary(
+                '/orbweaver.v1.ClusterInspectionService/GetClusterStatus',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusReply.FromString,
+                _registered_method=True)
+        self.GetJobGraph = channel.unary_unary(
+                '/orbweaver.v1.ClusterInspectionService/GetJobGraph',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobIdRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobGraphReply.FromString,
+                _registered_method=True)
+
+
+class ClusterInspectionServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetClusterStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobGraph(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClusterInspectionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusReply.SerializeToString,
+            ),
+            'GetJobGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobGraph,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobIdRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.JobGraphReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'orbweaver.v1.ClusterInspectionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('orbweaver.v1.ClusterInspectionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ClusterInspectionService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.ClusterInspectionService/GetClusterStatus',
+            orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.ClusterStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.ClusterInspectionService/GetJobGraph',
+            orbweaver_dot_v1_dot_orbweaver__pb2.JobIdRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.JobGraphReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -447,3 +447,34 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orbweaver_pb2.Void, _abc.Awaitable[_orbweaver_pb2.Void]]: ...
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ClusterInspectionServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ClusterInspectionServiceAsyncStub: ...
+    GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ClusterStatusRequest, _orbweaver_pb2.ClusterStatusReply]
+    GetJobGraph: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobGraphReply]
+
+@_typing.type_check_only
+class ClusterInspectionServiceAsyncStub(ClusterInspectionServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetClusterStatus: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ClusterStatusRequest, _orbweaver_pb2.ClusterStatusReply]  # type: ignore[assignment]
+    GetJobGraph: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobIdRequest, _orbweaver_pb2.JobGraphReply]  # type: ignore[assignment]
+
+class ClusterInspectionServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetClusterStatus(
+        self,
+        request: _orbweaver_pb2.ClusterStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.ClusterStatusReply, _abc.Awaitable[_orbweaver_pb2.ClusterStatusReply]]: ...
+
+    @_abc_1.abstractmethod
+    def GetJobGraph(
+        self,
+        request: _orbweaver_pb2.JobIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.JobGraphReply, _abc.Awaitable[_orbweaver_pb2.JobGraphReply]]: ...
+
+def add_ClusterInspectionServiceServicer_to_server(servicer: ClusterInspectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

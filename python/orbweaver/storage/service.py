@@ -35,6 +35,7 @@ from orbweaver.storage.db import Database, JobGroup, JobRow, ResourceGroupRow
 from orbweaver.storage.db import errors as db_errors
 from orbweaver.storage.errors import ServiceFailure, translate
 from orbweaver.storage.groupcommit import GroupCommitter
+from orbweaver.storage.inspection import EmActivity
 from orbweaver.storage.metrics import StorageMetrics
 from orbweaver.storage.pending import PendingTransitions, Transition
 from orbweaver.storage.recovery import RecoveryReport
@@ -119,6 +120,10 @@ class StorageService:
         self._registrations: GroupCommitter[JobGroup, list[tuple[int, bool]]] = GroupCommitter(
             db.register_job_groups
         )
+        # For the dashboard: execution managers' pools and work, the last recovery.
+        self.em_activity = EmActivity()
+        self.recovery: RecoveryReport | None = None
+        self.recovered_at_ms = 0
         # Outputs of succeeded tasks of jobs submitted with durability="task".
         self.task_outputs = TaskOutputWriter(
             db,
@@ -225,6 +230,8 @@ class StorageService:
         """Take over what recovery found of task-durable jobs (before serving): record their
         further task outputs, and persist the completion of those every task of which had
         finished."""
+        self.recovery = report
+        self.recovered_at_ms = int(time.time() * 1000)
         self.task_outputs.track(report.task_durable)
         if report.completed:
             self._complete_jobs(report.completed)
@@ -666,6 +673,7 @@ class StorageService:
                 registered += 1
                 out.append(result)
         self.metrics.instances_registered.inc(registered)
+        self.em_activity.registered(em_id, registered)
         if _trace.ENABLED:
             _trace.mark_many("storage.instances", (job_id for job_id, _ in items))
         return out
@@ -730,6 +738,7 @@ class StorageService:
             self._complete_jobs(completed)
         self.metrics.task_successes.inc(succeeded)
         self.metrics.task_failures.inc(failed)
+        self.em_activity.reported(em_id, len(items))
         return out
 
     def _complete_jobs(self, outcomes: list[_core.Outcome]) -> None:
@@ -941,7 +950,7 @@ class StorageService:
     # Execution managers and schedulers
     # -----------------------------------------------------------------------------------------
 
-    def register_execution_manager(self, ip_address: str) -> int:
+    def register_execution_manager(self, ip_address: str, processes: int = 0) -> int:
         # The column holds the longest textual IPv6 address; a scope id can make it longer.
         if len(ip_address) > 45:
             raise errors.InvalidArgument(
@@ -957,6 +966,7 @@ class StorageService:
             raise translate(exc) from exc
         with self._alive_lock:
             self._alive_ems.add(em_id)
+        self.em_activity.joined(em_id, processes)
         log.info("execution manager registered", extra={"em_id": em_id, "ip": ip_address})
         return em_id
 
@@ -972,6 +982,7 @@ class StorageService:
     def mark_dead(self, em_ids: Sequence[int]) -> None:
         with self._alive_lock:
             self._alive_ems.difference_update(em_ids)
+        self.em_activity.dead(set(em_ids))
 
     def register_scheduler(self, host: str, port: int) -> int:
         if not host:

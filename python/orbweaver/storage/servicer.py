@@ -23,7 +23,9 @@ from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 from orbweaver._rpc import add_servicer, code_for, servicer_method
 from orbweaver.states import JobState
+from orbweaver.storage import inspection
 from orbweaver.storage.auth import Authenticator, Principal
+from orbweaver.storage.db import JobRow
 from orbweaver.storage.service import StorageService
 
 Ctx = grpc.ServicerContext
@@ -422,7 +424,7 @@ class Liveness(_OnCurrentService, pb_grpc.ExecutionManagerLivenessServiceService
         self, request: pb.RegisterExecutionManagerRequest, context: Ctx
     ) -> pb.ExecutionManagerRegistration:
         svc = self.svc
-        em_id = svc.register_execution_manager(request.ip_address)
+        em_id = svc.register_execution_manager(request.ip_address, request.processes)
         return pb.ExecutionManagerRegistration(
             execution_manager_id=em_id, session_id=svc.session_id
         )
@@ -461,6 +463,93 @@ class Session(_OnCurrentService, pb_grpc.SessionManagementServiceServicer):
         return pb.SessionReply(session_id=self.svc.session_id)
 
 
+def _job_summary(r: JobRow) -> pb.JobSummary:
+    return pb.JobSummary(
+        job_id=r.id,
+        resource_group_id=r.resource_group_id,
+        state=_state(r.state),
+        created_at_ms=r.created_at_ms,
+        ended_at_ms=r.ended_at_ms or 0,
+        error_message=r.error_message or "",
+    )
+
+
+def _task_counts(counts: tuple[int, int, int, int, int, int]) -> pb.TaskCounts:
+    pending, ready, running, succeeded, failed, cancelled = counts
+    return pb.TaskCounts(
+        pending=pending,
+        ready=ready,
+        running=running,
+        succeeded=succeeded,
+        failed=failed,
+        cancelled=cancelled,
+    )
+
+
+class ClusterInspection(_OnCurrentService, pb_grpc.ClusterInspectionServiceServicer):
+    """Read-only views for the dashboard, with the credentials of the job services."""
+
+    def __init__(self, current: Current, auth: Authenticator) -> None:
+        super().__init__(current)
+        self.auth = auth
+
+    @servicer_method
+    def GetClusterStatus(
+        self, request: pb.ClusterStatusRequest, context: Ctx
+    ) -> pb.ClusterStatusReply:
+        caller = self.auth.require(context.invocation_metadata())
+        st = inspection.cluster_status(self.svc, caller)
+        tasks, commit, cleanup = st.queue_depths
+        reply = pb.ClusterStatusReply(
+            jobs=[pb.JobStateCount(state=_state(s), count=n) for s, n in sorted(st.jobs.items())],
+            cluster_wide=st.cluster_wide,
+            tasks_succeeded=st.tasks_succeeded,
+            tasks_failed=st.tasks_failed,
+            execution_managers=[
+                pb.ExecutionManagerInfo(
+                    execution_manager_id=em.id,
+                    ip_address=em.ip_address,
+                    executors=em.executors,
+                    in_flight=em.in_flight,
+                    last_heartbeat_at_ms=em.last_heartbeat_at_ms,
+                )
+                for em in st.execution_managers
+            ],
+            queued_tasks=tasks,
+            queued_commit=commit,
+            queued_cleanup=cleanup,
+            session_id=st.session_id,
+            server_time_ms=int(time.time() * 1000),
+            cached_jobs=st.cached_jobs,
+            live_task_instances=st.live_instances,
+        )
+        if st.recovery is not None:
+            reply.recovery.CopyFrom(
+                pb.RecoveryInfo(
+                    ended_at_ms=st.recovered_at_ms,
+                    jobs=st.recovery.total,
+                    duration_ms=int(st.recovery.seconds * 1000),
+                    unrecoverable=len(st.recovery.failed),
+                )
+            )
+        return reply
+
+    @servicer_method
+    def GetJobGraph(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobGraphReply:
+        caller = self.auth.require(context.invocation_metadata())
+        g = inspection.job_graph(self.svc, caller, request.job_id)
+        return pb.JobGraphReply(
+            job=_job_summary(g.job),
+            compressed_serialized_task_graph=g.compressed_graph,
+            tasks=[
+                pb.TaskStatus(task_id=_taskid.to_proto(t), state=st, reason=r, detail=d)
+                for t, st, r, d in g.tasks
+            ],
+            live=g.live,
+            counts=_task_counts(g.counts),
+        )
+
+
 def add_servicers(
     server: grpc.Server, current: Current, auth: Authenticator, max_message_bytes: int
 ) -> None:
@@ -474,6 +563,7 @@ def add_servicers(
         "ExecutionManagerLivenessService": Liveness(current),
         "SchedulerRegistrationService": SchedulerRegistration(current),
         "SessionManagementService": Session(current),
+        "ClusterInspectionService": ClusterInspection(current, auth),
     }
     for name, servicer in servicers.items():
         add_servicer(server, servicer, name)
@@ -483,7 +573,11 @@ def add_servicers(
 # cluster-token check).
 CLIENT_SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("JobOrchestrationService", "ResourceGroupManagementService")
+    for name in (
+        "JobOrchestrationService",
+        "ResourceGroupManagementService",
+        "ClusterInspectionService",
+    )
 ]
 
 SERVICE_NAMES = [
@@ -496,5 +590,6 @@ SERVICE_NAMES = [
         "ExecutionManagerLivenessService",
         "SchedulerRegistrationService",
         "SessionManagementService",
+        "ClusterInspectionService",
     )
 ]

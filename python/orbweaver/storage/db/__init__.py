@@ -28,6 +28,7 @@ from .errors import (
 )
 from .protocol import (
     Database,
+    ExecutionManagerRow,
     JobGroup,
     JobRow,
     Lease,
@@ -47,6 +48,7 @@ __all__ = [
     "DbJobState",
     "DbUnavailable",
     "ExecutionManagerAlreadyDead",
+    "ExecutionManagerRow",
     "Fenced",
     "IdempotencyKeyReused",
     "IllegalExecutionManagerId",

@@ -34,7 +34,15 @@ from .errors import (
     ValueTooLarge,
 )
 from .passwords import PasswordVerifier, hash_password
-from .protocol import JobGroup, JobRow, Lease, RecoverableJobRow, ResourceGroupRow, SchedulerRow
+from .protocol import (
+    ExecutionManagerRow,
+    JobGroup,
+    JobRow,
+    Lease,
+    RecoverableJobRow,
+    ResourceGroupRow,
+    SchedulerRow,
+)
 from .states import RECOVERABLE_STATES, TERMINAL_STATES, DbJobState, is_valid_transition
 
 T = TypeVar("T")
@@ -211,6 +219,10 @@ class Statements:
         )
         self.get_job = f"SELECT {self.job_columns} FROM jobs WHERE id = ?"
         self.count_by_state = "SELECT state, COUNT(*) FROM jobs GROUP BY state"
+        self.count_group_by_state = (
+            "SELECT state, COUNT(*) FROM jobs WHERE resource_group_id = ? GROUP BY state"
+        )
+        self.get_job_graph = "SELECT compressed_serialized_task_graph FROM jobs WHERE id = ?"
         per_state = " UNION ALL ".join(
             f"SELECT id FROM (SELECT id FROM jobs WHERE state = '{s.db_name}' AND id > ? "
             f"ORDER BY id LIMIT ?) r{int(s)}"
@@ -253,6 +265,10 @@ class Statements:
         )
         self.lock_em = f"SELECT state FROM execution_managers WHERE id = ?{d.for_update}"
         self.get_em_state = "SELECT state FROM execution_managers WHERE id = ?"
+        self.alive_ems = (
+            f"SELECT id, ip_address, {ms(col='last_heartbeat_at')} FROM execution_managers "
+            "WHERE state = 'Alive' ORDER BY id"
+        )
         self.heartbeat_em = (
             f"UPDATE execution_managers SET last_heartbeat_at = {now} "
             "WHERE id = ? AND state = 'Alive'"
@@ -1002,6 +1018,10 @@ class SqlDatabase(abc.ABC):
     def get_job(self, job_id: int) -> JobRow:
         return self._job_row(self._read_job(job_id, self._sql.get_job))
 
+    def get_job_graph(self, job_id: int) -> bytes:
+        (graph,) = self._read_job(job_id, self._sql.get_job_graph)
+        return _as_bytes(graph)
+
     def list_jobs(
         self,
         states: Sequence[int] | None = None,
@@ -1044,9 +1064,16 @@ class SqlDatabase(abc.ABC):
 
         return [self._job_row(row) for row in self._transaction(tx, write=False)]
 
-    def count_jobs_by_state(self) -> dict[int, int]:
+    def count_jobs_by_state(self, resource_group_id: int | None = None) -> dict[int, int]:
+        rg = None
+        if resource_group_id is not None:
+            rg = _valid_id(resource_group_id, "resource_group_id")
+
         def tx(cur: Cursor) -> list[Any]:
-            cur.execute(self._sql.count_by_state)
+            if rg is None:
+                cur.execute(self._sql.count_by_state)
+            else:
+                cur.execute(self._sql.count_group_by_state, (rg,))
             return list(cur.fetchall())
 
         counts: dict[int, int] = dict.fromkeys(DbJobState, 0)
@@ -1281,6 +1308,16 @@ class SqlDatabase(abc.ABC):
         if row is None:
             raise IllegalExecutionManagerId(em)
         return bool(row[0] == "Alive")
+
+    def alive_execution_managers(self) -> list[ExecutionManagerRow]:
+        def tx(cur: Cursor) -> list[Any]:
+            cur.execute(self._sql.alive_ems)
+            return list(cur.fetchall())
+
+        return [
+            ExecutionManagerRow(int(r[0]), str(r[1]), int(r[2]))
+            for r in self._transaction(tx, write=False)
+        ]
 
     def get_dead_execution_managers(
         self, stale_cutoff_sec: float, *, deadline: float | None = None

@@ -76,6 +76,8 @@ SCHEMA: tuple[str, ...] = (
         CONSTRAINT job_resource_group FOREIGN KEY (resource_group_id)
             REFERENCES resource_groups (id) ON UPDATE RESTRICT ON DELETE RESTRICT
     ) {_TABLE_OPTIONS}""",
+    # Keyset paging of one resource group's jobs, newest first (the dashboard, ListJobs).
+    "CREATE INDEX IF NOT EXISTS job_group ON jobs (resource_group_id, id)",
     f"""CREATE TABLE IF NOT EXISTS sessions (
         session_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
         started_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),

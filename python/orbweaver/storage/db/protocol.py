@@ -10,6 +10,7 @@ from .states import DbJobState
 
 __all__ = [
     "Database",
+    "ExecutionManagerRow",
     "JobGroup",
     "JobRow",
     "Lease",
@@ -48,6 +49,15 @@ class ResourceGroupRow:
     id: int
     external_id: str
     created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionManagerRow:
+    """An Alive execution manager; the heartbeat in milliseconds since the Unix epoch."""
+
+    id: int
+    ip_address: str
+    last_heartbeat_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +265,13 @@ class Database(Protocol):
         """Jobs newest first, optionally filtered; page with ``before_job_id`` = last id seen."""
         ...
 
-    def count_jobs_by_state(self) -> dict[int, int]:
-        """Number of jobs per state, keyed by ``DbJobState`` (every state present, zeros too)."""
+    def count_jobs_by_state(self, resource_group_id: int | None = None) -> dict[int, int]:
+        """Number of jobs per state, keyed by ``DbJobState`` (every state present, zeros too);
+        of one resource group's jobs with `resource_group_id`."""
+        ...
+
+    def get_job_graph(self, job_id: int) -> bytes:
+        """The job's compressed task graph as submitted (``JobNotFound`` for a missing job)."""
         ...
 
     def recoverable_jobs(self, after_job_id: int, limit: int) -> list[RecoverableJobRow]:
@@ -318,6 +333,10 @@ class Database(Protocol):
     def update_execution_manager_heartbeat(self, execution_manager_id: int) -> None: ...
 
     def is_execution_manager_alive(self, execution_manager_id: int) -> bool: ...
+
+    def alive_execution_managers(self) -> list[ExecutionManagerRow]:
+        """Execution managers in state Alive, by id."""
+        ...
 
     def get_dead_execution_managers(
         self, stale_cutoff_sec: float, *, deadline: float | None = None

@@ -74,6 +74,8 @@ SCHEMA: tuple[str, ...] = (
             REFERENCES resource_groups (id) ON UPDATE RESTRICT ON DELETE RESTRICT
     )""",
     "CREATE INDEX IF NOT EXISTS job_state ON jobs (state)",
+    # Keyset paging of one resource group's jobs, newest first (the dashboard, ListJobs).
+    "CREATE INDEX IF NOT EXISTS job_group ON jobs (resource_group_id, id)",
     """CREATE TABLE IF NOT EXISTS sessions (
         session_id INTEGER PRIMARY KEY AUTOINCREMENT,
         started_at INTEGER NOT NULL

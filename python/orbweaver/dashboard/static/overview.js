@@ -1,0 +1,106 @@
+// The overview refreshes its figures every two seconds and draws the rate of finished tasks
+// over the last five minutes (samples kept in the page).
+"use strict";
+(function () {
+  const WINDOW_MS = 5 * 60 * 1000;
+  const samples = []; // [time ms, tasks finished]
+  const chart = document.getElementById("rate-chart");
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function text(id, value) {
+    const el = document.getElementById(id);
+    if (el) el.textContent = value;
+  }
+
+  function rates() {
+    const out = [];
+    for (let i = 1; i < samples.length; i++) {
+      const [t0, n0] = samples[i - 1];
+      const [t1, n1] = samples[i];
+      if (t1 > t0) out.push([t1, Math.max(0, (n1 - n0) * 1000 / (t1 - t0))]);
+    }
+    return out;
+  }
+
+  function draw() {
+    if (!chart) return;
+    const pts = rates();
+    const now = Date.now();
+    const peak = Math.max(1, ...pts.map((p) => p[1]));
+    chart.replaceChildren();
+    for (const frac of [0, 0.5, 1]) {
+      const y = 150 - frac * 140;
+      const line = document.createElementNS(SVG, "line");
+      line.setAttribute("x1", "0"); line.setAttribute("x2", "600");
+      line.setAttribute("y1", String(y)); line.setAttribute("y2", String(y));
+      line.setAttribute("class", "grid-line");
+      chart.appendChild(line);
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", "4"); label.setAttribute("y", String(y - 3));
+      label.setAttribute("class", "axis");
+      label.textContent = (peak * frac).toFixed(peak < 10 ? 1 : 0);
+      chart.appendChild(label);
+    }
+    if (pts.length) {
+      const poly = document.createElementNS(SVG, "polyline");
+      poly.setAttribute("class", "rate");
+      poly.setAttribute("points", pts.map(([t, r]) =>
+        (600 - (now - t) * 600 / WINDOW_MS).toFixed(1) + "," + (150 - r * 140 / peak).toFixed(1)
+      ).join(" "));
+      chart.appendChild(poly);
+      text("rate-now", pts[pts.length - 1][1].toFixed(1));
+      text("rate-peak", Math.max(...pts.map((p) => p[1])).toFixed(1));
+    }
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const c of cells) {
+      const td = document.createElement("td");
+      td.textContent = c;
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  async function refresh() {
+    let data;
+    try {
+      const res = await fetch("/api/overview", { credentials: "same-origin" });
+      if (res.status === 401) { window.location = "/login"; return; }
+      if (!res.ok) return;
+      data = await res.json();
+    } catch (e) {
+      return;
+    }
+    for (const [state, n] of Object.entries(data.jobs)) text("jobs-" + state, String(n));
+    if (!data.cluster_wide) return;
+    const now = Date.now();
+    samples.push([now, data.tasks_finished]);
+    while (samples.length > 2 && samples[0][0] < now - WINDOW_MS) samples.shift();
+    text("tasks-finished", String(data.tasks_finished));
+    text("tasks-failed", String(data.tasks_failed));
+    text("queue-task", String(data.queues.task));
+    text("queue-commit", String(data.queues.commit));
+    text("queue-cleanup", String(data.queues.cleanup));
+    text("session-id", String(data.session_id));
+    text("cached-jobs", String(data.cached_jobs));
+    text("live-instances", String(data.live_task_instances));
+    text("em-count", String(data.execution_managers.length));
+    const body = document.querySelector("#ems tbody");
+    if (body) {
+      body.replaceChildren();
+      for (const em of data.execution_managers) {
+        body.appendChild(row([em.id, em.ip, em.executors || "?", em.in_flight,
+          em.heartbeat_age_s.toFixed(1) + " s ago"]));
+      }
+      if (!data.execution_managers.length) {
+        body.appendChild(row(["No execution manager is alive.", "", "", "", ""]));
+      }
+    }
+    draw();
+  }
+
+  refresh();
+  setInterval(refresh, 2000);
+})();

@@ -1,0 +1,219 @@
+"""Read-only views of the cluster for the dashboard (`ClusterInspectionService`).
+
+Everything here reads what the service already holds (the job cache, the database, the
+metrics); the only state of its own is `EmActivity`, a few counters per execution manager that
+the task-instance paths update once per batch.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from orbweaver import _core, errors
+from orbweaver.states import JobState
+from orbweaver.storage.auth import Principal
+from orbweaver.storage.db import JobRow
+from orbweaver.storage.db import errors as db_errors
+from orbweaver.storage.errors import translate
+
+if TYPE_CHECKING:
+    from orbweaver.storage.recovery import RecoveryReport
+    from orbweaver.storage.service import StorageService
+
+__all__ = ["ClusterStatus", "EmActivity", "EmStatus", "JobGraph", "cluster_status", "job_graph"]
+
+# What `explain` says of a task -> its state.
+_REASON_STATE = {
+    "pending_parents": "pending",
+    "queued": "ready",
+    "retrying": "ready",
+    "running": "running",
+    "instance_limit": "running",
+}
+# The core's failure message: "task 3 (pkg.func) failed: ..." (or "commit (...) failed: ...").
+_FAILED_TASK = re.compile(r"^task (\d+) \(")
+
+
+class EmActivity:
+    """Per execution manager: its executor-pool size (as it registered with this process) and
+    its task instances registered and not reported yet. Thread-safe; counts are approximate
+    (an instance the storage forgets without a report, e.g. of a cancelled job, is counted until
+    its report arrives or its manager is declared dead)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executors: dict[int, int] = {}
+        self._in_flight: Counter[int] = Counter()
+
+    def joined(self, em_id: int, executors: int) -> None:
+        with self._lock:
+            self._executors[em_id] = executors
+
+    def registered(self, em_id: int, n: int) -> None:
+        if n:
+            with self._lock:
+                self._in_flight[em_id] += n
+
+    def reported(self, em_id: int, n: int) -> None:
+        if n:
+            with self._lock:
+                self._in_flight[em_id] = max(0, self._in_flight[em_id] - n)
+
+    def dead(self, em_ids: list[int] | tuple[int, ...] | set[int]) -> None:
+        with self._lock:
+            for em_id in em_ids:
+                self._executors.pop(em_id, None)
+                self._in_flight.pop(em_id, None)
+
+    def snapshot(self) -> tuple[dict[int, int], dict[int, int]]:
+        with self._lock:
+            return dict(self._executors), dict(self._in_flight)
+
+
+@dataclass(frozen=True, slots=True)
+class EmStatus:
+    id: int
+    ip_address: str
+    executors: int
+    in_flight: int
+    last_heartbeat_at_ms: int
+
+
+@dataclass(slots=True)
+class ClusterStatus:
+    jobs: dict[JobState, int]
+    cluster_wide: bool
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    execution_managers: list[EmStatus] = field(default_factory=list)
+    queue_depths: tuple[int, int, int] = (0, 0, 0)
+    session_id: int = 0
+    recovery: RecoveryReport | None = None
+    recovered_at_ms: int = 0
+    cached_jobs: int = 0
+    live_instances: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobGraph:
+    job: JobRow
+    compressed_graph: bytes
+    # (task id, state, reason, detail)
+    tasks: list[tuple[int, str, str, str]]
+    live: bool
+    counts: tuple[int, int, int, int, int, int]
+
+
+def cluster_status(svc: StorageService, principal: Principal) -> ClusterStatus:
+    """The operator's view of the cluster; a resource group gets its own job counts only."""
+    try:
+        counts = svc.db.count_jobs_by_state(principal.group_id)
+    except db_errors.DbError as exc:
+        raise translate(exc) from exc
+    jobs = {JobState(int(state)): n for state, n in counts.items()}
+    if not principal.is_operator:
+        return ClusterStatus(jobs, cluster_wide=False)
+    try:
+        alive = svc.db.alive_execution_managers()
+    except db_errors.DbError as exc:
+        raise translate(exc) from exc
+    executors, in_flight = svc.em_activity.snapshot()
+    registry = svc.metrics.registry
+    return ClusterStatus(
+        jobs,
+        cluster_wide=True,
+        tasks_succeeded=int(
+            registry.get_sample_value("orbweaver_storage_task_successes_total") or 0
+        ),
+        tasks_failed=int(registry.get_sample_value("orbweaver_storage_task_failures_total") or 0),
+        execution_managers=[
+            EmStatus(
+                em.id,
+                em.ip_address,
+                executors.get(em.id, 0),
+                in_flight.get(em.id, 0),
+                em.last_heartbeat_at_ms,
+            )
+            for em in alive
+        ],
+        queue_depths=svc.cache.queue_depths(),
+        session_id=svc.session_id,
+        recovery=svc.recovery,
+        recovered_at_ms=svc.recovered_at_ms,
+        cached_jobs=len(svc.cache),
+        live_instances=svc.cache.live_instances(),
+    )
+
+
+def _task_ids(total: int, has_commit: bool, has_cleanup: bool) -> list[int]:
+    ids = list(range(total))
+    if has_commit:
+        ids.append(_core.TASK_COMMIT)
+    if has_cleanup:
+        ids.append(_core.TASK_CLEANUP)
+    return ids
+
+
+def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGraph:
+    """The job's graph as submitted and what each of its tasks is doing."""
+    svc._check_access(principal, job_id)
+    try:
+        row = svc.db.get_job(job_id)
+        compressed = svc.db.get_job_graph(job_id)
+    except db_errors.DbError as exc:
+        raise translate(exc, job_id=job_id) from exc
+    try:
+        graph = _core.TaskGraph.from_compressed(compressed)
+    except _core.CoreError as exc:
+        raise errors.InternalError(f"job {job_id}: its stored graph does not parse: {exc}") from exc
+    total = graph.num_tasks
+    ids = _task_ids(total, graph.has_commit, graph.has_cleanup)
+    try:
+        state = JobState(svc.cache.state(job_id))
+        counts = svc.cache.progress(job_id)
+        explained = svc.cache.explain(job_id, len(ids))
+        live = True
+    except _core.JobNotFoundError:
+        state = JobState(int(row.state))
+        counts = (0, 0, 0, 0, 0, 0)
+        explained = []
+        live = False
+    waiting = {task: (reason, detail) for task, reason, detail in explained}
+    error = row.error_message or (svc.cache.error(job_id) if live else None) or ""
+    failed = _FAILED_TASK.match(error)
+    failed_task = int(failed.group(1)) if failed else None
+    # A failed job's cache counts tell whether every other task had succeeded.
+    all_others_succeeded = live and failed_task is not None and counts[3] + 1 == total
+    tasks: list[tuple[int, str, str, str]] = []
+    for task in ids:
+        if task in waiting:
+            reason, detail = waiting[task]
+            tasks.append((task, _REASON_STATE.get(reason, "unknown"), reason, detail))
+            continue
+        is_regular = task >= 0
+        if state == JobState.READY:
+            tasks.append((task, "pending", "job_not_started", "the job has not been started"))
+        elif state == JobState.RUNNING:
+            if is_regular:
+                tasks.append((task, "succeeded", "", ""))
+            else:
+                tasks.append((task, "pending", "pending_parents", "runs after every task"))
+        elif state == JobState.COMMIT_READY:
+            done = is_regular
+            tasks.append((task, "succeeded" if done else "pending", "", ""))
+        elif state == JobState.SUCCEEDED:
+            tasks.append((task, "succeeded" if task != _core.TASK_CLEANUP else "not_run", "", ""))
+        elif state == JobState.FAILED:
+            if task == failed_task:
+                tasks.append((task, "failed", "", ""))
+            elif is_regular and all_others_succeeded:
+                tasks.append((task, "succeeded", "", ""))
+            else:
+                tasks.append((task, "unknown", "job_failed", "the job failed"))
+        else:  # CLEANUP_READY, CANCELLED
+            tasks.append((task, "cancelled", "job_cancelled", "the job was cancelled"))
+    return JobGraph(row, compressed, tasks, live, counts)
