@@ -150,6 +150,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     setup_logging("local", args.log_level)
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR") or os.getcwd()
+    if args.demo and not args.tasks_dir:
+        tasks_dir = str(_DEMO_TASKS)
     db = _db_url(args) or DEFAULT_LOCAL_DB
     cluster = LocalCluster(
         workers=args.workers,
@@ -186,6 +188,16 @@ def cmd_local(args: argparse.Namespace) -> int:
         if cluster.dashboard_url:
             print(
                 f"  dashboard: {cluster.dashboard_url} (log in with the operator token above)",
+                flush=True,
+            )
+        if args.demo:
+            graph, shards = _demo_graph()
+            job = cluster.client().submit(graph, shards)
+            where = f": {cluster.dashboard_url}jobs/{job.id}" if cluster.dashboard_url else ""
+            print(f"  demo job {job.id} submitted{where}", flush=True)
+            print(
+                "  submit it again (with the export above): orbweaver demo --storage "
+                f"{cluster.address}",
                 flush=True,
             )
         stop.wait()
@@ -448,7 +460,31 @@ def _storage_role(stub: Any, timeout: float) -> str | None:
     return None
 
 
+_DEMO_TASKS = Path(__file__).resolve().parent / "_demo"
+
+
+def _demo_graph() -> tuple[Any, list[str]]:
+    """The demo's graph and inputs (its tasks are imported as the executors import them)."""
+    from orbweaver.demo import SHARDS
+
+    if str(_DEMO_TASKS) not in sys.path:
+        sys.path.insert(0, str(_DEMO_TASKS))
+    demo = importlib.import_module("wordcount_demo")
+    return demo.build_graph(), list(SHARDS)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.storage:
+        # Into a running cluster whose executors import the demo's tasks (`local --demo`).
+        from orbweaver.client import Client
+
+        graph, shards = _demo_graph()
+        with Client(args.storage) as client:
+            group = client.default_resource_group or client.resource_group("default")
+            job = client.submit(graph, shards, resource_group=group)
+            print(f"demo job {job.id} submitted", flush=True)
+            state = _wait_with_progress(job)
+            return _print_final(job, state)
     from orbweaver.demo import run_demo
 
     return run_demo(workers=args.workers)
@@ -522,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a built-in example job on an embedded local cluster")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--storage",
+        metavar="HOST:PORT",
+        help="submit the demo job to this running cluster instead (started with "
+        "`orbweaver local --demo`; the operator token from $ORBWEAVER_OPERATOR_TOKEN)",
+    )
     p.set_defaults(fn=cmd_demo)
 
     p = service("local", "run storage, scheduler and a worker on this machine", cmd_local)
@@ -543,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve the web dashboard (default address 127.0.0.1:8265; needs the "
         "orbweaver[dashboard] extra)",
+    )
+
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the built-in demo's tasks (unless --tasks-dir is given) and submit its job",
     )
 
     p = service(
