@@ -2,7 +2,7 @@
 (chromedriver), and what a person sees in it.
 
 Screenshots go to each test's tmp dir; with ``ORBWEAVER_SCREENSHOTS_DIR`` set (e.g. ``docs/img``)
-the ones the docs use are written there too (``scripts/dashboard_screenshots.sh``)."""
+the two the docs use are written there too (the command is in docs/dashboard.md)."""
 
 from __future__ import annotations
 

@@ -51,6 +51,14 @@ def _colour(driver: WebDriver, var: str) -> str:
     )
 
 
+def _number(text: str) -> float:
+    """A figure on the page; 0 for the placeholder shown before the first one."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 def test_missing_or_wrong_credentials_are_refused(
     cluster: LocalCluster, browser: WebDriver
 ) -> None:
@@ -113,9 +121,16 @@ def test_overview_counts_match_the_cluster(
     assert cells[2] == str(cluster.workers)
     assert text_of(browser, "queue-task") == "0"
     assert "job(s) in" in text_of(browser, "recovery")
-    # The rate chart draws once two samples are in.
-    see(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#rate-chart polyline"))
-    screenshots.take(browser, "overview")
+    # The page follows the cluster: more jobs finish, the counts and the rate chart move.
+    more = client.submit_many(dash_tasks.doubling(), [[i] for i in range(40)])
+    client.gather(more, timeout=120)
+    succeeded = str(expected["SUCCEEDED"] + len(more))
+    see(browser, lambda d: text_of(d, "jobs-SUCCEEDED") == succeeded)
+    see(browser, lambda d: _number(text_of(d, "rate-peak")) > 0)
+    # ... and back to nothing once they are done.
+    see(browser, lambda d: text_of(d, "rate-now") == "0.0")
+    assert browser.find_elements(By.CSS_SELECTOR, "#rate-chart polyline")
+    screenshots.take(browser, "overview", docs=True)
 
 
 def test_running_job_changes_colour_live(
@@ -172,7 +187,7 @@ def test_failed_task_shows_its_traceback(
     assert 'raise ValueError(f"boom {x}: the input was refused")' in traceback
     assert fill_of(browser, "1") == _colour(browser, "failed")
     assert fill_of(browser, "0") == _colour(browser, "succeeded")
-    screenshots.take(browser, "job-failed", docs=True)
+    screenshots.take(browser, "job-failed")
 
 
 def test_cancel_cancels(cluster: LocalCluster, browser: WebDriver, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
   const samples = []; // [time ms, tasks finished]
   const chart = document.getElementById("rate-chart");
   const SVG = "http://www.w3.org/2000/svg";
+  const W = 1200; // the chart's viewBox: W x H
+  const H = 180;
 
   function text(id, value) {
     const el = document.getElementById(id);
@@ -29,9 +31,9 @@
     const peak = Math.max(1, ...pts.map((p) => p[1]));
     chart.replaceChildren();
     for (const frac of [0, 0.5, 1]) {
-      const y = 150 - frac * 140;
+      const y = H - 10 - frac * (H - 20);
       const line = document.createElementNS(SVG, "line");
-      line.setAttribute("x1", "0"); line.setAttribute("x2", "600");
+      line.setAttribute("x1", "0"); line.setAttribute("x2", String(W));
       line.setAttribute("y1", String(y)); line.setAttribute("y2", String(y));
       line.setAttribute("class", "grid-line");
       chart.appendChild(line);
@@ -42,11 +44,23 @@
       chart.appendChild(label);
     }
     if (pts.length) {
+      // The x axis spans the samples so far, up to the last five minutes.
+      const from = Math.max(now - WINDOW_MS, samples[0][0]);
+      const span = Math.max(1, now - from);
+      const x = (t) => (40 + (t - from) * (W - 50) / span).toFixed(1);
+      const y = (r) => (H - 10 - r * (H - 20) / peak).toFixed(1);
+      const line = pts.map(([t, r]) => x(t) + "," + y(r));
+      if (pts.length === 1) line.unshift(x(samples[0][0]) + "," + y(pts[0][1]));
+      const area = document.createElementNS(SVG, "polygon");
+      area.setAttribute("class", "rate-area");
+      const first = line[0].split(",")[0];
+      const last = line[line.length - 1].split(",")[0];
+      const base = String(H - 10);
+      area.setAttribute("points", [first + "," + base, ...line, last + "," + base].join(" "));
+      chart.appendChild(area);
       const poly = document.createElementNS(SVG, "polyline");
       poly.setAttribute("class", "rate");
-      poly.setAttribute("points", pts.map(([t, r]) =>
-        (600 - (now - t) * 600 / WINDOW_MS).toFixed(1) + "," + (150 - r * 140 / peak).toFixed(1)
-      ).join(" "));
+      poly.setAttribute("points", line.join(" "));
       chart.appendChild(poly);
       text("rate-now", pts[pts.length - 1][1].toFixed(1));
       text("rate-peak", Math.max(...pts.map((p) => p[1])).toFixed(1));
