@@ -41,7 +41,7 @@ def _browser_paths() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
-def new_browser() -> WebDriver:
+def new_browser(*, accept_insecure_certs: bool = False) -> WebDriver:
     paths = _browser_paths()
     if paths is None:
         message = "chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
@@ -50,6 +50,7 @@ def new_browser() -> WebDriver:
         pytest.skip(message)
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
+    options.accept_insecure_certs = accept_insecure_certs
     for arg in (
         "--headless=new",
         "--no-sandbox",  # root in CI containers

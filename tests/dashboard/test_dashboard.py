@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import dash_tasks
 import pytest
@@ -47,6 +48,16 @@ def _colour(driver: WebDriver, var: str) -> str:
             f".getPropertyValue('--{var}').trim();"
             "document.body.appendChild(el);"
             "const c = getComputedStyle(el).color; el.remove(); return c;"
+        )
+    )
+
+
+def _overview(driver: WebDriver) -> dict[str, Any]:
+    """The overview page's feed, fetched by the page's own session."""
+    return dict(
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/api/overview').then(r => r.json()).then(done);"
         )
     )
 
@@ -156,6 +167,8 @@ def test_running_job_changes_colour_live(
     see(browser, lambda d: fill_of(d, "0") == succeeded)
     see(browser, lambda d: fill_of(d, "1") == running and fill_of(d, "2") == running)
     screenshots.take(browser, "job-running", docs=True)
+    # The overview's feed counts them as the execution manager's work in flight.
+    see(browser, lambda d: [em["in_flight"] for em in _overview(d)["execution_managers"]] == [2])
 
     (tmp_path / "left").touch()
     see(browser, lambda d: state_of(d, "1") == "succeeded")

@@ -349,10 +349,12 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
                 if data["job"]["state"] in _TERMINAL:
                     yield "event: end\ndata: {}\n\n"
                     return
+                # Big graphs make big messages: they are sent less often.
+                interval = FEED_INTERVAL_S * (1 if len(data["tasks"]) <= 500 else 4)
                 data = None
                 if await request.is_disconnected():
                     return
-                await asyncio.sleep(FEED_INTERVAL_S)
+                await asyncio.sleep(interval)
 
         return StreamingResponse(
             feed(),

@@ -167,17 +167,22 @@ def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGrap
     except db_errors.DbError as exc:
         raise translate(exc, job_id=job_id) from exc
     try:
-        graph = _core.TaskGraph.from_compressed(compressed)
-    except _core.CoreError as exc:
-        raise errors.InternalError(f"job {job_id}: its stored graph does not parse: {exc}") from exc
-    total = graph.num_tasks
-    ids = _task_ids(total, graph.has_commit, graph.has_cleanup)
-    try:
+        # A cached job answers from the cache (a live page asks twice a second).
         state = JobState(svc.cache.state(job_id))
+        total = svc.cache.total_tasks(job_id)
+        ids = _task_ids(total, svc.cache.has_commit(job_id), svc.cache.has_cleanup(job_id))
         counts = svc.cache.progress(job_id)
         explained = svc.cache.explain(job_id, len(ids))
         live = True
     except _core.JobNotFoundError:
+        try:
+            graph = _core.TaskGraph.from_compressed(compressed)
+        except _core.CoreError as exc:
+            raise errors.InternalError(
+                f"job {job_id}: its stored graph does not parse: {exc}"
+            ) from exc
+        total = graph.num_tasks
+        ids = _task_ids(total, graph.has_commit, graph.has_cleanup)
         state = JobState(int(row.state))
         counts = (0, 0, 0, 0, 0, 0)
         explained = []
