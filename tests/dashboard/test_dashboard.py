@@ -365,3 +365,18 @@ def test_static_files_and_security_headers(cluster: LocalCluster) -> None:
         assert "script-src 'self'" in csp
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["cache-control"] == "no-store"
+
+
+def test_a_big_graph_is_listed_not_drawn(cluster: LocalCluster, browser: WebDriver) -> None:
+    n = 2500
+    job = cluster.client().submit(dash_tasks.wide(n), list(range(n)), start=False)
+    url = _url(cluster)
+    login_operator(browser, url, cluster.operator_token)
+    browser.get(f"{url}jobs/{job.id}")
+    assert text_of(browser, "job-state") == "ready"
+    assert browser.find_elements(By.ID, "dag") == []
+    assert "not drawn" in browser.find_element(By.TAG_NAME, "main").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#waiting tbody tr")
+    assert len(rows) == 1001 and rows[-1].text == f"… and {n - 1000} more"
+    assert rows[0].text.split()[:3] == ["0", "pending", "job"]
+    job.cancel()

@@ -38,6 +38,8 @@ __all__ = ["COOKIE", "DashboardSettings", "create_app", "parse_error"]
 HERE = Path(__file__).resolve().parent
 COOKIE = "orbweaver_session"
 PAGE_SIZE = 50
+# The most unfinished tasks a job page lists.
+MAX_TABLE_ROWS = 1000
 # How often the live job feed asks the storage (seconds).
 FEED_INTERVAL_S = 0.5
 # A live feed ends after this long; the page's EventSource reconnects by itself.
@@ -302,6 +304,7 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
             job=data["job"],
             drawing=drawing,
             max_drawn=MAX_DRAWN_TASKS,
+            max_rows=MAX_TABLE_ROWS,
             terminal=data["job"]["state"] in _TERMINAL,
             csrf_token=session.csrf_token,
         )

@@ -65,3 +65,11 @@ def doubling() -> ow.TaskGraph:
     g = ow.TaskGraph()
     g.add(double)
     return g
+
+
+def wide(n: int) -> ow.TaskGraph:
+    """`n` independent input tasks."""
+    g = ow.TaskGraph()
+    for _ in range(n):
+        g.add(double)
+    return g

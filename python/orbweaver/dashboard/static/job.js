@@ -5,6 +5,7 @@
   const page = document.getElementById("job-page");
   if (!page || page.dataset.terminal === "yes") return;
   const jobId = page.dataset.job;
+  const maxRows = Number(page.dataset.maxRows);
   const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED"];
 
   function text(id, value) {
@@ -49,12 +50,17 @@
       td.colSpan = 4;
       td.textContent = "Every task has finished.";
     }
-    for (const t of rows) {
+    for (const t of rows.slice(0, maxRows)) {
       const tr = body.insertRow();
       tr.dataset.task = t.id;
       for (const v of [t.id, t.state, t.reason.replaceAll("_", " "), t.detail]) {
         tr.insertCell().textContent = v;
       }
+    }
+    if (rows.length > maxRows) {
+      const td = body.insertRow().insertCell();
+      td.colSpan = 4;
+      td.textContent = "… and " + (rows.length - maxRows) + " more";
     }
     if (data.error) {
       document.getElementById("error-box").hidden = false;
