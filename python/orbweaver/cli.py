@@ -152,6 +152,8 @@ def cmd_local(args: argparse.Namespace) -> int:
     tasks_dir = args.tasks_dir or os.environ.get("ORBWEAVER_TASKS_DIR") or os.getcwd()
     if args.demo and not args.tasks_dir:
         tasks_dir = str(_DEMO_TASKS)
+    if args.dashboard:
+        _check_dashboard_extra()
     db = _db_url(args) or DEFAULT_LOCAL_DB
     cluster = LocalCluster(
         workers=args.workers,
@@ -204,14 +206,20 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
+def _check_dashboard_extra() -> None:
+    """Refuse at once, saying how to install it, when the dashboard's extra is missing."""
     from orbweaver.dashboard import MISSING_EXTRA
 
     try:
-        from orbweaver.dashboard.server import bind, serve
+        import orbweaver.dashboard.server  # noqa: F401
     except ImportError as exc:
         raise errors.ConfigError(f"{MISSING_EXTRA} ({exc})") from None
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    _check_dashboard_extra()
     from orbweaver._rpc import Security
+    from orbweaver.dashboard.server import bind, serve
 
     setup_logging("dashboard", args.log_level)
     # As every client: the CA that signed the storage's certificate, and a client certificate

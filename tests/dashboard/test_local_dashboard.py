@@ -105,14 +105,19 @@ def test_local_dashboard_demo(browser: WebDriver, tmp_path: Path) -> None:
             proc.wait(30)
 
 
-def test_dashboard_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
-    # The extra's modules made unimportable, as in an environment without them.
+@pytest.mark.parametrize(
+    "command",
+    [["dashboard", "--listen", "127.0.0.1:0"], ["local", "--dashboard", "--workers", "1"]],
+)
+def test_dashboard_without_its_extra_says_how_to_install_it(command: list[str]) -> None:
+    # The extra's modules made unimportable, as in an environment without them; `local` says
+    # so before it starts anything.
     code = (
         "import sys\n"
         "for name in ('uvicorn', 'starlette', 'jinja2'):\n"
         "    sys.modules[name] = None\n"
         "from orbweaver.cli import main\n"
-        "sys.exit(main(['dashboard', '--listen', '127.0.0.1:0']))\n"
+        f"sys.exit(main({command!r}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=base_env(), capture_output=True, text=True, timeout=60
