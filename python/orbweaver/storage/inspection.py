@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -108,12 +110,35 @@ class JobGraph:
     counts: tuple[int, int, int, int, int, int]
 
 
-def cluster_status(svc: StorageService, principal: Principal) -> ClusterStatus:
-    """The operator's view of the cluster; a resource group gets its own job counts only."""
+# Job counts scan the jobs table: every open overview asks every two seconds, so the counts of
+# one service and group are shared for a second.
+_COUNTS_TTL_S = 1.0
+_counts_lock = threading.Lock()
+_counts: weakref.WeakKeyDictionary[StorageService, dict[int | None, tuple[float, dict[int, int]]]]
+_counts = weakref.WeakKeyDictionary()
+
+
+def _job_counts(svc: StorageService, group_id: int | None) -> dict[int, int]:
+    now = time.monotonic()
+    with _counts_lock:
+        cached = _counts.get(svc, {}).get(group_id)
+    if cached is not None and now - cached[0] < _COUNTS_TTL_S:
+        return cached[1]
     try:
-        counts = svc.db.count_jobs_by_state(principal.group_id)
+        counts = svc.db.count_jobs_by_state(group_id)
     except db_errors.DbError as exc:
         raise translate(exc) from exc
+    with _counts_lock:
+        per_group = _counts.setdefault(svc, {})
+        if len(per_group) > 1024:  # many groups' dashboards: start over
+            per_group.clear()
+        per_group[group_id] = (now, counts)
+    return counts
+
+
+def cluster_status(svc: StorageService, principal: Principal) -> ClusterStatus:
+    """The operator's view of the cluster; a resource group gets its own job counts only."""
+    counts = _job_counts(svc, principal.group_id)
     jobs = {JobState(int(state)): n for state, n in counts.items()}
     if not principal.is_operator:
         return ClusterStatus(jobs, cluster_wide=False)
