@@ -52,6 +52,17 @@ def _colour(driver: WebDriver, var: str) -> str:
     )
 
 
+def _fetch(driver: WebDriver, path: str) -> list[Any]:
+    """[status, JSON body] of a GET from the current page (its cookies, its origin)."""
+    return list(
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0]).then(async r => done([r.status, await r.json()]));",
+            path,
+        )
+    )
+
+
 def _overview(driver: WebDriver) -> dict[str, Any]:
     """The overview page's feed, fetched by the page's own session."""
     return dict(
@@ -79,8 +90,7 @@ def test_missing_or_wrong_credentials_are_refused(
     assert browser.current_url == url + "login"  # no session: the login form
     browser.get(url + "jobs")
     assert browser.current_url == url + "login"
-    browser.get(url + "api/overview")
-    assert json.loads(browser.find_element(By.TAG_NAME, "body").text) == {"error": "not logged in"}
+    assert _fetch(browser, "/api/overview") == [401, {"error": "not logged in"}]
 
     browser.get(url + "login")
     browser.find_element(By.ID, "token").send_keys("not-the-operator-token")
@@ -325,8 +335,8 @@ def test_resource_group_sees_only_its_jobs(
     # Another group's job is answered like a job that does not exist.
     browser.get(f"{url}jobs/{ours.id}")
     assert "not found" in text_of(browser, "problem").lower()
-    browser.get(f"{url}api/jobs/{ours.id}")
-    assert "error" in json.loads(browser.find_element(By.TAG_NAME, "body").text)
+    status, body = _fetch(browser, f"/api/jobs/{ours.id}")
+    assert status == 404 and "not found" in body["error"].lower()
     browser.get(f"{url}jobs?group={cluster.resource_group.id}")
     assert "cannot list" in text_of(browser, "problem")
     browser.get(url + "groups")

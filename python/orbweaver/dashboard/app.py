@@ -121,6 +121,19 @@ class _SecurityHeaders:
 _Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
+def _status_for(exc: errors.OrbweaverError) -> int:
+    """The HTTP status of a storage's answer."""
+    if isinstance(exc, errors.NotFound):
+        return 404
+    if isinstance(exc, errors.PermissionDenied):
+        return 403
+    if isinstance(exc, errors.Unauthenticated):
+        return 401
+    if isinstance(exc, (errors.InvalidArgument, errors.FailedPrecondition)):
+        return 400
+    return 503
+
+
 def _ms(value: int) -> str:
     if not value:
         return ""
@@ -160,14 +173,7 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
             # The credentials stopped working (a changed password): log in again.
             sessions.drop(request.cookies.get(COOKIE))
             return RedirectResponse("/login", status_code=303)
-        status = 503
-        if isinstance(exc, errors.NotFound):
-            status = 404
-        elif isinstance(exc, errors.PermissionDenied):
-            status = 403
-        elif isinstance(exc, (errors.InvalidArgument, errors.FailedPrecondition)):
-            status = 400
-        return render(request, "error.html", status, message=str(exc))
+        return render(request, "error.html", _status_for(exc), message=str(exc))
 
     def page(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -180,8 +186,11 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
                 return await handler(request, session)
             except errors.OrbweaverError as exc:
                 if request.url.path.startswith("/api/"):
+                    if _status_for(exc) == 401:  # the credentials stopped working
+                        sessions.drop(session.id)
                     return JSONResponse(
-                        {"error": str(exc), "kind": type(exc).__name__}, status_code=503
+                        {"error": str(exc), "kind": type(exc).__name__},
+                        status_code=_status_for(exc),
                     )
                 return error_page(request, exc)
 
