@@ -152,6 +152,9 @@ def test_overview_counts_match_the_cluster(
     see(browser, lambda d: text_of(d, "rate-now") == "0.0")
     assert browser.find_elements(By.CSS_SELECTOR, "#rate-chart polyline")
     screenshots.take(browser, "overview", docs=True)
+    # A page opened now shows the minutes before it: the dashboard kept the samples.
+    browser.refresh()
+    see(browser, lambda d: _number(text_of(d, "rate-peak")) > 0)
 
 
 def test_running_job_changes_colour_live(

@@ -1,9 +1,10 @@
 // The overview refreshes its figures every two seconds and draws the rate of finished tasks
-// over the last five minutes (samples kept in the page).
+// over the last five minutes (the dashboard keeps the samples every operator's page saw).
 "use strict";
 (function () {
   const WINDOW_MS = 5 * 60 * 1000;
-  const samples = []; // [time ms, tasks finished]
+  let samples = []; // [storage time ms, tasks finished]
+  let now = Date.now();
   const chart = document.getElementById("rate-chart");
   const SVG = "http://www.w3.org/2000/svg";
   const W = 1200; // the chart's viewBox: W x H
@@ -27,7 +28,6 @@
   function draw() {
     if (!chart) return;
     const pts = rates();
-    const now = Date.now();
     const peak = Math.max(1, ...pts.map((p) => p[1]));
     chart.replaceChildren();
     for (const frac of [0, 0.5, 1]) {
@@ -89,9 +89,8 @@
     }
     for (const [state, n] of Object.entries(data.jobs)) text("jobs-" + state, String(n));
     if (!data.cluster_wide) return;
-    const now = Date.now();
-    samples.push([now, data.tasks_finished]);
-    while (samples.length > 2 && samples[0][0] < now - WINDOW_MS) samples.shift();
+    now = data.server_time_ms;
+    samples = data.history;
     text("tasks-finished", String(data.tasks_finished));
     text("tasks-failed", String(data.tasks_failed));
     text("queue-task", String(data.queues.task));
