@@ -48,7 +48,7 @@ FEED_INTERVAL_S = 0.5
 FEED_MAX_S = 300.0
 _STATE_NAMES = [s.name for s in JobState]
 _TERMINAL = {s.name for s in JobState if s.is_terminal}
-_FAILED_HEAD = re.compile(r"^(?P<task>.*?) \((?P<func>[^)]*)\) failed: ", re.S)
+_FAILED_HEAD = re.compile(r"^(?P<task>[^\n(]+?) \((?P<func>[^)\n]*)\) failed: ")
 _TASK_AGAIN = re.compile(r"^[\w.]+ \(job \d+, [^)]*\): ")
 _EXC_TYPE = re.compile(r"[A-Za-z_][\w.]*")
 
