@@ -26,6 +26,7 @@ from dash_support import (
 )
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 from orbweaver import JobState
 from orbweaver.local import LocalCluster
@@ -50,6 +51,12 @@ def _colour(driver: WebDriver, var: str) -> str:
             "const c = getComputedStyle(el).color; el.remove(); return c;"
         )
     )
+
+
+def _job_ids(driver: WebDriver) -> list[int]:
+    """The jobs the jobs page lists, in order."""
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr.job-row")
+    return [int(r.get_attribute("data-job") or 0) for r in rows]
 
 
 def _fetch(driver: WebDriver, path: str) -> list[Any]:
@@ -216,6 +223,27 @@ def test_failed_task_shows_its_traceback(
     screenshots.take(browser, "job-failed")
 
 
+def test_jobs_filtered_by_state_and_group(cluster: LocalCluster, browser: WebDriver) -> None:
+    operator = cluster.client()
+    group = operator.add_resource_group("filters", "filters password")
+    done = operator.submit(dash_tasks.doubling(), [1], resource_group=group)
+    failed = operator.submit(dash_tasks.failing(), [1], resource_group=group)
+    for job in (done, failed):
+        wait_terminal(job)
+    url = _url(cluster)
+    login_operator(browser, url, cluster.operator_token)
+    browser.get(url + "jobs")
+    groups = Select(browser.find_element(By.ID, "filter-group"))
+    groups.select_by_visible_text(f"filters ({group.id})")
+    browser.find_element(By.ID, "filter-apply").click()
+    see(browser, lambda d: f"group={group.id}" in d.current_url)
+    assert _job_ids(browser) == [failed.id, done.id]
+    Select(browser.find_element(By.ID, "filter-state")).select_by_value("FAILED")
+    browser.find_element(By.ID, "filter-apply").click()
+    see(browser, lambda d: "state=FAILED" in d.current_url)
+    assert _job_ids(browser) == [failed.id]
+
+
 def test_cancel_cancels(cluster: LocalCluster, browser: WebDriver, tmp_path: Path) -> None:
     client = cluster.client()
     job = client.submit(dash_tasks.gated_diamond(), [str(tmp_path)])
@@ -330,11 +358,8 @@ def test_resource_group_sees_only_its_jobs(
     assert text_of(browser, "jobs-SUCCEEDED") == "1"
     assert browser.find_elements(By.ID, "ems") == []
     browser.get(url + "jobs")
-    shown = [
-        int(r.get_attribute("data-job"))
-        for r in browser.find_elements(By.CSS_SELECTOR, "tr.job-row")
-    ]
-    assert shown == [theirs.id]
+    assert _job_ids(browser) == [theirs.id]
+    assert browser.find_elements(By.ID, "filter-group") == []  # nothing to choose from
     # Another group's job is answered like a job that does not exist.
     browser.get(f"{url}jobs/{ours.id}")
     assert "not found" in text_of(browser, "problem").lower()

@@ -319,6 +319,12 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
         elapsed_ms = (time.perf_counter() - started) * 1000
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
+        # The operator picks a group by name (a group sees only itself: no choice to make).
+        groups = (
+            await run_in_threadpool(reader.resource_groups, session.credentials)
+            if session.credentials.is_operator
+            else []
+        )
         return render(
             request,
             "jobs.html",
@@ -326,6 +332,7 @@ def create_app(reader: StorageReader, settings: DashboardSettings | None = None)
             states=_STATE_NAMES,
             state=state_name if states else "",
             group=group,
+            groups=groups,
             before=before,
             next_before=rows[-1]["id"] if more and rows else 0,
             elapsed_ms=elapsed_ms,
