@@ -601,17 +601,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the built-in demo's tasks (unless --tasks-dir is given) and submit its job",
     )
 
-    p = service(
-        "dashboard",
-        "serve the web dashboard of a cluster (needs the orbweaver[dashboard] extra)",
-        cmd_dashboard,
-    )
+    # A client of the storage, not a service: no cluster token (its users log in).
+    dashboard_help = "serve the web dashboard of a cluster (needs the orbweaver[dashboard] extra)"
+    p = sub.add_parser("dashboard", help=dashboard_help, description=dashboard_help)
+    p.set_defaults(fn=cmd_dashboard)
+    p.add_argument("--log-level", help="debug, info (default), warning, error")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.add_argument(
         "--storage",
         default=os.environ.get("ORBWEAVER_STORAGE", DEFAULT_STORAGE),
         help=f"storage address host:port (default: $ORBWEAVER_STORAGE or {DEFAULT_STORAGE})",
     )
-    p.add_argument("--listen", default="127.0.0.1:8265", help="HOST:PORT to serve on")
+    p.add_argument(
+        "--listen", default="127.0.0.1:8265", help="HOST:PORT to serve on (default: %(default)s)"
+    )
     p.add_argument(
         "--read-only", action="store_true", help="hide the cancel button and refuse cancels"
     )
