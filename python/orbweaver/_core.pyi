@@ -311,6 +311,10 @@ class JobCache:
     def explain(self, job_id: int, limit: int) -> list[tuple[int, str, str]]:
         """Why non-terminal tasks are not running: `(task_id, reason, detail)`, reason one of
         "pending_parents", "queued", "instance_limit", "retrying", "running"."""
+    def task_states(self, job_id: int) -> list[tuple[int, int, int, int]]:
+        """Every task's `(task_id, state code (TASK_STATES), failed attempts, live instances)`:
+        the regular tasks while the job holds its graph (until it leaves RUNNING), then its
+        commit and cleanup tasks, if any."""
 
     # Job-level transitions. The caller validates with `check_transition`, persists, then applies.
     def check_transition(self, job_id: int, target: int) -> int:

@@ -418,3 +418,31 @@ def test_a_big_graph_is_listed_not_drawn(cluster: LocalCluster, browser: WebDriv
     assert len(rows) == 1001 and rows[-1].text == f"… and {n - 1000} more"
     assert rows[0].text.split()[:3] == ["0", "pending", "job"]
     job.cancel()
+
+
+def test_a_retried_task_shows_its_failed_attempts(
+    cluster: LocalCluster, browser: WebDriver, tmp_path: Path
+) -> None:
+    job = cluster.client().submit(dash_tasks.retried(), [str(tmp_path)])
+    url = _url(cluster)
+    login_operator(browser, url, cluster.operator_token)
+    browser.get(f"{url}jobs/{job.id}")
+
+    def row(d: WebDriver) -> list[str]:
+        # Read at once: the live feed replaces the rows.
+        return list(
+            d.execute_script(
+                "const r = document.querySelector(\"#waiting tbody tr[data-task='0']\");"
+                "return r ? Array.from(r.cells, c => c.textContent) : [];"
+            )
+        )
+
+    try:
+        # Third run: two failed attempts, one live instance.
+        see(browser, lambda d: row(d)[1:2] == ["running"] and row(d)[4:] == ["2", "1"])
+        assert "2 failed attempt(s)" in str(
+            browser.execute_script("return document.querySelector('#node-0 title').textContent")
+        )
+    finally:
+        (tmp_path / "flaky").touch()
+    assert job.result(timeout=60) == [str(tmp_path)]

@@ -1962,11 +1962,16 @@ class TaskStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LIVE_INSTANCES_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """"pending", "ready", "running", "succeeded", "failed", "cancelled" or "unknown"."""
     reason: _builtins.str
-    """For a task that is not running yet or any more: as TaskWait.reason (empty when finished)."""
+    """For a task that is not finished: as TaskWait.reason (empty when finished)."""
     detail: _builtins.str
+    failures: _builtins.int
+    """Its failed attempts and its live instances (0 when the job is no longer cached)."""
+    live_instances: _builtins.int
     @_builtins.property
     def task_id(self) -> Global___TaskId: ...
     def __init__(
@@ -1976,10 +1981,12 @@ class TaskStatus(_message.Message):
         state: _builtins.str = ...,
         reason: _builtins.str = ...,
         detail: _builtins.str = ...,
+        failures: _builtins.int = ...,
+        live_instances: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "failures", b"failures", "live_instances", b"live_instances", "reason", b"reason", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

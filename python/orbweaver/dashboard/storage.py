@@ -200,7 +200,14 @@ class StorageReader:
         for t in r.tasks:
             tid = _taskid.from_proto(t.task_id)
             tasks.append(
-                {"id": _node_id(tid), "state": t.state, "reason": t.reason, "detail": t.detail}
+                {
+                    "id": _node_id(tid),
+                    "state": t.state,
+                    "reason": t.reason,
+                    "detail": t.detail,
+                    "failures": int(t.failures),
+                    "instances": int(t.live_instances),
+                }
             )
         counts = r.counts
         return {

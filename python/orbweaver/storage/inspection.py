@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from orbweaver.storage.recovery import RecoveryReport
     from orbweaver.storage.service import StorageService
 
-__all__ = ["ClusterStatus", "EmActivity", "EmStatus", "JobGraph", "cluster_status", "job_graph"]
+__all__ = [
+    "ClusterStatus",
+    "EmActivity",
+    "EmStatus",
+    "JobGraph",
+    "TaskStatus",
+    "cluster_status",
+    "job_graph",
+]
 
 # What `explain` says of a task -> its state.
 _REASON_STATE = {
@@ -36,6 +44,7 @@ _REASON_STATE = {
     "running": "running",
     "instance_limit": "running",
 }
+_TASK_STATE_NAMES = {code: name.lower() for name, code in _core.TASK_STATES}
 # The core's failure message: "task 3 (pkg.func) failed: ..." (or "commit (...) failed: ...").
 _FAILED_TASK = re.compile(r"^task (\d+) \(")
 
@@ -101,11 +110,20 @@ class ClusterStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskStatus:
+    task: int
+    state: str
+    reason: str = ""
+    detail: str = ""
+    failures: int = 0  # failed attempts
+    live_instances: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class JobGraph:
     job: JobRow
     compressed_graph: bytes
-    # (task id, state, reason, detail)
-    tasks: list[tuple[int, str, str, str]]
+    tasks: list[TaskStatus]
     live: bool
     counts: tuple[int, int, int, int, int, int]
 
@@ -183,6 +201,31 @@ def _task_ids(total: int, has_commit: bool, has_cleanup: bool) -> list[int]:
     return ids
 
 
+def _derived(
+    task: int, state: JobState, failed_task: int | None, all_others_succeeded: bool
+) -> TaskStatus:
+    """A task's state when the cache no longer holds it, from its job's state."""
+    is_regular = task >= 0
+    if state == JobState.READY:
+        return TaskStatus(task, "pending", "job_not_started", "the job has not been started")
+    if state == JobState.RUNNING:
+        if is_regular:
+            return TaskStatus(task, "succeeded")
+        return TaskStatus(task, "pending", "pending_parents", "runs after every task")
+    if state == JobState.COMMIT_READY:
+        return TaskStatus(task, "succeeded" if is_regular else "pending")
+    if state == JobState.SUCCEEDED:
+        return TaskStatus(task, "succeeded" if task != _core.TASK_CLEANUP else "not_run")
+    if state == JobState.FAILED:
+        if task == failed_task:
+            return TaskStatus(task, "failed")
+        if is_regular and all_others_succeeded:
+            return TaskStatus(task, "succeeded")
+        return TaskStatus(task, "unknown", "job_failed", "the job failed")
+    # CLEANUP_READY, CANCELLED
+    return TaskStatus(task, "cancelled", "job_cancelled", "the job was cancelled")
+
+
 def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGraph:
     """The job's graph as submitted and what each of its tasks is doing."""
     svc._check_access(principal, job_id)
@@ -198,6 +241,7 @@ def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGrap
         ids = _task_ids(total, svc.cache.has_commit(job_id), svc.cache.has_cleanup(job_id))
         counts = svc.cache.progress(job_id)
         explained = svc.cache.explain(job_id, len(ids))
+        known = {t: (code, failures, n) for t, code, failures, n in svc.cache.task_states(job_id)}
         live = True
     except _core.JobNotFoundError:
         try:
@@ -211,6 +255,7 @@ def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGrap
         state = JobState(int(row.state))
         counts = (0, 0, 0, 0, 0, 0)
         explained = []
+        known = {}
         live = False
     waiting = {task: (reason, detail) for task, reason, detail in explained}
     error = row.error_message or (svc.cache.error(job_id) if live else None) or ""
@@ -218,32 +263,17 @@ def job_graph(svc: StorageService, principal: Principal, job_id: int) -> JobGrap
     failed_task = int(failed.group(1)) if failed else None
     # A failed job's cache counts tell whether every other task had succeeded.
     all_others_succeeded = live and failed_task is not None and counts[3] + 1 == total
-    tasks: list[tuple[int, str, str, str]] = []
+    tasks: list[TaskStatus] = []
     for task in ids:
-        if task in waiting:
+        if task in known and state != JobState.READY:  # not started: no task may run yet
+            code, failures, instances = known[task]
+            reason, detail = waiting.get(task, ("", ""))
+            tasks.append(
+                TaskStatus(task, _TASK_STATE_NAMES[code], reason, detail, failures, instances)
+            )
+        elif task in waiting:
             reason, detail = waiting[task]
-            tasks.append((task, _REASON_STATE.get(reason, "unknown"), reason, detail))
-            continue
-        is_regular = task >= 0
-        if state == JobState.READY:
-            tasks.append((task, "pending", "job_not_started", "the job has not been started"))
-        elif state == JobState.RUNNING:
-            if is_regular:
-                tasks.append((task, "succeeded", "", ""))
-            else:
-                tasks.append((task, "pending", "pending_parents", "runs after every task"))
-        elif state == JobState.COMMIT_READY:
-            done = is_regular
-            tasks.append((task, "succeeded" if done else "pending", "", ""))
-        elif state == JobState.SUCCEEDED:
-            tasks.append((task, "succeeded" if task != _core.TASK_CLEANUP else "not_run", "", ""))
-        elif state == JobState.FAILED:
-            if task == failed_task:
-                tasks.append((task, "failed", "", ""))
-            elif is_regular and all_others_succeeded:
-                tasks.append((task, "succeeded", "", ""))
-            else:
-                tasks.append((task, "unknown", "job_failed", "the job failed"))
-        else:  # CLEANUP_READY, CANCELLED
-            tasks.append((task, "cancelled", "job_cancelled", "the job was cancelled"))
+            tasks.append(TaskStatus(task, _REASON_STATE.get(reason, "unknown"), reason, detail))
+        else:
+            tasks.append(_derived(task, state, failed_task, all_others_succeeded))
     return JobGraph(row, compressed, tasks, live, counts)

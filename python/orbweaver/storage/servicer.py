@@ -542,8 +542,15 @@ class ClusterInspection(_OnCurrentService, pb_grpc.ClusterInspectionServiceServi
             job=_job_summary(g.job),
             compressed_serialized_task_graph=g.compressed_graph,
             tasks=[
-                pb.TaskStatus(task_id=_taskid.to_proto(t), state=st, reason=r, detail=d)
-                for t, st, r, d in g.tasks
+                pb.TaskStatus(
+                    task_id=_taskid.to_proto(t.task),
+                    state=t.state,
+                    reason=t.reason,
+                    detail=t.detail,
+                    failures=t.failures,
+                    live_instances=t.live_instances,
+                )
+                for t in g.tasks
             ],
             live=g.live,
             counts=_task_counts(g.counts),

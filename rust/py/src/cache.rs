@@ -346,6 +346,15 @@ impl JobCache {
             .collect())
     }
 
+    fn task_states(&self, py: Python<'_>, job_id: u64) -> PyResult<Vec<(i64, u8, u32, usize)>> {
+        let job = self.inner.get(job_id).py()?;
+        let items = py.detach(|| job.task_states());
+        Ok(items
+            .into_iter()
+            .map(|(t, state, failures, live)| (t.code(), state.code(), failures, live))
+            .collect())
+    }
+
     fn check_transition(&self, job_id: u64, target: i64) -> PyResult<u8> {
         let target = job_state(target)?;
         Ok(self.inner.check_transition(job_id, target).py()?.code())

@@ -73,3 +73,22 @@ def wide(n: int) -> ow.TaskGraph:
     for _ in range(n):
         g.add(double)
     return g
+
+
+@ow.task(retries=2)
+def flaky(gates: str) -> str:
+    """Fail on the first two runs, then wait for the gate `flaky`."""
+    from pathlib import Path
+
+    runs = Path(gates) / "flaky.runs"
+    with runs.open("a") as f:
+        f.write("run\n")
+    if len(runs.read_text().splitlines()) <= 2:
+        raise RuntimeError("not yet")
+    return _wait_for(gates, "flaky")
+
+
+def retried() -> ow.TaskGraph:
+    g = ow.TaskGraph()
+    g.add(flaky)
+    return g

@@ -37,7 +37,8 @@
         const title = node.querySelector("title");
         if (title) {
           const name = title.textContent.split(":")[0];
-          title.textContent = name + ": " + t.state + (t.detail ? " (" + t.detail + ")" : "");
+          title.textContent = name + ": " + t.state + (t.detail ? " (" + t.detail + ")" : "") +
+            (t.failures ? ", " + t.failures + " failed attempt(s)" : "");
         }
       }
       if (t.state !== "succeeded") rows.push(t);
@@ -47,19 +48,20 @@
     if (rows.length === 0) {
       const tr = body.insertRow();
       const td = tr.insertCell();
-      td.colSpan = 4;
+      td.colSpan = 6;
       td.textContent = "Every task has finished.";
     }
     for (const t of rows.slice(0, maxRows)) {
       const tr = body.insertRow();
       tr.dataset.task = t.id;
-      for (const v of [t.id, t.state, t.reason.replaceAll("_", " "), t.detail]) {
+      const cells = [t.id, t.state, t.reason.replaceAll("_", " "), t.detail, t.failures, t.instances];
+      for (const v of cells) {
         tr.insertCell().textContent = v;
       }
     }
     if (rows.length > maxRows) {
       const td = body.insertRow().insertCell();
-      td.colSpan = 4;
+      td.colSpan = 6;
       td.textContent = "… and " + (rows.length - maxRows) + " more";
     }
     if (data.error) {

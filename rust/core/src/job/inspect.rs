@@ -1,5 +1,5 @@
-//! Read-only views of a job: what the queue may still deliver, what `resend_ready` offers, and
-//! why tasks are not running (`explain`).
+//! Read-only views of a job: what the queue may still deliver, what `resend_ready` offers, why
+//! tasks are not running (`explain`) and every task's state and attempts (`task_states`).
 
 use super::Job;
 use crate::ids::TaskId;
@@ -92,6 +92,38 @@ impl Job {
         ] {
             if let (Some(term), true) = (term, inner.state == st) {
                 push(task, term.tcb.snapshot(), &term.policy, 0);
+            }
+        }
+        out
+    }
+
+    /// Every task's state, failed attempts and live instances: the regular tasks while the job
+    /// holds its graph (until it leaves Running), then its commit and cleanup tasks, if any.
+    #[must_use]
+    pub fn task_states(&self) -> Vec<(TaskId, TaskState, u32, usize)> {
+        let inner = self.inner.read();
+        let mut out = Vec::new();
+        let mut push = |task: TaskId, s: TcbSnapshot, policy: &ExecutionPolicy| {
+            let retries_used = policy.max_num_retry - s.retries_left.min(policy.max_num_retry);
+            // The failure that exhausted the retries consumed none.
+            let failures = retries_used + u32::from(s.state == TaskState::Failed);
+            out.push((task, s.state, failures, s.live));
+        };
+        if let Some(run) = &inner.run {
+            for t in 0..self.total_tasks {
+                push(
+                    TaskId::Index(t),
+                    run.tcbs[t as usize].snapshot(),
+                    run.graph.policy(t),
+                );
+            }
+        }
+        for (task, term) in [
+            (TaskId::Commit, &inner.commit),
+            (TaskId::Cleanup, &inner.cleanup),
+        ] {
+            if let Some(term) = term {
+                push(task, term.tcb.snapshot(), &term.policy);
             }
         }
         out

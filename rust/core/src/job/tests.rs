@@ -795,3 +795,47 @@ fn job_completed_is_produced_once_under_concurrency() {
         assert_eq!(outcomes[0].kind, OutcomeKind::JobCompleted);
     }
 }
+
+#[test]
+fn task_states_show_each_tasks_state_and_failed_attempts() {
+    let policy = ExecutionPolicy {
+        max_num_retry: 1,
+        ..ExecutionPolicy::default()
+    };
+    let s = workloads::diamond(Some(policy));
+    let (job, table) = started(&s);
+    let first = job
+        .register(TaskId::Index(0), 1, 0, &table)
+        .expect("register");
+    let r = job
+        .report_failure(TaskId::Index(0), first.instance_id, "boom", &table)
+        .expect("retried");
+    assert!(r.outcome.is_none());
+    run_task(&job, &table, 0, |i| xor(&i[0], 0x01));
+    job.register(TaskId::Index(1), 1, 0, &table)
+        .expect("register b");
+    assert_eq!(
+        job.task_states(),
+        vec![
+            (TaskId::Index(0), TaskState::Succeeded, 1, 0),
+            (TaskId::Index(1), TaskState::Running, 0, 1),
+            (TaskId::Index(2), TaskState::Ready, 0, 0),
+            (TaskId::Index(3), TaskState::Pending, 0, 0),
+        ]
+    );
+    // The failure that exhausts the retries counts too.
+    let c = job
+        .register(TaskId::Index(2), 1, 0, &table)
+        .expect("register c");
+    job.report_failure(TaskId::Index(2), c.instance_id, "once", &table)
+        .expect("retried");
+    let c = job
+        .register(TaskId::Index(2), 1, 0, &table)
+        .expect("register c again");
+    job.report_failure(TaskId::Index(2), c.instance_id, "twice", &table)
+        .expect("exhausted");
+    assert_eq!(
+        job.task_states()[2],
+        (TaskId::Index(2), TaskState::Failed, 2, 0)
+    );
+}
