@@ -434,9 +434,13 @@ class _Registration:
             raise IdempotencyKeyReused(key, job_id)
         return job_id
 
-    def _insert(self, cur: Cursor, inputs: bytes, key: str | None) -> tuple[int, bool]:
+    def _insert(
+        self, cur: Cursor, inputs: bytes, key: str | None, fenced: bool
+    ) -> tuple[int, bool]:
+        """Insert one job row; `fenced`: check the fence in this statement (the first write of
+        the transaction: its shared lock on the fence row covers the later ones)."""
         values = (self.rg, self.state, self.graph, inputs, key)
-        if not self.session:
+        if not (fenced and self.session):
             cur.execute(self.sql.insert_job, values)
         else:
             cur.execute(self.sql.insert_job_fenced, (*values, self.session))
@@ -451,18 +455,27 @@ class _Registration:
         if self.task_durable and inserted:
             cur.executemany(self.sql.insert_task_durable_job, inserted)
 
-    def insert_all(self, cur: Cursor) -> list[tuple[int, bool]]:
+    def insert_all(self, cur: Cursor, fenced: bool = True) -> list[tuple[int, bool]]:
+        """`fenced`: the transaction has not checked the fence yet."""
         # Insert first: a key seen before makes the whole batch fail on the unique index, and
         # only then is each key looked up (the rare path).
-        results = [self._insert(cur, inputs, key) for inputs, key in self.entries]
+        results = [
+            self._insert(cur, inputs, key, fenced and i == 0)
+            for i, (inputs, key) in enumerate(self.entries)
+        ]
         self._mark_task_durable(cur, results)
         return results
 
     def insert_or_find_all(self, cur: Cursor) -> list[tuple[int, bool]]:
-        results = []
+        results: list[tuple[int, bool]] = []
+        fenced = True
         for inputs, key in self.entries:
             existing = None if key is None else self._find_existing(inputs, key, cur)
-            results.append(self._insert(cur, inputs, key) if existing is None else (existing, True))
+            if existing is not None:
+                results.append((existing, True))
+                continue
+            results.append(self._insert(cur, inputs, key, fenced))
+            fenced = False
         self._mark_task_durable(cur, results)
         return results
 
@@ -769,7 +782,8 @@ class SqlDatabase(abc.ABC):
             return results
 
         def insert_all(cur: Cursor) -> list[list[tuple[int, bool]]]:
-            return [reg.insert_all(cur) for _, reg in ready]
+            # The first insert checks the fence for the whole transaction.
+            return [reg.insert_all(cur, fenced=i == 0) for i, (_, reg) in enumerate(ready)]
 
         try:
             inserted = self._transaction(insert_all, write=True, fence=False)
