@@ -269,8 +269,19 @@ def _sweep_stale(base: Path) -> None:
         if pid == os.getpid() or _pid_alive(pid):
             continue
         for cgroup in [*tree.glob("executor-*"), tree]:
-            with contextlib.suppress(OSError):
-                cgroup.rmdir()  # fails while it still holds a process: left alone
+            if not _holds_processes(cgroup):
+                # Processes that just died may keep it busy a moment longer.
+                _rmdir_retrying(cgroup)
+
+
+def _holds_processes(cgroup: Path) -> bool:
+    """Whether a process is still in `cgroup` (unreadable: assume so, and leave it alone)."""
+    try:
+        return bool((cgroup / "cgroup.procs").read_text().strip())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -285,15 +296,21 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_cgroup(path: Path) -> None:
     """Remove an empty cgroup (its killed processes may take a moment to leave it)."""
+    if not _rmdir_retrying(path):
+        log.warning("cannot remove the cgroup %s", path)
+
+
+def _rmdir_retrying(path: Path) -> bool:
+    """Remove an empty cgroup, for up to half a second while it stays busy; False if it did."""
     for _ in range(50):
         try:
             path.rmdir()
-            return
+            return True
         except FileNotFoundError:
-            return
+            return True
         except OSError:
             time.sleep(0.01)
-    log.warning("cannot remove the cgroup %s", path)
+    return False
 
 
 def in_cgroup(path: Path) -> bool:
