@@ -30,6 +30,7 @@ from orbweaver._rpc import (
     TOKEN_METADATA_KEY,
     Security,
     TlsConfig,
+    named_leader,
 )
 from orbweaver.graph import Durability, check_durability
 from orbweaver.states import JobState
@@ -225,7 +226,8 @@ class ClientCore(Generic[J]):
 
     def _retry_deadline(self, call: Call) -> float:
         """How long a call keeps retrying: until the storage was reached once, a wrong address
-        fails after connect_timeout (waits excepted)."""
+        fails after connect_timeout (waits excepted; and a standby's answer proves the address
+        right, so retries through an election run to the whole timeout)."""
         if self._reached or call.wait:
             return self.timeout
         return min(self.timeout, self.connect_timeout)
@@ -237,7 +239,12 @@ class ClientCore(Generic[J]):
     def _failure(self, call: Call, exc: errors.OrbweaverError) -> errors.OrbweaverError:
         if call.job and type(exc) is errors.NotFound:
             return errors.JobNotFound(str(exc))
-        if isinstance(exc, errors.Unavailable) and not self._reached and not call.wait:
+        if (
+            isinstance(exc, errors.Unavailable)
+            and not self._reached
+            and not call.wait
+            and (exc.__cause__ is None or named_leader(exc.__cause__) is None)
+        ):
             return errors.Unavailable(
                 f"cannot reach the Orbweaver storage service at {self.address} within "
                 f"{self.connect_timeout:g} s: is it running, and is the address right? ({exc})"

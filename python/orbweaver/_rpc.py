@@ -667,7 +667,7 @@ class RetryState:
     next one, or the typed error to raise instead. `call_with_retry` and the asyncio client's
     `call_with_retry_async` (`orbweaver._rpc_aio`) both run it."""
 
-    __slots__ = ("_codes", "_delays", "_end", "what")
+    __slots__ = ("_answered_end", "_codes", "_delays", "_end", "what")
 
     def __init__(
         self,
@@ -676,9 +676,15 @@ class RetryState:
         backoff: Backoff = Backoff(),
         retryable: Iterable[grpc.StatusCode] = RETRYABLE,
         what: str = "call",
+        answered_deadline: float | None = None,
     ) -> None:
         self._codes = frozenset(retryable)
-        self._end = None if deadline is None else time.monotonic() + deadline
+        now = time.monotonic()
+        self._end = None if deadline is None else now + deadline
+        # A standby that refused the call (an election under way) proves the address right:
+        # the retries may then go on to `answered_deadline` (a client's whole timeout rather
+        # than its connect timeout).
+        self._answered_end = None if answered_deadline is None else now + answered_deadline
         self._delays = backoff.delays()
         self.what = what
 
@@ -688,6 +694,8 @@ class RetryState:
         code = exc.code() if hasattr(exc, "code") else None
         if code not in self._codes:
             raise error_from_rpc(exc) from exc
+        if self._answered_end is not None and named_leader(exc) is not None:
+            self._end = None if self._end is None else max(self._end, self._answered_end)
         delay = next(self._delays)
         if self._end is not None and time.monotonic() + delay > self._end:
             raise errors.Unavailable(f"{self.what}: {exc.details() or code}") from exc
@@ -703,10 +711,18 @@ def call_with_retry(
     retryable: Iterable[grpc.StatusCode] = RETRYABLE,
     stop: threading.Event | None = None,
     what: str = "call",
+    answered_deadline: float | None = None,
 ) -> T:
     """Run `call`, retrying transient gRPC failures with backoff until `deadline` seconds pass
-    (None: forever, until `stop` is set). Non-transient failures are raised as typed errors."""
-    retries = RetryState(deadline=deadline, backoff=backoff, retryable=retryable, what=what)
+    (None: forever, until `stop` is set; see `RetryState` for `answered_deadline`).
+    Non-transient failures are raised as typed errors."""
+    retries = RetryState(
+        deadline=deadline,
+        backoff=backoff,
+        retryable=retryable,
+        what=what,
+        answered_deadline=answered_deadline,
+    )
     while True:
         try:
             return call()

@@ -41,11 +41,18 @@ async def call_with_retry_async(
     backoff: Backoff = _BACKOFF,
     retryable: Iterable[grpc.StatusCode] = RETRYABLE,
     what: str = "call",
+    answered_deadline: float | None = None,
 ) -> T:
     """`orbweaver._rpc.call_with_retry` for coroutines: await `call()`, retrying transient gRPC
     failures with the same backoff until `deadline` seconds pass. Cancelling the awaiting task
     cancels the call in flight (or the pause between attempts)."""
-    retries = RetryState(deadline=deadline, backoff=backoff, retryable=retryable, what=what)
+    retries = RetryState(
+        deadline=deadline,
+        backoff=backoff,
+        retryable=retryable,
+        what=what,
+        answered_deadline=answered_deadline,
+    )
     while True:
         try:
             return await call()

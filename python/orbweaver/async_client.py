@@ -133,6 +133,7 @@ class AsyncClient(ClientCore["AsyncJob"]):
                 lambda: fn(call.request, timeout=timeout, metadata=call.metadata),
                 deadline=self._retry_deadline(call),
                 what=call.what,
+                answered_deadline=self.timeout,
             )
 
     async def close(self) -> None:

@@ -147,6 +147,7 @@ class Client(ClientCore["Job"]):
                 lambda: fn(call.request, timeout=timeout, metadata=call.metadata),
                 deadline=self._retry_deadline(call),
                 what=call.what,
+                answered_deadline=self.timeout,
             )
 
     def close(self) -> None:

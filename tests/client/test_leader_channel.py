@@ -3,6 +3,9 @@ names, with real gRPC servers (one serving, others refusing as standbys do)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
 import pytest
 from client_support import FakeStorage
@@ -10,7 +13,7 @@ from client_support import FakeStorage
 from orbweaver import errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import LeaderChannel, make_channel
+from orbweaver._rpc import LeaderChannel, call_with_retry, make_channel
 
 
 def session(channel: grpc.Channel) -> int:
@@ -71,6 +74,37 @@ def test_while_nobody_leads_the_standby_says_so(storages: list[FakeStorage]) -> 
         session(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "election" in (refused.value.details() or "")
+    channel.close()
+
+
+def test_retries_through_an_election_run_past_the_connect_deadline(
+    storages: list[FakeStorage],
+) -> None:
+    """A standby's answer proves the address right: a call that would give up after the short
+    connect deadline goes on retrying, to `answered_deadline`, while nobody leads; it succeeds
+    once the storage leads. An address where nothing answers still fails fast."""
+    storage = FakeStorage(5, refusal="")
+    storages.append(storage)
+    channel = make_channel(storage.address)
+    timer = threading.Timer(1.0, lambda: setattr(storage.gate, "value", None))  # elected
+    timer.start()
+    started = time.monotonic()
+    reply = call_with_retry(
+        lambda: session(channel), deadline=0.2, answered_deadline=30.0, what="get session"
+    )
+    assert reply == 5 and time.monotonic() - started >= 0.9
+    timer.join()
+    channel.close()
+
+    down = FakeStorage(0)
+    down.server.stop(0)
+    channel = make_channel(down.address)
+    started = time.monotonic()
+    with pytest.raises(errors.Unavailable):
+        call_with_retry(
+            lambda: session(channel), deadline=0.2, answered_deadline=30.0, what="get session"
+        )
+    assert time.monotonic() - started < 10
     channel.close()
 
 

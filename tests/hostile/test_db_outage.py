@@ -81,11 +81,15 @@ def test_storage_rides_out_a_database_outage(
     with pytest.raises(grpc.RpcError) as info:
         stub.CancelJob(pb.JobIdRequest(job_id=victim.id), metadata=operator, timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    # The Python client retries it; it lands once the database is back.
+    # The Python client retries it; it lands once the database is back. A new client, too:
+    # the storage steps down once its lease runs out (3 s) and answers as a standby until the
+    # database is back and it leads again; a client that never reached a leader before keeps
+    # retrying through that for its whole timeout, not just its connect timeout.
     cancelled: list[ow.JobState] = []
     slow = ow.Client(cluster.address, operator_token=cluster.operator_token, timeout=120)
-    victim = slow.get_job(victim.id)
-    canceller = threading.Thread(target=lambda: cancelled.append(victim.cancel()))
+    canceller = threading.Thread(
+        target=lambda: cancelled.append(slow.get_job(victim.id).cancel()), daemon=True
+    )
     canceller.start()
 
     time.sleep(max(0.0, 10.0 - (time.monotonic() - down_at)))
