@@ -375,6 +375,19 @@ class JobCache:
         self, items: Sequence[tuple[int, int, int, bytes | str]]
     ) -> list[Outcome | CoreError | None]:
         """`bytes` reports a success (wire frame of outputs), `str` a failure message."""
+    def report_batch_continuing(
+        self,
+        items: Sequence[tuple[int, int, int, bytes | str]],
+        em_id: int,
+        accept: int,
+        now_ms: int,
+        *,
+        max_task_io_bytes: int | None = None,
+        max_total_io_bytes: int | None = None,
+    ) -> tuple[list[Outcome | CoreError | None], list[ExecutionContext]]:
+        """`report_batch`; while the task lane is empty, up to `accept` of the regular tasks
+        the reports made ready are registered for `em_id` (as `register_batch` with these
+        limits) instead of being offered: their contexts are the second value."""
 
     def gc_instances(self, now_ms: int, dead_ems: Sequence[int]) -> InstanceGcReport: ...
     def live_instances(self) -> int: ...

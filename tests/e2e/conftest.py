@@ -16,7 +16,12 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
 def make_cluster(
-    db_url: str, tmp_path: Path, workers: int = 2, scheduler_settings: str = ""
+    db_url: str,
+    tmp_path: Path,
+    workers: int = 2,
+    scheduler_settings: str = "",
+    worker_args: list[str] | None = None,
+    metrics_port: int | None = None,
 ) -> ow.LocalCluster:
     """`scheduler_settings`: extra lines for the scheduler's `[scheduler]` table."""
     storage_cfg = tmp_path / "storage.toml"
@@ -33,6 +38,8 @@ def make_cluster(
         storage_args=["--config", str(storage_cfg)],
         scheduler_args=["--config", str(scheduler_cfg)],
         env={"E2E_TEST_MARKERS": str(markers)},
+        worker_args=worker_args,
+        metrics_port=metrics_port,
     )
 
 

@@ -65,8 +65,8 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------
 
 
-def make_core(executors: int = 1, **options: int) -> ManagerCore:
-    core = ManagerCore(executors, **options)
+def make_core(executors: int = 1, **options: int | bool) -> ManagerCore:
+    core = ManagerCore(executors, **options)  # type: ignore[arg-type]
     assert core.registered(EM, SESSION) == []
     return core
 
@@ -584,6 +584,45 @@ def test_report_statuses_settle_each_outcome() -> None:
     assert core.in_flight == 0 and core.live() == {}
 
 
+def test_a_report_offers_free_places_and_queues_what_storage_registered_for_it() -> None:
+    core = make_core(executors=3)
+    registered_work(core, 2)
+    core.runner_idle()
+    core.runner_idle()
+    run = core.take_batch()
+    assert run is not None and len(run.work) == 1  # fair share: the other runner takes one
+    core.ran(run, [success()])
+    report = core.next_report()
+    assert isinstance(report, Report)
+    assert report.accept == core.limit - 1  # the window, but for the task still queued
+    child = TaskRequest(1, 9, 5001, 1, "pkg", "fn", b"in", 0)
+    actions = core.report_done(report, [(0, "")], [Accepted(child, "pkg.fn (job 1, task 9)")])
+    assert actions == [Settled((1,), Fate.REPORTED)]
+    key = core.issued
+    assert core.stage(key) is Stage.QUEUED and core.in_flight == 2
+    assert core.pending_acks == tuple(a for a in core.pending_acks if a.key != key)
+    core.check_invariants()
+    # It runs and is reported like any registered task; it is never acknowledged.
+    while core.work_queued:
+        run_all(core)
+    report = core.next_report()
+    assert isinstance(report, Report) and {o.key for o in report.outcomes} == {2, key}
+    assert report.accept == core.limit
+    core.report_done(report, [(0, ""), (0, "")])
+    assert core.live() == {} and key not in {a.key for a in core.pending_acks}
+
+
+@pytest.mark.parametrize("why", ["stopping", "turned off"])
+def test_an_em_that_is_stopping_or_told_not_to_offers_nothing(why: str) -> None:
+    core = make_core(executors=2, continue_tasks=why == "stopping")
+    registered_work(core, 1)
+    run_all(core)
+    if why == "stopping":
+        core.stop_fetching()
+    report = core.next_report()
+    assert isinstance(report, Report) and report.accept == 0
+
+
 @pytest.mark.parametrize(
     ("failure", "phase", "expected"),
     [
@@ -792,6 +831,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.session_of: dict[int, int] = {}
         self.fates: dict[int, Fate] = {}
         self.delivered: set[int] = set()  # keys whose ack the scheduler took
+        # Keys of tasks storage registered in a report's reply: never acknowledged.
+        self.continued: set[int] = set()
         self.bound = self.core.limit  # the limit in force when the window last grew
         self.poll: Poll | None = None
         self.registrations: list[Register] = []
@@ -987,7 +1028,20 @@ class CoreMachine(RuleBasedStateMachine):
                 max_size=len(report.outcomes),
             )
         )
-        actions = self.core.report_done(report, [(c, "") for c in codes])
+        assert 0 <= report.accept <= self.core.limit
+        count = data.draw(st.integers(0, report.accept), label="continued")
+        first = self.core.issued + 1
+        continued = [
+            Accepted(
+                TaskRequest(1, 5 + i, 5000 + first + i, 1, "pkg", "fn", b"i", 0), "pkg.fn (cont)"
+            )
+            for i in range(count)
+        ]
+        actions = self.core.report_done(report, [(c, "") for c in codes], continued)
+        for key in range(first, first + count):
+            assert self.core.stage(key) is Stage.QUEUED
+            self.session_of[key] = report.session_id
+            self.continued.add(key)
         self.take(actions)
         for o in report.outcomes:
             assert self.session_of[o.key] == self.storage_session or self.fates[o.key] in (
@@ -1057,7 +1111,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.core.pending_acks == ()
         # Every assignment storage took responsibility for was acknowledged.
         for key, fate in self.fates.items():
-            if fate in ACKED_FATES:
+            if fate in ACKED_FATES and key not in self.continued:
                 assert key in self.delivered, f"the ack of {key} was lost"
 
     # -- invariants --------------------------------------------------------------------------
@@ -1078,19 +1132,27 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_window_never_exceeds_its_limit(self) -> None:
-        assert 0 <= self.core.held <= self.bound
+        # Beyond it only by what storage registered in reports' replies (each report offers
+        # at most the window's places no work holds).
+        live = self.core.live()
+        extra = sum(1 for k in self.continued if live.get(k) in (Stage.QUEUED, Stage.RUNNING))
+        assert 0 <= self.core.held <= self.bound + extra
         assert self.core.in_flight >= 0
 
     @invariant()
     def no_ack_is_dropped_and_none_is_premature(self) -> None:
         pending = {a.key for a in self.core.pending_acks}
         for key, stage in self.core.live().items():
-            if stage in REGISTERED_STAGES:
+            if key in self.continued:
+                assert key not in pending and key not in self.delivered
+            elif stage in REGISTERED_STAGES:
                 assert key in pending or key in self.delivered
             else:
                 assert key not in pending and key not in self.delivered
         for key, fate in self.fates.items():
-            if fate in ACKED_FATES:
+            if key in self.continued:
+                assert key not in pending and key not in self.delivered
+            elif fate in ACKED_FATES:
                 assert key in pending or key in self.delivered, f"the ack of {key} was lost"
             else:
                 assert key not in pending and key not in self.delivered

@@ -1060,8 +1060,14 @@ class ReportTaskOutcomesRequest(_message.Message):
     EXECUTION_MANAGER_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     OUTCOMES_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
     execution_manager_id: _builtins.int
     session_id: _builtins.int
+    accept: _builtins.int
+    """How many tasks the reporting EM would start at once (its idle executors): while nothing
+    else waits to be scheduled, up to that many of the tasks these outcomes made ready are
+    registered for it and come back in the reply (0: none).
+    """
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskOutcome]: ...
     def __init__(
@@ -1070,10 +1076,11 @@ class ReportTaskOutcomesRequest(_message.Message):
         execution_manager_id: _builtins.int = ...,
         session_id: _builtins.int = ...,
         outcomes: _abc.Iterable[Global___TaskOutcome] | None = ...,
+        accept: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "outcomes", b"outcomes", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "execution_manager_id", b"execution_manager_id", "outcomes", b"outcomes", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1084,18 +1091,24 @@ class ReportTaskOutcomesReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUSES_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemStatus]:
         """One status per outcome, in request order (code 0 = accepted)."""
+
+    @_builtins.property
+    def continued(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionContext]:
+        """Task instances registered for the reporting EM (see `accept`): run them as registered."""
 
     def __init__(
         self,
         *,
         statuses: _abc.Iterable[Global___ItemStatus] | None = ...,
+        continued: _abc.Iterable[Global___ExecutionContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continued", b"continued", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,12 @@ class StorageMetrics:
         self.instances_registered = Counter(
             "orbweaver_storage_task_instances_registered", "Task instances registered", registry=r
         )
+        self.instances_continued = Counter(
+            "orbweaver_storage_task_instances_continued",
+            "Task instances registered for the execution manager that reported their parents "
+            "(in its report's reply, without the scheduler)",
+            registry=r,
+        )
         self.task_successes = Counter(
             "orbweaver_storage_task_successes", "Task success reports accepted", registry=r
         )

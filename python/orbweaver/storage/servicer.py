@@ -334,8 +334,13 @@ class TaskInstances(_OnCurrentService, pb_grpc.TaskInstanceManagementServiceServ
                 o.serialized_outputs if kind == "serialized_outputs" else o.error_message
             )
             items.append((o.job_id, _taskid.from_proto(o.task_id), o.task_instance_id, value))
-        results = self.svc.report_outcomes(request.execution_manager_id, request.session_id, items)
-        return pb.ReportTaskOutcomesReply(statuses=[_item_status(e) for e in results])
+        results, continued = self.svc.report_and_continue(
+            request.execution_manager_id, request.session_id, items, request.accept
+        )
+        return pb.ReportTaskOutcomesReply(
+            statuses=[_item_status(e) for e in results],
+            continued=[_execution_context(ctx) for ctx in continued],
+        )
 
 
 class InboundQueue(_OnCurrentService, pb_grpc.InboundQueueServiceServicer):

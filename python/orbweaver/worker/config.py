@@ -60,6 +60,11 @@ class WorkerConfig(Loadable):
         1.0, help="period of heartbeats to storage and scheduler", unit="seconds"
     )
     report_batch: int = setting(512, help="most task outcomes in one report to storage")
+    # Storage then registers the tasks a report made ready for this EM in the report's reply
+    # (only while nothing else waits to be scheduled): one trip through the scheduler less.
+    continue_tasks: bool = setting(
+        True, help="offer free places with each report, for the tasks the outcomes made ready"
+    )
     drain_timeout: float = setting(
         30.0, help="on SIGTERM, how long running tasks may finish", unit="seconds"
     )

@@ -57,7 +57,10 @@ The behaviours it owns:
 * Outcomes: outputs, or the error clipped to a few KiB (`clip_message`); outputs larger than a
   report can carry become an error naming the sizes, so the job fails instead of waiting.
 * Report batching: up to `report_batch` outcomes at a time, split by session and then into
-  groups whose values fit one message (`by_size`). Per-outcome refusals are dropped as "stale";
+  groups whose values fit one message (`by_size`). A report offers the executors that would be
+  idle (`Report.accept`); storage may answer with tasks it registered for this EM (the children
+  the outcomes made ready, while nothing else waits to be scheduled), which are queued as
+  registered work with nothing to acknowledge. Per-outcome refusals are dropped as "stale";
   a report storage refused, or that a stop cut short, is dropped with its reason (shutdown,
   stale_session, rejected, error), never silently. (The manager retries transient failures.)
 * Fatal pool failure: tasks the executor pool could not run are abandoned (acknowledged, not
@@ -249,11 +252,14 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Report these outcomes (one session, one message) to storage."""
+    """Report these outcomes (one session, one message) to storage; `accept`: how many tasks
+    this EM would start at once, which storage may register for it in the reply (the tasks
+    these outcomes made ready, while nothing else waits to be scheduled)."""
 
     em_id: int
     session_id: int
     outcomes: tuple[Outcome, ...]
+    accept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,8 +399,10 @@ class ManagerCore:
         report_batch: int = 512,
         max_report_bytes: int = MAX_VALUE_IN_MESSAGE,
         max_queued_bytes: int = 16 << 20,
+        continue_tasks: bool = True,
     ) -> None:
         self.sizer = PrefetchSizer(executors, prefetch)
+        self._continue_tasks = continue_tasks
         self._max_queued_bytes = max(1, max_queued_bytes)
         self._queued_bytes = 0  # the task inputs of the QUEUED entries
         self._executor_batch = max(1, executor_batch)
@@ -832,14 +840,41 @@ class ManagerCore:
             # Storage restarted while these ran; it has re-offered the tasks itself.
             self._settle(entries)
             return Settled(tuple(o.key for o in outcomes), Fate.REPORT_DROPPED, "stale_session")
-        return Report(self._em_id, session_id, outcomes)
+        return Report(self._em_id, session_id, outcomes, self._idle_places())
 
-    def report_done(self, report: Report, statuses: Sequence[tuple[int, str]]) -> list[Action]:
-        """Storage answered the report outcome by outcome: (status code, message), 0 = taken."""
+    def _idle_places(self) -> int:
+        """Places of the prefetch window not taken by work (fetched, being registered, queued
+        or running); those reserved for a poll in flight count as free, as that poll waits for
+        work nobody else has (0 unless fetching)."""
+        if self._phase is not Phase.FETCHING or not self._continue_tasks:
+            return 0
+        return max(0, self.sizer.limit - (self._held - self._reserved))
+
+    def report_done(
+        self,
+        report: Report,
+        statuses: Sequence[tuple[int, str]],
+        continued: Sequence[Accepted] = (),
+    ) -> list[Action]:
+        """Storage answered the report outcome by outcome: (status code, message), 0 = taken;
+        `continued`: tasks it registered for this EM in the reply (see `Report.accept`), queued
+        to run like any registered task (storage owns them: there is nothing to acknowledge)."""
         if len(statuses) != len(report.outcomes):
             raise errors.InternalError(
                 f"a report of {len(report.outcomes)} outcomes answered with {len(statuses)}"
             )
+        for accepted in continued:
+            self._issued += 1
+            key = self._issued
+            request = accepted.request
+            entry = _Entry(key, Assigned(0, 0, report.session_id, request.job_id, request.task_id))
+            entry.stage = Stage.QUEUED
+            entry.work = Work(key, report.session_id, request, accepted.label)
+            self._entries[key] = entry
+            self._held += 1
+            self._in_flight += 1
+            self._queue.append(key)
+            self._queued_bytes += len(request.task_io)
         entries = [self._at(o.key, Stage.REPORTING) for o in report.outcomes]
         self._settle(entries)
         taken = tuple(

@@ -67,6 +67,7 @@ from orbweaver.worker.peers import (
     GrpcStorage,
     SchedulerPeer,
     StoragePeer,
+    accepted,
     ack_records,
     assigned,
     registration_result,
@@ -152,6 +153,7 @@ class ExecutionManager:
             executor_batch=config.executor_batch,
             report_batch=config.report_batch,
             max_queued_bytes=config.queued_input_bytes,
+            continue_tasks=config.continue_tasks,
         )
         self.metrics.prefetch_limit.set(self._core.limit)
         self._register_lock = threading.Lock()
@@ -715,8 +717,11 @@ class ExecutionManager:
         else:
             statuses = [(s.code, s.message) for s in reply.statuses]
             if len(statuses) == len(report.outcomes):
+                continued = [accepted(ctx) for ctx in reply.continued]
+                if _trace.ENABLED and continued:
+                    _trace.mark_many("em.registered", (c.request.job_id for c in continued))
                 with self._state() as core:
-                    return core.report_done(report, statuses)
+                    return core.report_done(report, statuses, continued)
             log.error(
                 "storage answered a report of %d outcomes with %d statuses",
                 len(report.outcomes),

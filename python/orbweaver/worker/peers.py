@@ -173,7 +173,11 @@ def registration_result(item: pb.RegisterTaskInstancesReply.Item) -> Accepted | 
     """One item of storage's reply: the task to run (from its execution context), or the error."""
     if item.WhichOneof("result") == "error":
         return ItemError(item.error.code, item.error.message)
-    ctx = item.context
+    return accepted(item.context)
+
+
+def accepted(ctx: pb.ExecutionContext) -> Accepted:
+    """A task storage registered for this EM: what to run."""
     task_id = _taskid.from_proto(ctx.task_id)
     tdl = ctx.tdl_context
     request = TaskRequest(
@@ -202,5 +206,8 @@ def report_request(report: Report) -> pb.ReportTaskOutcomesRequest:
             outcome.error_message = o.value
         outcomes.append(outcome)
     return pb.ReportTaskOutcomesRequest(
-        execution_manager_id=report.em_id, session_id=report.session_id, outcomes=outcomes
+        execution_manager_id=report.em_id,
+        session_id=report.session_id,
+        outcomes=outcomes,
+        accept=report.accept,
     )

@@ -36,6 +36,17 @@ pub const DEFAULT_CLEANUP_CAPACITY: usize = 1024;
 
 type Shard = RwLock<IdMap<JobId, Arc<Job>>>;
 
+/// Who reported, and how many newly ready tasks it would take at once (see
+/// [`JobCache::report_batch_continuing`]); the limits of [`JobCache::register_batch_limited`].
+#[derive(Debug, Clone, Copy)]
+pub struct Continuation {
+    pub em: ExecutionManagerId,
+    pub accept: usize,
+    pub now_ms: u64,
+    pub max_io: Option<usize>,
+    pub max_total_io: Option<usize>,
+}
+
 #[derive(Debug)]
 pub struct JobCache {
     shards: Box<[Shard]>,
@@ -457,8 +468,35 @@ impl JobCache {
         &self,
         items: &[(JobId, TaskId, TaskInstanceId, Report<'_>)],
     ) -> Vec<Result<Option<Outcome>>> {
+        self.report_batch_continuing(items, None).0
+    }
+
+    /// [`Self::report_batch`] where, with a [`Continuation`], up to `accept` of the regular
+    /// tasks these reports made ready are registered straight for the reporting EM instead of
+    /// being offered (returned as the second value): the EM that ran the parents runs the
+    /// children, without a trip through the scheduler. Only while the task lane is empty, so
+    /// nothing another job waits for is overtaken (the scheduler's order applies as soon as
+    /// there is anything to order). A task whose registration fails (its inputs too large, the
+    /// reply budget spent) is offered as usual.
+    pub fn report_batch_continuing(
+        &self,
+        items: &[(JobId, TaskId, TaskInstanceId, Report<'_>)],
+        continuation: Option<Continuation>,
+    ) -> (Vec<Result<Option<Outcome>>>, Vec<ExecutionContext>) {
         let mut out = Vec::with_capacity(items.len());
+        let mut continued = Vec::new();
+        let mut left = match continuation {
+            Some(c) if c.accept > 0 && self.queue.is_lane_empty(Lane::Task) => c.accept,
+            _ => 0,
+        };
+        let mut budget = continuation
+            .and_then(|c| c.max_total_io)
+            .map(|remaining| ReplyBudget {
+                remaining,
+                used: false,
+            });
         let mut offers = Vec::new();
+        let mut registered = Vec::new();
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             match self.get(run[0].0) {
                 Ok(job) => {
@@ -469,12 +507,45 @@ impl JobCache {
                         &mut out,
                         &mut offers,
                     );
-                    self.offer(&job, &offers);
+                    let n = match continuation {
+                        Some(_) if left > 0 => offers
+                            .iter()
+                            .take(left)
+                            .take_while(|t| matches!(t, TaskId::Index(_)))
+                            .count(),
+                        _ => 0,
+                    };
+                    if let (Some(c), true) = (continuation, n > 0) {
+                        registered.clear();
+                        job.register_many(
+                            &offers[..n],
+                            c.em,
+                            c.now_ms,
+                            &self.instances,
+                            c.max_io,
+                            budget.as_mut(),
+                            &mut registered,
+                        );
+                        let mut rest = Vec::with_capacity(offers.len());
+                        for (&task, result) in offers[..n].iter().zip(registered.drain(..)) {
+                            match result {
+                                Ok(ctx) => {
+                                    continued.push(ctx);
+                                    left -= 1;
+                                }
+                                Err(_) => rest.push(task),
+                            }
+                        }
+                        rest.extend_from_slice(&offers[n..]);
+                        self.offer(&job, &rest);
+                    } else {
+                        self.offer(&job, &offers);
+                    }
                 }
                 Err(e) => out.extend(run.iter().map(|_| Err(e.clone()))),
             }
         }
-        out
+        (out, continued)
     }
 
     /// Spec 4.3's pass: terminal / no longer live => drop; dead EM => force-remove, re-offer,

@@ -32,7 +32,7 @@ pub mod value;
 #[cfg(any(test, feature = "test-support"))]
 pub mod workloads;
 
-pub use cache::JobCache;
+pub use cache::{Continuation, JobCache};
 pub use error::{CoreError, Result, StaleKind};
 pub use graph::{GraphBuilder, TaskDescriptor, TaskGraph, TaskOutputRef, TdlContext};
 pub use ids::{ExecutionManagerId, JobId, ResourceGroupId, TaskId, TaskIndex, TaskInstanceId};

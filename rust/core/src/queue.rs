@@ -308,6 +308,13 @@ impl InboundQueue {
         [st.lanes[0].len(), st.lanes[1].len(), st.lanes[2].len()]
     }
 
+    /// Nothing waits in `lane`, in the queue or parked.
+    #[must_use]
+    pub fn is_lane_empty(&self, lane: Lane) -> bool {
+        let l = lane as usize;
+        self.spilled[l].load(Ordering::Acquire) == 0 && self.state.lock().lanes[l].is_empty()
+    }
+
     /// Parked entries per lane.
     #[must_use]
     pub fn spilled(&self) -> [usize; 3] {

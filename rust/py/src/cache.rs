@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orbweaver_core::cache::{
-    JobCache as CoreCache, DEFAULT_CLEANUP_CAPACITY, DEFAULT_COMMIT_CAPACITY, DEFAULT_TASK_CAPACITY,
+    Continuation, JobCache as CoreCache, DEFAULT_CLEANUP_CAPACITY, DEFAULT_COMMIT_CAPACITY,
+    DEFAULT_TASK_CAPACITY,
 };
 use orbweaver_core::graph::TdlContext;
 use orbweaver_core::{
@@ -502,84 +503,33 @@ impl JobCache {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        // Extract everything first (type errors raise before anything changes), keeping the
-        // Python objects alive so their buffers can be borrowed without the GIL.
-        let mut keep: Vec<Bound<'py, PyAny>> = Vec::new();
-        let mut raw: Vec<(u64, i64, u64)> = Vec::new();
-        for item in items.try_iter()? {
-            let item = item?;
-            let t = item.cast::<PyTuple>().map_err(|_| {
-                PyTypeError::new_err(
-                    "report_batch items must be (job_id, task_id, instance_id, bytes | str) tuples",
-                )
-            })?;
-            if t.len() != 4 {
-                return Err(PyTypeError::new_err(
-                    "report_batch items must be 4-tuples (job_id, task_id, instance_id, bytes | str)",
-                ));
-            }
-            raw.push((
-                t.get_item(0)?.extract()?,
-                t.get_item(1)?.extract()?,
-                t.get_item(2)?.extract()?,
-            ));
-            let p = t.get_item(3)?;
-            if !(p.is_instance_of::<PyBytes>() || p.is_instance_of::<PyString>()) {
-                return Err(PyTypeError::new_err(format!(
-                    "report_batch payload must be bytes (success) or str (failure), got {}",
-                    p.get_type()
-                )));
-            }
-            keep.push(p);
-        }
-        let mut payloads: Vec<Payloadish<'_>> = Vec::with_capacity(keep.len());
-        for p in &keep {
-            if let Ok(b) = p.cast::<PyBytes>() {
-                payloads.push(Payloadish::Bytes(b.as_bytes()));
-            } else {
-                payloads.push(Payloadish::Str(p.cast::<PyString>()?.to_str()?));
-            }
-        }
-        let results = py.detach(|| {
-            let mut parsed = Vec::with_capacity(raw.len());
-            let mut bad: Vec<Option<CoreError>> = Vec::with_capacity(raw.len());
-            for (&(j, t, i), p) in raw.iter().zip(&payloads) {
-                match task_id(t) {
-                    Ok(task) => {
-                        let r = match p {
-                            Payloadish::Bytes(b) => Report::Success(b),
-                            Payloadish::Str(s) => Report::Failure(s),
-                        };
-                        parsed.push((j, task, i, r));
-                        bad.push(None);
-                    }
-                    Err(e) => bad.push(Some(e)),
-                }
-            }
-            let mut done = self.inner.report_batch(&parsed).into_iter();
-            bad.into_iter()
-                .map(|b| match b {
-                    Some(e) => Err(e),
-                    None => done.next().unwrap_or_else(|| {
-                        Err(CoreError::Internal {
-                            kind: "BatchMismatch",
-                            message: "report_batch returned too few results".into(),
-                        })
-                    }),
-                })
-                .collect::<Vec<_>>()
-        });
-        let list = PyList::empty(py);
-        for r in results {
-            match r {
-                Ok(Some(o)) => list.append(Outcome::from(o))?,
-                Ok(None) => list.append(py.None())?,
-                Err(e) => list.append(instance(py, &e)?)?,
-            }
-        }
-        Ok(list)
+        Ok(self.report(py, items, None)?.0)
     }
 
+    #[pyo3(signature = (items, em_id, accept, now_ms, *, max_task_io_bytes = None, max_total_io_bytes = None))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the report, who reported, and the limits of a registration"
+    )]
+    fn report_batch_continuing<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        em_id: u64,
+        accept: usize,
+        now_ms: u64,
+        max_task_io_bytes: Option<usize>,
+        max_total_io_bytes: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let continuation = Continuation {
+            em: em_id,
+            accept,
+            now_ms,
+            max_io: max_task_io_bytes,
+            max_total_io: max_total_io_bytes,
+        };
+        self.report(py, items, Some(continuation))
+    }
     #[expect(
         clippy::needless_pass_by_value,
         reason = "PyO3 extracts a Python list into an owned `Vec`"
@@ -676,5 +626,100 @@ impl JobCache {
             self.inner.len(),
             self.inner.live_instances()
         )
+    }
+}
+
+impl JobCache {
+    /// `report_batch` and `report_batch_continuing`: the per-item results and the contexts of
+    /// the tasks registered for the reporting EM.
+    fn report<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        continuation: Option<Continuation>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        // Extract everything first (type errors raise before anything changes), keeping the
+        // Python objects alive so their buffers can be borrowed without the GIL.
+        let mut keep: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut raw: Vec<(u64, i64, u64)> = Vec::new();
+        for item in items.try_iter()? {
+            let item = item?;
+            let t = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(
+                    "report_batch items must be (job_id, task_id, instance_id, bytes | str) tuples",
+                )
+            })?;
+            if t.len() != 4 {
+                return Err(PyTypeError::new_err(
+                    "report_batch items must be 4-tuples (job_id, task_id, instance_id, bytes | str)",
+                ));
+            }
+            raw.push((
+                t.get_item(0)?.extract()?,
+                t.get_item(1)?.extract()?,
+                t.get_item(2)?.extract()?,
+            ));
+            let p = t.get_item(3)?;
+            if !(p.is_instance_of::<PyBytes>() || p.is_instance_of::<PyString>()) {
+                return Err(PyTypeError::new_err(format!(
+                    "report_batch payload must be bytes (success) or str (failure), got {}",
+                    p.get_type()
+                )));
+            }
+            keep.push(p);
+        }
+        let mut payloads: Vec<Payloadish<'_>> = Vec::with_capacity(keep.len());
+        for p in &keep {
+            if let Ok(b) = p.cast::<PyBytes>() {
+                payloads.push(Payloadish::Bytes(b.as_bytes()));
+            } else {
+                payloads.push(Payloadish::Str(p.cast::<PyString>()?.to_str()?));
+            }
+        }
+        let (results, continued) = py.detach(|| {
+            let mut parsed = Vec::with_capacity(raw.len());
+            let mut bad: Vec<Option<CoreError>> = Vec::with_capacity(raw.len());
+            for (&(j, t, i), p) in raw.iter().zip(&payloads) {
+                match task_id(t) {
+                    Ok(task) => {
+                        let r = match p {
+                            Payloadish::Bytes(b) => Report::Success(b),
+                            Payloadish::Str(s) => Report::Failure(s),
+                        };
+                        parsed.push((j, task, i, r));
+                        bad.push(None);
+                    }
+                    Err(e) => bad.push(Some(e)),
+                }
+            }
+            let (done, continued) = self.inner.report_batch_continuing(&parsed, continuation);
+            let mut done = done.into_iter();
+            let results = bad
+                .into_iter()
+                .map(|b| match b {
+                    Some(e) => Err(e),
+                    None => done.next().unwrap_or_else(|| {
+                        Err(CoreError::Internal {
+                            kind: "BatchMismatch",
+                            message: "report_batch returned too few results".into(),
+                        })
+                    }),
+                })
+                .collect::<Vec<_>>();
+            (results, continued)
+        });
+        let list = PyList::empty(py);
+        for r in results {
+            match r {
+                Ok(Some(o)) => list.append(Outcome::from(o))?,
+                Ok(None) => list.append(py.None())?,
+                Err(e) => list.append(instance(py, &e)?)?,
+            }
+        }
+        let contexts = PyList::empty(py);
+        for ctx in continued {
+            contexts.append(ExecutionContext::from_core(py, ctx)?)?;
+        }
+        Ok((list, contexts))
     }
 }

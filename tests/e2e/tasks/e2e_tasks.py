@@ -125,6 +125,13 @@ def slow_inc(x: int) -> int:
     return x + 1
 
 
+@ow.task
+def nap_inc(x: int) -> int:
+    """Long enough to be caught running (a child: its input comes from a parent)."""
+    time.sleep(4.0)
+    return x + 1
+
+
 # -- termination tasks --------------------------------------------------------------------------
 
 

@@ -858,3 +858,83 @@ fn recover_running_offers_only_the_remaining_tasks() {
     assert_eq!(e.kind(), "InvalidTaskOutputs");
     assert!(!c.contains(4), "a refused job is not cached");
 }
+
+const fn continuing(em: ExecutionManagerId, accept: usize) -> Continuation {
+    Continuation {
+        em,
+        accept,
+        now_ms: 0,
+        max_io: None,
+        max_total_io: None,
+    }
+}
+
+#[test]
+fn a_report_hands_the_children_it_made_ready_to_the_reporting_em() {
+    let c = cache();
+    c.insert(1, 1, &workloads::diamond(None)).expect("insert");
+    c.start(1).expect("start");
+    let root = c.poll(Lane::Task, 10, Duration::ZERO, None);
+    assert_eq!(root.len(), 1);
+    let ctx = c.register(1, TaskId::Index(0), 5, 0).expect("register");
+    let f = wire_encode(&[b"x"]).expect("f");
+    // Room for one: b goes to EM 5, c is offered as usual.
+    let (reps, continued) = c.report_batch_continuing(
+        &[(1, TaskId::Index(0), ctx.instance_id, Report::Success(&f))],
+        Some(continuing(5, 1)),
+    );
+    assert!(matches!(reps[0], Ok(None)));
+    assert_eq!(continued.len(), 1);
+    assert_eq!(continued[0].task_id, TaskId::Index(1));
+    assert_eq!(
+        c.instances().len(),
+        1,
+        "b is registered, the root's instance is gone"
+    );
+    let offered = c.poll(Lane::Task, 10, Duration::ZERO, None);
+    assert_eq!(offered.len(), 1);
+    assert_eq!(offered[0].task, TaskId::Index(2));
+    // c runs elsewhere; with something waiting in the task lane, nothing is continued.
+    c.insert(2, 1, &one_task()).expect("insert");
+    c.start(2).expect("start");
+    let cc = c.register(1, TaskId::Index(2), 6, 0).expect("register c");
+    let (_, none) = c.report_batch_continuing(
+        &[(
+            1,
+            TaskId::Index(1),
+            continued[0].instance_id,
+            Report::Success(&f),
+        )],
+        Some(continuing(5, 4)),
+    );
+    assert!(none.is_empty());
+    c.poll(Lane::Task, 10, Duration::ZERO, None); // job 2's task
+                                                  // The lane is empty again: d (made ready by c's report) goes to the reporting EM 6.
+    let (_, d) = c.report_batch_continuing(
+        &[(1, TaskId::Index(2), cc.instance_id, Report::Success(&f))],
+        Some(continuing(6, 4)),
+    );
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].task_id, TaskId::Index(3));
+    assert!(c.poll(Lane::Task, 10, Duration::ZERO, None).is_empty());
+}
+
+#[test]
+fn a_child_that_cannot_be_registered_is_offered_instead() {
+    let c = cache();
+    c.insert(1, 1, &workloads::diamond(None)).expect("insert");
+    c.start(1).expect("start");
+    c.poll(Lane::Task, 10, Duration::ZERO, None);
+    let ctx = c.register(1, TaskId::Index(0), 5, 0).expect("register");
+    let f = wire_encode(&[b"some output"]).expect("f");
+    let too_small = Some(Continuation {
+        max_io: Some(1),
+        ..continuing(5, 2)
+    });
+    let (_, continued) = c.report_batch_continuing(
+        &[(1, TaskId::Index(0), ctx.instance_id, Report::Success(&f))],
+        too_small,
+    );
+    assert!(continued.is_empty());
+    assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO, None).len(), 2);
+}
