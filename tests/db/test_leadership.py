@@ -93,6 +93,12 @@ def test_an_expired_lease_is_taken_over_and_the_old_session_fenced(
     # The new leader writes.
     b.start_job(job)
     assert b.get_state(job) == DbJobState.RUNNING
+    # A completion checks the fence in its own statement: refused all the same, nothing lands.
+    with pytest.raises(Fenced):
+        a.commit_outputs_many([(job, b"late", False)])
+    assert b.get_state(job) == DbJobState.RUNNING
+    assert b.commit_outputs_many([(job, b"out", False)]) == [DbJobState.SUCCEEDED]
+    assert b.get_outputs(job) == b"out"
 
 
 def test_a_released_lease_is_taken_at_once(pair: tuple[Database, Database]) -> None:

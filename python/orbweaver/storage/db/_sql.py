@@ -10,6 +10,7 @@ driver errors to :mod:`.errors` (plus the two private integrity errors below).
 from __future__ import annotations
 
 import abc
+import functools
 import threading
 import time
 import uuid
@@ -120,32 +121,32 @@ def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def _by_size(rows: list[tuple[str, bytes, int]], limit: int) -> list[list[tuple[str, bytes, int]]]:
-    """Consecutive batches of rows whose blobs add up to at most `limit` bytes (a row alone may
-    reach the limit)."""
-    batches: list[list[tuple[str, bytes, int]]] = []
+Row = TypeVar("Row", bound=tuple[Any, ...])
+
+
+class _Unchanged(Exception):
+    """A statement that checks its own preconditions changed fewer rows than asked: roll back,
+    then find out why."""
+
+
+@functools.cache
+def _sources_of(target: DbJobState) -> tuple[str, ...]:
+    """The states a job may move to `target` from (their column spellings)."""
+    return tuple(s.db_name for s in DbJobState if is_valid_transition(s, target))
+
+
+def _by_size(rows: Sequence[Row], limit: int, blob: int) -> list[list[Row]]:
+    """Consecutive batches of rows whose blobs (`row[blob]`) add up to at most `limit` bytes (a
+    row alone may reach the limit)."""
+    batches: list[list[Row]] = []
     size = limit + 1
     for row in rows:
-        if size + len(row[1]) > limit:
+        n = len(row[blob])
+        if size + n > limit:
             batches.append([])
             size = 0
         batches[-1].append(row)
-        size += len(row[1])
-    return batches
-
-
-def _by_size_rows(
-    rows: list[tuple[int, int, bytes]], limit: int
-) -> list[list[tuple[int, int, bytes]]]:
-    """:func:`_by_size` for task-output rows ``(job_id, task_index, outputs)``."""
-    batches: list[list[tuple[int, int, bytes]]] = []
-    size = limit + 1
-    for row in rows:
-        if size + len(row[2]) > limit:
-            batches.append([])
-            size = 0
-        batches[-1].append(row)
-        size += len(row[2])
+        size += n
     return batches
 
 
@@ -313,6 +314,21 @@ class Statements:
         )
 
         self._now = now
+        self._share_lock = d.share_lock
+
+    def complete_job(self, *, terminal: bool, sources: int, fenced: bool) -> str:
+        """Outputs and the new state of a job, in one statement that checks what a transaction
+        would have read first: the job is in one of `sources` states and, when `fenced`, the
+        session still holds the fence (read under its shared lock, as `check_fence` does).
+        Parameters: state, outputs, id, the sources, [session]. Changes nothing otherwise."""
+        statement = self.update_job(terminal=terminal, outputs=True)
+        statement += f" AND state IN ({_placeholders(sources)})"
+        if fenced:
+            statement += (
+                " AND EXISTS (SELECT 1 FROM storage_fence WHERE id = 1 AND session_id = ?"
+                f"{self._share_lock})"
+            )
+        return statement
 
     def update_job(self, *, terminal: bool, outputs: bool = False, error: bool = False) -> str:
         sets = ["state = ?"]
@@ -915,37 +931,71 @@ class SqlDatabase(abc.ABC):
         if len({jid for jid, _, _ in checked}) != len(checked):
             raise ValueError("commit_outputs_many: a job appears twice")
         sql = self._sql
+        session = self._session_id
+        fence = (session,) if session else ()
+        groups: dict[DbJobState, list[tuple[Any, ...]]] = {}
+        # Job ids in order, so that two such transactions lock rows in the same order.
+        for jid, outputs, target in sorted(checked):
+            sources = _sources_of(target)
+            groups.setdefault(target, []).append((target.db_name, outputs, jid, *sources, *fence))
 
         def tx(cur: Cursor) -> list[int]:
-            # Lock and validate every row first (one query per chunk, ids in order so that two
-            # such transactions lock in the same order), then one batched UPDATE per target.
-            states: dict[int, DbJobState] = {}
-            ids = sorted(jid for jid, _, _ in checked)
-            for start in range(0, len(ids), _LOCK_CHUNK):
-                chunk = ids[start : start + _LOCK_CHUNK]
-                cur.execute(
-                    sql.lock_jobs_prefix + _placeholders(len(chunk)) + sql.lock_jobs_suffix, chunk
+            # One statement per target (batched), which checks the job's state and the fence
+            # itself: no round trips to read them first. Only when it changed fewer rows than
+            # asked is the reason looked up (and raised, rolling everything back).
+            changed = 0
+            for target, params in groups.items():
+                statement = sql.complete_job(
+                    terminal=target.is_terminal,
+                    sources=len(_sources_of(target)),
+                    fenced=bool(session),
                 )
-                for row in cur.fetchall():
-                    states[int(row[0])] = _db_state(row[1], int(row[0]))
-            updates: dict[DbJobState, list[tuple[str, bytes, int]]] = {}
-            for jid, outputs, target in checked:
-                current = states.get(jid)
-                if current is None:
-                    raise JobNotFound(job_id=jid)
-                if not is_valid_transition(current, target):
-                    raise InvalidJobStateTransition(current, target, job_id=jid)
-                updates.setdefault(target, []).append((target.db_name, outputs, jid))
-            for target, params in updates.items():
-                statement = sql.update_job(terminal=target.is_terminal, outputs=True)
                 # A batched UPDATE may travel as one packet: keep each under the limit.
-                for batch in _by_size(params, self._max_value_bytes):
+                for batch in _by_size(params, self._max_value_bytes, blob=1):
                     cur.executemany(statement, batch)
+                    changed += cur.rowcount
+            if changed != len(checked):
+                raise _Unchanged  # rolled back; the reason is looked up below
             return [int(target) for _, _, target in checked]
 
         if not checked:
             return []
-        return self._transaction(tx, write=True)
+        try:
+            return self._transaction(tx, write=True, fence=False)
+        except _Unchanged:
+            pass
+        raise self._run_transaction(lambda cur: self._completion_refused(cur, checked), write=False)
+
+    def _completion_refused(
+        self, cur: Cursor, checked: Sequence[tuple[int, bytes, DbJobState]]
+    ) -> DbError | JobNotFound:
+        """Why `commit_outputs_many` changed fewer jobs than asked (read after its rollback):
+        the session was fenced, a job is missing or not in a state it may complete from."""
+        session = self._session_id
+        if session:
+            refused = self._check_fence(cur, session)
+            if refused is not None:
+                return refused
+        states: dict[int, DbJobState] = {}
+        ids = [jid for jid, _, _ in checked]
+        for start in range(0, len(ids), _LOCK_CHUNK):
+            chunk = ids[start : start + _LOCK_CHUNK]
+            cur.execute(
+                self._sql.lock_jobs_prefix + _placeholders(len(chunk)) + self._sql.lock_jobs_suffix,
+                chunk,
+            )
+            for row in cur.fetchall():
+                states[int(row[0])] = _db_state(row[1], int(row[0]))
+        for jid, _, target in checked:
+            current = states.get(jid)
+            if current is None:
+                return JobNotFound(job_id=jid)
+            if not is_valid_transition(current, target):
+                return InvalidJobStateTransition(current, target, job_id=jid)
+        return DbError(
+            f"completing {len(checked)} jobs changed fewer rows, yet each is where it may "
+            "complete from"
+        )
 
     def set_state(self, job_id: int, state: int) -> None:
         target = _state_arg(state)
@@ -1185,7 +1235,7 @@ class SqlDatabase(abc.ABC):
                 cur.execute(sql.running_jobs_prefix + _placeholders(len(chunk)) + ")", chunk)
                 running.update(int(r[0]) for r in cur.fetchall())
             kept = [row for row in rows if row[0] in running]
-            for batch in _by_size_rows(kept, self._max_value_bytes):
+            for batch in _by_size(kept, self._max_value_bytes, blob=2):
                 cur.executemany(sql.replace_task_output, batch)
             for start in range(0, len(ended), _LOCK_CHUNK):
                 chunk = ended[start : start + _LOCK_CHUNK]
