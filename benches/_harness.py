@@ -31,18 +31,22 @@ EXTERNAL_ENV = "ORBWEAVER_BENCH_MARIADB_URL"
 
 
 @contextlib.contextmanager
-def private_server(buffer_pool: str = "1G") -> Iterator[MariaDBServer]:
+def private_server(buffer_pool: str = "1G", flush: int = 2) -> Iterator[MariaDBServer]:
     """A private MariaDB server for the ``with`` block (the test suite's own, from
     ``tests/support/mariadb_server.py``), or ``$ORBWEAVER_BENCH_MARIADB_URL``.
 
     The settings are those of the test suite except a buffer pool big enough to hold the
-    benchmark's tables (the test suite's 64 MiB is sized for tiny databases).
+    benchmark's tables (the test suite's 64 MiB is sized for tiny databases). `flush`:
+    ``innodb_flush_log_at_trx_commit`` (2: every commit reaches the OS, the disk within a
+    second; 1: the disk at every commit).
     """
     external = os.environ.get(EXTERNAL_ENV)
     if external:
         yield external_server(external)
         return
-    with _private_server(buffer_pool=buffer_pool, prefix="owbench-") as server:
+    with _private_server(
+        buffer_pool=buffer_pool, prefix="owbench-", flush_log_at_trx_commit=flush
+    ) as server:
         yield server
 
 

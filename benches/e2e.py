@@ -56,6 +56,11 @@ in its own child process of this harness, after a warm-up; cluster start-up is n
     python benches/e2e.py --compare ray,dask
     python benches/e2e.py --compare ray,dask --workloads lat,t1,t10,t100,fanout,clients4,topology
 
+The private MariaDB flushes its log to disk at every commit (``innodb_flush_log_at_trx_commit=1``,
+MariaDB's default): a submission is on disk when ``submit`` returns. ``--innodb-flush 2`` writes
+it to the operating system at every commit and to disk once a second (it survives a crash of
+any process, MariaDB's included, not of the machine), as the test suite's servers do.
+
 ``--durability task`` submits Orbweaver's jobs with ``durability="task"`` (each succeeded task's
 outputs persisted in the background, so a storage restart resumes running jobs): its cost.
 
@@ -292,8 +297,10 @@ class OrbweaverRunner(Runner):
         workdir: Path,
         w2_submit: str = "many",
         durability: str = "job",
+        innodb_flush: int = 1,
     ) -> None:
         self.workers = workers
+        self.innodb_flush = innodb_flush
         self.topology = f"1 EM x {workers} executors"
         self.w2_submit = w2_submit
         self.durability = durability
@@ -307,9 +314,10 @@ class OrbweaverRunner(Runner):
     def start(self) -> dict[str, Any]:
         info: dict[str, Any] = {"version": h.orbweaver_version()}
         if self.db == "mariadb":
-            self.server = self._stack.enter_context(h.private_server())
+            self.server = self._stack.enter_context(h.private_server(flush=self.innodb_flush))
             info["database"] = (
-                f"MariaDB {h.server_version(self.server)} (private server, loopback TCP)"
+                f"MariaDB {h.server_version(self.server)} (private server, loopback TCP, "
+                f"innodb_flush_log_at_trx_commit={self.innodb_flush})"
             )
         else:
             import sqlite3
@@ -779,7 +787,13 @@ def run_system(args: argparse.Namespace) -> dict[str, Any]:
     runner: Runner
     if args.child == "orbweaver":
         runner = OrbweaverRunner(
-            args.workers, args.db, args.timeout, workdir, args.w2_submit, args.durability
+            args.workers,
+            args.db,
+            args.timeout,
+            workdir,
+            args.w2_submit,
+            args.durability,
+            args.innodb_flush,
         )
     else:
         runner = PeerRunner(args.child, args.workers)
@@ -861,6 +875,8 @@ def spawn_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         args.w2_submit,
         "--durability",
         args.durability,
+        "--innodb-flush",
+        str(args.innodb_flush),
         "--latency-jobs",
         str(args.latency_jobs),
         "--spin-cpu-s",
@@ -1192,6 +1208,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=["job", "task"],
         default="job",
         help='Orbweaver\'s jobs: job-level durability (default) or durability="task"',
+    )
+    parser.add_argument(
+        "--innodb-flush",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="the private MariaDB's innodb_flush_log_at_trx_commit: 1 (default, MariaDB's own) "
+        "the log reaches the disk at every commit; 2 the OS at every commit, the disk within a "
+        "second",
     )
     parser.add_argument("--out", type=Path, default=h.RESULTS_DIR / "e2e.json")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)

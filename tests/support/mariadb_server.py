@@ -311,9 +311,13 @@ def private_server(
     bind_address: str = "127.0.0.1",
     port: int | None = None,
     command_prefix: Sequence[str] = (),
+    flush_log_at_trx_commit: int = 2,
 ) -> Iterator[MariaDBServer]:
     """Start a private server for the ``with`` block. `buffer_pool`: InnoDB buffer pool size
-    (64 MiB suits test databases; the benchmarks want their tables in memory). `bind_address`,
+    (64 MiB suits test databases; the benchmarks want their tables in memory).
+    `flush_log_at_trx_commit`: 2, a commit reaches the operating system before it returns and
+    the disk within a second (it survives a crash of the server, not of the machine); 1, the log
+    is flushed to disk at every commit (MariaDB's default). `bind_address`,
     `port` (default: a free one): where it listens. `command_prefix`: run ``mariadbd`` under it,
     e.g. ``["ip", "netns", "exec", NS]``; the server is then administered through its socket and
     skips client host name lookups (the namespace may have no resolver)."""
@@ -360,7 +364,7 @@ def private_server(
                 f"--log-error={log}",
                 "--max-connections=500",
                 f"--innodb-buffer-pool-size={buffer_pool}",
-                "--innodb-flush-log-at-trx-commit=2",
+                f"--innodb-flush-log-at-trx-commit={flush_log_at_trx_commit}",
                 *(["--skip-name-resolve"] if command_prefix else []),
             ]
             proc = _start_daemon(command, log)
