@@ -612,13 +612,15 @@ def test_a_report_offers_free_places_and_queues_what_storage_registered_for_it()
     assert core.live() == {} and key not in {a.key for a in core.pending_acks}
 
 
-@pytest.mark.parametrize("why", ["stopping", "turned off"])
-def test_an_em_that_is_stopping_or_told_not_to_offers_nothing(why: str) -> None:
-    core = make_core(executors=2, continue_tasks=why == "stopping")
+@pytest.mark.parametrize("why", ["stopping", "turned off", "inputs queued"])
+def test_an_em_that_is_stopping_full_or_told_not_to_offers_nothing(why: str) -> None:
+    core = make_core(executors=2, continue_tasks=why != "turned off", max_queued_bytes=2)
     registered_work(core, 1)
     run_all(core)
     if why == "stopping":
         core.stop_fetching()
+    if why == "inputs queued":
+        registered_work(core, 1)  # b"io": the queued tasks hold 2 bytes of inputs
     report = core.next_report()
     assert isinstance(report, Report) and report.accept == 0
 

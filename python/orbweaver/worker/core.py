@@ -845,8 +845,11 @@ class ManagerCore:
     def _idle_places(self) -> int:
         """Places of the prefetch window not taken by work (fetched, being registered, queued
         or running); those reserved for a poll in flight count as free, as that poll waits for
-        work nobody else has (0 unless fetching)."""
+        work nobody else has (0 unless fetching, and while the queued tasks hold
+        `max_queued_bytes` of inputs, as for registrations)."""
         if self._phase is not Phase.FETCHING or not self._continue_tasks:
+            return 0
+        if self._queue and self._queued_bytes >= self._max_queued_bytes:
             return 0
         return max(0, self.sizer.limit - (self._held - self._reserved))
 
