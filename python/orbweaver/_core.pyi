@@ -390,6 +390,10 @@ class JobCache:
         limits) instead of being offered: their contexts are the second value."""
 
     def gc_instances(self, now_ms: int, dead_ems: Sequence[int]) -> InstanceGcReport: ...
+    def reconcile_em(self, em_id: int, held: Sequence[int], registered_before_ms: int) -> int:
+        """The EM holds the instances `held`: every other instance registered for it before
+        `registered_before_ms` was lost on the way and its task is offered again; returns how
+        many."""
     def live_instances(self) -> int: ...
 
     # Inbound queue.

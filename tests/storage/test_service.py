@@ -5,6 +5,7 @@ MariaDB."""
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import msgpack
@@ -711,6 +712,49 @@ def test_dead_em_instances_are_requeued(driver: Driver) -> None:
     assert (again.job_id, again.task_id.index) == (job, 0)
     code = code_of(driver.register, job, 0)
     assert code == grpc.StatusCode.FAILED_PRECONDITION  # the dead EM must register again
+
+
+def test_an_instance_whose_reply_was_lost_is_offered_again(driver: Driver) -> None:
+    """A registration (or continuation) reply that never reached the EM: the EM's heartbeats
+    list what it holds, and an instance it does not hold is offered again once it is older than
+    the grace (10 s: replies may still be in flight), while the EM lives on."""
+    job = driver.submit(graphs.single(), 5, start=True)
+    assert len(driver.poll()) == 1
+    lost = driver.register(job, 0)  # its reply "never arrived"
+
+    def beat(*held: int) -> None:
+        driver.s.liveness.UpdateExecutionManagerHeartbeat(
+            pb.HeartbeatRequest(
+                execution_manager_id=driver.em,
+                session_id=driver.session,
+                held_instance_ids=held,
+            ),
+            timeout=10,
+        )
+
+    beat()  # within the grace: left alone
+    assert driver.poll(wait_ms=0) == []
+    # Held, however old: left alone (heartbeats keep the EM alive meanwhile).
+    until = time.monotonic() + 10.5
+    while time.monotonic() < until:
+        beat(lost.task_instance_id)
+        time.sleep(0.5)
+    assert driver.poll(wait_ms=0) == []
+    # Another session's list says nothing about this one's instances.
+    driver.s.liveness.UpdateExecutionManagerHeartbeat(
+        pb.HeartbeatRequest(execution_manager_id=driver.em, session_id=driver.session + 1),
+        timeout=10,
+    )
+    assert driver.poll(wait_ms=0) == []
+    beat()  # not held, registered more than 10 s ago: lost
+    [again] = driver.poll(wait_ms=1000)
+    assert (again.job_id, again.task_id.index) == (job, 0)
+    # The lost instance's late report is refused; the new instance completes the job.
+    late = code_of(driver.succeed, job, 0, lost.task_instance_id, outputs_frame(1))
+    assert late == grpc.StatusCode.FAILED_PRECONDITION
+    fresh = driver.register(job, 0)
+    driver.succeed(job, 0, fresh.task_instance_id, outputs_frame(2))
+    assert driver.state(job) == JobState.SUCCEEDED
 
 
 def test_soft_timeout_requeues_once(driver: Driver) -> None:

@@ -612,6 +612,19 @@ def test_a_report_offers_free_places_and_queues_what_storage_registered_for_it()
     assert core.live() == {} and key not in {a.key for a in core.pending_acks}
 
 
+def test_heartbeats_list_the_instances_held_until_their_report_is_answered() -> None:
+    core = make_core(executors=2)
+    assert core.held_instances() == (SESSION, ())
+    registered_work(core, 2)  # instances 1001 and 1002
+    assert core.held_instances() == (SESSION, (1001, 1002))
+    run_all(core)
+    report = core.next_report()
+    assert isinstance(report, Report)
+    assert core.held_instances() == (SESSION, (1001, 1002))  # the report may not arrive
+    core.report_done(report, [(0, ""), (0, "")])
+    assert core.held_instances() == (SESSION, ())
+
+
 @pytest.mark.parametrize("why", ["stopping", "turned off", "inputs queued"])
 def test_an_em_that_is_stopping_full_or_told_not_to_offers_nothing(why: str) -> None:
     core = make_core(executors=2, continue_tasks=why != "turned off", max_queued_bytes=2)
@@ -1127,6 +1140,15 @@ class CoreMachine(RuleBasedStateMachine):
         live = self.core.live()
         assert live.keys().isdisjoint(self.fates.keys())
         assert live.keys() | self.fates.keys() == set(range(1, self.core.issued + 1))
+
+    @invariant()
+    def heartbeats_list_exactly_the_registered_work_of_the_session(self) -> None:
+        session, held = self.core.held_instances()
+        assert session == self.core.session_id
+        live = self.core.live()
+        registered = {k for k, stage in live.items() if stage in REGISTERED_STAGES}
+        assert len(held) == len(set(held))
+        assert len(held) == sum(1 for k in registered if self.session_of[k] == session)
 
     @invariant()
     def a_fatal_error_stops_fetching(self) -> None:

@@ -1462,15 +1462,26 @@ class HeartbeatRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_MANAGER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    HELD_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     execution_manager_id: _builtins.int
+    session_id: _builtins.int
+    """Orbweaver: the task instances of storage session `session_id` this EM holds (registered
+    and not settled). Storage offers again any other instance it registered for this EM a
+    while ago: the reply that carried it was lost. session_id 0: no list given.
+    """
+    @_builtins.property
+    def held_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         execution_manager_id: _builtins.int = ...,
+        session_id: _builtins.int = ...,
+        held_instance_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "held_instance_ids", b"held_instance_ids", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

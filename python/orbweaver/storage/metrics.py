@@ -87,6 +87,12 @@ class StorageMetrics:
         self.instances_registered = Counter(
             "orbweaver_storage_task_instances_registered", "Task instances registered", registry=r
         )
+        self.instances_lost = Counter(
+            "orbweaver_storage_task_instances_lost",
+            "Task instances registered for a live execution manager that never reached it "
+            "(offered again)",
+            registry=r,
+        )
         self.instances_continued = Counter(
             "orbweaver_storage_task_instances_continued",
             "Task instances registered for the execution manager that reported their parents "

@@ -48,6 +48,9 @@ T = TypeVar("T")
 _LOCK_STRIPES = 256
 # The most tasks one report's reply registers for its execution manager.
 _MAX_CONTINUED = 1024
+# An instance registered this long ago that its (live) EM does not list as held was lost on the
+# way. Replies take milliseconds; heartbeats list what the EM held when they left.
+_LOST_INSTANCE_GRACE_MS = 10_000
 # Most jobs one WaitJobs call may name.
 MAX_WAIT_JOBS = 10_000
 _JOB_STATE_VALUES = frozenset(int(s) for s in JobState)
@@ -1017,6 +1020,21 @@ class StorageService:
             raise translate(exc) from exc
         except db_errors.DbError as exc:
             raise translate(exc) from exc
+
+    def reconcile_instances(self, em_id: int, held: Sequence[int]) -> int:
+        """A live EM holds the instances `held` (of this session): any other instance
+        registered for it more than `_LOST_INSTANCE_GRACE_MS` ago never reached it (the reply
+        that carried it, a registration's or a report's, was lost) and its task is offered
+        again instead of waiting for the EM to die. Returns how many."""
+        lost = self.cache.reconcile_em(em_id, list(held), now_ms() - _LOST_INSTANCE_GRACE_MS)
+        if lost:
+            self.metrics.instances_lost.inc(lost)
+            log.warning(
+                "task instances registered for an execution manager never reached it; "
+                "offered again",
+                extra={"em_id": em_id, "count": lost},
+            )
+        return lost
 
     def mark_dead(self, em_ids: Sequence[int]) -> None:
         with self._alive_lock:

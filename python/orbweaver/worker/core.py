@@ -504,6 +504,18 @@ class ManagerCore:
             or self._queued_bytes < self._max_queued_bytes
         )
 
+    def held_instances(self) -> tuple[int, tuple[int, ...]]:
+        """The current session and the task instances of it this EM holds (registered, not
+        settled: queued, running or being reported), for storage to reconcile with."""
+        session = self._session
+        return session, tuple(
+            entry.work.request.instance_id
+            for entry in self._entries.values()
+            if entry.stage in REGISTERED_STAGES
+            and entry.work is not None
+            and entry.work.session_id == session
+        )
+
     @property
     def work_queued(self) -> bool:
         return bool(self._queue)

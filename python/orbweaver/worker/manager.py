@@ -427,10 +427,14 @@ class ExecutionManager:
             self._stop,
         )
         actions: list[Action] = []
+        with self._state() as core:
+            session, held = core.held_instances()
         try:
             reply = self._calls.call(
                 self._storage.UpdateExecutionManagerHeartbeat,
-                pb.HeartbeatRequest(execution_manager_id=em_id),
+                pb.HeartbeatRequest(
+                    execution_manager_id=em_id, session_id=session, held_instance_ids=held
+                ),
                 5,
                 self._stop,
             )

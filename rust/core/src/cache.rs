@@ -582,6 +582,37 @@ impl JobCache {
         report
     }
 
+    /// An execution manager listed the instances it holds (`held`): every instance registered
+    /// for it before `registered_before_ms` that it does not hold was lost on the way (the
+    /// reply that carried it never arrived) and is removed and its task offered again, as for
+    /// a dead EM. Instances registered since may still be in a reply in flight: left alone.
+    /// Returns how many were offered again.
+    pub fn reconcile_em(
+        &self,
+        em: ExecutionManagerId,
+        held: &HashSet<TaskInstanceId>,
+        registered_before_ms: u64,
+    ) -> usize {
+        let mut requeue: Vec<(Arc<Job>, TaskId)> = Vec::new();
+        for (iid, e) in self.instances.snapshot() {
+            if e.em != em || e.registered_ms >= registered_before_ms || held.contains(&iid) {
+                continue;
+            }
+            let Ok(job) = self.get(e.job) else {
+                self.instances.remove(iid);
+                continue;
+            };
+            if job.force_remove(e.task, iid, &self.instances) {
+                requeue.push((job, e.task));
+            }
+        }
+        let n = requeue.len();
+        for (job, task) in requeue {
+            self.offer(&job, &[task]);
+        }
+        n
+    }
+
     #[must_use]
     pub fn live_instances(&self) -> usize {
         self.instances.len()

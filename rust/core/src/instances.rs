@@ -22,6 +22,8 @@ pub struct InstanceEntry {
     pub job: JobId,
     pub task: TaskId,
     pub em: ExecutionManagerId,
+    /// When it was registered (the caller's clock), for [`crate::JobCache::reconcile_em`].
+    pub registered_ms: u64,
     pub soft_deadline_ms: u64,
     pub soft_timeout_handled: bool,
 }
@@ -134,6 +136,7 @@ mod tests {
             job: 1,
             task: TaskId::Index(0),
             em: 3,
+            registered_ms: 0,
             soft_deadline_ms: 10,
             soft_timeout_handled: false,
         };

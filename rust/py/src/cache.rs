@@ -544,6 +544,17 @@ impl JobCache {
         }
     }
 
+    fn reconcile_em(
+        &self,
+        py: Python<'_>,
+        em_id: u64,
+        held: Vec<u64>,
+        registered_before_ms: u64,
+    ) -> usize {
+        let held: std::collections::HashSet<u64> = held.into_iter().collect();
+        py.detach(|| self.inner.reconcile_em(em_id, &held, registered_before_ms))
+    }
+
     fn live_instances(&self) -> usize {
         self.inner.live_instances()
     }

@@ -287,6 +287,7 @@ fn gc_removes_terminated_tasks_for_dead_em_without_re_enqueue() {
                 job: 1,
                 task: ctx.task_id,
                 em: 5,
+                registered_ms: 0,
                 soft_deadline_ms: 0,
                 soft_timeout_handled: false,
             },
@@ -937,4 +938,32 @@ fn a_child_that_cannot_be_registered_is_offered_instead() {
     );
     assert!(continued.is_empty());
     assert_eq!(c.poll(Lane::Task, 10, Duration::ZERO, None).len(), 2);
+}
+
+#[test]
+fn an_instance_its_em_does_not_hold_is_offered_again_after_the_grace() {
+    let c = cache();
+    running(&c, 1, 3, 1);
+    let a = c.register(1, TaskId::Index(0), 5, 100).expect("a");
+    let b = c.register(1, TaskId::Index(1), 5, 100).expect("b");
+    let other = c.register(1, TaskId::Index(2), 6, 100).expect("other EM");
+    let held: HashSet<TaskInstanceId> = [a.instance_id].into_iter().collect();
+    // Registered at 100: not before 100, so possibly still in a reply in flight.
+    assert_eq!(c.reconcile_em(5, &held, 100), 0);
+    assert_eq!(c.live_instances(), 3);
+    // Later: b was lost on the way; a (held) and the other EM's instance stay.
+    assert_eq!(c.reconcile_em(5, &held, 101), 1);
+    assert_eq!(c.live_instances(), 2);
+    let offered = c.poll(Lane::Task, 10, Duration::ZERO, None);
+    assert_eq!(offered.len(), 1);
+    assert_eq!(offered[0].task, TaskId::Index(1));
+    // A late report of the lost instance is stale; a new instance may be registered.
+    let f = wire_encode(&[b"x"]).expect("f");
+    assert!(c
+        .report_success(1, TaskId::Index(1), b.instance_id, &f)
+        .is_err());
+    c.register(1, TaskId::Index(1), 6, 200).expect("again");
+    assert!(c
+        .report_success(1, TaskId::Index(2), other.instance_id, &f)
+        .is_ok());
 }

@@ -264,6 +264,7 @@ impl Job {
                 job: self.id,
                 task,
                 em,
+                registered_ms: now_ms,
                 soft_deadline_ms: now_ms.saturating_add(policy.timeout_policy.soft_timeout_ms),
                 soft_timeout_handled: false,
             },
