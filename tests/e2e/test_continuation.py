@@ -70,7 +70,8 @@ def test_children_run_on_the_em_that_reported_their_parents(
         for x in range(5):
             assert client.submit(chain(), [x]).result(timeout=60) == [x + CHAIN]
         jobs = [client.submit(diamond(), [x]) for x in range(40)]
-        assert [job.result(timeout=60) for job in jobs] == [[2 * (x + 1) + x + 2] for x in range(40)]
+        expected = [[2 * (x + 1) + x + 2] for x in range(40)]
+        assert [job.result(timeout=60) for job in jobs] == expected
         registered = metric(port, "orbweaver_storage_task_instances_registered_total")
         through_reports = metric(port, "orbweaver_storage_task_instances_continued_total")
     assert registered == 5 * CHAIN + 40 * 4
@@ -92,8 +93,10 @@ def test_an_em_killed_while_it_runs_a_continued_task_loses_nothing(
         job = client.submit(g, [1])
         # The sleeping task was registered in the reply to its parent's report.
         wait_until(
-            lambda: metric(port, "orbweaver_storage_task_instances_continued_total") >= 1
-            and job.progress().running == 1,
+            lambda: (
+                metric(port, "orbweaver_storage_task_instances_continued_total") >= 1
+                and job.progress().running == 1
+            ),
             timeout=60,
             what="the continued task runs",
         )
