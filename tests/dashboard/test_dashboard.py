@@ -88,6 +88,13 @@ def _number(text: str) -> float:
         return 0.0
 
 
+def _refusal(browser: WebDriver) -> str:
+    """The login page's error, once the answer to the form replaced the page (a click on submit
+    may return before the new page is there)."""
+    see(browser, lambda d: d.find_elements(By.ID, "login-error"))
+    return text_of(browser, "login-error")
+
+
 def test_missing_or_wrong_credentials_are_refused(
     cluster: LocalCluster, browser: WebDriver
 ) -> None:
@@ -102,14 +109,14 @@ def test_missing_or_wrong_credentials_are_refused(
     browser.get(url + "login")
     browser.find_element(By.ID, "token").send_keys("not-the-operator-token")
     browser.find_element(By.ID, "login-operator-submit").click()
-    assert "login refused" in text_of(browser, "login-error")
+    assert "login refused" in _refusal(browser)
     assert browser.get_cookie("orbweaver_session") is None
 
     browser.get(url + "login")
     browser.find_element(By.ID, "group").send_keys("default")
     browser.find_element(By.ID, "password").send_keys("wrong password")
     browser.find_element(By.ID, "login-group-submit").click()
-    assert "login refused" in text_of(browser, "login-error")
+    assert "login refused" in _refusal(browser)
     assert browser.get_cookie("orbweaver_session") is None
 
     # A made-up session id is no session.
