@@ -1026,7 +1026,9 @@ class StorageService:
         registered for it more than `_LOST_INSTANCE_GRACE_MS` ago never reached it (the reply
         that carried it, a registration's or a report's, was lost) and its task is offered
         again instead of waiting for the EM to die. Returns how many."""
-        lost = self.cache.reconcile_em(em_id, list(held), now_ms() - _LOST_INSTANCE_GRACE_MS)
+        # (The clock is monotonic: it may be younger than the grace on a machine just booted.)
+        cutoff = max(0, now_ms() - _LOST_INSTANCE_GRACE_MS)
+        lost = self.cache.reconcile_em(em_id, list(held), cutoff)
         if lost:
             self.metrics.instances_lost.inc(lost)
             log.warning(
