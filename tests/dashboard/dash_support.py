@@ -20,6 +20,7 @@ pytest.importorskip("starlette", reason="the orbweaver[dashboard] extra is not i
 pytest.importorskip("selenium", reason="the orbweaver[dashboard] extra is not installed")
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -65,8 +66,14 @@ def new_browser(*, accept_insecure_certs: bool = False) -> WebDriver:
 
 
 def see(driver: WebDriver, what: Callable[[WebDriver], Any], timeout: float = SEE_TIMEOUT) -> Any:
-    """Wait until `what` is truthy in the page (a person looking at it)."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(what)
+    """Wait until `what` is truthy in the page (a person looking at it). An element missing, or
+    replaced while it was read (the page navigated or re-rendered it), is looked at again."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(what)
 
 
 def text_of(driver: WebDriver, element_id: str) -> str:
