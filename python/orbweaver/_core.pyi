@@ -418,6 +418,15 @@ class JobCache:
         """Poll the three lanes at once; returns when any lane yields work or the wait elapses.
         `now_ms` as for `poll`."""
 
+    def poll_first(self, max_items: int, wait_ms: int, now_ms: int) -> list[tuple[int, int, int]]:
+        """Up to `max_items` task-lane entries for an idle execution manager, served before
+        `poll_all`: while this call waits, the next `max_items` entries are its own. Recorded as
+        taken at `now_ms`, as for `poll`. Releases the GIL while waiting."""
+
+    def give_back(self, entries: list[tuple[int, int, int]]) -> int:
+        """Offer again, at once, entries a poll took that nobody will register; those no longer
+        schedulable are dropped. Returns how many were offered."""
+
     def requeue_expired(self, now_ms: int, visibility_ms: int) -> int:
         """Re-offer every entry taken by a poll (with `now_ms`) more than `visibility_ms` before
         `now_ms` whose task was not registered since and is still schedulable (job in the lane's

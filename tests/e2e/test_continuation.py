@@ -1,7 +1,8 @@
-"""Continuation with real processes: a report's reply carries the tasks its outcomes made ready,
-registered for the execution manager that reported (no trip through the scheduler), while
-nothing else waits to be scheduled. Outputs stay right; turned off, every task goes through the
-scheduler; an EM SIGKILLed while it runs a continued task loses nothing."""
+"""Tasks that skip the scheduler, with real processes: a report's reply carries the tasks its
+outcomes made ready, registered for the execution manager that reported (continuation), and an
+idle EM takes the next ready task from storage directly (`TakeReadyTasks`), while nothing else
+waits to be scheduled. Outputs stay right; turned off, every task goes through the scheduler; an
+EM SIGKILLed while it runs a continued or a taken task loses nothing."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def test_children_run_on_the_em_that_reported_their_parents(
     cluster_factory: Callable[..., ow.LocalCluster],
     continued: bool,
 ) -> None:
-    args = [] if continued else ["--no-continue-tasks"]
+    args = [] if continued else ["--no-continue-tasks", "--no-take-tasks"]
     cluster, port = start(cluster_factory, db_url, tmp_path, *args)
     with cluster:
         client = cluster.client()
@@ -74,12 +75,16 @@ def test_children_run_on_the_em_that_reported_their_parents(
         assert [job.result(timeout=60) for job in jobs] == expected
         registered = metric(port, "orbweaver_storage_task_instances_registered_total")
         through_reports = metric(port, "orbweaver_storage_task_instances_continued_total")
+        taken = metric(port, "orbweaver_storage_task_instances_taken_total")
     assert registered == 5 * CHAIN + 40 * 4
     if continued:
-        # At least the chains' children went that way (each had nothing to wait behind).
+        # At least the chains' children went that way (each had nothing to wait behind), and
+        # some first task found the EM idle and asking.
         assert through_reports >= 5 * (CHAIN - 1)
+        assert taken >= 1
     else:
         assert through_reports == 0
+        assert taken == 0
 
 
 def test_an_em_killed_while_it_runs_a_continued_task_loses_nothing(
@@ -104,4 +109,29 @@ def test_an_em_killed_while_it_runs_a_continued_task_loses_nothing(
         cluster.restart("worker")
         # Storage declares the dead EM's instance lost and offers the task again.
         assert job.result(timeout=120) == [4]
+        assert job.state == ow.JobState.SUCCEEDED
+
+
+def test_an_em_killed_while_it_runs_a_taken_task_loses_nothing(
+    db_url: str, tmp_path: Path, cluster_factory: Callable[..., ow.LocalCluster]
+) -> None:
+    cluster, port = start(cluster_factory, db_url, tmp_path)
+    with cluster:
+        client = cluster.client()
+        g = ow.TaskGraph()
+        g.add(t.nap_inc)
+        taken = "orbweaver_storage_task_instances_taken_total"
+        for attempt in range(10):
+            before = metric(port, taken)
+            job = client.submit(g, [attempt])
+            wait_until(lambda j=job: j.progress().running == 1, timeout=60, what="the task runs")
+            if metric(port, taken) > before:
+                break  # the idle EM took it straight from storage
+            assert job.result(timeout=60) == [attempt + 1]  # the scheduler was first: again
+        else:
+            raise AssertionError("the idle EM never took a task from storage in 10 jobs")
+        cluster.kill("worker")
+        cluster.restart("worker")
+        # Storage declares the dead EM's instance lost and offers the task again.
+        assert job.result(timeout=120) == [attempt + 1]
         assert job.state == ow.JobState.SUCCEEDED

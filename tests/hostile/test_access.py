@@ -195,6 +195,8 @@ def test_service_calls_need_the_cluster_token(secured: StorageProcess) -> None:
         _code(anonymous.schedulers.RegisterScheduler, pb.RegisterSchedulerRequest(host="h", port=1))
         == UNAUTHENTICATED
     )
+    take = pb.TakeReadyTasksRequest(execution_manager_id=1, session_id=1, max_items=1)
+    assert _code(anonymous.instances.TakeReadyTasks, take) == UNAUTHENTICATED
     operator = stubs_for(secured.channel())
     code = _code(operator.session.GetSession, pb.Void(), metadata=_bearer(OPERATOR))
     assert code == UNAUTHENTICATED  # the operator token is not a service credential

@@ -818,3 +818,55 @@ def test_malformed_requests_never_crash_the_service(driver: Driver) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (call, code)
     assert driver.storage.serving()
     assert driver.state(job) == JobState.RUNNING
+
+
+def _take(driver: Driver, max_items: int, **fields: int) -> pb.TakeReadyTasksReply:
+    request = pb.TakeReadyTasksRequest(
+        execution_manager_id=fields.get("em", driver.em),
+        session_id=fields.get("session", driver.session),
+        max_items=max_items,
+        wait_ms=fields.get("wait_ms", 0),
+    )
+    return driver.s.instances.TakeReadyTasks(request, timeout=30)
+
+
+def test_an_idle_em_takes_ready_tasks_registered_for_it(driver: Driver) -> None:
+    job = driver.submit(graphs.flat(3), 1, 2, 3, start=True)
+    reply = _take(driver, 2)
+    assert [ctx.task_id.index for ctx in reply.tasks] == [0, 1]
+    assert {ctx.job_id for ctx in reply.tasks} == {job}
+    assert all(ctx.task_instance_id for ctx in reply.tasks)
+    assert driver.progress(job).counts.running == 2, "registered for the EM that took them"
+    assert [e.task_id.index for e in driver.poll()] == [2], "the scheduler gets the rest"
+    assert _take(driver, 1).tasks == [], "nothing left (no wait asked)"
+    # They are reported like any registered task.
+    for ctx in reply.tasks:
+        driver.succeed(job, ctx.task_id.index, ctx.task_instance_id, outputs_frame(1))
+    assert driver.progress(job).counts.succeeded == 2
+
+
+def test_a_take_is_fenced_like_a_registration(driver: Driver) -> None:
+    job = driver.submit(graphs.single(), 1, start=True)
+    assert code_of(_take, driver, 1, session=driver.session - 1) == grpc.StatusCode.NOT_FOUND
+    unknown = driver.em + 1000
+    assert code_of(_take, driver, 1, em=unknown) == grpc.StatusCode.NOT_FOUND
+    assert driver.progress(job).counts.running == 0, "a refused take registered nothing"
+    [entry] = driver.poll()
+    assert entry.job_id == job, "and took nothing from the queue"
+
+
+def test_entries_a_gone_caller_took_are_offered_again_at_once(driver: Driver) -> None:
+    """An EM whose long poll was cut short (it stopped) leaves nothing registered for it: the
+    storage thread still waiting takes the next entry, finds the call gone and offers the entry
+    again, well before the visibility timeout (60 s) would."""
+    request = pb.TakeReadyTasksRequest(
+        execution_manager_id=driver.em, session_id=driver.session, max_items=1, wait_ms=2_000
+    )
+    call = driver.s.instances.TakeReadyTasks.future(request, timeout=30)
+    assert call.cancel()
+    job = driver.submit(graphs.single(), 1, start=True)
+    entries = driver.poll(wait_ms=10_000)
+    if not entries:  # the cancelled call took it first: it comes back once that call gives up
+        entries = driver.poll(wait_ms=10_000)
+    assert [(e.job_id, e.task_id.index) for e in entries] == [(job, 0)]
+    assert driver.progress(job).counts.running == 0, "nothing was registered for the gone EM"

@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from orbweaver import errors
 from orbweaver._limits import MAX_ERROR_BYTES
 from orbweaver.worker.core import (
+    HELD_STAGES,
     REGISTERED_STAGES,
     UNAVAILABLE,
     Accepted,
@@ -46,6 +47,7 @@ from orbweaver.worker.core import (
     Shutdown,
     ShutdownOldId,
     Stage,
+    Take,
     by_size,
 )
 from orbweaver.worker.pool import ResultKind, TaskRequest, TaskResult
@@ -638,6 +640,54 @@ def test_an_em_that_is_stopping_full_or_told_not_to_offers_nothing(why: str) -> 
     assert isinstance(report, Report) and report.accept == 0
 
 
+def test_an_idle_em_takes_one_task_from_storage_beyond_its_window() -> None:
+    core = make_core(executors=2)
+    assert not core.can_take, "only alongside the scheduler poll"
+    poll = core.start_poll()
+    assert poll is not None and core.held == core.limit
+    take = core.start_take()
+    assert take == Take(EM, SESSION, 1)
+    assert core.held == core.limit + 1 and not core.can_take
+    core.check_invariants()
+    task = TaskRequest(4, 0, 4001, 1, "pkg", "fn", b"in", 0)
+    assert core.took(take, [Accepted(task, "pkg.fn (job 4, task 0)")]) == []
+    key = core.issued
+    assert core.stage(key) is Stage.QUEUED and core.in_flight == 1
+    assert core.held_instances() == (SESSION, (4001,))
+    assert not core.can_take, "busy: the scheduler orders what comes next"
+    core.check_invariants()
+    # It runs and is reported like any registered task, and is never acknowledged; the report
+    # offers the whole window (the poll's places count as free, as for continuation).
+    run_all(core)
+    report = core.next_report()
+    assert isinstance(report, Report) and report.accept == core.limit
+    core.report_done(report, [(0, "")])
+    assert core.pending_acks == () and core.live() == {}
+    assert core.can_take, "idle again"
+    # A take that failed frees its place; the next poll asks for the whole window again.
+    take = core.start_take()
+    assert take is not None
+    core.take_failed(take)
+    core.fetched([])
+    again = core.start_poll()
+    assert again is not None and again.max_items == core.limit
+    core.check_invariants()
+
+
+@pytest.mark.parametrize("why", ["busy", "stopping", "turned off", "not registered"])
+def test_an_em_that_is_busy_stopping_or_told_not_to_takes_nothing(why: str) -> None:
+    if why == "not registered":
+        core = ManagerCore(2)
+    else:
+        core = make_core(executors=2, take_tasks=why != "turned off")
+    if why == "busy":
+        registered_work(core, 1)
+    core.start_poll()
+    if why == "stopping":
+        core.stop_fetching()
+    assert not core.can_take and core.start_take() is None
+
+
 @pytest.mark.parametrize(
     ("failure", "phase", "expected"),
     [
@@ -850,6 +900,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.continued: set[int] = set()
         self.bound = self.core.limit  # the limit in force when the window last grew
         self.poll: Poll | None = None
+        self.take_call: Take | None = None  # a TakeReadyTasks in flight
         self.registrations: list[Register] = []
         self.runs: list[Run] = []
         self.reports: list[Report] = []
@@ -884,13 +935,14 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.poll is None and self.core.can_poll)
     @rule()
     def start_poll(self) -> None:
-        free = self.core.limit - self.core.held
+        taking = 0 if self.take_call is None else self.take_call.max_items
+        free = self.core.limit - self.core.held + taking
         poll = self.core.start_poll()
         assert poll is not None
         assert poll.max_items == free > 0
         assert poll.em_id == self.core.em_id
         assert set(poll.acks) == set(self.core.pending_acks)
-        assert self.core.held == self.core.limit
+        assert self.core.held == self.core.limit + taking, "a take's place is beyond the limit"
         self.bound = self.core.limit
         self.poll = poll
 
@@ -924,6 +976,43 @@ class CoreMachine(RuleBasedStateMachine):
         assert stale == {k for k, a in enumerate(batch, first) if a.session_id < current}
         newer = any(a.session_id > current for a in batch if a.task_id is not None)
         assert (Refresh(wait=True) in actions) == newer
+
+    # -- storage, asked directly by an idle EM ------------------------------------------------
+
+    @precondition(lambda self: self.take_call is None and self.core.can_take)
+    @rule()
+    def start_take(self) -> None:
+        assert not any(stage in HELD_STAGES for stage in self.core.live().values()), "idle"
+        held = self.core.held
+        take = self.core.start_take()
+        assert take is not None and take.max_items == 1
+        assert take.session_id == self.core.session_id and take.em_id == self.core.em_id
+        assert self.core.held == held + 1
+        assert not self.core.can_take, "one at a time"
+        self.take_call = take
+
+    @precondition(lambda self: self.take_call is not None)
+    @rule(data=st.data())
+    def take_answered(self, data: st.DataObject) -> None:
+        take, self.take_call = self.take_call, None
+        assert take is not None
+        held = self.core.held
+        if take.session_id < self.storage_session or data.draw(st.booleans(), label="fails"):
+            self.core.take_failed(take)  # NOT_FOUND for an older session, or unreachable
+            assert self.core.held == held - 1
+            return
+        count = data.draw(st.integers(0, take.max_items), label="taken")
+        first = self.core.issued + 1
+        tasks = [
+            Accepted(TaskRequest(1, 7, 9000 + first + i, 1, "pkg", "fn", b"t", 0), "pkg.fn (taken)")
+            for i in range(count)
+        ]
+        self.take(self.core.took(take, tasks))
+        assert self.core.held == held - 1 + count
+        for key in range(first, first + count):
+            assert self.core.stage(key) is Stage.QUEUED
+            self.session_of[key] = take.session_id
+            self.continued.add(key)
 
     @precondition(lambda self: self.hand_back_in_flight is None and _has(self, Stage.RETURNING))
     @rule()
@@ -1160,7 +1249,8 @@ class CoreMachine(RuleBasedStateMachine):
         # at most the window's places no work holds).
         live = self.core.live()
         extra = sum(1 for k in self.continued if live.get(k) in (Stage.QUEUED, Stage.RUNNING))
-        assert 0 <= self.core.held <= self.bound + extra
+        taking = 0 if self.take_call is None else self.take_call.max_items
+        assert 0 <= self.core.held <= self.bound + extra + taking
         assert self.core.in_flight >= 0
 
     @invariant()

@@ -161,6 +161,10 @@ def make_em(
         """`peers`: the EM's `scheduler` and `storage` peers instead of gRPC stubs of its own."""
         if "scheduler" not in overrides:
             overrides["scheduler"] = request.getfixturevalue("sched").address
+        # These tests follow tasks through the scheduler and a registration: none comes straight
+        # from storage unless a test asks for it (tests/e2e/test_continuation.py covers that).
+        overrides.setdefault("continue_tasks", False)
+        overrides.setdefault("take_tasks", False)
         values: dict[str, Any] = {
             "storage": tap.address,
             "tasks_dir": TASKS_DIR,
@@ -362,6 +366,7 @@ def test_worker_process_exits_zero_on_sigterm(
             "2",
             "--ip",
             "127.0.0.1",
+            "--no-take-tasks",  # the fake scheduler decides what runs
         ],
         tmp_path,
     )

@@ -1115,6 +1115,62 @@ class ReportTaskOutcomesReply(_message.Message):
 Global___ReportTaskOutcomesReply: _TypeAlias = ReportTaskOutcomesReply  # noqa: Y015
 
 @_typing.final
+class TakeReadyTasksRequest(_message.Message):
+    """Orbweaver: an idle execution manager asks storage for the next ready task directly. While it
+    waits, the next ready regular task is its own (served before the scheduler's PollAll), and it
+    comes back registered for it: a job's first task skips the scheduler when placement has
+    nothing to decide (the EM is idle, nothing else waits).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_MANAGER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    execution_manager_id: _builtins.int
+    session_id: _builtins.int
+    max_items: _builtins.int
+    wait_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        execution_manager_id: _builtins.int = ...,
+        session_id: _builtins.int = ...,
+        max_items: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "max_items", b"max_items", "session_id", b"session_id", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeReadyTasksRequest: _TypeAlias = TakeReadyTasksRequest  # noqa: Y015
+
+@_typing.final
+class TakeReadyTasksReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionContext]:
+        """Task instances registered for the asking EM: run them as registered."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___ExecutionContext] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TakeReadyTasksReply: _TypeAlias = TakeReadyTasksReply  # noqa: Y015
+
+@_typing.final
 class PollRequest(_message.Message):
     """---------------------------------------------------------------------------------------------
     Inbound queue (scheduler-facing)

@@ -562,6 +562,11 @@ class TaskInstanceManagementServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesReply.FromString,
                 _registered_method=True)
+        self.TakeReadyTasks = channel.unary_unary(
+                '/orbweaver.v1.TaskInstanceManagementService/TakeReadyTasks',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksRequest.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksReply.FromString,
+                _registered_method=True)
 
 
 class TaskInstanceManagementServiceServicer:
@@ -597,6 +602,12 @@ class TaskInstanceManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TakeReadyTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskInstanceManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -624,6 +635,11 @@ def add_TaskInstanceManagementServiceServicer_to_server(servicer, server):
                     servicer.ReportTaskOutcomes,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesReply.SerializeToString,
+            ),
+            'TakeReadyTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeReadyTasks,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksRequest.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -761,6 +777,33 @@ class TaskInstanceManagementService:
             '/orbweaver.v1.TaskInstanceManagementService/ReportTaskOutcomes',
             orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.ReportTaskOutcomesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeReadyTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbweaver.v1.TaskInstanceManagementService/TakeReadyTasks',
+            orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksRequest.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksReply.FromString,
             options,
             channel_credentials,
             insecure,

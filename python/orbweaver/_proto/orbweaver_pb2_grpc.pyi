@@ -172,6 +172,7 @@ class TaskInstanceManagementServiceStub:
     ReportTaskFailure: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskFailureRequest, _orbweaver_pb2.Void]
     RegisterTaskInstances: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterTaskInstancesRequest, _orbweaver_pb2.RegisterTaskInstancesReply]
     ReportTaskOutcomes: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskOutcomesRequest, _orbweaver_pb2.ReportTaskOutcomesReply]
+    TakeReadyTasks: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.TakeReadyTasksRequest, _orbweaver_pb2.TakeReadyTasksReply]
 
 @_typing.type_check_only
 class TaskInstanceManagementServiceAsyncStub(TaskInstanceManagementServiceStub):
@@ -181,6 +182,7 @@ class TaskInstanceManagementServiceAsyncStub(TaskInstanceManagementServiceStub):
     ReportTaskFailure: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskFailureRequest, _orbweaver_pb2.Void]  # type: ignore[assignment]
     RegisterTaskInstances: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterTaskInstancesRequest, _orbweaver_pb2.RegisterTaskInstancesReply]  # type: ignore[assignment]
     ReportTaskOutcomes: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskOutcomesRequest, _orbweaver_pb2.ReportTaskOutcomesReply]  # type: ignore[assignment]
+    TakeReadyTasks: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.TakeReadyTasksRequest, _orbweaver_pb2.TakeReadyTasksReply]  # type: ignore[assignment]
 
 class TaskInstanceManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -217,6 +219,13 @@ class TaskInstanceManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orbweaver_pb2.ReportTaskOutcomesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.ReportTaskOutcomesReply, _abc.Awaitable[_orbweaver_pb2.ReportTaskOutcomesReply]]: ...
+
+    @_abc_1.abstractmethod
+    def TakeReadyTasks(
+        self,
+        request: _orbweaver_pb2.TakeReadyTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orbweaver_pb2.TakeReadyTasksReply, _abc.Awaitable[_orbweaver_pb2.TakeReadyTasksReply]]: ...
 
 def add_TaskInstanceManagementServiceServicer_to_server(servicer: TaskInstanceManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

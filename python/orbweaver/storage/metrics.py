@@ -93,6 +93,12 @@ class StorageMetrics:
             "(offered again)",
             registry=r,
         )
+        self.instances_taken = Counter(
+            "orbweaver_storage_task_instances_taken",
+            "Task instances registered for an idle execution manager that asked storage for the "
+            "next ready task (TakeReadyTasks, without the scheduler)",
+            registry=r,
+        )
         self.instances_continued = Counter(
             "orbweaver_storage_task_instances_continued",
             "Task instances registered for the execution manager that reported their parents "

@@ -683,6 +683,49 @@ class StorageService:
             _trace.mark_many("storage.instances", (job_id for job_id, _ in items))
         return out
 
+    def take_ready_tasks(
+        self,
+        em_id: int,
+        session_id: int,
+        max_items: int,
+        wait_ms: int,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> list[_core.ExecutionContext]:
+        """An idle execution manager's long poll for work: the next ready regular tasks (at most
+        `max_items`), served before the scheduler's poll and registered for it, as
+        `register_instances` would. Entries that cannot be registered, or whose caller went away
+        while it waited (`still_wanted()` false), are offered again at once."""
+        self.check_session(session_id)
+        self._check_em(em_id)
+        if max_items <= 0:
+            return []
+        entries = self.cache.poll_first(
+            min(max_items, _MAX_CONTINUED), min(wait_ms, self._max_wait_ms), now_ms()
+        )
+        if not entries:
+            return []
+        if not still_wanted():
+            self.cache.give_back(entries)
+            return []
+        try:
+            results = self.register_instances(
+                em_id, session_id, [(job_id, task_id) for _, job_id, task_id in entries]
+            )
+        except BaseException:
+            self.cache.give_back(entries)
+            raise
+        taken: list[_core.ExecutionContext] = []
+        left: list[tuple[int, int, int]] = []
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, _core.ExecutionContext):
+                taken.append(result)
+            else:
+                left.append(entry)
+        if left:
+            self.cache.give_back(left)
+        self.metrics.instances_taken.inc(len(taken))
+        return taken
+
     def _fail_undeliverable(self, job_id: int, message: str) -> None:
         with self._job_lock(job_id):
             try:

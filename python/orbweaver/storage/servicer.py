@@ -342,6 +342,19 @@ class TaskInstances(_OnCurrentService, pb_grpc.TaskInstanceManagementServiceServ
             continued=[_execution_context(ctx) for ctx in continued],
         )
 
+    @servicer_method
+    def TakeReadyTasks(
+        self, request: pb.TakeReadyTasksRequest, context: Ctx
+    ) -> pb.TakeReadyTasksReply:
+        tasks = self.svc.take_ready_tasks(
+            request.execution_manager_id,
+            request.session_id,
+            request.max_items,
+            request.wait_ms,
+            context.is_active,
+        )
+        return pb.TakeReadyTasksReply(tasks=[_execution_context(ctx) for ctx in tasks])
+
 
 class InboundQueue(_OnCurrentService, pb_grpc.InboundQueueServiceServicer):
     def _poll(self, lane: int, request: pb.PollRequest) -> pb.ReadyTasks:

@@ -65,6 +65,11 @@ class WorkerConfig(Loadable):
     continue_tasks: bool = setting(
         True, help="offer free places with each report, for the tasks the outcomes made ready"
     )
+    # An idle EM's long poll on storage: a job's first task then skips the scheduler's two hops
+    # and the registration (only while the EM is idle: placement has nothing to decide).
+    take_tasks: bool = setting(
+        True, help="while idle, also ask storage directly for the next ready task"
+    )
     drain_timeout: float = setting(
         30.0, help="on SIGTERM, how long running tasks may finish", unit="seconds"
     )

@@ -63,6 +63,10 @@ The behaviours it owns:
   registered work with nothing to acknowledge. Per-outcome refusals are dropped as "stale";
   a report storage refused, or that a stop cut short, is dropped with its reason (shutdown,
   stale_session, rejected, error), never silently. (The manager retries transient failures.)
+* Taking work directly: an idle EM (nothing held but the scheduler poll's places) also asks
+  storage for the next ready task (`Take`, one place beyond the limit); storage serves it before
+  the scheduler and answers with the task registered for this EM, queued like a continued one.
+  Only while idle: as soon as there is anything to order, the scheduler orders it.
 * Fatal pool failure: tasks the executor pool could not run are abandoned (acknowledged, not
   reported: storage recovers them once this EM is gone) and the EM stops fetching and exits with
   code 1, unless it is stopping anyway; results of tasks that did run are still reported.
@@ -235,6 +239,16 @@ class Poll:
 
 
 @dataclass(frozen=True, slots=True)
+class Take:
+    """Ask storage for the next ready task (`TakeReadyTasks`, a long poll): an idle EM's one
+    place beyond the poll's, so that a job arriving at an idle cluster skips the scheduler."""
+
+    em_id: int
+    session_id: int
+    max_items: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Register:
     """Register these assignments (one session) as task instances with storage."""
 
@@ -400,9 +414,11 @@ class ManagerCore:
         max_report_bytes: int = MAX_VALUE_IN_MESSAGE,
         max_queued_bytes: int = 16 << 20,
         continue_tasks: bool = True,
+        take_tasks: bool = True,
     ) -> None:
         self.sizer = PrefetchSizer(executors, prefetch)
         self._continue_tasks = continue_tasks
+        self._take_tasks = take_tasks
         self._max_queued_bytes = max(1, max_queued_bytes)
         self._queued_bytes = 0  # the task inputs of the QUEUED entries
         self._executor_batch = max(1, executor_batch)
@@ -419,6 +435,8 @@ class ManagerCore:
         self._acks: dict[int, Ack] = {}  # pending, in order
         self._poll: Poll | None = None  # the poll in flight
         self._reserved = 0  # its places
+        self._take: Take | None = None  # the TakeReadyTasks call in flight
+        self._take_reserved = 0  # its places (beyond the limit: see `can_take`)
         self._held = 0  # reserved + entries in HELD_STAGES
         self._in_flight = 0  # entries in REGISTERED_STAGES
         self._to_register: deque[tuple[int, list[int]]] = deque()  # (session, keys)
@@ -489,7 +507,26 @@ class ManagerCore:
             and self._poll is None
             and not self._to_register
             and not self._returning
-            and self._held < self.sizer.limit
+            and self._held - self._take_reserved < self.sizer.limit
+        )
+
+    @property
+    def can_take(self) -> bool:
+        """A direct request to storage for the next ready task may start: fetching, with
+        `take_tasks`, none in flight, and this EM idle -- nothing held but the places of the
+        scheduler poll in flight, nothing waiting for registration or a hand-back. Its one place
+        is beyond the prefetch limit (the poll holds every free one): placement has nothing to
+        decide for an idle EM, so the next task may as well come straight from storage."""
+        return (
+            self._phase is Phase.FETCHING
+            and self._take_tasks
+            and self._take is None
+            and self._poll is not None
+            and self._em_id != 0
+            and self._session != 0
+            and self._held == self._reserved
+            and not self._to_register
+            and not self._returning
         )
 
     @property
@@ -560,7 +597,7 @@ class ManagerCore:
         """Reserve every free place under the limit for a poll, with the pending acks."""
         if not self.can_poll:
             return None
-        free = self.sizer.limit - self._held
+        free = self.sizer.limit - (self._held - self._take_reserved)
         self._reserved = free
         self._held += free
         self._poll = Poll(self._em_id, self.pending_acks, free)
@@ -606,6 +643,49 @@ class ManagerCore:
             actions.append(Refresh(wait=True))
         self._to_register.extend(groups.items())
         return actions
+
+    def start_take(self) -> Take | None:
+        """Reserve this idle EM's extra place for a `TakeReadyTasks` call (see `can_take`)."""
+        if not self.can_take:
+            return None
+        self._take = Take(self._em_id, self._session, 1)
+        self._take_reserved = self._take.max_items
+        self._held += self._take_reserved
+        return self._take
+
+    def took(self, take: Take, tasks: Sequence[Accepted]) -> list[Action]:
+        """Storage answered the take with `tasks` it registered for this EM: they are queued to
+        run like any registered task (storage owns them: nothing to acknowledge)."""
+        self._end_take(take)
+        self._queue_registered(take.session_id, tasks)
+        return []
+
+    def take_failed(self, take: Take) -> None:
+        """The take did not go through: its place is free again."""
+        self._end_take(take)
+
+    def _end_take(self, take: Take) -> None:
+        if self._take is not take:
+            raise errors.InternalError("execution manager core: not the take in flight")
+        self._take = None
+        self._held -= self._take_reserved
+        self._take_reserved = 0
+
+    def _queue_registered(self, session_id: int, tasks: Sequence[Accepted]) -> None:
+        """Queue tasks storage registered for this EM on its own initiative (continued or
+        taken): they are held and in flight from here, with no assignment to acknowledge."""
+        for accepted in tasks:
+            self._issued += 1
+            key = self._issued
+            request = accepted.request
+            entry = _Entry(key, Assigned(0, 0, session_id, request.job_id, request.task_id))
+            entry.stage = Stage.QUEUED
+            entry.work = Work(key, session_id, request, accepted.label)
+            self._entries[key] = entry
+            self._held += 1
+            self._in_flight += 1
+            self._queue.append(key)
+            self._queued_bytes += len(request.task_io)
 
     def _end_poll(self) -> Poll:
         if self._poll is None:
@@ -863,7 +943,7 @@ class ManagerCore:
             return 0
         if self._queue and self._queued_bytes >= self._max_queued_bytes:
             return 0
-        return max(0, self.sizer.limit - (self._held - self._reserved))
+        return max(0, self.sizer.limit - (self._held - self._reserved - self._take_reserved))
 
     def report_done(
         self,
@@ -878,18 +958,7 @@ class ManagerCore:
             raise errors.InternalError(
                 f"a report of {len(report.outcomes)} outcomes answered with {len(statuses)}"
             )
-        for accepted in continued:
-            self._issued += 1
-            key = self._issued
-            request = accepted.request
-            entry = _Entry(key, Assigned(0, 0, report.session_id, request.job_id, request.task_id))
-            entry.stage = Stage.QUEUED
-            entry.work = Work(key, report.session_id, request, accepted.label)
-            self._entries[key] = entry
-            self._held += 1
-            self._in_flight += 1
-            self._queue.append(key)
-            self._queued_bytes += len(request.task_io)
+        self._queue_registered(report.session_id, continued)
         entries = [self._at(o.key, Stage.REPORTING) for o in report.outcomes]
         self._settle(entries)
         taken = tuple(
@@ -1001,7 +1070,8 @@ class ManagerCore:
         """Raise `AssertionError` if the bookkeeping is inconsistent (for tests)."""
         stages = [e.stage for e in self._entries.values()]
         held = sum(1 for s in stages if s in HELD_STAGES)
-        assert self._held == self._reserved + held, "held count drifted"
+        assert self._held == self._reserved + self._take_reserved + held, "held count drifted"
+        assert self._take is not None or self._take_reserved == 0
         assert self._in_flight == sum(1 for s in stages if s in REGISTERED_STAGES)
         assert self._held >= 0 and self._in_flight >= 0
         assert self._poll is not None or self._reserved == 0

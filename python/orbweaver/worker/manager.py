@@ -8,6 +8,8 @@ owns the threads, timers and calls, each thread with one job:
 * fetcher: `NextTasks` (batch, long poll) -> `RegisterTaskInstances` (batch), or the hand-back
   of refused registrations, after which fetching pauses (growing backoff) so that they can go
   elsewhere; a poll or hand-back that fails is retried with backoff.
+* taker: while the EM is idle, `TakeReadyTasks` (long poll on storage): the next ready task,
+  registered for this EM, without the scheduler's hops (`take_tasks`).
 * runners (one per executor process): run the core's batches on the pool.
 * reporter: `ReportTaskOutcomes` (batch), retried with backoff until accepted or definitively
   stale.
@@ -60,6 +62,7 @@ from orbweaver.worker.core import (
     Settled,
     Shutdown,
     ShutdownOldId,
+    Take,
 )
 from orbweaver.worker.metrics import WorkerMetrics
 from orbweaver.worker.peers import (
@@ -154,6 +157,7 @@ class ExecutionManager:
             report_batch=config.report_batch,
             max_queued_bytes=config.queued_input_bytes,
             continue_tasks=config.continue_tasks,
+            take_tasks=config.take_tasks,
         )
         self.metrics.prefetch_limit.set(self._core.limit)
         self._register_lock = threading.Lock()
@@ -198,7 +202,12 @@ class ExecutionManager:
                     self._runnable.notify()  # the runner taking it wakes the next, if need be
                 if core.reports_waiting:
                     self._reportable.notify()
-            if core.can_poll or core.can_register or core.phase is not Phase.FETCHING:
+            if (
+                core.can_poll
+                or core.can_register
+                or core.can_take
+                or core.phase is not Phase.FETCHING
+            ):
                 self._changed.notify_all()
             in_flight, limit = core.in_flight, core.limit
         self.metrics.in_flight.set(in_flight)
@@ -294,6 +303,8 @@ class ExecutionManager:
             for i in range(self.config.processes):
                 self._spawn(f"runner-{i}", self._run_loop)
             self._spawn("fetcher", self._fetch_loop)
+            if self.config.take_tasks:
+                self._spawn("taker", self._take_loop)
         except BaseException as exc:
             asked_to_stop = self._stop_fetching.is_set()
             self.stop(drain=False)
@@ -354,7 +365,7 @@ class ExecutionManager:
         self._halt_fetching()
         with self._beat_cond:
             self._beat_cond.notify_all()  # a fetcher waiting for a refresh
-        self._join(lambda name: name == "fetcher", self.config.poll_wait + 15)
+        self._join(lambda name: name in ("fetcher", "taker"), self.config.poll_wait + 15)
         if drain:
             with self._state() as core:
                 core.drain(time.monotonic(), self.config.drain_timeout)
@@ -376,7 +387,7 @@ class ExecutionManager:
         # Tasks still running after the drain are interrupted, not reported: storage recovers
         # them once this EM stops heartbeating.
         self._pool.close()
-        self._join(lambda name: name not in ("fetcher", "liveness"), 10)
+        self._join(lambda name: name not in ("fetcher", "taker", "liveness"), 10)
         for channel in self._channels:
             channel.close()
         if self._metrics_server is not None:
@@ -541,6 +552,61 @@ class ExecutionManager:
             refused = self._register_fetched() or refused
             if reply.assignments and not refused:
                 refusals = Backoff(base=0.5, cap=10.0).delays()
+
+    def _take_loop(self) -> None:
+        """While this EM is idle, ask storage for the next ready task directly (see
+        `ManagerCore.can_take`): the first task of a job that finds the cluster idle skips the
+        scheduler's two hops and the registration's round trip."""
+        delays = Backoff(base=0.05, cap=2.0).delays()
+        wait_ms = int(self.config.poll_wait * 1000)
+        while not self._stop_fetching.is_set():
+            with self._state() as core:
+                self._changed.wait_for(
+                    lambda: core.can_take or self._stop_fetching.is_set(), timeout=1.0
+                )
+                take = core.start_take()
+            if take is None:
+                continue
+            if not self._take(take, wait_ms):
+                self._stop_fetching.wait(next(delays))
+            else:
+                delays = Backoff(base=0.05, cap=2.0).delays()
+
+    def _take(self, take: Take, wait_ms: int) -> bool:
+        """One `TakeReadyTasks` long poll; False if it failed (try again later)."""
+        request = pb.TakeReadyTasksRequest(
+            execution_manager_id=take.em_id,
+            session_id=take.session_id,
+            max_items=take.max_items,
+            wait_ms=wait_ms,
+        )
+        try:
+            reply = self._calls.call(
+                self._storage.TakeReadyTasks,
+                request,
+                self.config.poll_wait + 10,
+                self._stop_fetching,
+            )
+        except grpc.FutureCancelledError:
+            with self._state() as core:
+                core.take_failed(take)
+            return True  # stopping
+        except grpc.RpcError as exc:
+            with self._state() as core:
+                core.take_failed(take)
+            # NOT_FOUND (a new session) and FAILED_PRECONDITION (declared dead) are the
+            # heartbeat's to sort out; meanwhile the scheduler's path goes on.
+            log.debug("taking ready tasks from storage failed: %s", exc.code().name)
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._refresh.set()
+            return False
+        tasks = [accepted(ctx) for ctx in reply.tasks]
+        if _trace.ENABLED and tasks:
+            _trace.mark_many("em.registered", (t.request.job_id for t in tasks))
+        with self._state() as core:
+            actions = core.took(take, tasks)
+        self._apply(actions, self._stop_fetching)
+        return True
 
     def _register_fetched(self) -> bool:
         """Register what the poll brought, group by group; True if storage refused any."""

@@ -78,6 +78,11 @@ class StoragePeer(Protocol):
         self,
     ) -> Unary[pb.ReportTaskOutcomesRequest, pb.ReportTaskOutcomesReply]: ...
 
+    @property
+    def TakeReadyTasks(  # noqa: N802
+        self,
+    ) -> Unary[pb.TakeReadyTasksRequest, pb.TakeReadyTasksReply]: ...
+
 
 class GrpcStorage:
     """Storage's liveness and task-instance services on one channel."""
@@ -89,6 +94,7 @@ class GrpcStorage:
         self.UpdateExecutionManagerHeartbeat = liveness.UpdateExecutionManagerHeartbeat
         self.RegisterTaskInstances = instances.RegisterTaskInstances
         self.ReportTaskOutcomes = instances.ReportTaskOutcomes
+        self.TakeReadyTasks = instances.TakeReadyTasks
 
 
 class Calls:

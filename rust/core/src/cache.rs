@@ -651,6 +651,37 @@ impl JobCache {
         got
     }
 
+    /// Up to `max_items` regular tasks for an idle execution manager, served before the
+    /// scheduler's `poll_all` (see [`InboundQueue::poll_first`]); recorded as taken at `now_ms`
+    /// like a poll's, until the caller registers them (or [`Self::give_back`]s them).
+    pub fn poll_first(&self, max_items: usize, wait: Duration, now_ms: u64) -> Vec<Entry> {
+        let got = self
+            .queue
+            .poll_first(Lane::Task, max_items, wait, &self.wanted());
+        self.taken.record(&got, now_ms);
+        got
+    }
+
+    /// Offer again, at once, entries a poll took and nobody will register (the poller went
+    /// away); those no longer schedulable are dropped. Returns how many were offered.
+    pub fn give_back(&self, entries: &[Entry]) -> usize {
+        let mut n = 0;
+        for run in entries.chunk_by(|a, b| a.job == b.job) {
+            let tasks: Vec<TaskId> = run.iter().map(|e| e.task).collect();
+            self.taken.clear_tasks(run[0].job, tasks.iter().copied());
+            let Ok(job) = self.get(run[0].job) else {
+                continue;
+            };
+            let offers: Vec<TaskId> = tasks
+                .into_iter()
+                .filter(|&t| job.is_schedulable(t))
+                .collect();
+            n += offers.len();
+            self.offer(&job, &offers);
+        }
+        n
+    }
+
     /// Re-offer every entry taken by a poll more than `visibility_ms` before `now_ms` and not
     /// registered since, if its task is still schedulable (job in the lane's state, instance limit
     /// not reached); expired entries leave the ledger either way (a re-offered entry is recorded

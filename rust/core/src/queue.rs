@@ -70,6 +70,9 @@ struct SpillGroup {
 #[derive(Debug, Default)]
 struct Lanes {
     lanes: [VecDeque<Entry>; 3],
+    /// Entries promised to first-served pollers waiting now (see [`InboundQueue::poll_first`]):
+    /// `poll_all` leaves that many in the lane for them.
+    promised: [usize; 3],
     closed: bool,
 }
 
@@ -228,28 +231,64 @@ impl InboundQueue {
         wait: Duration,
         wanted: &dyn Fn(JobId, TaskId) -> bool,
     ) -> Vec<Entry> {
+        self.poll_lane(lane, max_items, wait, wanted, false)
+    }
+
+    /// [`Self::poll`] served before [`Self::poll_all`]: while this poller waits, the next
+    /// `max_items` entries of the lane are its own (`poll_all` leaves them), so an idle consumer
+    /// that asked for work gets the next entry rather than racing the scheduler for it.
+    pub fn poll_first(
+        &self,
+        lane: Lane,
+        max_items: usize,
+        wait: Duration,
+        wanted: &dyn Fn(JobId, TaskId) -> bool,
+    ) -> Vec<Entry> {
+        self.poll_lane(lane, max_items, wait, wanted, true)
+    }
+
+    fn poll_lane(
+        &self,
+        lane: Lane,
+        max_items: usize,
+        wait: Duration,
+        wanted: &dyn Fn(JobId, TaskId) -> bool,
+        first: bool,
+    ) -> Vec<Entry> {
         let mut out = Vec::new();
         if max_items == 0 {
             return out;
         }
         let l = lane as usize;
         let deadline = Instant::now().checked_add(wait);
+        let mut promised = 0;
         loop {
             self.refill(lane, wanted);
             let mut st = self.state.lock();
             let take = (max_items - out.len()).min(st.lanes[l].len());
             out.extend(st.lanes[l].drain(..take));
-            if out.len() >= max_items || st.closed {
+            // The promise is what is still wanted, updated under the lock of the take; it goes
+            // with the poller when it leaves (entries that came meanwhile were just taken).
+            let done = out.len() >= max_items
+                || st.closed
+                || deadline.is_some_and(|d| Instant::now() >= d);
+            let want = if first && !done {
+                max_items - out.len()
+            } else {
+                0
+            };
+            st.promised[l] = st.promised[l] - promised + want;
+            promised = want;
+            if done {
                 break;
             }
             if self.has_room_and_spill(&st, l) {
                 continue;
             }
             match deadline {
-                Some(d) if Instant::now() < d => {
+                Some(d) => {
                     self.lane_cv[l].wait_until(&mut st, d);
                 }
-                Some(_) => break,
                 None => self.lane_cv[l].wait(&mut st),
             }
         }
@@ -278,7 +317,8 @@ impl InboundQueue {
             }
             let mut st = self.state.lock();
             for l in 0..3 {
-                let take = max_items[l].min(st.lanes[l].len());
+                let free = st.lanes[l].len().saturating_sub(st.promised[l]);
+                let take = max_items[l].min(free);
                 out[l].extend(st.lanes[l].drain(..take));
             }
             if out.iter().any(|o| !o.is_empty()) || st.closed {

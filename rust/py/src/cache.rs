@@ -596,6 +596,34 @@ impl JobCache {
         (entries(a), entries(b), entries(c))
     }
 
+    fn poll_first(
+        &self,
+        py: Python<'_>,
+        max_items: usize,
+        wait_ms: u64,
+        now_ms: u64,
+    ) -> Vec<EntryTuple> {
+        let got = py.detach(|| {
+            self.inner
+                .poll_first(max_items, Duration::from_millis(wait_ms), now_ms)
+        });
+        entries(got)
+    }
+
+    fn give_back(&self, py: Python<'_>, entries: Vec<EntryTuple>) -> PyResult<usize> {
+        let entries = entries
+            .into_iter()
+            .map(|(resource_group, job, task)| {
+                Ok(Entry {
+                    resource_group,
+                    job,
+                    task: py_task_id(task)?,
+                })
+            })
+            .collect::<PyResult<Vec<Entry>>>()?;
+        Ok(py.detach(|| self.inner.give_back(&entries)))
+    }
+
     fn requeue_expired(&self, py: Python<'_>, now_ms: u64, visibility_ms: u64) -> usize {
         py.detach(|| self.inner.requeue_expired(now_ms, visibility_ms))
     }

@@ -967,3 +967,25 @@ fn an_instance_its_em_does_not_hold_is_offered_again_after_the_grace() {
         .report_success(1, TaskId::Index(2), other.instance_id, &f)
         .is_ok());
 }
+
+#[test]
+fn poll_first_records_its_entries_as_taken_and_give_back_offers_them_again() {
+    let c = cache();
+    c.insert(1, 1, &workloads::diamond(None)).expect("insert");
+    c.start(1).expect("start");
+    let got = c.poll_first(1, Duration::ZERO, 0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(c.taken_len(), 1, "taken until registered");
+    assert_eq!(c.give_back(&got), 1);
+    assert_eq!(c.taken_len(), 0);
+    let again = c.poll_first(4, Duration::ZERO, 0);
+    assert_eq!(again, got, "offered again");
+    c.register(1, TaskId::Index(0), 5, 0).expect("register");
+    assert_eq!(c.taken_len(), 0, "registration clears it");
+    assert_eq!(
+        c.give_back(&again),
+        0,
+        "a registered task is not offered again"
+    );
+    assert!(c.poll(Lane::Task, 10, Duration::ZERO, None).is_empty());
+}

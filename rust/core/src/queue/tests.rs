@@ -223,3 +223,61 @@ fn spill_and_refill_deliver_every_entry_exactly_once_under_concurrency() {
     }
     assert_eq!(q.spilled(), [0, 0, 0]);
 }
+
+#[test]
+fn a_first_served_poller_gets_its_entries_before_poll_all() {
+    let q = Arc::new(q(8));
+    let first = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.poll_first(Lane::Task, 1, Duration::from_secs(10), &all))
+    };
+    // Wait until its promise is in place, then let the scheduler's poll compete.
+    while q.state.lock().promised[Lane::Task as usize] == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let scheduler = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.poll_all([10, 10, 10], Duration::from_secs(10), &all))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    q.offer(
+        Lane::Task,
+        1,
+        7,
+        &[TaskId::Index(0), TaskId::Index(1), TaskId::Index(2)],
+    );
+    let got = first.join().expect("first");
+    let [tasks, _, _] = scheduler.join().expect("scheduler");
+    assert_eq!(got.len(), 1, "the first-served poller got one entry");
+    assert_eq!(
+        tasks.len(),
+        2,
+        "poll_all took the others, not the promised one"
+    );
+    let mut all_tasks: Vec<TaskId> = got.iter().chain(&tasks).map(|e| e.task).collect();
+    all_tasks.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(
+        all_tasks,
+        vec![TaskId::Index(0), TaskId::Index(1), TaskId::Index(2)]
+    );
+    assert_eq!(
+        q.state.lock().promised,
+        [0, 0, 0],
+        "no promise outlives its poller"
+    );
+}
+
+#[test]
+fn a_first_served_poller_that_leaves_empty_handed_takes_its_promise_along() {
+    let q = q(8);
+    assert!(q
+        .poll_first(Lane::Task, 2, Duration::from_millis(5), &all)
+        .is_empty());
+    assert_eq!(q.state.lock().promised, [0, 0, 0]);
+    q.offer(Lane::Task, 1, 7, &[TaskId::Index(0)]);
+    let [tasks, _, _] = q.poll_all([10, 10, 10], Duration::ZERO, &all);
+    assert_eq!(tasks.len(), 1);
+    q.offer(Lane::Task, 1, 7, &[TaskId::Index(1)]);
+    assert_eq!(q.poll_first(Lane::Task, 2, Duration::ZERO, &all).len(), 1);
+    assert_eq!(q.state.lock().promised, [0, 0, 0]);
+}
