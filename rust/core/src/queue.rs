@@ -68,7 +68,7 @@ struct SpillGroup {
 }
 
 #[derive(Debug, Default)]
-struct Lanes {
+struct QueueState {
     lanes: [VecDeque<Entry>; 3],
     /// Entries promised to first-served pollers waiting now (see [`InboundQueue::poll_first`]):
     /// `poll_all` leaves that many in the lane for them.
@@ -79,7 +79,7 @@ struct Lanes {
 /// Bounded three-lane queue with spill (see the module docs).
 #[derive(Debug)]
 pub struct InboundQueue {
-    state: Mutex<Lanes>,
+    state: Mutex<QueueState>,
     lane_cv: [Condvar; 3],
     any_cv: Condvar,
     capacity: [usize; 3],
@@ -101,7 +101,7 @@ impl InboundQueue {
             }
         }
         Ok(Self {
-            state: Mutex::new(Lanes::default()),
+            state: Mutex::new(QueueState::default()),
             lane_cv: Default::default(),
             any_cv: Condvar::new(),
             capacity: [task, commit, cleanup],
@@ -218,7 +218,7 @@ impl InboundQueue {
         }
     }
 
-    fn has_room_and_spill(&self, st: &Lanes, l: usize) -> bool {
+    fn has_room_and_spill(&self, st: &QueueState, l: usize) -> bool {
         self.spilled[l].load(Ordering::Acquire) > 0 && st.lanes[l].len() < self.capacity[l]
     }
 
@@ -272,13 +272,13 @@ impl InboundQueue {
             let done = out.len() >= max_items
                 || st.closed
                 || deadline.is_some_and(|d| Instant::now() >= d);
-            let want = if first && !done {
+            let outstanding = if first && !done {
                 max_items - out.len()
             } else {
                 0
             };
-            st.promised[l] = st.promised[l] - promised + want;
-            promised = want;
+            st.promised[l] = st.promised[l] - promised + outstanding;
+            promised = outstanding;
             if done {
                 break;
             }
