@@ -37,13 +37,14 @@ EVENTS = {
     "storage.register": "storage: RegisterJob handler entered (client -> storage, gRPC)",
     "storage.committed": "storage: credentials checked, graph parsed, job row committed",
     "storage.polled": "storage: job cached, its task handed to the scheduler's long poll",
+    "storage.offered": "storage: job cached, its task handed to the EM's waiting take",
     "client.submitted": "client: submit() returned (reply)",
     "client.result": "client: result() called (its WaitJob travels meanwhile)",
     "scheduler.polled": "scheduler: PollAll reply received",
     "scheduler.handed": "scheduler: task placed, handed to the EM's long poll (NextTasks)",
     "em.fetched": "EM: NextTasks reply received",
-    "storage.instances": "storage: RegisterTaskInstances applied",
-    "em.registered": "EM: registration reply received",
+    "storage.instances": "storage: instance registered (RegisterTaskInstances, TakeReadyTasks)",
+    "em.registered": "EM: registration (or take) reply received",
     "em.run": "EM: batch taken by the runner thread",
     "em.ran": "EM: outcome back from the executor (pipe both ways, decode, call, encode)",
     "em.report": "EM: ReportTaskOutcomes sent by the reporter thread",
@@ -64,17 +65,40 @@ def read_traces(directory: Path) -> dict[int, dict[str, int]]:
     return jobs
 
 
+# The two paths of a job's first task: taken from storage by an idle execution manager
+# (TakeReadyTasks), or placed by the scheduler (PollAll, NextTasks, RegisterTaskInstances).
+SCHEDULER_ONLY = {"storage.polled", "scheduler.polled", "scheduler.handed", "em.fetched"}
+PATHS = {
+    "taken": [n for n in EVENTS if n not in SCHEDULER_ONLY],
+    "scheduler": [n for n in EVENTS if n != "storage.offered"],
+}
+
+
 def summarise(jobs: dict[int, dict[str, int]], wanted: set[int]) -> dict[str, Any]:
-    complete = [jobs[j] for j in wanted if all(n in jobs.get(j, {}) for n in EVENTS)]
-    if not complete:
+    """One timeline per path; jobs are sorted by the path their events show."""
+    paths: dict[str, Any] = {}
+    for path, events in PATHS.items():
+        complete = [
+            jobs[j]
+            for j in wanted
+            if all(n in jobs.get(j, {}) for n in events)
+            and (path == "scheduler") == ("scheduler.polled" in jobs[j])
+        ]
+        if complete:
+            paths[path] = timeline_of(complete, events)
+    if not paths:
         raise SystemExit("no job has every event: is tracing reaching every process?")
+    return {"jobs": sum(p["jobs"] for p in paths.values()), "paths": paths}
+
+
+def timeline_of(complete: list[dict[str, int]], events: list[str]) -> dict[str, Any]:
     offsets = {
         name: statistics.median((e[name] - e["client.submit"]) / 1e6 for e in complete)
-        for name in EVENTS
+        for name in events
     }
     timeline = []
     previous = 0.0
-    for name in sorted(EVENTS, key=lambda n: offsets[n]):
+    for name in sorted(events, key=lambda n: offsets[n]):
         timeline.append(
             {
                 "event": name,
@@ -128,11 +152,13 @@ def main() -> None:
         time.sleep(0.2)  # the last lines of the other processes
         summary = summarise(read_traces(trace_dir), measured)
     summary["database"] = args.db
-    print(f"{'event':<18} {'at ms':>7} {'step ms':>7}  what (medians over {summary['jobs']} jobs)")
-    for row in summary["timeline"]:
-        print(f"{row['event']:<18} {row['at_ms']:>7.3f} {row['step_ms']:>7.3f}  {row['what']}")
-    p50, p99 = summary["total_p50_ms"], summary["total_p99_ms"]
-    print(f"submit() called to result() returned: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    for path, result in summary["paths"].items():
+        print(f"\n{path}: {result['jobs']} of {summary['jobs']} jobs")
+        print(f"{'event':<18} {'at ms':>7} {'step ms':>7}  what (medians)")
+        for row in result["timeline"]:
+            print(f"{row['event']:<18} {row['at_ms']:>7.3f} {row['step_ms']:>7.3f}  {row['what']}")
+        p50, p99 = result["total_p50_ms"], result["total_p99_ms"]
+        print(f"submit() called to result() returned: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     h.write_results(h.RESULTS_DIR / "timeline.json", summary)
 
 

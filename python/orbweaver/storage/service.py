@@ -704,6 +704,8 @@ class StorageService:
         )
         if not entries:
             return []
+        if _trace.ENABLED:
+            _trace.mark_many("storage.offered", (job_id for _, job_id, _ in entries))
         if not still_wanted():
             self.cache.give_back(entries)
             return []

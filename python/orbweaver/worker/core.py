@@ -513,10 +513,11 @@ class ManagerCore:
     @property
     def can_take(self) -> bool:
         """A direct request to storage for the next ready task may start: fetching, with
-        `take_tasks`, none in flight, and this EM idle -- nothing held but the places of the
-        scheduler poll in flight, nothing waiting for registration or a hand-back. Its one place
-        is beyond the prefetch limit (the poll holds every free one): placement has nothing to
-        decide for an idle EM, so the next task may as well come straight from storage."""
+        `take_tasks`, none in flight, and this EM idle -- no assignment at all (not even an
+        outcome being reported: the take would compete with the report for both ends' CPU),
+        only the scheduler poll in flight. Its one place is beyond the prefetch limit (the poll
+        holds every free one): placement has nothing to decide for an idle EM, so the next task
+        may as well come straight from storage."""
         return (
             self._phase is Phase.FETCHING
             and self._take_tasks
@@ -524,9 +525,7 @@ class ManagerCore:
             and self._poll is not None
             and self._em_id != 0
             and self._session != 0
-            and self._held == self._reserved
-            and not self._to_register
-            and not self._returning
+            and not self._entries
         )
 
     @property
