@@ -691,10 +691,11 @@ class StorageService:
         wait_ms: int,
         still_wanted: Callable[[], bool] = lambda: True,
     ) -> list[_core.ExecutionContext]:
-        """An idle execution manager's long poll for work: the next ready regular tasks (at most
-        `max_items`), served before the scheduler's poll and registered for it, as
-        `register_instances` would. Entries that cannot be registered, or whose caller went away
-        while it waited (`still_wanted()` false), are offered again at once."""
+        """An execution manager's long poll for work: the next ready regular tasks (at most
+        `max_items`), served before the scheduler's poll while the scheduler holds nothing it is
+        ordering, and registered for it, as `register_instances` would. Entries that cannot be
+        registered, or whose caller went away while it waited (`still_wanted()` false), are
+        offered again at once."""
         self.check_session(session_id)
         self._check_em(em_id)
         if max_items <= 0:

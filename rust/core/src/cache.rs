@@ -651,13 +651,17 @@ impl JobCache {
         got
     }
 
-    /// Up to `max_items` regular tasks for an idle execution manager, served before the
-    /// scheduler's `poll_all` (see [`InboundQueue::poll_first`]); recorded as taken at `now_ms`
-    /// like a poll's, until the caller registers them (or [`Self::give_back`]s them).
+    /// Up to `max_items` regular tasks for an execution manager with room, served before the
+    /// scheduler's `poll_all` (see [`InboundQueue::poll_first`]) while the scheduler holds no
+    /// entry it polled and nobody registered yet (so nothing it is ordering is overtaken);
+    /// recorded as taken at `now_ms` like a poll's, until the caller registers them (or
+    /// [`Self::give_back`]s them).
     pub fn poll_first(&self, max_items: usize, wait: Duration, now_ms: u64) -> Vec<Entry> {
         let got = self
             .queue
-            .poll_first(Lane::Task, max_items, wait, &self.wanted());
+            .poll_first(Lane::Task, max_items, wait, &self.wanted(), &|| {
+                self.taken.is_empty()
+            });
         self.taken.record(&got, now_ms);
         got
     }

@@ -231,20 +231,23 @@ impl InboundQueue {
         wait: Duration,
         wanted: &dyn Fn(JobId, TaskId) -> bool,
     ) -> Vec<Entry> {
-        self.poll_lane(lane, max_items, wait, wanted, false)
+        self.poll_lane(lane, max_items, wait, wanted, None)
     }
 
-    /// [`Self::poll`] served before [`Self::poll_all`]: while this poller waits, the next
-    /// `max_items` entries of the lane are its own (`poll_all` leaves them), so an idle consumer
-    /// that asked for work gets the next entry rather than racing the scheduler for it.
+    /// [`Self::poll`] served before [`Self::poll_all`]: while this poller waits and `may_take()`
+    /// holds, the next `max_items` entries of the lane are its own (`poll_all` leaves them), so
+    /// a consumer with room gets the next entry rather than racing the scheduler for it. While
+    /// `may_take()` is false (it is asked under the queue lock whenever entries are there), it
+    /// takes and holds back nothing: they are the scheduler's.
     pub fn poll_first(
         &self,
         lane: Lane,
         max_items: usize,
         wait: Duration,
         wanted: &dyn Fn(JobId, TaskId) -> bool,
+        may_take: &dyn Fn() -> bool,
     ) -> Vec<Entry> {
-        self.poll_lane(lane, max_items, wait, wanted, true)
+        self.poll_lane(lane, max_items, wait, wanted, Some(may_take))
     }
 
     fn poll_lane(
@@ -253,7 +256,7 @@ impl InboundQueue {
         max_items: usize,
         wait: Duration,
         wanted: &dyn Fn(JobId, TaskId) -> bool,
-        first: bool,
+        first: Option<&dyn Fn() -> bool>,
     ) -> Vec<Entry> {
         let mut out = Vec::new();
         if max_items == 0 {
@@ -265,19 +268,31 @@ impl InboundQueue {
         loop {
             self.refill(lane, wanted);
             let mut st = self.state.lock();
-            let take = (max_items - out.len()).min(st.lanes[l].len());
+            let allowed = match first {
+                Some(may_take) => st.lanes[l].is_empty() || may_take(),
+                None => true,
+            };
+            let take = if allowed {
+                (max_items - out.len()).min(st.lanes[l].len())
+            } else {
+                0
+            };
             out.extend(st.lanes[l].drain(..take));
             // The promise is what is still wanted, updated under the lock of the take; it goes
             // with the poller when it leaves (entries that came meanwhile were just taken).
             let done = out.len() >= max_items
                 || st.closed
                 || deadline.is_some_and(|d| Instant::now() >= d);
-            let outstanding = if first && !done {
+            let outstanding = if first.is_some() && allowed && !done {
                 max_items - out.len()
             } else {
                 0
             };
             st.promised[l] = st.promised[l] - promised + outstanding;
+            if outstanding < promised && !st.lanes[l].is_empty() {
+                // poll_all may have left these for us: they are its own again.
+                self.any_cv.notify_all();
+            }
             promised = outstanding;
             if done {
                 break;

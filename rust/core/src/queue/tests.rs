@@ -229,7 +229,9 @@ fn a_first_served_poller_gets_its_entries_before_poll_all() {
     let q = Arc::new(q(8));
     let first = {
         let q = Arc::clone(&q);
-        std::thread::spawn(move || q.poll_first(Lane::Task, 1, Duration::from_secs(10), &all))
+        std::thread::spawn(move || {
+            q.poll_first(Lane::Task, 1, Duration::from_secs(10), &all, &|| true)
+        })
     };
     // Wait until its promise is in place, then let the scheduler's poll compete.
     while q.state.lock().promised[Lane::Task as usize] == 0 {
@@ -271,13 +273,29 @@ fn a_first_served_poller_gets_its_entries_before_poll_all() {
 fn a_first_served_poller_that_leaves_empty_handed_takes_its_promise_along() {
     let q = q(8);
     assert!(q
-        .poll_first(Lane::Task, 2, Duration::from_millis(5), &all)
+        .poll_first(Lane::Task, 2, Duration::from_millis(5), &all, &|| true)
         .is_empty());
     assert_eq!(q.state.lock().promised, [0, 0, 0]);
     q.offer(Lane::Task, 1, 7, &[TaskId::Index(0)]);
     let [tasks, _, _] = q.poll_all([10, 10, 10], Duration::ZERO, &all);
     assert_eq!(tasks.len(), 1);
     q.offer(Lane::Task, 1, 7, &[TaskId::Index(1)]);
-    assert_eq!(q.poll_first(Lane::Task, 2, Duration::ZERO, &all).len(), 1);
+    assert_eq!(
+        q.poll_first(Lane::Task, 2, Duration::ZERO, &all, &|| true)
+            .len(),
+        1
+    );
     assert_eq!(q.state.lock().promised, [0, 0, 0]);
+}
+
+#[test]
+fn a_first_served_poller_leaves_entries_to_poll_all_while_it_may_not_take() {
+    let q = q(8);
+    q.offer(Lane::Task, 1, 7, &[TaskId::Index(0)]);
+    assert!(q
+        .poll_first(Lane::Task, 1, Duration::from_millis(5), &all, &|| false)
+        .is_empty());
+    assert_eq!(q.state.lock().promised, [0, 0, 0]);
+    let [tasks, _, _] = q.poll_all([10, 10, 10], Duration::ZERO, &all);
+    assert_eq!(tasks.len(), 1, "the scheduler's");
 }
