@@ -63,11 +63,11 @@ The behaviours it owns:
   registered work with nothing to acknowledge. Per-outcome refusals are dropped as "stale";
   a report storage refused, or that a stop cut short, is dropped with its reason (shutdown,
   stale_session, rejected, error), never silently. (The manager retries transient failures.)
-* Taking work directly: an EM with room (a scheduler poll in flight) also asks storage for the
-  next ready task (`Take`, one place beyond the limit); storage serves it before the scheduler
-  while the scheduler holds nothing it is ordering, and answers with the task registered for
-  this EM, queued like a continued one. As soon as there is anything to order, the scheduler
-  orders it.
+* Taking work directly: an idle EM (no assignment at all, a scheduler poll in flight) also asks
+  storage for the next ready task (`Take`, one place beyond the limit); storage serves it
+  before the scheduler while the scheduler holds nothing it is ordering, and answers with the
+  task registered for this EM, queued like a continued one. As soon as there is anything to
+  order, the scheduler orders it.
 * Fatal pool failure: tasks the executor pool could not run are abandoned (acknowledged, not
   reported: storage recovers them once this EM is gone) and the EM stops fetching and exits with
   code 1, unless it is stopping anyway; results of tasks that did run are still reported.
@@ -438,7 +438,6 @@ class ManagerCore:
         self._reserved = 0  # its places
         self._take: Take | None = None  # the TakeReadyTasks call in flight
         self._take_reserved = 0  # its places (beyond the limit: see `can_take`)
-        self._reports_out = 0  # reports handed out and not answered yet
         self._held = 0  # reserved + entries in HELD_STAGES
         self._in_flight = 0  # entries in REGISTERED_STAGES
         self._to_register: deque[tuple[int, list[int]]] = deque()  # (session, keys)
@@ -515,13 +514,13 @@ class ManagerCore:
     @property
     def can_take(self) -> bool:
         """A direct request to storage for the next ready task may start: fetching, with
-        `take_tasks`, none in flight, the scheduler poll in flight (this EM has room), less
-        than the window's places of work in hand, the queued tasks' inputs under
-        `max_queued_bytes`, nothing waiting for a registration or a hand-back, and, while idle,
-        no outcome being reported (the take would compete with the report for both ends' CPU
-        on the latency path of a job's first task). Its one place is beyond the limit (the
-        poll holds every free one), as a continued task's is: storage serves it only while the
-        scheduler holds nothing it is ordering, when placement has nothing to decide."""
+        `take_tasks`, none in flight, and this EM idle -- no assignment at all (not even an
+        outcome being reported: the take would compete with the report for both ends' CPU),
+        only the scheduler poll in flight. Its one place is beyond the prefetch limit (the poll
+        holds every free one), and storage serves it only while the scheduler holds nothing it
+        is ordering: placement has nothing to decide. Only while idle: a busy EM's tasks come
+        in the scheduler's batches (one take per task cost more than it saved in throughput)
+        and in its reports' replies."""
         return (
             self._phase is Phase.FETCHING
             and self._take_tasks
@@ -529,14 +528,7 @@ class ManagerCore:
             and self._poll is not None
             and self._em_id != 0
             and self._session != 0
-            and self._held - self._reserved < self.sizer.limit
-            and not (self._queue and self._queued_bytes >= self._max_queued_bytes)
-            and not self._to_register
-            and not self._returning
-            and (
-                self._held > self._reserved
-                or not (self._reports or self._report_groups or self._reports_out)
-            )
+            and not self._entries
         )
 
     @property
@@ -942,7 +934,6 @@ class ManagerCore:
             # Storage restarted while these ran; it has re-offered the tasks itself.
             self._settle(entries)
             return Settled(tuple(o.key for o in outcomes), Fate.REPORT_DROPPED, "stale_session")
-        self._reports_out += 1
         return Report(self._em_id, session_id, outcomes, self._idle_places())
 
     def _idle_places(self) -> int:
@@ -969,7 +960,6 @@ class ManagerCore:
             raise errors.InternalError(
                 f"a report of {len(report.outcomes)} outcomes answered with {len(statuses)}"
             )
-        self._reports_out -= 1
         self._queue_registered(report.session_id, continued)
         entries = [self._at(o.key, Stage.REPORTING) for o in report.outcomes]
         self._settle(entries)
@@ -986,7 +976,6 @@ class ManagerCore:
 
     def report_failed(self, report: Report, failure: ReportFailure) -> list[Action]:
         """The report as a whole did not go through: its outcomes are dropped."""
-        self._reports_out -= 1
         entries = [self._at(o.key, Stage.REPORTING) for o in report.outcomes]
         self._settle(entries)
         keys = tuple(o.key for o in report.outcomes)
@@ -1085,7 +1074,6 @@ class ManagerCore:
         held = sum(1 for s in stages if s in HELD_STAGES)
         assert self._held == self._reserved + self._take_reserved + held, "held count drifted"
         assert self._take is not None or self._take_reserved == 0
-        assert self._reports_out >= 0
         assert self._in_flight == sum(1 for s in stages if s in REGISTERED_STAGES)
         assert self._held >= 0 and self._in_flight >= 0
         assert self._poll is not None or self._reserved == 0
