@@ -150,6 +150,7 @@ class ExecutionManager:
         self._runnable = threading.Condition(self._lock)  # runners: a batch to take
         self._reportable = threading.Condition(self._lock)  # the reporter: outcomes to send
         self._changed = threading.Condition(self._lock)  # the fetcher and a draining stop
+        self._takeable = threading.Condition(self._lock)  # the taker
         self._core = ManagerCore(
             config.processes,
             prefetch=config.prefetch,
@@ -202,13 +203,10 @@ class ExecutionManager:
                     self._runnable.notify()  # the runner taking it wakes the next, if need be
                 if core.reports_waiting:
                     self._reportable.notify()
-            if (
-                core.can_poll
-                or core.can_register
-                or core.can_take
-                or core.phase is not Phase.FETCHING
-            ):
+            if core.can_poll or core.can_register or core.phase is not Phase.FETCHING:
                 self._changed.notify_all()
+            if core.can_take or core.phase is not Phase.FETCHING:
+                self._takeable.notify()
             in_flight, limit = core.in_flight, core.limit
         self.metrics.in_flight.set(in_flight)
         self.metrics.prefetch_limit.set(limit)
@@ -346,7 +344,7 @@ class ExecutionManager:
         self._stop_fetching.set()
         with self._lock:
             self._core.stop_fetching()
-            for condition in (self._runnable, self._reportable, self._changed):
+            for condition in (self._runnable, self._reportable, self._changed, self._takeable):
                 condition.notify_all()
         self._calls.cancel()
         if self._fetch_channel is not None:
@@ -561,7 +559,7 @@ class ExecutionManager:
         wait_ms = int(self.config.poll_wait * 1000)
         while not self._stop_fetching.is_set():
             with self._state() as core:
-                self._changed.wait_for(
+                self._takeable.wait_for(
                     lambda: core.can_take or self._stop_fetching.is_set(), timeout=1.0
                 )
                 take = core.start_take()
