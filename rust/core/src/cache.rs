@@ -673,17 +673,21 @@ impl JobCache {
         for run in entries.chunk_by(|a, b| a.job == b.job) {
             let tasks: Vec<TaskId> = run.iter().map(|e| e.task).collect();
             self.taken.clear_tasks(run[0].job, tasks.iter().copied());
-            let Ok(job) = self.get(run[0].job) else {
-                continue;
-            };
-            let offers: Vec<TaskId> = tasks
-                .into_iter()
-                .filter(|&t| job.is_schedulable(t))
-                .collect();
-            n += offers.len();
-            self.offer(&job, &offers);
+            n += self.offer_schedulable(run[0].job, tasks);
         }
         n
+    }
+
+    /// Offer those of `tasks` that are still schedulable (the job cached and in the lane's
+    /// state, the instance limit not reached); returns how many.
+    fn offer_schedulable(&self, id: JobId, tasks: Vec<TaskId>) -> usize {
+        let Ok(job) = self.get(id) else { return 0 };
+        let offers: Vec<TaskId> = tasks
+            .into_iter()
+            .filter(|&t| job.is_schedulable(t))
+            .collect();
+        self.offer(&job, &offers);
+        offers.len()
     }
 
     /// Re-offer every entry taken by a poll more than `visibility_ms` before `now_ms` and not
@@ -696,13 +700,7 @@ impl JobCache {
     pub fn requeue_expired(&self, now_ms: u64, visibility_ms: u64) -> usize {
         let mut n = 0;
         for (id, _rg, tasks) in self.taken.take_expired(now_ms, visibility_ms) {
-            let Ok(job) = self.get(id) else { continue };
-            let offers: Vec<TaskId> = tasks
-                .into_iter()
-                .filter(|&t| job.is_schedulable(t))
-                .collect();
-            n += offers.len();
-            self.offer(&job, &offers);
+            n += self.offer_schedulable(id, tasks);
         }
         n
     }
