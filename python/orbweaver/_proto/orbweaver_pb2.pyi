@@ -1116,7 +1116,7 @@ Global___ReportTaskOutcomesReply: _TypeAlias = ReportTaskOutcomesReply  # noqa: 
 
 @_typing.final
 class TakeReadyTasksRequest(_message.Message):
-    """Orbweaver: an execution manager with room asks storage for the next ready task directly.
+    """Orbweaver: an idle execution manager asks storage for the next ready task directly.
     While it waits and the scheduler holds no entry it polled and nobody registered yet, the next
     ready regular task is its own (served before the scheduler's PollAll), and it comes back
     registered for it: a job's first task skips the scheduler when placement has nothing to

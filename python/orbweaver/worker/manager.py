@@ -8,7 +8,7 @@ owns the threads, timers and calls, each thread with one job:
 * fetcher: `NextTasks` (batch, long poll) -> `RegisterTaskInstances` (batch), or the hand-back
   of refused registrations, after which fetching pauses (growing backoff) so that they can go
   elsewhere; a poll or hand-back that fails is retried with backoff.
-* taker: while the EM has room, `TakeReadyTasks` (long poll on storage): the next ready task,
+* taker: while the EM is idle, `TakeReadyTasks` (long poll on storage): the next ready task,
   registered for this EM, without the scheduler's hops (`take_tasks`).
 * runners (one per executor process): run the core's batches on the pool.
 * reporter: `ReportTaskOutcomes` (batch), retried with backoff until accepted or definitively
@@ -552,7 +552,7 @@ class ExecutionManager:
                 refusals = Backoff(base=0.5, cap=10.0).delays()
 
     def _take_loop(self) -> None:
-        """While this EM has room, ask storage for the next ready task directly (see
+        """While this EM is idle, ask storage for the next ready task directly (see
         `ManagerCore.can_take`): the first task of a job that finds nothing else being ordered
         skips the scheduler's two hops and the registration's round trip."""
         delays = Backoff(base=0.05, cap=2.0).delays()
