@@ -33,9 +33,17 @@ def test_a_small_group_is_not_starved_by_a_big_one(
     markers: Path,
     cluster_factory: Callable[..., ow.LocalCluster],
 ) -> None:
-    # A dispatch queue of 2: the scheduler's placement decides nearly every slot.
+    # A dispatch queue of 2: the scheduler's placement decides nearly every slot; and every
+    # slot, with no first task taken straight from storage by the idle execution manager (that
+    # one would not be the scheduler's order).
     settings = f'policy = "{policy}"\ndispatch_queue_capacity = 2\n'
-    with cluster_factory(sqlite_url, tmp_path, workers=1, scheduler_settings=settings) as cluster:
+    with cluster_factory(
+        sqlite_url,
+        tmp_path,
+        workers=1,
+        scheduler_settings=settings,
+        worker_args=["--no-take-tasks"],
+    ) as cluster:
         client = cluster.client()
         group_a = client.add_resource_group("a", "pw-a")
         group_b = client.add_resource_group("b", "pw-b")
