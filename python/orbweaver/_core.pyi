@@ -420,7 +420,8 @@ class JobCache:
 
     def poll_first(self, max_items: int, wait_ms: int, now_ms: int) -> list[tuple[int, int, int]]:
         """Up to `max_items` task-lane entries for an idle execution manager, served before
-        `poll_all`: while this call waits, the next `max_items` entries are its own. Recorded as
+        `poll_all`: while this call waits and no entry a poll took is still unregistered (the
+        scheduler is ordering nothing), the next `max_items` entries are its own. Recorded as
         taken at `now_ms`, as for `poll`. Releases the GIL while waiting."""
 
     def give_back(self, entries: list[tuple[int, int, int]]) -> int:

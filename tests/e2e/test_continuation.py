@@ -87,6 +87,15 @@ def test_children_run_on_the_em_that_reported_their_parents(
         assert taken == 0
 
 
+def kill_the_worker_and_expect(cluster: ow.LocalCluster, job: ow.Job, outputs: list[int]) -> None:
+    """SIGKILL the worker while `job`'s task runs there, start it again: storage declares the
+    dead EM's instance lost and offers the task again, and the job ends right."""
+    cluster.kill("worker")
+    cluster.restart("worker")
+    assert job.result(timeout=120) == outputs
+    assert job.state == ow.JobState.SUCCEEDED
+
+
 def test_an_em_killed_while_it_runs_a_continued_task_loses_nothing(
     db_url: str, tmp_path: Path, cluster_factory: Callable[..., ow.LocalCluster]
 ) -> None:
@@ -105,11 +114,7 @@ def test_an_em_killed_while_it_runs_a_continued_task_loses_nothing(
             timeout=60,
             what="the continued task runs",
         )
-        cluster.kill("worker")
-        cluster.restart("worker")
-        # Storage declares the dead EM's instance lost and offers the task again.
-        assert job.result(timeout=120) == [4]
-        assert job.state == ow.JobState.SUCCEEDED
+        kill_the_worker_and_expect(cluster, job, [4])
 
 
 def test_an_em_killed_while_it_runs_a_taken_task_loses_nothing(
@@ -130,8 +135,4 @@ def test_an_em_killed_while_it_runs_a_taken_task_loses_nothing(
             assert job.result(timeout=60) == [attempt + 1]  # the scheduler was first: again
         else:
             raise AssertionError("the idle EM never took a task from storage in 10 jobs")
-        cluster.kill("worker")
-        cluster.restart("worker")
-        # Storage declares the dead EM's instance lost and offers the task again.
-        assert job.result(timeout=120) == [attempt + 1]
-        assert job.state == ow.JobState.SUCCEEDED
+        kill_the_worker_and_expect(cluster, job, [attempt + 1])

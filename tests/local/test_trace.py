@@ -46,21 +46,12 @@ HOPS = [
     "storage.completed",
     "client.resulted",
 ]
-# ... or taken straight from storage by the idle execution manager (TakeReadyTasks).
-TAKEN_HOPS = [
-    "client.submit",
-    "storage.register",
-    "storage.committed",
-    "storage.offered",
-    "storage.instances",
-    "em.registered",
-    "em.run",
-    "em.ran",
-    "em.report",
-    "storage.report",
-    "storage.completed",
-    "client.resulted",
-]
+# ... or taken straight from storage by the idle execution manager (TakeReadyTasks): storage
+# hands it to the waiting take instead of the scheduler's poll, and nothing goes through the
+# scheduler.
+SCHEDULER_HOPS = {"storage.polled", "scheduler.polled", "scheduler.handed", "em.fetched"}
+TAKEN_HOPS = [hop for hop in HOPS if hop not in SCHEDULER_HOPS]
+TAKEN_HOPS.insert(TAKEN_HOPS.index("storage.committed") + 1, "storage.offered")
 
 
 def run_cluster(tmp_path: Path, env: dict[str, str]) -> int:
