@@ -674,6 +674,33 @@ def test_an_idle_em_takes_one_task_from_storage_beyond_its_window() -> None:
     core.check_invariants()
 
 
+def test_the_taker_runs_what_an_idle_em_took_itself_and_nothing_of_a_busy_one() -> None:
+    core = make_core(executors=2, take_tasks=True)
+    core.start_poll()
+    take = core.start_take()
+    assert take is not None
+    task = TaskRequest(4, 0, 77, 1, "pkg", "fn", b"t", 0)
+    core.took(take, [Accepted(task, "pkg.fn (job 4, task 0)")])
+    run = core.claim_taken()
+    assert run is not None and [w.request.instance_id for w in run.work] == [77]
+    assert not core.work_queued, "no runner is left anything to wake for"
+    assert core.claim_taken() is None, "nothing more came"
+    # Something runs already (the scheduler's poll brought it meanwhile): a runner's work.
+    core.ran(run, [success()])
+    report = core.next_report()
+    assert isinstance(report, Report) and len(report.outcomes) == 1
+    core.report_done(report, [(0, "")])
+    # Idle again; the scheduler's poll brings two tasks and a runner starts one of them.
+    core.fetched([])  # the poll that was waiting alongside the take
+    registered_work(core, 2)
+    core.runner_idle()
+    core.runner_idle()
+    running = core.take_batch()
+    assert running is not None and len(running.work) == 1 and core.work_queued
+    assert core.claim_taken() is None, "an executor is busy: the runners share the queue"
+    core.check_invariants()
+
+
 @pytest.mark.parametrize("why", ["busy", "reporting", "stopping", "turned off", "not registered"])
 def test_an_em_that_is_busy_reporting_stopping_or_told_not_to_takes_nothing(why: str) -> None:
     if why == "not registered":
@@ -1017,6 +1044,15 @@ class CoreMachine(RuleBasedStateMachine):
             assert self.core.stage(key) is Stage.QUEUED
             self.session_of[key] = take.session_id
             self.continued.add(key)
+        if data.draw(st.booleans(), label="the taker runs it"):
+            live = self.core.live()
+            idle = bool(live) and all(stage is Stage.QUEUED for stage in live.values())
+            run = self.core.claim_taken()
+            assert (run is not None) == idle, "only what an idle EM took, all executors free"
+            if run is not None:
+                assert {w.key for w in run.work} >= set(range(first, first + count))
+                assert all(self.core.stage(w.key) is Stage.RUNNING for w in run.work)
+                self.runs.append(run)
 
     @precondition(lambda self: self.hand_back_in_flight is None and _has(self, Stage.RETURNING))
     @rule()

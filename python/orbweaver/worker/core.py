@@ -829,7 +829,19 @@ class ManagerCore:
         if not self._queue:
             return None
         share = -(-len(self._queue) // (self._idle_runners + 1))  # ceil
-        limit = min(self._executor_batch, max(1, share), self.sizer.ahead)
+        return self._pop_batch(min(self._executor_batch, max(1, share), self.sizer.ahead))
+
+    def claim_taken(self) -> Run | None:
+        """What a take just brought, for the taker thread to run and report itself (None:
+        nothing came, or the EM is no longer idle). The take is made only while the EM is
+        idle; if nothing started running since, every executor is free, and handing the task
+        to a runner and its outcome to the reporter would add two thread hand-offs to the
+        latency of a job that found the cluster idle, and save nothing."""
+        if not self._queue or any(e.stage is not Stage.QUEUED for e in self._entries.values()):
+            return None
+        return self._pop_batch(self._executor_batch)
+
+    def _pop_batch(self, limit: int) -> Run:
         work: list[Work] = []
         while self._queue and len(work) < limit:
             entry = self._at(self._queue.popleft(), Stage.QUEUED)

@@ -9,7 +9,9 @@ owns the threads, timers and calls, each thread with one job:
   of refused registrations, after which fetching pauses (growing backoff) so that they can go
   elsewhere; a poll or hand-back that fails is retried with backoff.
 * taker: while the EM is idle, `TakeReadyTasks` (long poll on storage): the next ready task,
-  registered for this EM, without the scheduler's hops (`take_tasks`).
+  registered for this EM, without the scheduler's hops (`take_tasks`); it runs that task and
+  reports it itself (every executor is free: a hand-off to a runner and to the reporter would
+  only add to the job's latency).
 * runners (one per executor process): run the core's batches on the pool.
 * reporter: `ReportTaskOutcomes` (batch), retried with backoff until accepted or definitively
   stale.
@@ -58,6 +60,7 @@ from orbweaver.worker.core import (
     RegistrationFailure,
     Report,
     ReportFailure,
+    Run,
     SessionAdvanced,
     Settled,
     Shutdown,
@@ -363,7 +366,8 @@ class ExecutionManager:
         self._halt_fetching()
         with self._beat_cond:
             self._beat_cond.notify_all()  # a fetcher waiting for a refresh
-        self._join(lambda name: name in ("fetcher", "taker"), self.config.poll_wait + 15)
+        # (The taker may be running a task it took: it is joined with the runners, below.)
+        self._join(lambda name: name == "fetcher", self.config.poll_wait + 15)
         if drain:
             with self._state() as core:
                 core.drain(time.monotonic(), self.config.drain_timeout)
@@ -385,7 +389,7 @@ class ExecutionManager:
         # Tasks still running after the drain are interrupted, not reported: storage recovers
         # them once this EM stops heartbeating.
         self._pool.close()
-        self._join(lambda name: name not in ("fetcher", "taker", "liveness"), 10)
+        self._join(lambda name: name not in ("fetcher", "liveness"), 10)
         for channel in self._channels:
             channel.close()
         if self._metrics_server is not None:
@@ -603,7 +607,10 @@ class ExecutionManager:
             _trace.mark_many("em.registered", (t.request.job_id for t in tasks))
         with self._state() as core:
             actions = core.took(take, tasks)
+            run = core.claim_taken()  # in the same critical section: no runner is woken
         self._apply(actions, self._stop_fetching)
+        if run is not None:
+            self._run(run, then_report=True)
         return True
 
     def _register_fetched(self) -> bool:
@@ -717,33 +724,41 @@ class ExecutionManager:
                 run = core.take_batch()
             if run is None:
                 return
-            if _trace.ENABLED:
-                _trace.mark_many("em.run", (w.request.job_id for w in run.work))
-            try:
-                results = self._pool.run_batch([w.request for w in run.work])
-            except ExecutorPoolError as exc:
-                # The pool closed (this EM is stopping) or broke: not the tasks' fault.
-                with self._state() as core:
-                    actions = core.abandoned(run, str(exc), pool_closed=self._pool.closed)
-                self._apply(actions, self._stop)
-                continue
-            except Exception as exc:
-                log.exception("executor pool failure")
-                results = [
-                    TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}", 0.0)
-                    for _ in run.work
-                ]
-            for result in results:
-                if result.kind is not ResultKind.NOT_RUN:
-                    self.metrics.tasks.labels(result.kind.name.lower()).inc()
-            failure = self._pool.respawn_failure
-            if _trace.ENABLED:
-                _trace.mark_many("em.ran", (w.request.job_id for w in run.work))
+            self._run(run)
+
+    def _run(self, run: Run, *, then_report: bool = False) -> None:
+        """Run a batch on the pool and record its outcomes; `then_report`: send the next report
+        from this thread too (the taker's path, see `ManagerCore.claim_taken`)."""
+        if _trace.ENABLED:
+            _trace.mark_many("em.run", (w.request.job_id for w in run.work))
+        try:
+            results = self._pool.run_batch([w.request for w in run.work])
+        except ExecutorPoolError as exc:
+            # The pool closed (this EM is stopping) or broke: not the tasks' fault.
             with self._state() as core:
-                actions = core.ran(
-                    run, results, pool_failure=failure, pool_closed=self._pool.closed
-                )
+                actions = core.abandoned(run, str(exc), pool_closed=self._pool.closed)
             self._apply(actions, self._stop)
+            return
+        except Exception as exc:
+            log.exception("executor pool failure")
+            results = [
+                TaskResult(ResultKind.CRASH, None, f"executor pool failure: {exc}", 0.0)
+                for _ in run.work
+            ]
+        for result in results:
+            if result.kind is not ResultKind.NOT_RUN:
+                self.metrics.tasks.labels(result.kind.name.lower()).inc()
+        failure = self._pool.respawn_failure
+        if _trace.ENABLED:
+            _trace.mark_many("em.ran", (w.request.job_id for w in run.work))
+        report = None
+        with self._state() as core:
+            actions = core.ran(run, results, pool_failure=failure, pool_closed=self._pool.closed)
+            if then_report:
+                report = core.next_report()  # in the same critical section: the reporter sleeps
+        self._apply(actions, self._stop)
+        if report is not None:
+            self._deliver(report)
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -754,10 +769,13 @@ class ExecutionManager:
                 report = core.next_report()
             if report is None:
                 return
-            if isinstance(report, Settled):
-                self._apply([report], self._stop)  # a session that is over
-            else:
-                self._apply(self._send_report(report), self._stop)
+            self._deliver(report)
+
+    def _deliver(self, report: Report | Settled) -> None:
+        if isinstance(report, Settled):
+            self._apply([report], self._stop)  # a session that is over
+        else:
+            self._apply(self._send_report(report), self._stop)
 
     def _send_report(self, report: Report) -> list[Action]:
         request = report_request(report)
