@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -32,7 +32,7 @@ from orbweaver.storage.db import (
     UnexpectedJobState,
     open_database,
 )
-from orbweaver.storage.db._sql import SCHEMA_VERSION
+from orbweaver.storage.db._sql import SCHEMA_VERSION, SqlDatabase
 from orbweaver.storage.db.url import MariaDbConfig, SqliteConfig, parse_url
 
 S = DbJobState
@@ -1234,6 +1234,38 @@ def test_job_groups_commit_together_each_with_its_own_result(db: Database) -> No
     ])  # fmt: skip
     assert again[0] == [(first[0][0], True)]
     assert isinstance(again[1], list) and again[1][0][1] is False
+
+
+def test_transactions_stay_atomic_on_connections_that_committed_lone_statements(
+    db_url: str,
+) -> None:
+    """A lone job's insert and a lone completion commit by themselves (autocommit on
+    MariaDB, no COMMIT round trip); the one pooled connection that ran them must still run
+    a transaction of several statements as one: a failure half-way leaves nothing."""
+    from orbweaver.storage.db import JobGroup
+
+    database = open_database(with_pool(db_url, 1))
+    try:
+        group = database.add_resource_group("g", b"pw")
+        [[(job, _)]] = database.register_job_groups([JobGroup(group, b"g", [(b"i", None)])])
+        database.start_job(job)
+        assert database.commit_outputs_many([(job, b"out", False)]) == [S.SUCCEEDED]
+        assert database.get_outputs(job) == b"out"
+
+        def two_writes_then_a_failure(cur: Any) -> None:
+            cur.execute("UPDATE resource_groups SET external_id = ? WHERE id = ?", ("h", group))
+            cur.execute("UPDATE jobs SET serialized_job_outputs = ? WHERE id = ?", (b"x", job))
+            raise RuntimeError("half-way")
+
+        with pytest.raises(RuntimeError, match="half-way"):
+            cast(SqlDatabase, database)._transaction(two_writes_then_a_failure, write=True)
+        assert [g.external_id for g in database.list_resource_groups()] == ["g"]
+        assert database.get_outputs(job) == b"out"
+        # And the next lone statement commits alone again.
+        [[(other, _)]] = database.register_job_groups([JobGroup(group, b"g", [(b"j", None)])])
+        assert database.get_state(other) == S.READY
+    finally:
+        database.close()
 
 
 def test_no_execution_manager_is_marked_dead_past_the_deadline(db: Database) -> None:

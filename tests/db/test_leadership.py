@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orbweaver.storage.db import Database, DbJobState, Fenced, open_database
+from orbweaver.storage.db import Database, DbJobState, Fenced, JobGroup, open_database
 from orbweaver.storage.db._sql import Cursor, SqlDatabase
 
 LEASE = 30.0  # long: only the tests that wait for an expiry use a short one
@@ -83,6 +83,8 @@ def test_an_expired_lease_is_taken_over_and_the_old_session_fenced(
         a.start_job(job)
     with pytest.raises(Fenced):
         a.register_job(rg, b"graph", b"other")
+    with pytest.raises(Fenced):  # a lone job: one statement that commits alone, fenced itself
+        a.register_job_groups([JobGroup(rg, b"graph", [(b"lone", None)])])
     assert a.deposed_by == b.session_id
     assert b.get_state(job) == DbJobState.READY
     assert [j.id for j in b.list_jobs(resource_group_id=rg)] == [job]

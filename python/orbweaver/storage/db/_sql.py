@@ -471,6 +471,11 @@ class _Registration:
         if self.task_durable and inserted:
             cur.executemany(self.sql.insert_task_durable_job, inserted)
 
+    @property
+    def single_statement(self) -> bool:
+        """`insert_all` writes with one statement: one job, no task-durability row."""
+        return len(self.entries) == 1 and not self.task_durable
+
     def insert_all(self, cur: Cursor, fenced: bool = True) -> list[tuple[int, bool]]:
         """`fenced`: the transaction has not checked the fence yet."""
         # Insert first: a key seen before makes the whole batch fail on the unique index, and
@@ -516,9 +521,16 @@ class SqlDatabase(abc.ABC):
 
     @abc.abstractmethod
     def _run_transaction(
-        self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
+        self,
+        fn: Callable[[Cursor], T],
+        *,
+        write: bool,
+        read_committed: bool = False,
+        single: bool = False,
     ) -> T:
         """Run ``fn`` in one transaction and commit it (roll back if ``fn`` raises).
+        ``single``: ``fn`` writes with one statement (anything after it only reads), which the
+        backend may let commit itself, saving the COMMIT's round trip.
 
         Raises :class:`DuplicateKeyError` / :class:`ForeignKeyViolationError` for integrity errors,
         :class:`DbUnavailable` for transient failures and :class:`DbError` for other driver
@@ -532,14 +544,18 @@ class SqlDatabase(abc.ABC):
         write: bool,
         read_committed: bool = False,
         fence: bool = True,
+        single: bool = False,
     ) -> T:
         """`_run_transaction`, where a write of a session first checks, under a shared lock on
         the fence row, that the session still leads: a takeover (which moves the fence) waits
         for the writes under way, and every later write of the deposed session raises `Fenced`.
-        Without a session (schema set-up, tools) there is nothing to fence."""
+        Without a session (schema set-up, tools) there is nothing to fence. `single`: see
+        `_run_transaction`; only with `fence` false (the statement checks the fence itself)."""
         session = self._session_id
         if not (write and fence and session):
-            return self._run_transaction(fn, write=write, read_committed=read_committed)
+            return self._run_transaction(
+                fn, write=write, read_committed=read_committed, single=single and not fence
+            )
 
         def fenced(cur: Cursor) -> T:
             refused = self._check_fence(cur, session)
@@ -801,8 +817,10 @@ class SqlDatabase(abc.ABC):
             # The first insert checks the fence for the whole transaction.
             return [reg.insert_all(cur, fenced=i == 0) for i, (_, reg) in enumerate(ready)]
 
+        # A lone job is one statement (the insert checks the fence itself): it commits alone.
+        single = len(ready) == 1 and ready[0][1].single_statement
         try:
-            inserted = self._transaction(insert_all, write=True, fence=False)
+            inserted = self._transaction(insert_all, write=True, fence=False, single=single)
         except (DuplicateKeyError, ForeignKeyViolationError):
             for index, _ in ready:
                 g = groups[index]
@@ -961,7 +979,8 @@ class SqlDatabase(abc.ABC):
         if not checked:
             return []
         try:
-            return self._transaction(tx, write=True, fence=False)
+            # One job: one UPDATE (with the fence in it), which commits alone.
+            return self._transaction(tx, write=True, fence=False, single=len(checked) == 1)
         except _Unchanged:
             pass
         raise self._run_transaction(lambda cur: self._completion_refused(cur, checked), write=False)

@@ -162,6 +162,9 @@ _TRANSIENT_ERRNOS = frozenset(
         4031,  # disconnected by the server (inactivity)
     }
 )
+# Errors with which the server answers a statement it rolled back (the others, a connection
+# lost mid-statement, leave the outcome of a statement that commits itself unknown).
+_ROLLED_BACK_ERRNOS = frozenset({ER_CHECKREAD, ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK})
 _PING_AFTER_IDLE_SEC = 30.0
 
 
@@ -182,29 +185,43 @@ def _errno(e: BaseException) -> int:
 
 
 class _Pool:
-    """A bounded, lazily filled, thread-safe pool; callers wait for a free connection."""
+    """A bounded, lazily filled, thread-safe pool; callers wait for a free connection.
+
+    A connection is either in autocommit mode (for writes of one statement: the statement
+    commits itself, no COMMIT round trip) or not (transactions of several statements); the
+    pool hands out one in the mode asked for when it has one idle, since switching costs a
+    round trip."""
 
     def __init__(self, connect: Callable[[], Any], size: int, acquire_timeout: float) -> None:
         self._connect = connect
         self._size = size
         self._acquire_timeout = acquire_timeout
         self._cond = threading.Condition()
-        self._idle: list[tuple[Any, float]] = []
+        self._idle: list[tuple[Any, float, bool]] = []  # (connection, last used, autocommit)
         self._total = 0
         self._closed = False
 
-    def acquire(self) -> Any:
+    def acquire(self, autocommit: bool = False) -> Any:
         deadline = time.monotonic() + self._acquire_timeout
         with self._cond:
             while True:
                 if self._closed:
                     raise DbError("the database connection pool is closed")
                 if self._idle:
-                    conn, last_used = self._idle.pop()
+                    # The most recently used connection in the mode asked for, else any.
+                    at = next(
+                        (
+                            i
+                            for i in range(len(self._idle) - 1, -1, -1)
+                            if self._idle[i][2] == autocommit
+                        ),
+                        len(self._idle) - 1,
+                    )
+                    conn, last_used, mode = self._idle.pop(at)
                     break
                 if self._total < self._size:
                     self._total += 1
-                    conn, last_used = None, 0.0
+                    conn, last_used, mode = None, 0.0, False
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -221,17 +238,21 @@ class _Pool:
                     _close_quietly(conn)
                     conn = None
             if conn is None:
-                conn = self._connect()
+                conn, mode = self._connect(), False  # connections are made without autocommit
+            if mode != autocommit:
+                conn.autocommit = autocommit
             return conn
         except BaseException:
+            if conn is not None:
+                _close_quietly(conn)
             self._forget()
             raise
 
-    def release(self, conn: Any, *, discard: bool = False) -> None:
+    def release(self, conn: Any, *, autocommit: bool, discard: bool = False) -> None:
         with self._cond:
             keep = not discard and not self._closed
             if keep:
-                self._idle.append((conn, time.monotonic()))
+                self._idle.append((conn, time.monotonic(), autocommit))
                 self._cond.notify()
         if not keep:
             _close_quietly(conn)
@@ -248,7 +269,7 @@ class _Pool:
             idle, self._idle = self._idle, []
             self._total -= len(idle)
             self._cond.notify_all()
-        for conn, _ in idle:
+        for conn, _, _ in idle:
             _close_quietly(conn)
 
 
@@ -359,24 +380,33 @@ class MariaDbDatabase(SqlDatabase):
         self._transaction(tx, write=True)
 
     def _run_transaction(
-        self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
+        self,
+        fn: Callable[[Cursor], T],
+        *,
+        write: bool,
+        read_committed: bool = False,
+        single: bool = False,
     ) -> T:
         mariadb = self._mariadb
+        # One statement that writes commits by itself (autocommit): no COMMIT round trip.
+        autocommit = single and write and not read_committed
         attempt = 0
         while True:
             conn: Any = None
             discard = True
             committing = False
             try:
-                conn = self._pool.acquire()
+                conn = self._pool.acquire(autocommit)
                 cur = conn.cursor(buffered=True)
                 try:
                     if read_committed:
                         # Applies to the next transaction only.
                         cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    committing = autocommit  # in autocommit, running the statement commits it
                     result = fn(cast(Cursor, cur))
-                    committing = True
-                    conn.commit()
+                    if not autocommit:
+                        committing = True
+                        conn.commit()
                 finally:
                     cur.close()
                 discard = False
@@ -395,7 +425,8 @@ class MariaDbDatabase(SqlDatabase):
                 transient = errno in _TRANSIENT_ERRNOS or (
                     errno == 0 and isinstance(e, (mariadb.InterfaceError, mariadb.OperationalError))
                 )
-                outcome_unknown = write and committing
+                # A statement the server refused (a deadlock, a lock wait) was rolled back.
+                outcome_unknown = write and committing and errno not in _ROLLED_BACK_ERRNOS
                 if transient and not outcome_unknown and attempt < self._max_retries:
                     attempt += 1
                     time.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
@@ -416,7 +447,7 @@ class MariaDbDatabase(SqlDatabase):
                 raise
             finally:
                 if conn is not None:
-                    self._pool.release(conn, discard=discard)
+                    self._pool.release(conn, autocommit=autocommit, discard=discard)
 
 
 def _rollback_quietly(conn: Any) -> bool:

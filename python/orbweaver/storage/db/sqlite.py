@@ -210,9 +210,15 @@ class SqliteDatabase(SqlDatabase):
         self._transaction(tx, write=True)
 
     def _run_transaction(
-        self, fn: Callable[[Cursor], T], *, write: bool, read_committed: bool = False
+        self,
+        fn: Callable[[Cursor], T],
+        *,
+        write: bool,
+        read_committed: bool = False,
+        single: bool = False,
     ) -> T:
         del read_committed  # SQLite transactions are serializable.
+        del single  # in-process: a COMMIT costs no round trip
         with self._lock:
             conn = self._conn
             if conn is None:
