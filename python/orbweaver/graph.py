@@ -152,6 +152,7 @@ class TaskGraph:
         self._commit = _termination("commit", commit)
         self._cleanup = _termination("cleanup", cleanup)
         self._json: str | None = None
+        self._compressed: bytes | None = None  # the wire form of `_json`, made once
 
     # -- building --------------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class TaskGraph:
         self._has_children.append(False)
         for parent, _ in resolved or ():
             self._has_children[parent] = True
-        self._json = None
+        self._json = self._compressed = None
         return TaskHandle(self, index, fn)
 
     def _source(
@@ -358,7 +359,9 @@ class TaskGraph:
 
     def compressed(self) -> bytes:
         """The zstd-compressed JSON graph (the wire form)."""
-        return _core.compress(self.to_json().encode())
+        if self._compressed is None or self._json is None:
+            self._compressed = _core.compress(self.to_json().encode())
+        return self._compressed
 
     # -- values ----------------------------------------------------------------------------------
 

@@ -148,6 +148,17 @@ def test_diamond() -> None:
     assert g.decode_outputs([msgpack.packb(24)]) == [24]
 
 
+def test_the_wire_form_is_made_once_and_follows_every_added_task() -> None:
+    g = ow.TaskGraph()
+    a = g.add(gt.double)
+    first = g.compressed()
+    assert g.compressed() is first, "made once per shape of the graph"
+    g.add(gt.double, a)
+    grown = g.compressed()
+    assert grown != first
+    assert _core.TaskGraph.from_compressed(grown).num_tasks == 2
+
+
 def test_multi_output_tasks_and_handle_indexing() -> None:
     g = ow.TaskGraph()
     s = g.add(gt.split)

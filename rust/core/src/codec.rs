@@ -6,6 +6,7 @@
 //!   chosen when the summed payload size exceeds 1 KiB.
 //! * zstd at the library default level; decompression is bounded so a bomb cannot exhaust memory.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::error::{CoreError, Result};
@@ -114,7 +115,38 @@ pub fn wire_decode(data: &[u8]) -> Result<Vec<&[u8]>> {
 /// # Errors
 /// Only if the zstd library fails (out of memory).
 pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
-    zstd::bulk::compress(data, 0).map_err(|e| CoreError::codec("Zstd", format!("zstd: {e}")))
+    let failed = |e: std::io::Error| CoreError::codec("Zstd", format!("zstd: {e}"));
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Some(compressor) = slot.as_mut() {
+            return compressor.compress(data).map_err(failed);
+        }
+        let mut compressor = zstd::bulk::Compressor::new(0).map_err(failed)?;
+        let out = compressor.compress(data).map_err(failed);
+        *slot = Some(compressor);
+        out
+    })
+}
+
+// zstd contexts reused per thread: making one costs more than compressing a small value.
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// One-shot decompression with this thread's context, for a frame that declares a small size
+/// (None: not possible, take the streaming path).
+fn decompress_small(data: &[u8], declared: usize) -> Option<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().ok()?);
+        }
+        // Fails when the content is larger than declared (several frames, say).
+        slot.as_mut()?.decompress(data, declared).ok()
+    })
 }
 
 /// Why a bounded decompression failed.
@@ -145,6 +177,13 @@ pub fn decompress_bounded(data: &[u8], max_size: usize) -> Result<Vec<u8>, Decom
             return Err(DecompressError::TooLarge {
                 declared: Some(declared),
             });
+        }
+        // No more memory up front than the streaming path's first step would take.
+        let small = usize::try_from(declared)
+            .ok()
+            .filter(|&n| n <= DECOMPRESS_CHUNK);
+        if let Some(out) = small.and_then(|n| decompress_small(data, n)) {
+            return Ok(out);
         }
     }
     let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
@@ -354,6 +393,29 @@ mod tests {
             decompress(&compress(b"").expect("c"), 0).expect("empty"),
             b""
         );
+    }
+
+    #[test]
+    fn reused_contexts_make_the_same_frames_and_take_several_frames_whole() {
+        let values: [&[u8]; 3] = [b"first value", b"", &[7u8; 5000]];
+        for value in values {
+            let frame = compress(value).expect("compress");
+            assert_eq!(
+                frame,
+                zstd::bulk::compress(value, 0).expect("fresh context")
+            );
+            assert_eq!(decompress(&frame, 1 << 20).expect("round trip"), value);
+        }
+        // Two frames one after the other: the first declares only its own size, so the
+        // one-shot path cannot hold them; the streaming path takes both.
+        let mut two = compress(b"abc").expect("c");
+        two.extend(compress(b"defgh").expect("c"));
+        assert_eq!(decompress(&two, 1024).expect("both frames"), b"abcdefgh");
+        assert!(decompress(&two, 7).is_err(), "the bound counts both frames");
+        // A frame whose content is larger than the one-shot limit goes the streaming way.
+        let large = vec![1u8; DECOMPRESS_CHUNK + 1];
+        let frame = compress(&large).expect("c");
+        assert_eq!(decompress(&frame, large.len()).expect("large"), large);
     }
 
     proptest! {
