@@ -594,10 +594,11 @@ impl JobCache {
         registered_before_ms: u64,
     ) -> usize {
         let mut requeue: Vec<(Arc<Job>, TaskId)> = Vec::new();
-        for (iid, e) in self.instances.snapshot() {
-            if e.em != em || e.registered_ms >= registered_before_ms || held.contains(&iid) {
-                continue;
-            }
+        // Every heartbeat of every EM asks: only this EM's suspects are copied.
+        let suspects = self.instances.select(|iid, e| {
+            e.em == em && e.registered_ms < registered_before_ms && !held.contains(&iid)
+        });
+        for (iid, e) in suspects {
             let Ok(job) = self.get(e.job) else {
                 self.instances.remove(iid);
                 continue;

@@ -114,6 +114,25 @@ impl InstanceTable {
         }
         out
     }
+
+    /// Copy of the entries `keep` selects, scanning each shard under its lock (no copy of the
+    /// whole table, for a question about a few of them).
+    #[must_use]
+    pub fn select(
+        &self,
+        keep: impl Fn(TaskInstanceId, &InstanceEntry) -> bool,
+    ) -> Vec<(TaskInstanceId, InstanceEntry)> {
+        let mut out = Vec::new();
+        for s in &*self.shards {
+            out.extend(
+                s.lock()
+                    .iter()
+                    .filter(|(&k, v)| keep(k, v))
+                    .map(|(&k, &v)| (k, v)),
+            );
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +166,34 @@ mod tests {
         assert_eq!(t.snapshot().len(), 1);
         assert!(t.remove(7).is_some());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn select_copies_only_what_it_keeps_across_every_shard() {
+        let t = InstanceTable::new();
+        let entry = |em| InstanceEntry {
+            job: 1,
+            task: TaskId::Index(0),
+            em,
+            registered_ms: 0,
+            soft_deadline_ms: 10,
+            soft_timeout_handled: false,
+        };
+        // Ids far apart land in different shards.
+        for id in 1..=200u64 {
+            t.insert(id << ID_BLOCK_BITS, entry(id % 4));
+        }
+        let mut picked: Vec<_> = t
+            .select(|_, e| e.em == 1)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        picked.sort_unstable();
+        let want: Vec<_> = (1..=200u64)
+            .filter(|id| id % 4 == 1)
+            .map(|id| id << ID_BLOCK_BITS)
+            .collect();
+        assert_eq!(picked, want);
+        assert!(t.select(|id, _| id == 5).is_empty());
     }
 }
