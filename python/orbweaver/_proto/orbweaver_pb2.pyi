@@ -1521,11 +1521,16 @@ class HeartbeatRequest(_message.Message):
     EXECUTION_MANAGER_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HELD_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
     execution_manager_id: _builtins.int
     session_id: _builtins.int
     """Orbweaver: the task instances of storage session `session_id` this EM holds (registered
     and not settled). Storage offers again any other instance it registered for this EM a
     while ago: the reply that carried it was lost. session_id 0: no list given.
+    """
+    processes: _builtins.int
+    """Orbweaver: the EM's executor-pool size, so that a storage that restarted or took over
+    (and never saw this EM register) knows it too. 0: not given.
     """
     @_builtins.property
     def held_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -1535,10 +1540,11 @@ class HeartbeatRequest(_message.Message):
         execution_manager_id: _builtins.int = ...,
         session_id: _builtins.int = ...,
         held_instance_ids: _abc.Iterable[_builtins.int] | None = ...,
+        processes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "held_instance_ids", b"held_instance_ids", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_manager_id", b"execution_manager_id", "held_instance_ids", b"held_instance_ids", "processes", b"processes", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1920,8 +1926,8 @@ class ExecutionManagerInfo(_message.Message):
     execution_manager_id: _builtins.int
     ip_address: _builtins.str
     executors: _builtins.int
-    """The size of its executor pool as it registered (0: it registered before this storage
-    process started).
+    """The size of its executor pool, as it registered or as its heartbeats say (0: not known
+    yet: it registered before this storage process started and has not sent a heartbeat since).
     """
     in_flight: _builtins.int
     """Task instances registered by it and not reported yet (as this storage process counted)."""

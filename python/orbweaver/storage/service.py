@@ -1058,7 +1058,9 @@ class StorageService:
         log.info("execution manager registered", extra={"em_id": em_id, "ip": ip_address})
         return em_id
 
-    def heartbeat(self, em_id: int) -> None:
+    def heartbeat(self, em_id: int, processes: int = 0) -> None:
+        """A live EM's heartbeat; `processes` (when given) is its executor-pool size, which a
+        storage that restarted or took over learns only this way."""
         try:
             self.db.update_execution_manager_heartbeat(em_id)
         except db_errors.DbUnavailable as exc:
@@ -1066,6 +1068,8 @@ class StorageService:
             raise translate(exc) from exc
         except db_errors.DbError as exc:
             raise translate(exc) from exc
+        if processes > 0:
+            self.em_activity.joined(em_id, processes)
 
     def reconcile_instances(self, em_id: int, held: Sequence[int]) -> int:
         """A live EM holds the instances `held` (of this session): any other instance

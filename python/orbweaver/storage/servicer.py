@@ -452,7 +452,7 @@ class Liveness(_OnCurrentService, pb_grpc.ExecutionManagerLivenessServiceService
         self, request: pb.HeartbeatRequest, context: Ctx
     ) -> pb.SessionReply:
         svc = self.svc
-        svc.heartbeat(request.execution_manager_id)
+        svc.heartbeat(request.execution_manager_id, request.processes)
         if request.session_id and request.session_id == svc.session_id:
             svc.reconcile_instances(request.execution_manager_id, request.held_instance_ids)
         return pb.SessionReply(session_id=svc.session_id)

@@ -446,7 +446,10 @@ class ExecutionManager:
             reply = self._calls.call(
                 self._storage.UpdateExecutionManagerHeartbeat,
                 pb.HeartbeatRequest(
-                    execution_manager_id=em_id, session_id=session, held_instance_ids=held
+                    execution_manager_id=em_id,
+                    session_id=session,
+                    held_instance_ids=held,
+                    processes=self.config.processes,
                 ),
                 5,
                 self._stop,
