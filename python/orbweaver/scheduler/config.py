@@ -60,8 +60,11 @@ class SchedulerConfig(Loadable):
         help="how long a committing or cleaning job's regular entries are ignored",
         unit="seconds",
     )
+    # New work ends the wait at once; what else the core loop does between polls (rescheduling
+    # a lost EM's assignments, expiring finalizing jobs) can wait this long. At 10 ms an idle
+    # cluster's storage and scheduler spent 10 % and 7 % of a core polling.
     storage_poll_wait: float = setting(
-        0.01, help="server-side wait of each inbound-queue poll", unit="seconds"
+        0.1, help="server-side wait of each inbound-queue poll", unit="seconds"
     )
     storage_rpc_timeout: float = setting(10.0, help="deadline of a storage call", unit="seconds")
     retry_backoff_base: float = setting(
