@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from orbweaver import errors
+from orbweaver import _streamed, errors
 
 log = logging.getLogger("orbweaver.rpc")
 
@@ -137,7 +137,9 @@ def make_channel(
     # The cluster token rides on every call as metadata the channel adds itself: a gRPC client
     # interceptor would cost a few wrapper objects per call on every hop of every task.
     token = ((TOKEN_METADATA_KEY, f"Bearer {security.token}"),) if security.token else ()
-    return LeaderChannel(split_targets(target), open_one, metadata=token)
+    return LeaderChannel(
+        split_targets(target), open_one, metadata=token, streams=_streamed.enabled()
+    )
 
 
 def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
@@ -221,18 +223,33 @@ class LeaderChannel(grpc.Channel):
         open_one: Callable[[str], grpc.Channel],
         *,
         metadata: tuple[tuple[str, str], ...] = (),
+        streams: bool = True,
     ) -> None:
         self.targets = LeaderTargets(targets)
+        # Unary calls of services with a `Calls` method go over streams (`_streamed`).
+        self.streams = streams
         self._open_one = open_one
         # Added to every unary call's own metadata (the cluster token).
         self.metadata = metadata
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._pools: dict[tuple[str, str, _streamed.Metadata], _streamed.StreamPool] = {}
         self._closed = False
 
     @property
     def target(self) -> str:
         return self.targets.current
+
+    def _pool(
+        self, target: str, service: str, metadata: _streamed.Metadata
+    ) -> _streamed.StreamPool | None:
+        key = (target, service, metadata)
+        with self._lock:
+            pool = self._pools.get(key)
+            channel = self._channels.get(target)
+            if pool is None and channel is not None:
+                pool = self._pools[key] = _streamed.StreamPool(channel, service, metadata)
+            return pool
 
     def _channel(self) -> tuple[str, grpc.Channel]:
         with self._lock:
@@ -276,6 +293,9 @@ class LeaderChannel(grpc.Channel):
         with self._lock:
             self._closed = True
             channels, self._channels = list(self._channels.values()), {}
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
         for channel in channels:
             channel.close()
 
@@ -322,15 +342,43 @@ class _FollowingCall(PerTargetMethod):
 
     def _run(self, how: str, request: Any, kwargs: dict[str, Any]) -> Any:
         kwargs = self._with_metadata(kwargs)
+        streamed = how == "__call__" and self._streamable(kwargs)
         # A redirect names a leader: at most one per address and its referral, plus one.
         for _ in range(self._channel.targets.max_redirects):
             target, method = self._on()
             try:
+                if streamed:
+                    return self._on_stream(target, method, request, kwargs)
                 return getattr(method, how)(request, **kwargs)
             except grpc.RpcError as exc:
                 if not self._channel._failed(target, exc):
                     raise
-        return getattr(self._on()[1], how)(request, **kwargs)
+        target, method = self._on()
+        if streamed:
+            return self._on_stream(target, method, request, kwargs)
+        return getattr(method, how)(request, **kwargs)
+
+    def _streamable(self, kwargs: dict[str, Any]) -> bool:
+        return (
+            self._channel.streams
+            and self._method.split("/")[1] in _streamed.STREAMED_SERVICES
+            and kwargs.keys() <= {"timeout", "metadata"}
+            and "response_deserializer" in self._kwargs
+        )
+
+    def _on_stream(self, target: str, method: Any, request: Any, kwargs: dict[str, Any]) -> Any:
+        """The call made on a `Calls` stream of its service (see `_streamed`)."""
+        _, service, name = self._method.split("/")
+        pool = self._channel._pool(target, service, tuple(kwargs.get("metadata") or ()))
+        if pool is None:  # closed meanwhile: the unary call reports it
+            return method(request, **kwargs)
+        return pool.call(
+            name,
+            request,
+            self._kwargs["response_deserializer"],
+            kwargs.get("timeout"),
+            lambda: method(request, **kwargs),
+        )
 
     def __call__(self, request: Any, **kwargs: Any) -> Any:
         return self._run("__call__", request, kwargs)
@@ -412,17 +460,26 @@ class _GateInterceptor(_ServerInterceptor):
         self._me = me
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        leader = self._gate.refusal()
-        if leader is None or _call_details_name(handler_call_details).startswith(_HEALTH_PREFIX):
+        refused = standby_refusal(self._gate, self._me)
+        if refused is None or _call_details_name(handler_call_details).startswith(_HEALTH_PREFIX):
             return continuation(handler_call_details)
-        where = f"at {leader}" if leader else "not known yet (an election is under way)"
-        message = f"storage {self._me} is a standby, not the leader; the leader is {where}"
+        leader, message = refused
 
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
             context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
             context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def standby_refusal(gate: Gate, me: str) -> tuple[str, str] | None:
+    """None while `gate` serves; else the leader's address ("" when unknown) and the message a
+    standby answers with."""
+    leader = gate.refusal()
+    if leader is None:
+        return None
+    where = f"at {leader}" if leader else "not known yet (an election is under way)"
+    return leader, f"storage {me} is a standby, not the leader; the leader is {where}"
 
 
 def constant_time_eq(a: str | bytes, b: str | bytes) -> bool:
@@ -456,20 +513,44 @@ def _lenient(message_cls: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def add_servicer(server: grpc.Server, servicer: Any, service_name: str) -> None:
+def add_servicer(
+    server: grpc.Server,
+    servicer: Any,
+    service_name: str,
+    *,
+    gate: Gate | None = None,
+    me: str = "",
+    streams: _streamed.StreamLimits | None = None,
+) -> None:
     """Register `servicer` for the `orbweaver.v1` service `service_name` (e.g.
-    ``"JobOrchestrationService"``), decoding requests leniently (see `UndecodableRequest`)."""
+    ``"JobOrchestrationService"``), decoding requests leniently (see `UndecodableRequest`).
+    A service with a `Calls` method serves its unary methods on streams too (`_streamed`),
+    within `streams` and refusing calls as a standby while `gate` does (`me`: this server's
+    address, for the message)."""
     from orbweaver._proto import orbweaver_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name[service_name]
-    handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
+    unary = {
+        method.name: (
             getattr(servicer, method.name),
-            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
-            response_serializer=_serialize,
+            _lenient(getattr(pb, method.input_type.name)),
         )
         for method in service.methods
+        if not (method.client_streaming or method.server_streaming)
     }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=decode, response_serializer=_serialize
+        )
+        for name, (handler, decode) in unary.items()
+    }
+    if _streamed.CALLS_METHOD in service.methods_by_name:
+        handlers[_streamed.CALLS_METHOD] = _streamed.stream_handler(
+            unary,
+            decode_call=_lenient(pb.StreamedCall),
+            refuse=None if gate is None else functools.partial(standby_refusal, gate, me),
+            limits=streams or _streamed.StreamLimits(),
+        )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
@@ -487,6 +568,8 @@ class Server:
     health: health.HealthServicer
     port: int
     executor: futures.ThreadPoolExecutor
+    # The bounds of the call streams its services serve (`add_servicer(streams=...)`).
+    streams: _streamed.StreamLimits
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -502,6 +585,7 @@ class Server:
 
     def stop(self, grace: float) -> None:
         self.health.enter_graceful_shutdown()
+        self.streams.close_all()
         self.grpc_server.stop(grace).wait(grace + 5)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -548,7 +632,9 @@ def make_server(
         port = server.add_insecure_port(listen)
     if port == 0:
         raise errors.Unavailable(f"cannot listen on {listen}")
-    return Server(server, health_servicer, port, executor)
+    # Each open call stream holds a handler thread: most of them stay for unary calls.
+    streams = _streamed.StreamLimits(max_streams=max(1, max_workers // 4))
+    return Server(server, health_servicer, port, executor, streams)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,8 +723,9 @@ def servicer_method(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _is_abort(exc: BaseException) -> bool:
-    # grpc raises a bare Exception from context.abort(); let it through untouched.
-    return type(exc) is Exception and not exc.args
+    # grpc raises a bare Exception from context.abort() (a call on a stream: `Aborted`); let it
+    # through untouched.
+    return isinstance(exc, _streamed.Aborted) or (type(exc) is Exception and not exc.args)
 
 
 # ---------------------------------------------------------------------------------------------

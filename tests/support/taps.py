@@ -76,7 +76,9 @@ class GrpcTap(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if not method.startswith("/orbweaver.v1."):
+        if not method.startswith("/orbweaver.v1.") or method.endswith("/Calls"):
+            # No call streams through a tap (answered UNIMPLEMENTED): callers make every call
+            # unary, and the tap sees each one.
             return None
         forward = self._channel.unary_unary(method)
         request_type = _request_type(method)

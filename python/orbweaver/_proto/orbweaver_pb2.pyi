@@ -708,6 +708,100 @@ class ListJobsReply(_message.Message):
 Global___ListJobsReply: _TypeAlias = ListJobsReply  # noqa: Y015
 
 @_typing.final
+class StreamedCall(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Unary calls over one stream
+    ---------------------------------------------------------------------------------------------
+
+    One unary call of a service, sent on that service's `Calls` stream: a caller that makes many
+    calls keeps one stream open and pays gRPC's per-call setup once (python/orbweaver/_streamed.py).
+    Each call is served exactly as the unary method would serve it, with the stream's metadata
+    (credentials are checked per call, as for the unary method).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """the unary method's name in this service, e.g. "RegisterJob" """
+    request: _builtins.bytes
+    """its request message, serialized"""
+    timeout_ms: _builtins.int
+    """how long the caller waits for the reply; 0: no limit"""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        request: _builtins.bytes = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "request", b"request", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedCall: _TypeAlias = StreamedCall  # noqa: Y015
+
+@_typing.final
+class MetadataEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetadataEntry: _TypeAlias = MetadataEntry  # noqa: Y015
+
+@_typing.final
+class StreamedReply(_message.Message):
+    """The reply to one `StreamedCall`, in order: the unary reply, or the status the unary call
+    would have ended with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    TRAILING_METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """a gRPC status code; 0 (OK): `reply` holds the method's reply"""
+    message: _builtins.str
+    reply: _builtins.bytes
+    @_builtins.property
+    def trailing_metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reply: _builtins.bytes = ...,
+        trailing_metadata: _abc.Iterable[Global___MetadataEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reply", b"reply", "trailing_metadata", b"trailing_metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedReply: _TypeAlias = StreamedReply  # noqa: Y015
+
+@_typing.final
 class TdlContext(_message.Message):
     """---------------------------------------------------------------------------------------------
     Task-instance management (EM-facing; every request is fenced by the storage session)

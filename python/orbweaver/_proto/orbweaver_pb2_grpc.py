@@ -90,6 +90,11 @@ class JobOrchestrationServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListJobsReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/orbweaver.v1.JobOrchestrationService/Calls',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
+                _registered_method=True)
 
 
 class JobOrchestrationServiceServicer:
@@ -161,6 +166,12 @@ class JobOrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobOrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +229,11 @@ def add_JobOrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListJobsRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ListJobsReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +543,33 @@ class JobOrchestrationService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orbweaver.v1.JobOrchestrationService/Calls',
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class TaskInstanceManagementServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -566,6 +609,11 @@ class TaskInstanceManagementServiceStub:
                 '/orbweaver.v1.TaskInstanceManagementService/TakeReadyTasks',
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksReply.FromString,
+                _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/orbweaver.v1.TaskInstanceManagementService/Calls',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
                 _registered_method=True)
 
 
@@ -608,6 +656,12 @@ class TaskInstanceManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskInstanceManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -640,6 +694,11 @@ def add_TaskInstanceManagementServiceServicer_to_server(servicer, server):
                     servicer.TakeReadyTasks,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.TakeReadyTasksReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -814,6 +873,33 @@ class TaskInstanceManagementService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orbweaver.v1.TaskInstanceManagementService/Calls',
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class InboundQueueServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -844,6 +930,11 @@ class InboundQueueServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.PollAllRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.PollAllReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/orbweaver.v1.InboundQueueService/Calls',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
+                _registered_method=True)
 
 
 class InboundQueueServiceServicer:
@@ -873,6 +964,12 @@ class InboundQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InboundQueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -895,6 +992,11 @@ def add_InboundQueueServiceServicer_to_server(servicer, server):
                     servicer.PollAll,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.PollAllRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.PollAllReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1005,6 +1107,33 @@ class InboundQueueService:
             '/orbweaver.v1.InboundQueueService/PollAll',
             orbweaver_dot_v1_dot_orbweaver__pb2.PollAllRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.PollAllReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orbweaver.v1.InboundQueueService/Calls',
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
             options,
             channel_credentials,
             insecure,

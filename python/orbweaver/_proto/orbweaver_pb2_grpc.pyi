@@ -66,6 +66,7 @@ class JobOrchestrationServiceStub:
     WaitJobs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobsRequest, _orbweaver_pb2.WaitJobsReply]
     GetJobProgress: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.JobProgressRequest, _orbweaver_pb2.JobProgressReply]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ListJobsRequest, _orbweaver_pb2.ListJobsReply]
+    Calls: _grpc.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]
 
 @_typing.type_check_only
 class JobOrchestrationServiceAsyncStub(JobOrchestrationServiceStub):
@@ -81,6 +82,7 @@ class JobOrchestrationServiceAsyncStub(JobOrchestrationServiceStub):
     WaitJobs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.WaitJobsRequest, _orbweaver_pb2.WaitJobsReply]  # type: ignore[assignment]
     GetJobProgress: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.JobProgressRequest, _orbweaver_pb2.JobProgressReply]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ListJobsRequest, _orbweaver_pb2.ListJobsReply]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]  # type: ignore[assignment]
 
 class JobOrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -160,6 +162,13 @@ class JobOrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.ListJobsReply, _abc.Awaitable[_orbweaver_pb2.ListJobsReply]]: ...
 
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orbweaver_pb2.StreamedCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orbweaver_pb2.StreamedReply], _abc.AsyncIterator[_orbweaver_pb2.StreamedReply]]: ...
+
 def add_JobOrchestrationServiceServicer_to_server(servicer: JobOrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class TaskInstanceManagementServiceStub:
@@ -173,6 +182,7 @@ class TaskInstanceManagementServiceStub:
     RegisterTaskInstances: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterTaskInstancesRequest, _orbweaver_pb2.RegisterTaskInstancesReply]
     ReportTaskOutcomes: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskOutcomesRequest, _orbweaver_pb2.ReportTaskOutcomesReply]
     TakeReadyTasks: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.TakeReadyTasksRequest, _orbweaver_pb2.TakeReadyTasksReply]
+    Calls: _grpc.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]
 
 @_typing.type_check_only
 class TaskInstanceManagementServiceAsyncStub(TaskInstanceManagementServiceStub):
@@ -183,6 +193,7 @@ class TaskInstanceManagementServiceAsyncStub(TaskInstanceManagementServiceStub):
     RegisterTaskInstances: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.RegisterTaskInstancesRequest, _orbweaver_pb2.RegisterTaskInstancesReply]  # type: ignore[assignment]
     ReportTaskOutcomes: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ReportTaskOutcomesRequest, _orbweaver_pb2.ReportTaskOutcomesReply]  # type: ignore[assignment]
     TakeReadyTasks: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.TakeReadyTasksRequest, _orbweaver_pb2.TakeReadyTasksReply]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]  # type: ignore[assignment]
 
 class TaskInstanceManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -227,6 +238,13 @@ class TaskInstanceManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.TakeReadyTasksReply, _abc.Awaitable[_orbweaver_pb2.TakeReadyTasksReply]]: ...
 
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orbweaver_pb2.StreamedCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orbweaver_pb2.StreamedReply], _abc.AsyncIterator[_orbweaver_pb2.StreamedReply]]: ...
+
 def add_TaskInstanceManagementServiceServicer_to_server(servicer: TaskInstanceManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class InboundQueueServiceStub:
@@ -238,6 +256,7 @@ class InboundQueueServiceStub:
     PollReadyCommitTasks: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.PollRequest, _orbweaver_pb2.ReadyTasks]
     PollReadyCleanupTasks: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.PollRequest, _orbweaver_pb2.ReadyTasks]
     PollAll: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.PollAllRequest, _orbweaver_pb2.PollAllReply]
+    Calls: _grpc.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]
 
 @_typing.type_check_only
 class InboundQueueServiceAsyncStub(InboundQueueServiceStub):
@@ -246,6 +265,7 @@ class InboundQueueServiceAsyncStub(InboundQueueServiceStub):
     PollReadyCommitTasks: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.PollRequest, _orbweaver_pb2.ReadyTasks]  # type: ignore[assignment]
     PollReadyCleanupTasks: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.PollRequest, _orbweaver_pb2.ReadyTasks]  # type: ignore[assignment]
     PollAll: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.PollAllRequest, _orbweaver_pb2.PollAllReply]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]  # type: ignore[assignment]
 
 class InboundQueueServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -275,6 +295,13 @@ class InboundQueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orbweaver_pb2.PollAllRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.PollAllReply, _abc.Awaitable[_orbweaver_pb2.PollAllReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orbweaver_pb2.StreamedCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orbweaver_pb2.StreamedReply], _abc.AsyncIterator[_orbweaver_pb2.StreamedReply]]: ...
 
 def add_InboundQueueServiceServicer_to_server(servicer: InboundQueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -269,7 +269,13 @@ class StorageRuntime:
             )
         assert self.server is not None
         servicer.add_servicers(
-            self.server.grpc_server, self._current_service, auth, cfg.max_message_bytes
+            self.server.grpc_server,
+            self._current_service,
+            auth,
+            cfg.max_message_bytes,
+            gate=self._gate,
+            me=cfg.listen,
+            streams=self.server.streams,
         )
         self.metrics.attach(
             self._live(lambda t: t.cache.queue_depths(), (0, 0, 0)),

@@ -21,7 +21,8 @@ import grpc
 from orbweaver import _core, _taskid, _trace, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
-from orbweaver._rpc import add_servicer, code_for, servicer_method
+from orbweaver._rpc import Gate, add_servicer, code_for, servicer_method
+from orbweaver._streamed import CallsServed, StreamLimits
 from orbweaver.states import JobState
 from orbweaver.storage import inspection
 from orbweaver.storage.auth import Authenticator, Principal
@@ -95,7 +96,7 @@ class _OnCurrentService:
         return self._current()
 
 
-class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceServicer):
+class JobOrchestration(_OnCurrentService, CallsServed, pb_grpc.JobOrchestrationServiceServicer):
     def __init__(self, current: Current, auth: Authenticator, max_message_bytes: int) -> None:
         super().__init__(current)
         self.auth = auth
@@ -265,7 +266,7 @@ class JobOrchestration(_OnCurrentService, pb_grpc.JobOrchestrationServiceService
         )
 
 
-class TaskInstances(_OnCurrentService, pb_grpc.TaskInstanceManagementServiceServicer):
+class TaskInstances(_OnCurrentService, CallsServed, pb_grpc.TaskInstanceManagementServiceServicer):
     @servicer_method
     def RegisterTaskInstance(
         self, request: pb.RegisterTaskInstanceRequest, context: Ctx
@@ -356,7 +357,7 @@ class TaskInstances(_OnCurrentService, pb_grpc.TaskInstanceManagementServiceServ
         return pb.TakeReadyTasksReply(tasks=[_execution_context(ctx) for ctx in tasks])
 
 
-class InboundQueue(_OnCurrentService, pb_grpc.InboundQueueServiceServicer):
+class InboundQueue(_OnCurrentService, CallsServed, pb_grpc.InboundQueueServiceServicer):
     def _poll(self, lane: int, request: pb.PollRequest) -> pb.ReadyTasks:
         svc = self.svc
         entries = svc.poll(request.scheduler_id, lane, request.max_items, request.wait_ms)
@@ -578,10 +579,19 @@ class ClusterInspection(_OnCurrentService, pb_grpc.ClusterInspectionServiceServi
 
 
 def add_servicers(
-    server: grpc.Server, current: Current, auth: Authenticator, max_message_bytes: int
+    server: grpc.Server,
+    current: Current,
+    auth: Authenticator,
+    max_message_bytes: int,
+    *,
+    gate: Gate | None = None,
+    me: str = "",
+    streams: StreamLimits | None = None,
 ) -> None:
     """Register every storage servicer; `current()` is the serving term's service (it raises
-    `Unavailable` between terms)."""
+    `Unavailable` between terms). The services with a `Calls` method serve their unary calls on
+    streams too, within `streams`, refusing them as a standby while `gate` does."""
+    streams = streams or StreamLimits()
     servicers = {
         "JobOrchestrationService": JobOrchestration(current, auth, max_message_bytes),
         "TaskInstanceManagementService": TaskInstances(current),
@@ -593,7 +603,7 @@ def add_servicers(
         "ClusterInspectionService": ClusterInspection(current, auth),
     }
     for name, servicer in servicers.items():
-        add_servicer(server, servicer, name)
+        add_servicer(server, servicer, name, gate=gate, me=me, streams=streams)
 
 
 # Services whose callers are clients: they authenticate each call themselves (not the transport's

@@ -585,9 +585,12 @@ class ExecutionManager:
             max_items=take.max_items,
             wait_ms=wait_ms,
         )
+        # On the fetch channel, made in this thread (on a call stream: no thread woken for the
+        # reply), and cut short by closing that channel when fetching stops (`Calls.direct`).
+        make = self._calls.direct if self._fetch_channel is not None else self._calls.call
         try:
-            reply = self._calls.call(
-                self._storage.TakeReadyTasks,
+            reply = make(
+                self._registrar.TakeReadyTasks,
                 request,
                 self.config.poll_wait + 10,
                 self._stop_fetching,
