@@ -30,7 +30,7 @@ from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
 
 
-class _Queue(pb_grpc.InboundQueueServiceServicer, _streamed.CallsServed):
+class _Queue(_streamed.CallsServed, pb_grpc.InboundQueueServiceServicer):
     def PollAll(self, request: pb.PollAllRequest, context: grpc.ServicerContext) -> Any:
         return pb.PollAllReply()
 

@@ -49,7 +49,8 @@ DEFAULT_MAX_STREAMS = 64
 DEFAULT_IDLE_S = 120.0
 _MAX_STREAMS = 4  # per (address, service, metadata) on the caller's side
 ENV = "ORBWEAVER_CALL_STREAMS"  # "0"/"false"/"off": every call unary (for comparisons)
-_CLIENT_IDLE_S = 30.0  # well before the server's `idle_s`: a stream is never ended under a call
+_CLIENT_IDLE_S = 30.0
+_WATCHDOG_LINGER_S = 2.0  # well before the server's `idle_s`: a stream is never ended under a call
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 _END = object()
 TOO_MANY_STREAMS = "too many open call streams"
@@ -142,7 +143,7 @@ class StreamLimits:
     def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, idle_s: float = DEFAULT_IDLE_S):
         self.max_streams = max_streams
         self.idle_s = idle_s
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._open: dict[int, list[Any]] = {}  # id -> [context, last active (monotonic)]
         self._ids = itertools.count(1)
         self._sweeper: threading.Thread | None = None
@@ -189,16 +190,22 @@ class StreamLimits:
         with self._lock:
             self._open.pop(key, None)
             self._busy.discard(key)
+            if not self._open:
+                self._lock.notify_all()  # the sweeper ends
 
     @property
     def open_streams(self) -> int:
         return len(self._open)
 
     def _sweep(self) -> None:
+        """Runs while streams are open (a stopped server leaves no thread behind)."""
         while True:
-            time.sleep(min(10.0, self.idle_s / 4))
-            cutoff = time.monotonic() - self.idle_s
             with self._lock:
+                self._lock.wait(min(10.0, self.idle_s / 4))
+                if not self._open:
+                    self._sweeper = None
+                    return
+                cutoff = time.monotonic() - self.idle_s
                 idle = [entry[0] for entry in self._open.values() if entry[1] < cutoff]
             for context in idle:
                 context.cancel()
@@ -358,13 +365,13 @@ class _Watchdog:
             self._live.add(key)
             first = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, key, cancel))
+            if first:
+                self._cv.notify()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="orbweaver-call-deadlines", daemon=True
                 )
                 self._thread.start()
-            elif first:
-                self._cv.notify()
         return key
 
     def disarm(self, key: int) -> bool:
@@ -372,16 +379,22 @@ class _Watchdog:
         with self._cv:
             if key in self._live:
                 self._live.discard(key)
+                if not self._live:
+                    self._heap.clear()  # every entry left was answered in time
                 return True
             return False
 
     def _run(self) -> None:
+        """Runs while calls wait, and a little longer (no thread left behind for long)."""
         with self._cv:
             while True:
                 while self._heap and self._heap[0][1] not in self._live:
                     heapq.heappop(self._heap)  # answered in time
                 if not self._heap:
-                    self._cv.wait()
+                    self._cv.wait(_WATCHDOG_LINGER_S)
+                    if not self._heap:
+                        self._thread = None
+                        return
                     continue
                 deadline, key, cancel = self._heap[0]
                 now = time.monotonic()

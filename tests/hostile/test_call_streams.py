@@ -241,7 +241,7 @@ def test_a_call_on_a_stream_keeps_its_deadline(secured: StorageProcess) -> None:
     assert secured.alive
 
 
-class _Queue(pb_grpc.InboundQueueServiceServicer, _streamed.CallsServed):
+class _Queue(_streamed.CallsServed, pb_grpc.InboundQueueServiceServicer):
     """A stand-in inbound queue for the transport's own bounds (no storage behind it)."""
 
     def __init__(self) -> None:

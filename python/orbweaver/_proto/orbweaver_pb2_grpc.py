@@ -1636,6 +1636,11 @@ class SchedulerServiceStub:
                 request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.Void.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/orbweaver.v1.SchedulerService/Calls',
+                request_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+                response_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -1665,6 +1670,12 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1687,6 +1698,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.ShutdownRequest.FromString,
                     response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.Void.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.FromString,
+                    response_serializer=orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1797,6 +1813,33 @@ class SchedulerService:
             '/orbweaver.v1.SchedulerService/Shutdown',
             orbweaver_dot_v1_dot_orbweaver__pb2.ShutdownRequest.SerializeToString,
             orbweaver_dot_v1_dot_orbweaver__pb2.Void.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orbweaver.v1.SchedulerService/Calls',
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedCall.SerializeToString,
+            orbweaver_dot_v1_dot_orbweaver__pb2.StreamedReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -444,6 +444,7 @@ class SchedulerServiceStub:
     NextTasks: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.NextTasksRequest, _orbweaver_pb2.NextTasksReply]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.SchedulerHeartbeatRequest, _orbweaver_pb2.Void]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_orbweaver_pb2.ShutdownRequest, _orbweaver_pb2.Void]
+    Calls: _grpc.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -452,6 +453,7 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     NextTasks: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.NextTasksRequest, _orbweaver_pb2.NextTasksReply]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.SchedulerHeartbeatRequest, _orbweaver_pb2.Void]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_orbweaver_pb2.ShutdownRequest, _orbweaver_pb2.Void]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_orbweaver_pb2.StreamedCall, _orbweaver_pb2.StreamedReply]  # type: ignore[assignment]
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -481,6 +483,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orbweaver_pb2.ShutdownRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orbweaver_pb2.Void, _abc.Awaitable[_orbweaver_pb2.Void]]: ...
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_orbweaver_pb2.StreamedCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_orbweaver_pb2.StreamedReply], _abc.AsyncIterator[_orbweaver_pb2.StreamedReply]]: ...
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -320,7 +320,7 @@ class SchedulerRuntime:
             max_batch=cfg.max_batch_items,
             metrics=self.metrics,
         )
-        add_to_server(servicer, server.grpc_server)
+        add_to_server(servicer, server.grpc_server, server.streams)
         if cfg.metrics_port is not None:
             self._metrics_server = MetricsServer(
                 cfg.metrics_port, self.metrics.registry, self.metrics_host, component="scheduler"

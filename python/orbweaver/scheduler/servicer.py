@@ -24,6 +24,7 @@ import grpc
 from orbweaver import _rpc, _taskid, _trace, errors
 from orbweaver._proto import orbweaver_pb2 as pb
 from orbweaver._proto import orbweaver_pb2_grpc as pb_grpc
+from orbweaver._streamed import CallsServed, StreamLimits
 from orbweaver.scheduler.core import Assignment
 from orbweaver.scheduler.dispatch import Delivery, DispatchQueue
 from orbweaver.scheduler.metrics import SchedulerMetrics
@@ -41,7 +42,7 @@ def _em_id(value: int) -> int:
     return value
 
 
-class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
+class SchedulerServicer(CallsServed, pb_grpc.SchedulerServiceServicer):
     """Serves assignments from a dispatch queue and records them in an EM registry."""
 
     def __init__(
@@ -165,5 +166,8 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         return pb.Void()
 
 
-def add_to_server(servicer: SchedulerServicer, server: grpc.Server) -> None:
-    _rpc.add_servicer(server, servicer, "SchedulerService")
+def add_to_server(
+    servicer: SchedulerServicer, server: grpc.Server, streams: StreamLimits | None = None
+) -> None:
+    """Serve `servicer`, its unary calls on `Calls` streams too (within `streams`)."""
+    _rpc.add_servicer(server, servicer, "SchedulerService", streams=streams)

@@ -121,12 +121,19 @@ class ExecutionManager:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self._channels: list[grpc.Channel] = []
+        # Polls, takes and registrations go on channels of their own: made in the fetching
+        # threads (see `Calls.direct`), they are cut short by closing them when fetching stops.
+        self._fetch_channel: grpc.Channel | None = None
+        self._poll_channel: grpc.Channel | None = None
+        self._poller: SchedulerPeer
         if scheduler is None:
             self._channels.append(make_channel(config.scheduler, config.security))
             scheduler = pb_grpc.SchedulerServiceStub(self._channels[-1])
-        # Registrations go on a channel of their own: made in the fetching thread (see
-        # `Calls.direct`), they are cut short by closing it when fetching stops.
-        self._fetch_channel: grpc.Channel | None = None
+            self._poll_channel = make_channel(config.scheduler, config.security)
+            self._channels.append(self._poll_channel)
+            self._poller = pb_grpc.SchedulerServiceStub(self._poll_channel)
+        else:
+            self._poller = scheduler
         self._registrar: StoragePeer
         if storage is None:
             self._channels.append(make_channel(config.storage, config.security))
@@ -350,10 +357,11 @@ class ExecutionManager:
             for condition in (self._runnable, self._reportable, self._changed, self._takeable):
                 condition.notify_all()
         self._calls.cancel()
-        if self._fetch_channel is not None:
-            # Cuts a registration in flight short. In a thread: the channel's lock is not
-            # reentrant, and this may run in a signal handler.
-            threading.Thread(target=self._fetch_channel.close, daemon=True).start()
+        for channel in (self._fetch_channel, self._poll_channel):
+            if channel is not None:
+                # Cuts a poll, take or registration in flight short. In a thread: the channel's
+                # lock is not reentrant, and this may run in a signal handler.
+                threading.Thread(target=channel.close, daemon=True).start()
 
     def stop(self, drain: bool = True) -> None:
         """Stop fetching (cutting an in-flight poll or registration short), let registered
@@ -527,9 +535,12 @@ class ExecutionManager:
                 max_items=poll.max_items,
                 wait_time_ms=wait_ms,
             )
+            # Made in this thread, on a call stream where the scheduler serves them (see
+            # `_take`), on the poll channel that stopping closes.
+            make = self._calls.direct if self._poll_channel is not None else self._calls.call
             try:
-                reply = self._calls.call(
-                    self._scheduler.NextTasks,
+                reply = make(
+                    self._poller.NextTasks,
                     request,
                     self.config.poll_wait + 10,
                     self._stop_fetching,
