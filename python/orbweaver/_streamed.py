@@ -454,7 +454,13 @@ class _Stream:
 
     @property
     def usable(self) -> bool:
-        return self.calls >= 0 and time.monotonic() - self.used < _CLIENT_IDLE_S
+        """Still open (a server that stops or restarts ends its streams) and not left idle so
+        long that the server may be ending it."""
+        return (
+            self.calls >= 0
+            and time.monotonic() - self.used < _CLIENT_IDLE_S
+            and self._call.is_active()
+        )
 
     def close(self) -> None:
         self._requests.put(_END)
@@ -472,6 +478,7 @@ class StreamPool:
         self._idle: list[_Stream] = []
         self._open = 0
         self.disabled = False  # the server has no `Calls`: unary calls only
+        self.closed = False  # its channel is closing: a cancelled stream is the caller's doing
 
     def call(
         self,
@@ -495,11 +502,21 @@ class StreamPool:
             reply = stream.exchange(call, timeout)
         except grpc.RpcError as exc:
             self._discard(stream)
-            if new and not isinstance(exc, StreamedCallError) and _refused_stream(exc):
+            if isinstance(exc, StreamedCallError):
+                raise
+            if new and _refused_stream(exc):
                 # The server opened no stream and ran nothing: make this call unary.
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     self.disabled = True
                 return unary()
+            if exc.code() == grpc.StatusCode.CANCELLED and not self.closed:
+                # Not this caller's doing: the server ended the stream (it stopped, or found
+                # it idle). To the caller that is a server that went away, as for a unary
+                # call: UNAVAILABLE, which its retry policy handles.
+                raise StreamedCallError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server ended the call stream: {exc.details() or 'cancelled'}",
+                ) from exc
             raise
         self._give_back(stream)
         if reply.code:
@@ -546,7 +563,7 @@ class StreamPool:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            self.disabled = True
+            self.disabled = self.closed = True
         for stream in idle:
             stream.close()
 

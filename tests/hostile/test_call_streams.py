@@ -289,3 +289,18 @@ def test_call_streams_can_be_turned_off() -> None:
         with pytest.raises(grpc.RpcError):
             stub.GetJobState(pb.JobIdRequest(job_id=1), timeout=0.2)
         assert not channel._pools  # made unary
+
+
+def test_clients_ride_over_a_storage_restart_on_their_streams(secured: StorageProcess) -> None:
+    alpha = _group(secured, "alpha", b"alpha-pw")
+    jobs = pb_grpc.JobOrchestrationServiceStub(secured.channel())
+    md = group_metadata(alpha, b"alpha-pw")
+    job_id = jobs.RegisterJob(_register(alpha), metadata=md, timeout=30).job_id
+    with ow.Client(secured.address, resource_group="alpha", password="alpha-pw") as client:
+        assert client.get_job(job_id).state == ow.JobState.READY  # its stream is open now
+        for stop in (secured.terminate, secured.kill):  # ends its streams; then it vanishes
+            stop()
+            secured.start()
+            # The stream the client held is gone: the call goes on a new one (or is retried
+            # as after any storage restart), never failing as "cancelled".
+            assert client.get_job(job_id).state == ow.JobState.READY
