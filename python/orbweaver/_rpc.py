@@ -332,7 +332,12 @@ class PerTargetMethod:
 class _FollowingCall(PerTargetMethod):
     """A unary method on a `LeaderChannel`: `__call__`, `with_call` and `future` as gRPC's."""
 
-    __slots__ = ()
+    __slots__ = ("_name", "_service")
+
+    def __init__(self, channel: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        super().__init__(channel, method, args, kwargs)
+        # "/package.Service/Method", split once: the stream path needs both for every call.
+        _, self._service, self._name = method.split("/")
 
     def _with_metadata(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         extra = self._channel.metadata
@@ -361,19 +366,18 @@ class _FollowingCall(PerTargetMethod):
     def _streamable(self, kwargs: dict[str, Any]) -> bool:
         return (
             self._channel.streams
-            and self._method.split("/")[1] in _streamed.STREAMED_SERVICES
+            and self._service in _streamed.STREAMED_SERVICES
             and kwargs.keys() <= {"timeout", "metadata"}
             and "response_deserializer" in self._kwargs
         )
 
     def _on_stream(self, target: str, method: Any, request: Any, kwargs: dict[str, Any]) -> Any:
         """The call made on a `Calls` stream of its service (see `_streamed`)."""
-        _, service, name = self._method.split("/")
-        pool = self._channel._pool(target, service, tuple(kwargs.get("metadata") or ()))
+        pool = self._channel._pool(target, self._service, tuple(kwargs.get("metadata") or ()))
         if pool is None:  # closed meanwhile: the unary call reports it
             return method(request, **kwargs)
         return pool.call(
-            name,
+            self._name,
             request,
             self._kwargs["response_deserializer"],
             kwargs.get("timeout"),
@@ -482,6 +486,15 @@ def standby_refusal(gate: Gate, me: str) -> tuple[str, str] | None:
     return leader, f"storage {me} is a standby, not the leader; the leader is {where}"
 
 
+def _standby_failure(gate: Gate, me: str) -> tuple[str, _streamed.Metadata] | None:
+    """`standby_refusal` as a call on a stream answers it: the message and trailing metadata."""
+    refused = standby_refusal(gate, me)
+    if refused is None:
+        return None
+    leader, message = refused
+    return message, ((LEADER_METADATA_KEY, leader),)
+
+
 def constant_time_eq(a: str | bytes, b: str | bytes) -> bool:
     import hmac
 
@@ -548,7 +561,7 @@ def add_servicer(
         handlers[_streamed.CALLS_METHOD] = _streamed.stream_handler(
             unary,
             decode_call=_lenient(pb.StreamedCall),
-            refuse=None if gate is None else functools.partial(standby_refusal, gate, me),
+            refuse=None if gate is None else functools.partial(_standby_failure, gate, me),
             limits=streams or _streamed.StreamLimits(),
         )
     server.add_generic_rpc_handlers(

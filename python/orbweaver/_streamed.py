@@ -215,13 +215,13 @@ def stream_handler(
     methods: Mapping[str, tuple[Callable[[Any, Any], Any], Callable[[bytes], Any]]],
     *,
     decode_call: Callable[[bytes], Any],
-    refuse: Callable[[], tuple[str, str] | None] | None,
+    refuse: Callable[[], tuple[str, Metadata] | None] | None,
     limits: StreamLimits,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The `Calls` handler of a service whose unary methods are `methods` (name -> (servicer
     method, lenient request decoder)). `decode_call` decodes a `StreamedCall` leniently (an
-    undecodable one has no `method`); `refuse()` returns (leader, message) while this server is a
-    standby."""
+    undecodable one has no `method`); `refuse()` returns (message, trailing metadata) while
+    this server is a standby."""
 
     def calls(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         key = limits.open(context)
@@ -260,7 +260,7 @@ def _serve_one(
     streamed: Any,
     context: grpc.ServicerContext,
     methods: Mapping[str, tuple[Callable[[Any, Any], Any], Callable[[bytes], Any]]],
-    refuse: Callable[[], tuple[str, str] | None] | None,
+    refuse: Callable[[], tuple[str, Metadata] | None] | None,
     serving: list[_CallContext | None],
 ) -> pb.StreamedReply:
     method = getattr(streamed, "method", None)
@@ -278,8 +278,8 @@ def _serve_one(
     if refuse is not None:
         refused = refuse()
         if refused is not None:
-            leader, message = refused
-            return _failure(grpc.StatusCode.UNAVAILABLE, message, ((_LEADER_KEY, leader),))
+            message, trailing = refused
+            return _failure(grpc.StatusCode.UNAVAILABLE, message, trailing)
     handler, decode = entry
     call = serving[0] = _CallContext(context, streamed.timeout_ms)
     try:
@@ -290,9 +290,6 @@ def _serve_one(
         log.exception("unexpected error serving %s on a call stream", method)
         return _failure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
     return pb.StreamedReply(reply=_serialize(result))
-
-
-_LEADER_KEY = "orbweaver-leader"  # `_rpc.LEADER_METADATA_KEY` (kept here to avoid a cycle)
 
 
 def _failure(
